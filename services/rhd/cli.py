@@ -1,0 +1,167 @@
+"""`rhd`: serve a stage, run the embedded stack, publish, watch, generate data, train models."""
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from rhd.runtime.settings import get_settings
+from rhd.runtime.stack import STAGES
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rhd.runtime.stage import run_stage
+
+    service = importlib.import_module(f"rhd.{args.stage}.service").build()
+    run_stage(service, get_settings())
+    return 0
+
+
+def cmd_model_server(args: argparse.Namespace) -> int:
+    from rhd.runtime.model_server import serve
+
+    settings = get_settings()
+    asyncio.run(serve(Path(args.models_dir or settings.models_dir), args.host, args.port))
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from rhd.runtime.broker import EmbeddedBroker
+
+    async def run() -> None:
+        broker = EmbeddedBroker(host=args.host, port=args.port)
+        await broker.start(get_settings().partitions)
+        print(f"broker ready at {broker.bootstrap_servers} (Ctrl-C stops it)", flush=True)
+        try:
+            await asyncio.to_thread(broker.process.wait)  # type: ignore[union-attr]
+        finally:
+            broker.stop()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_topics(_: argparse.Namespace) -> int:
+    from rhd.runtime.topics import ensure_topics
+
+    settings = get_settings()
+    created = asyncio.run(ensure_topics(settings.bootstrap_servers, settings.partitions))
+    print(f"{len(created)} topics created on {settings.bootstrap_servers}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from rhd.synth.generator import synth_studies
+
+    paths = synth_studies(args.seed, args.studies, Path(args.out), balanced=args.balanced)
+    print(f"{len(paths)} studies written under {args.out}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from rhd.runtime.blobs import BlobStore
+    from rhd.runtime.publish import publish_uploads, upload_from_dir
+
+    settings = get_settings()
+    blobs = BlobStore(settings.blob_dir)
+    uploads = [upload_from_dir(Path(d), blobs, settings.max_message_bytes) for d in args.study_dirs]
+    asyncio.run(publish_uploads(settings, uploads))
+    for upload in uploads:
+        inline = sum(v.HasField("inline_data") for v in upload.videos)
+        print(f"published {upload.study_id}: {len(upload.videos)} videos ({inline} inline), "
+              f"{upload.ByteSize()} bytes")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from rhd.demo import watch
+
+    asyncio.run(watch(get_settings(), args.seconds))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    models_dir = Path(args.models_dir or get_settings().models_dir)
+    if args.model in ("view", "all"):
+        from rhd.training.view import train_view_model
+
+        print(f"view model: {train_view_model(models_dir)}")
+    if args.model in ("study", "all"):
+        from rhd.training.study import train_study_model
+
+        print(f"study model: {train_study_model(models_dir)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rhd.demo import run_demo
+
+    return asyncio.run(run_demo(get_settings(), args.studies, args.seed, Path(args.workdir)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rhd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run one stage as a service (scale by running more copies)")
+    p.add_argument("stage", choices=STAGES)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("model-server", help="the embedded TensorFlow Serving gRPC API over models/")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8500)
+    p.add_argument("--models-dir", default=None)
+    p.set_defaults(func=cmd_model_server)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) with every topic")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("topics", help="create every topic and its .dlq on RHD_BOOTSTRAP_SERVERS")
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("synth", help="generate synthetic studies with ground truth")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--studies", type=int, default=5)
+    p.add_argument("--out", default="demo-data")
+    p.add_argument("--balanced", action="store_true", help="equal classes instead of PROVAR prevalence")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("publish", help="publish study folders to studies.uploaded.v1")
+    p.add_argument("study_dirs", nargs="+")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("watch", help="show frames accounted and diagnoses live")
+    p.add_argument("--seconds", type=float, default=3600.0)
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("train", help="train the models (deterministic) into models/")
+    p.add_argument("model", choices=("view", "study", "all"))
+    p.add_argument("--models-dir", default=None)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="start everything, publish studies, show diagnoses, stop everything")
+    p.add_argument("--studies", type=int, default=6)
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--workdir", default="var/demo")
+    p.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    _logging(get_settings().log_level)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

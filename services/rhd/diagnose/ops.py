@@ -1,0 +1,66 @@
+"""Study classification: one scikit-learn Pipeline (z-score scaler fitted at training, then the
+classifier) turns a study's feature vector into Normal / Borderline / Definite with probabilities."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import skops.io as sio
+from sklearn.pipeline import Pipeline
+
+from rhd.runtime.modelstore import read_manifest, version_dir
+
+MODEL_NAME = "study"
+MODEL_FILE = "model.skops"
+# Types a study model file may contain; anything else is refused rather than unpickled.
+TRUSTED_TYPES = frozenset({
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "numpy.ndarray", "numpy.dtype", "numpy.float64", "numpy.int64", "builtins.str",
+})
+
+
+@dataclass(frozen=True)
+class StudyModel:
+    pipeline: Pipeline
+    version: str
+    feature_names: tuple[str, ...]
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Result:
+    label: str
+    probabilities: dict[str, float]
+    evidence: list[tuple[str, float, float]]  # (feature, value, signed contribution to the label's score)
+
+
+def load_study_model(models_dir: Path, version: int = 0) -> StudyModel:
+    path = version_dir(models_dir, MODEL_NAME, version)
+    untrusted = set(sio.get_untrusted_types(file=path / MODEL_FILE)) - TRUSTED_TYPES
+    if untrusted:
+        raise ValueError(f"refusing {path / MODEL_FILE}: it contains types outside the allow-list: {sorted(untrusted)}")
+    pipeline = sio.load(path / MODEL_FILE, trusted=sorted(set(sio.get_untrusted_types(file=path / MODEL_FILE))))
+    manifest = read_manifest(path)
+    return StudyModel(pipeline, f"{MODEL_NAME}/{path.name}", tuple(manifest["feature_names"]),
+                      tuple(manifest["classes"]))
+
+
+def diagnose(model: StudyModel, names: Sequence[str], values: Sequence[float], top: int = 5) -> Result:
+    if tuple(names) != model.feature_names:
+        raise ValueError(f"feature names differ from the model's ({len(names)} given, "
+                         f"{len(model.feature_names)} expected): retrain or upgrade assemble")
+    x = np.asarray(values, np.float64).reshape(1, -1)
+    if not np.isfinite(x).all():
+        raise ValueError("feature vector holds NaN or infinity")
+    probabilities = model.pipeline.predict_proba(x)[0]
+    fitted_classes = [str(c) for c in model.pipeline.classes_]
+    best = int(np.argmax(probabilities))
+    scaler, classifier = model.pipeline[0], model.pipeline[-1]
+    z = scaler.transform(x)[0]
+    contribution = classifier.coef_[best] * z
+    order = np.argsort(-np.abs(contribution))[:top]
+    evidence = [(model.feature_names[i], float(x[0, i]), float(contribution[i])) for i in order]
+    return Result(fitted_classes[best], dict(zip(fitted_classes, map(float, probabilities), strict=True)), evidence)

@@ -1,0 +1,55 @@
+"""diagnose: studies.features.v1 -> studies.diagnosed.v1 (z-score + classifier, with evidence)."""
+
+import time
+
+from rhd.diagnose.ops import diagnose, load_study_model
+from rhd.labels import CLASSES
+from rhd.runtime import metrics
+from rhd.runtime.records import Output, now
+from rhd.runtime.settings import Settings
+from rhd.runtime.stage import StageService
+from rhd.runtime.topics import STUDIES_DIAGNOSED, STUDIES_FEATURES
+from rhd.v1 import rhd_pb2 as pb
+
+LABELS = {name: pb.Label.Value(f"LABEL_{name.upper()}") for name in CLASSES}
+
+
+class Diagnose(StageService):
+    name = "diagnose"
+    input_topic = STUDIES_FEATURES
+    input_type = pb.StudyFeatures
+
+    async def start(self, settings: Settings) -> None:
+        self.model = load_study_model(settings.models_dir)
+        metrics.set_build_info(self.name, study_model=self.model.version)
+
+    def validate(self, study: pb.StudyFeatures) -> str | None:
+        return None if study.study_id else "study features without study_id"
+
+    def handle(self, study: pb.StudyFeatures) -> list[Output]:
+        diagnosis = pb.Diagnosis(
+            study_id=study.study_id, model_version=self.model.version, completeness=study.completeness,
+            reason=study.reason, frames=study.frames, uploaded_at=study.uploaded_at, diagnosed_at=now(),
+        )
+        if study.completeness != pb.COMPLETENESS_FAILED:
+            result = diagnose(self.model, study.features.names, study.features.values)
+            diagnosis.label = LABELS[result.label]
+            diagnosis.probabilities.update(result.probabilities)
+            for name, value, contribution in result.evidence:
+                diagnosis.evidence.add(name=name, value=value, contribution=contribution)
+        if study.HasField("uploaded_at"):
+            latency = time.time() - study.uploaded_at.ToMicroseconds() / 1e6
+            metrics.STUDY_LATENCY.labels(self.name).observe(max(0.0, latency))
+        return [Output(STUDIES_DIAGNOSED, study.study_id, diagnosis)]
+
+    def failed(self, study: pb.StudyFeatures, reason: str) -> list[Output]:
+        # A study whose features cannot be classified still gets its one diagnosis: FAILED, with why.
+        diagnosis = pb.Diagnosis(
+            study_id=study.study_id, completeness=pb.COMPLETENESS_FAILED, frames=study.frames,
+            reason=f"diagnose failed: {reason}", uploaded_at=study.uploaded_at, diagnosed_at=now(),
+        )
+        return [Output(STUDIES_DIAGNOSED, study.study_id, diagnosis)]
+
+
+def build() -> StageService:
+    return Diagnose()

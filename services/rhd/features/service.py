@@ -1,0 +1,29 @@
+"""features: frames.viewed.v1 -> frames.done.v1 (the analysed frame's terminal record with its features)."""
+
+import cv2
+
+from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, frame_features
+from rhd.runtime.records import Output, frame_result
+from rhd.runtime.stage import StageService
+from rhd.runtime.topics import FRAMES_VIEWED
+from rhd.split.ops import decode_png
+from rhd.v1 import rhd_pb2 as pb
+
+
+class Features(StageService):
+    name = "features"
+    input_topic = FRAMES_VIEWED
+    input_type = pb.ViewedFrame
+
+    def handle(self, viewed: pb.ViewedFrame) -> list[Output]:
+        frame = viewed.segmented.frame
+        values = frame_features(
+            decode_png(frame.png, cv2.IMREAD_COLOR), decode_png(viewed.segmented.mask.png),
+            frame.pixel_spacing_mm, frame.nyquist_cm_s,
+        )
+        vector = pb.FeatureVector(feature_set=FEATURE_SET, names=FEATURE_NAMES, values=values)
+        return [frame_result(frame.key, pb.FRAME_STATUS_ANALYSED, self.name, view=viewed.view, features=vector)]
+
+
+def build() -> StageService:
+    return Features()

@@ -1,0 +1,40 @@
+"""Claim-check blob store: payloads too large for a Kafka message are stored by content hash."""
+
+import hashlib
+from pathlib import Path
+
+SCHEME = "blob:sha256:"
+
+
+class BlobStore:
+    """Content-addressed files under one directory every service can read (a volume or bucket mount)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def put(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._path(digest)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        return SCHEME + digest
+
+    def get(self, uri: str) -> bytes:
+        if not uri.startswith(SCHEME):
+            raise ValueError(f"unknown blob reference {uri!r}")
+        digest = uri[len(SCHEME):]
+        try:
+            data = self._path(digest).read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"blob {uri} not found under the blob store") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"blob {uri} is corrupt: content hash differs")
+        return data
+
+    def _path(self, digest: str) -> Path:
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise ValueError(f"bad blob digest {digest!r}")
+        return self.root / digest[:2] / digest

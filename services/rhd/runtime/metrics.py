@@ -1,0 +1,30 @@
+"""Prometheus metrics with the same names and labels in every service."""
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+import rhd
+
+MESSAGES = Counter(
+    "rhd_messages_total", "Input messages handled, by outcome (ok, dead_letter).", ["stage", "outcome"]
+)
+OUTPUTS = Counter("rhd_outputs_total", "Records produced, by topic.", ["stage", "topic"])
+STAGE_SECONDS = Histogram(
+    "rhd_stage_seconds",
+    "Time to process one input message (decode, work, encode).",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CONSUMER_LAG = Gauge(
+    "rhd_consumer_lag", "Records behind the partition's high watermark.", ["stage", "topic", "partition"]
+)
+STUDY_LATENCY = Histogram(
+    "rhd_study_latency_seconds",
+    "From upload to the study's record leaving this stage.",
+    ["stage"],
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+)
+BUILD = Info("rhd_build", "Version of the running service.")
+
+
+def set_build_info(stage: str, **extra: str) -> None:
+    BUILD.info({"version": rhd.__version__, "stage": stage, **extra})

@@ -1,0 +1,82 @@
+"""Builders for the records every stage writes alike: terminal frame results and dead letters."""
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from rhd.runtime.topics import FRAMES_DONE
+from rhd.v1 import rhd_pb2 as pb
+
+
+def now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+class Output:
+    """One record to produce: topic, key and message."""
+
+    __slots__ = ("topic", "key", "message")
+
+    def __init__(self, topic: str, key: str, message: Message) -> None:
+        self.topic, self.key, self.message = topic, key, message
+
+    def __repr__(self) -> str:
+        return f"Output({self.topic!r}, {self.key!r}, {type(self.message).__name__})"
+
+
+def frame_result(
+    key: pb.FrameKey,
+    status: "pb.FrameStatus.ValueType",
+    stage: str,
+    reason: str = "",
+    **fields: Message,
+) -> Output:
+    """The terminal record of one frame, keyed by study so a study's records meet on one partition."""
+    result = pb.FrameResult(key=key, status=status, stage=stage, reason=reason, finished_at=now(), **fields)
+    return Output(FRAMES_DONE, key.study_id, pb.FrameDone(result=result))
+
+
+def frame_key_of(message: Message) -> pb.FrameKey | None:
+    """The FrameKey inside any frame-carrying message, or None for study-level messages."""
+    if isinstance(message, pb.Frame):
+        return message.key
+    for field in ("frame", "segmented"):
+        if hasattr(message, field):
+            return frame_key_of(getattr(message, field))
+    return None
+
+
+def dead_letter(
+    source_topic: str,
+    stage: str,
+    reason: str,
+    original: bytes = b"",
+    *,
+    original_blob_uri: str = "",
+    error_type: str = "",
+    key: bytes = b"",
+    partition: int = -1,
+    offset: int = -1,
+    study_id: str = "",
+    video_id: str = "",
+    frame_index: int = -1,
+) -> pb.DeadLetter:
+    letter = pb.DeadLetter(
+        source_topic=source_topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        stage=stage,
+        reason=reason,
+        error_type=error_type,
+        study_id=study_id,
+        video_id=video_id,
+        frame_index=frame_index,
+        failed_at=now(),
+    )
+    if original_blob_uri:
+        letter.original_blob_uri = original_blob_uri
+    else:
+        letter.original_bytes = original
+    return letter

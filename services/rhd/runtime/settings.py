@@ -1,0 +1,42 @@
+"""One frozen settings object read from RHD_* environment variables; defaults run the embedded stack."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RHD_", frozen=True)
+
+    # Kafka
+    bootstrap_servers: str = "127.0.0.1:9092"
+    partitions: int = 4
+    max_message_bytes: int = 1_000_000
+    session_timeout_ms: int = 6_000
+    heartbeat_interval_ms: int = 1_000
+    fetch_max_records: int = 32
+    # Where payloads too large for a message go (claim check): a directory every service can read.
+    blob_dir: Path = Path("var/blobs")
+    # Threads that run a stage's CPU work off the event loop.
+    workers: int = 2
+    # HTTP port for /metrics, /healthz, /readyz (0: pick a free one and log it).
+    http_port: int = 0
+    http_host: str = "127.0.0.1"
+    # Model server (TensorFlow Serving gRPC API, or the embedded `rhd model-server`).
+    model_server: str = "127.0.0.1:8500"
+    view_model_name: str = "view"
+    view_model_version: int = 0  # 0: the latest version the server has
+    model_timeout_s: float = 10.0
+    model_max_batch: int = 32
+    model_max_wait_ms: float = 5.0
+    model_retry_for_s: float = 60.0  # then frames are dead-lettered with the reason
+    models_dir: Path = Path("models")
+    # assemble: a study not fully accounted for this long after its first record is emitted INCOMPLETE.
+    study_deadline_s: float = 300.0
+    log_level: str = "INFO"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

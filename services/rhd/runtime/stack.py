@@ -1,0 +1,139 @@
+"""The embedded stack on one machine: broker, model server and every stage as separate processes."""
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from rhd.runtime.broker import EmbeddedBroker, free_port
+from rhd.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STAGES: tuple[str, ...] = ("split", "inspect", "segment", "view", "features", "assemble", "diagnose")
+
+
+class ServiceProcess:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, http_port: int = 0):
+        self.name, self.argv, self.env, self.log_path, self.http_port = name, argv, env, log_path, http_port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0f s: killing it", self.name, timeout_s)
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+class EmbeddedStack:
+    """Starts everything `rhd demo` and the integration tests need, and stops all of it."""
+
+    def __init__(self, workdir: Path, settings: Settings, replicas: dict[str, int] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.base = settings
+        self.replicas = replicas or {}
+        self.broker = EmbeddedBroker(log_file=self.workdir / "logs" / "broker.log")
+        self.model_port = free_port()
+        self.services: list[ServiceProcess] = []
+        self.settings = settings
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RHD_")}
+        env.update({
+            "RHD_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
+            "RHD_MODEL_SERVER": f"127.0.0.1:{self.model_port}",
+            "RHD_BLOB_DIR": str(self.base.blob_dir.resolve()),
+            "RHD_MODELS_DIR": str(self.base.models_dir.resolve()),
+            "RHD_PARTITIONS": str(self.base.partitions),
+            "RHD_STUDY_DEADLINE_S": str(self.base.study_deadline_s),
+            "RHD_MODEL_RETRY_FOR_S": str(self.base.model_retry_for_s),
+            "RHD_WORKERS": str(self.base.workers),
+            "RHD_LOG_LEVEL": self.base.log_level,
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(extra)
+        return env
+
+    async def start(self, timeout_s: float = 180.0) -> Settings:
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        await self.broker.start(self.base.partitions)
+        self.settings = self.base.model_copy(update={
+            "bootstrap_servers": self.broker.bootstrap_servers,
+            "model_server": f"127.0.0.1:{self.model_port}",
+        })
+        rhd = [sys.executable, "-m", "rhd.cli"]
+        server = ServiceProcess(
+            "model-server", [*rhd, "model-server", "--port", str(self.model_port)], self._env(),
+            self.workdir / "logs" / "model-server.log",
+        )
+        server.start()
+        self.services.append(server)
+        for stage in STAGES:
+            for replica in range(self.replicas.get(stage, 1)):
+                self.start_stage(stage, replica)
+        await self.wait_ready(timeout_s)
+        return self.settings
+
+    def start_stage(self, stage: str, replica: int = 0) -> ServiceProcess:
+        port = free_port()
+        service = ServiceProcess(
+            stage, [sys.executable, "-m", "rhd.cli", "serve", stage], self._env(RHD_HTTP_PORT=str(port)),
+            self.workdir / "logs" / f"{stage}-{replica}.log", http_port=port,
+        )
+        service.start()
+        self.services.append(service)
+        return service
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = [s for s in self.services if s.http_port]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while pending:
+                for service in list(pending):
+                    if not service.alive():
+                        raise RuntimeError(f"{service.name} exited early; see {service.log_path}")
+                    try:
+                        async with http.get(f"http://127.0.0.1:{service.http_port}/readyz") as response:
+                            if response.status == 200:
+                                pending.remove(service)
+                    except aiohttp.ClientError:
+                        pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not ready after {timeout_s:.0f} s: {[s.name for s in pending]}")
+                await asyncio.sleep(0.5)
+
+    def stop(self) -> dict[str, int | None]:
+        """Stop every service (graceful first), then the broker; return each exit code."""
+        codes = {}
+        for service in reversed(self.services):
+            if service.process is not None and service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in reversed(self.services):
+            codes[f"{service.name}:{service.http_port}"] = service.stop()
+        self.broker.stop()
+        return codes
+
+    def all_stopped(self) -> bool:
+        procs = [s.process for s in self.services] + [self.broker.process]
+        return all(p is None or p.poll() is not None for p in procs)

@@ -1,0 +1,250 @@
+"""The one way every stage consumes, runs its pure functions off the event loop, produces and dead-letters.
+
+Delivery is at least once: a batch's offsets are committed only after every record it produced is
+acknowledged by the broker, so a crash replays records and downstream deduplicates by key.
+"""
+
+import asyncio
+import inspect
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from google.protobuf.message import DecodeError, Message
+
+from rhd.runtime import metrics
+from rhd.runtime.blobs import BlobStore
+from rhd.runtime.http import start_http
+from rhd.runtime.records import Output, dead_letter, frame_key_of, frame_result
+from rhd.runtime.settings import Settings
+from rhd.runtime.topics import dlq
+from rhd.v1 import rhd_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# Records larger than a message may still arrive from foreign producers; fetch them so they can be
+# dead-lettered rather than stall the partition.
+MAX_FETCH_BYTES = 16 * 1024 * 1024
+
+
+class StageService:
+    """A stage: what it reads, its logic (`handle`), and what a failure leaves behind (`failed`).
+
+    `handle` is either a plain function, run in the worker pool, or a coroutine function, awaited on
+    the loop (for I/O-bound stages such as the model client, or cheap stateful ones).
+    """
+
+    name: str
+    input_topic: str
+    input_type: type[Message]
+    concurrent: bool = True  # may the records of one batch be handled at once?
+    tick_seconds: float = 0.0  # > 0: `tick` is called that often (deadlines)
+
+    def handle(self, message: Any) -> list[Output]:
+        raise NotImplementedError
+
+    def validate(self, message: Any) -> str | None:
+        """Why a decoded message cannot be processed, or None. Frame messages need their identity."""
+        key = frame_key_of(message)
+        if key is not None and not (key.study_id and key.video_id):
+            return "frame without study_id/video_id"
+        return None
+
+    def failed(self, message: Any, reason: str) -> list[Output]:
+        """Terminal records for a message that could not be processed: a frame still gets accounted."""
+        key = frame_key_of(message)
+        if key is None:
+            return []
+        return [frame_result(key, pb.FRAME_STATUS_FAILED, self.name, reason)]
+
+    def tick(self, now: float) -> list[Output]:
+        return []
+
+    async def start(self, settings: Settings) -> None:
+        """Connect to what the stage needs besides Kafka."""
+
+    async def stop(self) -> None:
+        pass
+
+    async def ready(self) -> bool:
+        return True
+
+
+class StageRunner:
+    def __init__(self, service: StageService, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.blobs = BlobStore(settings.blob_dir)
+        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix=service.name)
+        self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.stopping = asyncio.Event()
+        self.http_port = 0
+        self._positions: dict[TopicPartition, int] = {}
+        self._is_async = inspect.iscoroutinefunction(service.handle)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        s, svc = self.settings, self.service
+        metrics.set_build_info(svc.name)
+        http_runner, self.http_port = await start_http(s.http_host, s.http_port, self.ready)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=svc.name,
+            acks="all",
+            enable_idempotence=False,  # at-least-once; the embedded broker has no idempotent producer
+            max_request_size=s.max_message_bytes,
+            linger_ms=2,
+        )
+        self.consumer = AIOKafkaConsumer(
+            svc.input_topic,
+            bootstrap_servers=s.bootstrap_servers,
+            group_id=svc.name,
+            client_id=svc.name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_partition_fetch_bytes=MAX_FETCH_BYTES,
+            fetch_max_bytes=MAX_FETCH_BYTES,
+        )
+        await svc.start(s)
+        await self.producer.start()
+        await self.consumer.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        log.info("stage %s consuming %s as group %s", svc.name, svc.input_topic, svc.name)
+        try:
+            await self._loop()
+        finally:
+            await self.consumer.stop()
+            await self.producer.stop()
+            await svc.stop()
+            await http_runner.cleanup()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            log.info("stage %s stopped", svc.name)
+
+    async def ready(self) -> bool:
+        started = self.consumer is not None and self.producer is not None and not self.stopping.is_set()
+        return started and await self.service.ready()
+
+    async def _loop(self) -> None:
+        assert self.consumer is not None
+        next_tick = next_lag = time.monotonic()
+        while not self.stopping.is_set():
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.fetch_max_records)
+            for tp, records in batches.items():
+                await self._process_batch(tp, records)
+            now = time.monotonic()
+            if self.service.tick_seconds and now >= next_tick:
+                next_tick = now + self.service.tick_seconds
+                await self._produce(self.service.tick(time.time()))
+            if now >= next_lag:
+                next_lag = now + 2.0
+                self._record_lag()
+
+    # -- one batch of one partition ------------------------------------------------------------
+    async def _process_batch(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        assert self.consumer is not None
+        if self.service.concurrent:
+            results = await asyncio.gather(*(self._process(r) for r in records))
+        else:
+            results = [await self._process(r) for r in records]
+        await self._produce([out for outputs in results for out in outputs])
+        await self.consumer.commit({tp: records[-1].offset + 1})
+        self._positions[tp] = records[-1].offset + 1
+
+    async def _produce(self, outputs: list[tuple[str, str, bytes]] | list[Output]) -> None:
+        assert self.producer is not None
+        pending = []
+        for out in outputs:
+            topic, key, value = out if isinstance(out, tuple) else self._encode(out)
+            pending.append(await self.producer.send(topic, value, key=key.encode()))
+            metrics.OUTPUTS.labels(self.service.name, topic).inc()
+        if pending:
+            await asyncio.gather(*pending)
+
+    @staticmethod
+    def _encode(out: Output) -> tuple[str, str, bytes]:
+        return out.topic, out.key, out.message.SerializeToString()
+
+    async def _process(self, record: ConsumerRecord) -> list[tuple[str, str, bytes]]:
+        """Decode, handle, encode one record; every problem becomes a dead letter, never an exception."""
+        svc, limit = self.service, self.settings.max_message_bytes
+        started = time.perf_counter()
+        value: bytes = record.value or b""
+        message: Message | None = None
+        try:
+            if len(value) > limit:
+                raise _Rejected(f"payload of {len(value)} bytes is over the {limit}-byte message limit")
+            try:
+                message = svc.input_type.FromString(value)
+            except DecodeError as exc:
+                raise _Rejected(f"undecodable {svc.input_type.DESCRIPTOR.full_name}: {exc}") from None
+            problem = svc.validate(message)
+            if problem:
+                raise _Rejected(f"invalid {svc.input_type.DESCRIPTOR.full_name}: {problem}")
+            if self._is_async:
+                outputs = await svc.handle(message)
+            else:
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self.pool, svc.handle, message)
+            encoded = [self._encode(out) for out in outputs]
+            for topic, _, data in encoded:
+                if len(data) > limit and not topic.endswith(".dlq"):
+                    raise _Rejected(f"output for {topic} of {len(data)} bytes is over the {limit}-byte limit")
+            metrics.MESSAGES.labels(svc.name, "ok").inc()
+            return encoded
+        except Exception as exc:  # the line never stops for one bad record
+            reason = str(exc) if isinstance(exc, _Rejected) else f"{type(exc).__name__}: {exc}"
+            error_type = "rejected" if isinstance(exc, _Rejected) else type(exc).__name__
+            if not isinstance(exc, _Rejected):
+                log.exception("%s failed on %s[%d]@%d", svc.name, record.topic, record.partition, record.offset)
+            else:
+                log.warning("%s dead-letters %s[%d]@%d: %s", svc.name, record.topic, record.partition,
+                            record.offset, reason)
+            metrics.MESSAGES.labels(svc.name, "dead_letter").inc()
+            return [self._encode(out) for out in self._dead_letter(record, message, reason, error_type)]
+        finally:
+            metrics.STAGE_SECONDS.labels(svc.name).observe(time.perf_counter() - started)
+
+    def _dead_letter(
+        self, record: ConsumerRecord, message: Message | None, reason: str, error_type: str
+    ) -> list[Output]:
+        value: bytes = record.value or b""
+        key = frame_key_of(message) if message is not None else None
+        study_id = key.study_id if key else getattr(message, "study_id", "")
+        original = {"original": value}
+        if len(value) > self.settings.max_message_bytes // 2:
+            original = {"original_blob_uri": self.blobs.put(value)}
+        letter = dead_letter(
+            record.topic, self.service.name, reason, error_type=error_type, key=record.key or b"",
+            partition=record.partition, offset=record.offset, study_id=study_id,
+            video_id=key.video_id if key else "", frame_index=key.frame_index if key else -1, **original,
+        )
+        outputs = [Output(dlq(record.topic), (record.key or b"").decode(errors="replace"), letter)]
+        if message is not None:
+            outputs += self.service.failed(message, reason)
+        return outputs
+
+    def _record_lag(self) -> None:
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            position = self._positions.get(tp)
+            if highwater is not None and position is not None:
+                metrics.CONSUMER_LAG.labels(self.service.name, tp.topic, str(tp.partition)).set(
+                    max(0, highwater - position)
+                )
+
+
+class _Rejected(Exception):
+    """A record that is not processable as it stands (size, encoding, content)."""
+
+
+def run_stage(service: StageService, settings: Settings) -> None:
+    asyncio.run(StageRunner(service, settings).run())

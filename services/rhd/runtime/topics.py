@@ -1,0 +1,72 @@
+"""Every topic of the data path, in one place: names, message types, and their creation at start."""
+
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from google.protobuf.message import Message
+
+from rhd.v1 import rhd_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+STUDIES_UPLOADED = "studies.uploaded.v1"
+FRAMES_DECODED = "frames.decoded.v1"
+FRAMES_DOPPLER = "frames.doppler.v1"
+FRAMES_SEGMENTED = "frames.segmented.v1"
+FRAMES_VIEWED = "frames.viewed.v1"
+FRAMES_DONE = "frames.done.v1"
+STUDIES_FEATURES = "studies.features.v1"
+STUDIES_DIAGNOSED = "studies.diagnosed.v1"
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    message: type[Message]
+    key: str  # what the record key is; it decides what stays in order on one partition
+
+
+TOPICS: tuple[Topic, ...] = (
+    Topic(STUDIES_UPLOADED, pb.StudyUpload, "study_id"),
+    Topic(FRAMES_DECODED, pb.Frame, "video_id"),
+    Topic(FRAMES_DOPPLER, pb.DopplerFrame, "video_id"),
+    Topic(FRAMES_SEGMENTED, pb.SegmentedFrame, "video_id"),
+    Topic(FRAMES_VIEWED, pb.ViewedFrame, "video_id"),
+    Topic(FRAMES_DONE, pb.FrameDone, "study_id"),
+    Topic(STUDIES_FEATURES, pb.StudyFeatures, "study_id"),
+    Topic(STUDIES_DIAGNOSED, pb.Diagnosis, "study_id"),
+)
+
+
+def dlq(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def all_topic_names() -> list[str]:
+    return [name for t in TOPICS for name in (t.name, dlq(t.name))]
+
+
+async def ensure_topics(bootstrap_servers: str, partitions: int) -> list[str]:
+    """Create every topic and its dead-letter topic explicitly; return the ones that were created.
+
+    Brokers that auto-create topics pick their own partition count, so nothing is left to that.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(name, partitions, 1) for name in all_topic_names()]
+        )
+        created = []
+        for name, code, message in response.topic_errors:
+            if code == 0:
+                created.append(name)
+            elif code != TOPIC_ALREADY_EXISTS:
+                raise RuntimeError(f"cannot create topic {name}: error {code} {message}")
+        log.info("topics ready (%d created, %d partitions each)", len(created), partitions)
+        return created
+    finally:
+        await admin.close()

@@ -1,0 +1,27 @@
+"""segment: frames.doppler.v1 -> frames.segmented.v1 (frame + flow mask from k-means colour clustering)."""
+
+import cv2
+
+from rhd.runtime.records import Output
+from rhd.runtime.stage import StageService
+from rhd.runtime.topics import FRAMES_DOPPLER, FRAMES_SEGMENTED
+from rhd.segment.ops import segment
+from rhd.split.ops import decode_png, encode_png
+from rhd.v1 import rhd_pb2 as pb
+
+
+class Segment(StageService):
+    name = "segment"
+    input_topic = FRAMES_DOPPLER
+    input_type = pb.DopplerFrame
+
+    def handle(self, doppler: pb.DopplerFrame) -> list[Output]:
+        result = segment(decode_png(doppler.frame.png, cv2.IMREAD_COLOR))
+        mask = pb.Mask(png=encode_png(result.labels), flow_pixels=result.flow_pixels,
+                       mosaic_pixels=result.mosaic_pixels)
+        segmented = pb.SegmentedFrame(frame=doppler.frame, colour_fraction=doppler.colour_fraction, mask=mask)
+        return [Output(FRAMES_SEGMENTED, doppler.frame.key.video_id, segmented)]
+
+
+def build() -> StageService:
+    return Segment()

@@ -1,0 +1,92 @@
+"""`rhd train study`: generated labelled studies -> in-process features -> one sklearn Pipeline
+(z-score scaler, class-weighted logistic regression), cross-validated, saved with skops + manifest."""
+
+import hashlib
+import json
+import platform
+import subprocess
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import numpy as np
+import skops.io as sio
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+import rhd
+from rhd.assemble.ops import STUDY_FEATURE_NAMES
+from rhd.diagnose.ops import MODEL_FILE, MODEL_NAME
+from rhd.inprocess import StudyAnalysis, analyse_study
+from rhd.labels import CLASSES
+from rhd.synth.generator import synth_studies
+from rhd.view.local import LocalViewModel
+
+_view_model: LocalViewModel | None = None
+
+
+def _init_worker(models_dir: str) -> None:
+    global _view_model
+    _view_model = LocalViewModel(Path(models_dir))
+
+
+def _analyse(study_dir: str) -> StudyAnalysis:
+    assert _view_model is not None
+    return analyse_study(Path(study_dir), _view_model)
+
+
+def code_version() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        return f"{rhd.__version__}+{commit.strip()[:12]}"
+    except (OSError, subprocess.CalledProcessError):
+        return rhd.__version__
+
+
+def build_features(models_dir: Path, seed: int, n_studies: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = synth_studies(seed, n_studies, Path(tmp), balanced=True)
+        labels = [json.loads((d / "truth.json").read_text())["label"] for d in dirs]
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(models_dir),)) as pool:
+            analyses = list(pool.map(_analyse, [str(d) for d in dirs]))
+    return np.array([a.values for a in analyses], np.float64), np.array(labels)
+
+
+def train_study_model(models_dir: Path, seed: int = 11, n_studies: int = 90, version: int = 1,
+                      workers: int = 2) -> Path:
+    x, y = build_features(models_dir, seed, n_studies, workers)
+    pipeline = Pipeline([
+        ("zscore", StandardScaler()),
+        ("classifier", LogisticRegression(class_weight="balanced", max_iter=5000, C=1.0)),
+    ])
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    predicted = cross_val_predict(pipeline, x, y, cv=folds)
+    pipeline.fit(x, y)
+    out = Path(models_dir) / MODEL_NAME / str(version)
+    out.mkdir(parents=True, exist_ok=True)
+    sio.dump(pipeline, out / MODEL_FILE)
+    recalls = recall_score(y, predicted, labels=list(CLASSES), average=None, zero_division=0)
+    manifest = {
+        "model": MODEL_NAME, "version": version, "feature_names": list(STUDY_FEATURE_NAMES),
+        "classes": [str(c) for c in pipeline.classes_],
+        "data": {"generator": "rhd.synth", "seed": seed, "studies": n_studies, "balanced": True,
+                 "sha256": hashlib.sha256(x.tobytes() + "|".join(y).encode()).hexdigest()},
+        "code_version": code_version(),
+        "packages": {p: package_version(p) for p in ("scikit-learn", "numpy", "tensorflow", "skops",
+                                                     "opencv-python-headless", "scikit-image")},
+        "python": platform.python_version(),
+        "model_sha256": hashlib.sha256((out / MODEL_FILE).read_bytes()).hexdigest(),
+        "metrics": {
+            "cv": "5-fold stratified",
+            "recall": {c: float(r) for c, r in zip(CLASSES, recalls, strict=True)},
+            "balanced_accuracy": float(balanced_accuracy_score(y, predicted)),
+            "confusion_matrix": {"labels": list(CLASSES),
+                                 "rows_truth": confusion_matrix(y, predicted, labels=list(CLASSES)).tolist()},
+        },
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out

@@ -1,0 +1,51 @@
+"""view: frames.segmented.v1 -> frames.viewed.v1, asking the model server (TensorFlow Serving gRPC API).
+
+Frames from concurrent messages are micro-batched by the client into one Predict request. While the
+model server is down, frames wait and retry; after `RHD_MODEL_RETRY_FOR_S` they are dead-lettered.
+"""
+
+import cv2
+
+from rhd.runtime.model_client import ModelClient
+from rhd.runtime.records import Output
+from rhd.runtime.settings import Settings
+from rhd.runtime.stage import StageService
+from rhd.runtime.topics import FRAMES_SEGMENTED, FRAMES_VIEWED
+from rhd.split.ops import decode_png
+from rhd.v1 import rhd_pb2 as pb
+from rhd.view.ops import prediction_from_outputs
+
+
+class View(StageService):
+    name = "view"
+    input_topic = FRAMES_SEGMENTED
+    input_type = pb.SegmentedFrame
+
+    async def start(self, settings: Settings) -> None:
+        self.model_name = settings.view_model_name
+        self.client = ModelClient(
+            settings.model_server, settings.view_model_name, version=settings.view_model_version,
+            timeout_s=settings.model_timeout_s, max_batch=settings.model_max_batch,
+            max_wait_ms=settings.model_max_wait_ms, retry_for_s=settings.model_retry_for_s,
+        )
+        self.model_version = 0
+
+    async def stop(self) -> None:
+        await self.client.close()
+
+    async def ready(self) -> bool:
+        return await self.client.ready()
+
+    async def handle(self, segmented: pb.SegmentedFrame) -> list[Output]:
+        image = decode_png(segmented.frame.png, cv2.IMREAD_COLOR)
+        outputs = await self.client.predict(image)
+        if not self.model_version:
+            self.model_version = await self.client.metadata()
+        result = prediction_from_outputs(outputs, self.model_version)
+        view = pb.ViewPrediction(label=result.label, probabilities=result.probabilities,
+                                 model_name=self.model_name, model_version=result.model_version)
+        return [Output(FRAMES_VIEWED, segmented.frame.key.video_id, pb.ViewedFrame(segmented=segmented, view=view))]
+
+
+def build() -> StageService:
+    return View()
