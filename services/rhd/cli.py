@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -29,7 +30,17 @@ def cmd_model_server(args: argparse.Namespace) -> int:
     from rhd.runtime.model_server import serve
 
     settings = get_settings()
-    asyncio.run(serve(Path(args.models_dir or settings.models_dir), args.host, args.port))
+
+    async def run() -> None:
+        task = asyncio.ensure_future(serve(Path(args.models_dir or settings.models_dir), args.host, args.port))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(run())
     return 0
 
 

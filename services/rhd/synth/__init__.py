@@ -1,0 +1,1 @@
+"""Synthetic echo studies with ground truth: no real patient data is used anywhere."""

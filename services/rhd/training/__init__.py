@@ -1,0 +1,1 @@
+"""Model building: the same stage functions as the services, run in-process, seeded."""

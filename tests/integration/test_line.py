@@ -1,0 +1,135 @@
+"""The whole line on the real embedded broker, every stage a separate process: studies in, one
+diagnosis per study out, every frame accounted for, bad input dead-lettered while the line goes on."""
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from rhd.demo import corrupt_one_video
+from rhd.runtime.blobs import BlobStore
+from rhd.runtime.publish import publish_uploads, upload_from_dir
+from rhd.runtime.settings import Settings
+from rhd.runtime.stack import STAGES, EmbeddedStack
+from rhd.runtime.topics import FRAMES_DECODED, STUDIES_UPLOADED
+from rhd.runtime.watch import Progress, follow
+from rhd.synth.generator import synth_studies
+from rhd.v1 import rhd_pb2 as pb
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _expected_done(progress: Progress, studies: list[str]) -> bool:
+    return (all(s in progress.diagnoses for s in studies)
+            and all(s in progress.expected_frames for s in studies)
+            and all(len(progress.frame_records.get(s, ())) == progress.expected_frames[s] for s in studies))
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("line")
+    settings = Settings(blob_dir=workdir / "blobs", models_dir=ROOT / "models", study_deadline_s=90.0,
+                        model_retry_for_s=20.0)
+    studies = synth_studies(5, 4, workdir / "studies", balanced=True)
+    # A study whose last video is truncated, and one whose only video is not a video at all.
+    corrupt_one_video(studies[2])
+    not_video = workdir / "studies" / "S9999-0000"
+    shutil.copytree(studies[0], not_video)
+    meta = json.loads((not_video / "study.json").read_text())
+    meta["study_id"], meta["videos"] = "S9999-0000", meta["videos"][:1]
+    (not_video / "study.json").write_text(json.dumps(meta))
+    (not_video / meta["videos"][0]["filename"]).write_bytes(b"this is a PDF report, not a video")
+    studies.append(not_video)
+
+    stack = EmbeddedStack(workdir, settings)
+
+    async def run() -> tuple[Progress, dict]:
+        live = await stack.start()
+        blobs = BlobStore(live.blob_dir)
+        uploads = [upload_from_dir(d, blobs, live.max_message_bytes) for d in studies]
+        uploads.append(upload_from_dir(studies[0], blobs, live.max_message_bytes))  # published twice
+        await publish_uploads(live, uploads)
+        rogue = AIOKafkaProducer(bootstrap_servers=live.bootstrap_servers, max_request_size=4_000_000)
+        await rogue.start()
+        await rogue.send_and_wait(STUDIES_UPLOADED, b"\xff\xfe garbage", key=b"garbage")
+        await rogue.send_and_wait(STUDIES_UPLOADED, b"\x0a" + b"\x01" * 10, key=b"short")
+        await rogue.send_and_wait(STUDIES_UPLOADED, b"\x00" * 1_500_000, key=b"oversized")
+        await rogue.send_and_wait(FRAMES_DECODED, b"\x12\x03abc", key=b"frame-without-key")
+        await rogue.stop()
+        ids = [d.name for d in studies]
+        progress = await follow(live, lambda p: _expected_done(p, ids), timeout_s=300, settle_s=8.0)
+        alive = {s.name: s.alive() for s in stack.services}
+        return progress, alive
+
+    try:
+        progress, alive = asyncio.run(run())
+    finally:
+        codes = stack.stop()
+    yield {"progress": progress, "alive": alive, "studies": [d.name for d in studies], "codes": codes,
+           "stack": stack}
+
+
+def test_every_study_gets_exactly_one_diagnosis(line):
+    progress = line["progress"]
+    assert sorted(progress.diagnoses) == sorted(line["studies"])
+    assert {s: len(d) for s, d in progress.diagnoses.items()} == {s: 1 for s in line["studies"]}
+
+
+def test_every_frame_is_accounted_for(line):
+    progress = line["progress"]
+    for study in line["studies"]:
+        diagnosis = progress.diagnoses[study][0]
+        counts = diagnosis.frames
+        assert counts.expected == progress.expected_frames[study]
+        assert counts.analysed + counts.skipped + counts.failed == counts.expected
+        assert counts.missing == 0
+
+
+def test_good_studies_are_complete_with_probabilities(line):
+    progress = line["progress"]
+    for study in (line["studies"][0], line["studies"][1], line["studies"][3]):
+        d = progress.diagnoses[study][0]
+        assert d.completeness == pb.COMPLETENESS_COMPLETE, d.reason
+        assert d.label != pb.LABEL_UNSPECIFIED
+        assert sum(d.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert d.model_version == "study/1" and d.evidence
+
+
+def test_truncated_video_is_dead_lettered_and_its_study_incomplete(line):
+    progress = line["progress"]
+    study = line["studies"][2]
+    d = progress.diagnoses[study][0]
+    assert d.completeness == pb.COMPLETENESS_INCOMPLETE
+    letters = [x for x in progress.dead_letters if x.study_id == study]
+    assert len(letters) == 1 and letters[0].video_id.startswith(study)
+    assert letters[0].stage == "split" and letters[0].source_topic == STUDIES_UPLOADED
+    assert letters[0].reason and letters[0].reason in d.reason
+    assert letters[0].original_bytes  # the original video travels with the letter
+
+
+def test_non_video_upload_fails_its_study_with_the_reason(line):
+    d = line["progress"].diagnoses["S9999-0000"][0]
+    assert d.completeness == pb.COMPLETENESS_FAILED
+    assert "not a decodable video" in d.reason
+
+
+def test_bad_messages_are_dead_lettered_with_reasons(line):
+    letters = {x.key: x for x in line["progress"].dead_letters}
+    assert "undecodable rhd.v1.StudyUpload" in letters[b"garbage"].reason
+    assert letters[b"short"].reason  # decodes or not, it is not a usable upload
+    oversized = letters[b"oversized"]
+    assert "over the 1000000-byte message limit" in oversized.reason
+    assert oversized.original_blob_uri and not oversized.original_bytes
+    assert "frame without study_id/video_id" in letters[b"frame-without-key"].reason
+    assert letters[b"frame-without-key"].source_topic == FRAMES_DECODED
+
+
+def test_services_survive_bad_input_and_stop_cleanly(line):
+    assert all(line["alive"].values()), line["alive"]
+    assert sum(1 for name in line["alive"] if name in STAGES) == len(STAGES)
+    assert line["stack"].all_stopped()
+    assert all(code == 0 for code in line["codes"].values()), line["codes"]
