@@ -27,12 +27,14 @@ def completeness_name(value: int) -> str:
 
 
 def corrupt_one_video(study_dir: Path) -> str:
-    """Truncate a study's last video to half its bytes: the bad input the line must survive."""
-    meta = json.loads((study_dir / "study.json").read_text())
-    video = study_dir / meta["videos"][-1]["filename"]
+    """Truncate one video to half its bytes: the bad input the line must survive. A B-mode video is
+    chosen where there is one, so the study keeps colour Doppler frames and ends INCOMPLETE, not FAILED."""
+    videos = json.loads((study_dir / "truth.json").read_text())["videos"]
+    chosen = next((v for v in videos if not v["doppler"]), videos[-1])
+    video = study_dir / f"{chosen['video_id']}.mp4"
     data = video.read_bytes()
     video.write_bytes(data[: len(data) // 2])
-    return meta["videos"][-1]["video_id"]
+    return str(chosen["video_id"])
 
 
 def print_progress(progress: Progress, n_studies: int) -> None:
@@ -141,7 +143,7 @@ async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path)
     ok = finished(progress) and once and stack.all_stopped()
     print(f"\nevery study diagnosed once: {once and len(progress.diagnoses) == n_studies}; "
           f"every frame accounted: {frames == sum(progress.expected_frames.values())}; "
-          f"all processes stopped: {stack.all_stopped()} (exit codes {sorted(set(codes.values()), key=str)})")
+          f"all processes stopped: {stack.all_stopped()} (exit codes {codes})")
     return 0 if ok else 1
 
 

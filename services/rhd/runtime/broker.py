@@ -49,6 +49,8 @@ class EmbeddedBroker:
 
     async def _wait_until_up(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
+        # Refused connections are expected while the broker boots; aiokafka logs each as an error.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         while True:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"broker exited with code {self.process.returncode}")
@@ -56,6 +58,7 @@ class EmbeddedBroker:
             try:
                 await admin.start()
                 await admin.list_topics()
+                logging.getLogger("aiokafka").setLevel(logging.WARNING)
                 return
             except Exception:
                 if time.monotonic() > deadline:

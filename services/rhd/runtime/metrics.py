@@ -10,7 +10,7 @@ MESSAGES = Counter(
 OUTPUTS = Counter("rhd_outputs_total", "Records produced, by topic.", ["stage", "topic"])
 STAGE_SECONDS = Histogram(
     "rhd_stage_seconds",
-    "Time to process one input message (decode, work, encode).",
+    "Time the stage logic takes for one input message (the view stage: including the model call).",
     ["stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )

@@ -23,11 +23,19 @@ class ServiceProcess:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, http_port: int = 0):
         self.name, self.argv, self.env, self.log_path, self.http_port = name, argv, env, log_path, http_port
         self.process: subprocess.Popen[bytes] | None = None
+        self._sent: set[int] = set()
 
     def start(self) -> None:
+        self._sent.clear()
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        """Send a signal once: a second SIGTERM would kill a service while it shuts down gracefully."""
+        if self.process is not None and self.process.poll() is None and sig not in self._sent:
+            self._sent.add(sig)
+            self.process.send_signal(sig)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -36,7 +44,7 @@ class ServiceProcess:
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.process.send_signal(sig)
+            self.signal(sig)
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -127,8 +135,7 @@ class EmbeddedStack:
         """Stop every service (graceful first), then the broker; return each exit code."""
         codes = {}
         for service in reversed(self.services):
-            if service.process is not None and service.process.poll() is None:
-                service.process.send_signal(signal.SIGTERM)
+            service.signal(signal.SIGTERM)
         for service in reversed(self.services):
             codes[f"{service.name}:{service.http_port}"] = service.stop()
         self.broker.stop()
