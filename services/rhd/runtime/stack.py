@@ -31,7 +31,7 @@ class ServiceProcess:
             self.process = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 
-    def signal(self, sig: int = signal.SIGTERM) -> None:
+    def send_once(self, sig: int = signal.SIGTERM) -> None:
         """Send a signal once: a second SIGTERM would kill a service while it shuts down gracefully."""
         if self.process is not None and self.process.poll() is None and sig not in self._sent:
             self._sent.add(sig)
@@ -44,7 +44,7 @@ class ServiceProcess:
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.signal(sig)
+            self.send_once(sig)
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -135,7 +135,7 @@ class EmbeddedStack:
         """Stop every service (graceful first), then the broker; return each exit code."""
         codes = {}
         for service in reversed(self.services):
-            service.signal(signal.SIGTERM)
+            service.send_once(signal.SIGTERM)
         for service in reversed(self.services):
             codes[f"{service.name}:{service.http_port}"] = service.stop()
         self.broker.stop()
