@@ -1,6 +1,5 @@
 """`rhd demo` and `rhd watch`: the whole line on one machine, shown to a person."""
 
-import asyncio
 import json
 import shutil
 import time
@@ -87,7 +86,7 @@ async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path)
 
     started = time.monotonic()
     shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    workdir.mkdir(parents=True)  # noqa: ASYNC240 - before anything runs
     settings = settings.model_copy(update={"blob_dir": workdir / "blobs", "study_deadline_s": 120.0,
                                            "model_retry_for_s": 30.0})
     print(f"generating {n_studies} synthetic studies (seed {seed})", flush=True)

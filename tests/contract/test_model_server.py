@@ -6,6 +6,8 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from rhd.runtime.model_client import ModelClient, ModelUnavailableError, to_tensor_proto
+from rhd.runtime.model_server import start_server
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -14,9 +16,6 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from tensorflow_serving.apis.get_model_metadata_pb2 import SignatureDefMap
-
-from rhd.runtime.model_client import ModelClient, ModelUnavailableError, to_tensor_proto
-from rhd.runtime.model_server import start_server
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

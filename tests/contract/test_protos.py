@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
-
 from rhd.runtime.topics import TOPICS, all_topic_names, dlq
 from rhd.v1 import rhd_pb2 as pb
 

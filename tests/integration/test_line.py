@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-
 from rhd.demo import corrupt_one_video
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.publish import publish_uploads, upload_from_dir

@@ -1,7 +1,6 @@
 """assemble's state machine: deduplication, completion, deadlines, completeness."""
 
 import pytest
-
 from rhd.assemble.ops import STUDY_FEATURE_NAMES, AnalysedFrame, Assembler, study_features
 from rhd.features.ops import FEATURE_NAMES
 from rhd.v1 import rhd_pb2 as pb

@@ -47,7 +47,8 @@ def _study_id(done: pb.FrameDone) -> str:
 
 def _output(study: pb.StudyFeatures) -> Output:
     if study.HasField("uploaded_at"):
-        metrics.STUDY_LATENCY.labels("assemble").observe(max(0.0, time.time() - study.uploaded_at.ToMicroseconds() / 1e6))
+        latency = time.time() - study.uploaded_at.ToMicroseconds() / 1e6
+        metrics.STUDY_LATENCY.labels("assemble").observe(max(0.0, latency))
     return Output(STUDIES_FEATURES, study.study_id, study)
 
 

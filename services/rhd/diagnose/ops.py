@@ -39,10 +39,11 @@ class Result:
 
 def load_study_model(models_dir: Path, version: int = 0) -> StudyModel:
     path = version_dir(models_dir, MODEL_NAME, version)
-    untrusted = set(sio.get_untrusted_types(file=path / MODEL_FILE)) - TRUSTED_TYPES
-    if untrusted:
-        raise ValueError(f"refusing {path / MODEL_FILE}: it contains types outside the allow-list: {sorted(untrusted)}")
-    pipeline = sio.load(path / MODEL_FILE, trusted=sorted(set(sio.get_untrusted_types(file=path / MODEL_FILE))))
+    found = set(sio.get_untrusted_types(file=path / MODEL_FILE))
+    if found - TRUSTED_TYPES:
+        raise ValueError(f"refusing {path / MODEL_FILE}: it contains types outside the allow-list: "
+                         f"{sorted(found - TRUSTED_TYPES)}")
+    pipeline = sio.load(path / MODEL_FILE, trusted=sorted(found))
     manifest = read_manifest(path)
     return StudyModel(pipeline, f"{MODEL_NAME}/{path.name}", tuple(manifest["feature_names"]),
                       tuple(manifest["classes"]))

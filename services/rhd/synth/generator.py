@@ -86,8 +86,10 @@ def _ellipse_mask(shape: tuple[int, int], cx: float, cy: float, ax: float, ay: f
     return mask.astype(bool)
 
 
-def render_frame(view: str, phase: float, doppler: bool, jet_length_px: float, rng: np.random.Generator,
-                 config: SynthConfig, jitter: tuple[float, float, float, float] = (0, 0, 0, 1.0)) -> tuple[np.ndarray, FrameTruth]:
+def render_frame(
+    view: str, phase: float, doppler: bool, jet_length_px: float, rng: np.random.Generator,
+    config: SynthConfig, jitter: tuple[float, float, float, float] = (0, 0, 0, 1.0),
+) -> tuple[np.ndarray, FrameTruth]:
     """One 240 x 320 BGR frame of `view` at cardiac `phase` in [0, 1); jitter = (dx, dy, angle, gain)."""
     h, w = config.height, config.width
     dx, dy, angle, gain = jitter

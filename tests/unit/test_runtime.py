@@ -1,0 +1,60 @@
+"""Shared runtime pieces: blob store (claim check), settings, dead letters, uploads."""
+
+import pytest
+from rhd.runtime.blobs import BlobStore
+from rhd.runtime.publish import upload_from_dir
+from rhd.runtime.records import dead_letter, frame_key_of, frame_result
+from rhd.runtime.settings import Settings
+from rhd.runtime.topics import FRAMES_DONE
+from rhd.synth.generator import synth_studies
+from rhd.v1 import rhd_pb2 as pb
+
+
+def test_blob_store_round_trips_and_detects_corruption(tmp_path):
+    store = BlobStore(tmp_path)
+    uri = store.put(b"video bytes")
+    assert store.put(b"video bytes") == uri and store.get(uri) == b"video bytes"
+    next(tmp_path.rglob(uri.split(":")[-1])).write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="corrupt"):
+        store.get(uri)
+    with pytest.raises(ValueError, match="unknown blob"):
+        store.get("s3://bucket/x")
+    with pytest.raises(ValueError, match="bad blob digest"):
+        store.get("blob:sha256:../../etc/passwd")
+
+
+def test_settings_come_from_rhd_environment(monkeypatch):
+    monkeypatch.setenv("RHD_PARTITIONS", "8")
+    monkeypatch.setenv("RHD_BOOTSTRAP_SERVERS", "kafka:9092")
+    settings = Settings()
+    assert settings.partitions == 8 and settings.bootstrap_servers == "kafka:9092"
+    with pytest.raises(Exception):  # noqa: B017 - frozen
+        settings.partitions = 2
+
+
+def test_frame_result_is_keyed_by_study_on_frames_done():
+    key = pb.FrameKey(study_id="S1", video_id="S1-V00", frame_index=3)
+    out = frame_result(key, pb.FRAME_STATUS_SKIPPED, "inspect", "anatomical")
+    assert (out.topic, out.key) == (FRAMES_DONE, "S1")
+    assert out.message.result.reason == "anatomical" and out.message.result.stage == "inspect"
+    nested = pb.ViewedFrame(segmented=pb.SegmentedFrame(frame=pb.Frame(key=key)))
+    assert frame_key_of(nested) == key and frame_key_of(pb.StudyFeatures()) is None
+
+
+def test_dead_letter_carries_original_bytes_or_a_reference():
+    letter = dead_letter("t", "split", "bad", b"raw", key=b"k", partition=1, offset=5)
+    assert letter.original_bytes == b"raw" and letter.WhichOneof("original") == "original_bytes"
+    letter = dead_letter("t", "split", "bad", original_blob_uri="blob:sha256:" + "0" * 64)
+    assert letter.WhichOneof("original") == "original_blob_uri"
+
+
+def test_upload_inlines_videos_while_under_the_limit_and_references_the_rest(tmp_path):
+    (study,) = synth_studies(2, 1, tmp_path / "s")
+    store = BlobStore(tmp_path / "blobs")
+    upload = upload_from_dir(study, store, max_message_bytes=1_000_000)
+    assert upload.ByteSize() < 1_000_000
+    inline = [v for v in upload.videos if v.HasField("inline_data")]
+    referenced = [v for v in upload.videos if v.HasField("blob_uri")]
+    assert inline and referenced
+    assert all(store.get(v.blob_uri) == (study / v.filename).read_bytes() for v in referenced)
+    assert upload.metadata["patient_name"]  # identifying fields travel until de-identification exists
