@@ -24,8 +24,8 @@ setup: $(STAMP) $(GEN)
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
-	$(UV) pip install --python $(BIN)/python -r requirements.lock
-	$(UV) pip install --python $(BIN)/python --no-deps -e .
+	$(UV) pip install -q --python $(BIN)/python -r requirements.lock
+	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
 $(GEN): $(PROTOS) $(STAMP)
@@ -49,3 +49,7 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var models/view/[0-9]* models/study/[0-9]* $(GEN) services/rhd/v1/*_pb2.pyi
+
+# Figures, not tests: per-frame cost of each stage's functions beside raw decode and HSV.
+bench: setup
+	$(BIN)/python loadtest/bench_stages.py

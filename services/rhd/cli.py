@@ -4,9 +4,13 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
+
+# TensorFlow's C++ start-up chatter (no CUDA on CPU machines) hides the service logs; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from rhd.runtime.settings import get_settings
 from rhd.runtime.stack import STAGES

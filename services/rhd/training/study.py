@@ -47,6 +47,14 @@ def code_version() -> str:
         return rhd.__version__
 
 
+def parameters_hash(pipeline: Pipeline) -> str:
+    scaler, classifier = pipeline[0], pipeline[-1]
+    digest = hashlib.sha256()
+    for array in (scaler.mean_, scaler.scale_, classifier.coef_, classifier.intercept_):
+        digest.update(np.ascontiguousarray(array, np.float64).tobytes())
+    return digest.hexdigest()
+
+
 def build_features(models_dir: Path, seed: int, n_studies: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         dirs = synth_studies(seed, n_studies, Path(tmp), balanced=True)
@@ -79,7 +87,8 @@ def train_study_model(models_dir: Path, seed: int = 11, n_studies: int = 90, ver
         "packages": {p: package_version(p) for p in ("scikit-learn", "numpy", "tensorflow", "skops",
                                                      "opencv-python-headless", "scikit-image")},
         "python": platform.python_version(),
-        "model_sha256": hashlib.sha256((out / MODEL_FILE).read_bytes()).hexdigest(),
+        # The skops file is a zip with timestamps; the fitted parameters are what must repeat.
+        "parameters_sha256": parameters_hash(pipeline),
         "metrics": {
             "cv": "5-fold stratified",
             "recall": {c: float(r) for c, r in zip(CLASSES, recalls, strict=True)},

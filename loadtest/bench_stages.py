@@ -1,0 +1,58 @@
+"""Per-frame cost of each stage's functions, next to raw OpenCV decode and raw HSV conversion measured
+in the same run on the same core. Prints figures; asserts nothing."""
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rhd.features.ops import frame_features
+from rhd.inspect.ops import colour_fraction
+from rhd.segment.ops import segment
+from rhd.split.ops import decode_png, decode_video, encode_png
+from rhd.synth.generator import synth_studies
+
+
+def per_frame_ms(fn, items) -> float:  # noqa: ANN001
+    started = time.perf_counter()
+    for item in items:
+        fn(item)
+    return 1000 * (time.perf_counter() - started) / len(items)
+
+
+def main(n_studies: int = 3) -> None:
+    cv2.setNumThreads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = [p.read_bytes() for s in synth_studies(99, n_studies, Path(tmp), balanced=True)
+                  for p in sorted(s.glob("*.mp4"))]
+    frames = [f for v in videos for f in decode_video(v).frames]
+    colour = [f for f in frames if colour_fraction(f) > 0.002]
+    masks = [segment(f).labels for f in colour]
+    pngs = [encode_png(f) for f in frames]
+    n_frames = len(frames)
+    rows = [
+        ("raw OpenCV decode (VideoCapture)", 1000 * _time(lambda: [decode_video(v) for v in videos]) / n_frames),
+        ("raw HSV conversion", per_frame_ms(lambda f: cv2.cvtColor(f, cv2.COLOR_BGR2HSV), frames)),
+        ("split: decode + PNG encode", 1000 * _time(lambda: [encode_png(f) for v in videos
+                                                             for f in decode_video(v).frames]) / n_frames),
+        ("inspect: PNG decode + colour fraction", per_frame_ms(lambda p: colour_fraction(decode_png(p)), pngs)),
+        ("segment: k-means on colour pixels", per_frame_ms(segment, colour)),
+        ("features: texture + flow", per_frame_ms(lambda i: frame_features(colour[i], masks[i], 0.6, 60.0),
+                                                  range(len(colour)))),
+    ]
+    print(f"{n_frames} frames ({len(colour)} colour Doppler) of {len(videos)} videos, one core")
+    for name, ms in rows:
+        print(f"  {name:<40} {ms:7.3f} ms/frame  {1000 / ms:8.0f} frames/s")
+
+
+def _time(fn) -> float:  # noqa: ANN001
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
