@@ -1,14 +1,9 @@
-"""Client of the TensorFlow Serving gRPC API (tensorflow-serving-api stubs over grpc.aio).
-
-Frames from concurrent callers are micro-batched into one Predict request; UNAVAILABLE and deadline
-errors are retried with backoff for a bounded time. It talks to `tensorflow/serving` or to the
-embedded `rhd model-server` alike.
-"""
+"""Client of the TensorFlow Serving gRPC API, for `tensorflow/serving` and the embedded `rhd model-server` alike:
+concurrent frames share one Predict request; UNAVAILABLE and deadline errors are retried for a bounded time."""
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass, field
+from collections import defaultdict
 
 import grpc
 import numpy as np
@@ -21,151 +16,221 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from rhd.view.ops import INPUT_NAME
-
 log = logging.getLogger(__name__)
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-_NUMPY = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_INT64: np.int64,
-          types_pb2.DT_INT32: np.int32, types_pb2.DT_UINT8: np.uint8}
-_VALUES = {types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_INT64: "int64_val",
-           types_pb2.DT_INT32: "int_val", types_pb2.DT_UINT8: "int_val"}
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.1, 2.0
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # gRPC's own reconnection backs off up to 2 minutes; a restarted server must be seen within our retries.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+# dtype -> (numpy type, the repeated field TensorFlow uses when tensor_content is empty)
+_DTYPES = {
+    types_pb2.DT_FLOAT: (np.float32, "float_val"),
+    types_pb2.DT_DOUBLE: (np.float64, "double_val"),
+    types_pb2.DT_INT64: (np.int64, "int64_val"),
+    types_pb2.DT_INT32: (np.int32, "int_val"),
+    types_pb2.DT_UINT8: (np.uint8, "int_val"),
+    types_pb2.DT_BOOL: (np.bool_, "bool_val"),
+}
+_ENUMS = {np.dtype(numpy_type): enum for enum, (numpy_type, _) in _DTYPES.items()}
 
 
-class ModelUnavailableError(RuntimeError):
-    """The model server did not answer within the retry budget."""
+class ModelError(RuntimeError):
+    """The model server gave no usable answer."""
 
 
-class ModelRequestError(RuntimeError):
-    """The model server refused the request (wrong model, version, input)."""
+class ModelUnavailableError(ModelError):
+    """The model server stayed unreachable (or too slow) for the whole retry budget."""
+
+
+class ModelRequestError(ModelError):
+    """The model server refused the request: unknown model or version, wrong input, closed client."""
 
 
 def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-    if array.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8, got {array.dtype}")
+    """A TensorProto with the raw bytes in tensor_content, as TensorFlow Serving accepts it."""
+    enum = _ENUMS.get(array.dtype)
+    if enum is None:
+        raise ValueError(f"unsupported dtype {array.dtype}")
     shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape])
-    return tensor_pb2.TensorProto(dtype=types_pb2.DT_UINT8, tensor_shape=shape,
-                                  tensor_content=np.ascontiguousarray(array).tobytes())
+    return tensor_pb2.TensorProto(dtype=enum, tensor_shape=shape, tensor_content=np.ascontiguousarray(array).tobytes())
 
 
 def from_tensor_proto(tensor: tensor_pb2.TensorProto) -> np.ndarray:
-    dtype = _NUMPY.get(tensor.dtype)
-    if dtype is None:
+    """Either encoding TensorFlow Serving may answer with: raw tensor_content, or the typed repeated field."""
+    if tensor.dtype not in _DTYPES:
         raise ModelRequestError(f"unsupported output dtype {types_pb2.DataType.Name(tensor.dtype)}")
+    numpy_type, field = _DTYPES[tensor.dtype]
     shape = [d.size for d in tensor.tensor_shape.dim]
+    size = int(np.prod(shape))
     if tensor.tensor_content:
-        return np.frombuffer(tensor.tensor_content, dtype).reshape(shape)
-    return np.asarray(getattr(tensor, _VALUES[tensor.dtype]), dtype).reshape(shape)
-
-
-@dataclass
-class _Pending:
-    frame: np.ndarray
-    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+        values = np.frombuffer(tensor.tensor_content, numpy_type)
+    else:
+        values = np.asarray(getattr(tensor, field), numpy_type)
+        # TensorFlow may drop trailing repeats of the last value: they are implied, as tf.make_ndarray reads them.
+        if 0 < values.size < size:
+            values = np.concatenate([values, np.repeat(values[-1:], size - values.size)])
+    if values.size != size:
+        raise ModelRequestError(f"output holds {values.size} values for shape {shape}")
+    return values.reshape(shape)
 
 
 class ModelClient:
+    """One model of one server. `predict` queues a frame; a batcher sends up to max_batch queued frames at once,
+    waiting at most max_wait_ms for company, so concurrent callers share requests."""
+
     def __init__(self, target: str, model_name: str, version: int = 0, signature: str = "serving_default",
                  timeout_s: float = 10.0, max_batch: int = 32, max_wait_ms: float = 5.0,
-                 retry_for_s: float = 60.0) -> None:
+                 retry_for_s: float = 60.0, input_name: str = "frames") -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.target, self.model_name, self.version, self.signature = target, model_name, version, signature
         self.timeout_s, self.max_batch, self.max_wait_s = timeout_s, max_batch, max_wait_ms / 1000.0
-        self.retry_for_s = retry_for_s
-        self.channel = grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                                  ("grpc.max_send_message_length", 64 << 20)])
-        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
-        self._queue: list[_Pending] = []
-        self._flusher: asyncio.Task | None = None
-        self._version_served = 0
-        self.batch_sizes: list[int] = []
-
-    def _spec(self, message) -> None:  # noqa: ANN001
-        message.model_spec.name = self.model_name
-        if self.version:
-            message.model_spec.version.value = self.version
+        self.retry_for_s, self.input_name = retry_for_s, input_name
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] = asyncio.Queue()
+        self._waiting: set[asyncio.Future] = set()
+        self._batcher: asyncio.Task | None = None
+        self._in_flight: set[asyncio.Task] = set()
+        self._closed = False
 
     async def predict(self, frame: np.ndarray) -> dict[str, np.ndarray]:
-        """One frame's outputs; concurrent calls share one Predict request."""
-        pending = _Pending(frame)
-        self._queue.append(pending)
-        if len(self._queue) >= self.max_batch:
-            self._flush_now()
-        elif self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
-        return await pending.future
-
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self.max_wait_s)
-        self._flusher = None
-        self._flush_now()
-
-    def _flush_now(self) -> None:
-        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
-        if self._flusher is not None and not self._queue:
-            self._flusher.cancel()
-            self._flusher = None
-        if batch:
-            asyncio.get_running_loop().create_task(self._run_batch(batch))
-        if self._queue and self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
-
-    async def _run_batch(self, batch: list[_Pending]) -> None:
+        """One uint8 H x W x 3 frame -> its row of every output of the signature."""
+        if frame.dtype != np.uint8 or frame.ndim != 3:
+            raise ValueError(f"expected a uint8 H x W x 3 frame, got {frame.dtype} {frame.shape}")
+        if self._closed:
+            raise ModelRequestError(f"model client for {self.target} is closed")
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.add(future)
+        self._queue.put_nowait((frame, future))
+        if self._batcher is None:
+            self._batcher = asyncio.create_task(self._batch_forever())
         try:
-            outputs = await self.predict_batch(np.stack([p.frame for p in batch]))
-        except Exception as exc:  # each caller gets the error of its batch
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
+            return await future
+        finally:
+            self._waiting.discard(future)
+
+    async def _batch_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        batch.append(await self._queue.get())
+                except TimeoutError:
+                    break
+            # Batches are sent concurrently: one waiting on a slow or absent server does not hold up the next.
+            task = asyncio.create_task(self._send(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _send(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        # Callers that gave up are not sent; frames of another size cannot share a tensor.
+        by_shape: dict[tuple[int, ...], list[tuple[np.ndarray, asyncio.Future]]] = defaultdict(list)
+        for frame, future in batch:
+            if not future.done():
+                by_shape[frame.shape].append((frame, future))
+        await asyncio.gather(*(self._send_stacked(items) for items in by_shape.values()))
+
+    async def _send_stacked(self, items: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        try:
+            outputs = await self.predict_batch(np.stack([frame for frame, _ in items]))
+        except Exception as exc:  # every caller of the batch gets the error; the batcher goes on
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(exc)
             return
-        for row, p in enumerate(batch):
-            if not p.future.done():
-                p.future.set_result({k: v[row] for k, v in outputs.items()})
+        for row, (_, future) in enumerate(items):
+            if not future.done():
+                future.set_result({key: values[row] for key, values in outputs.items()})
 
     async def predict_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """One Predict request for a stack of frames (N x H x W x 3 uint8); every output has N rows."""
         request = predict_pb2.PredictRequest()
-        self._spec(request)
+        self._set_spec(request.model_spec)
         request.model_spec.signature_name = self.signature
-        request.inputs[INPUT_NAME].CopyFrom(to_tensor_proto(frames))
-        self.batch_sizes.append(len(frames))
-        response = await self._call(self.predictions.Predict, request)
-        self._version_served = response.model_spec.version.value
-        return {k: from_tensor_proto(v) for k, v in response.outputs.items()}
+        request.inputs[self.input_name].CopyFrom(to_tensor_proto(frames))
+        response = await self._call(self._predictions.Predict, request)
+        outputs = {key: from_tensor_proto(tensor) for key, tensor in response.outputs.items()}
+        for key, values in outputs.items():
+            if values.ndim == 0 or len(values) != len(frames):
+                raise ModelRequestError(f"output {key!r} has shape {list(values.shape)}, not one row per frame "
+                                        f"({len(frames)})")
+        return outputs
 
-    async def _call(self, method, request):  # noqa: ANN001, ANN202
-        give_up = time.monotonic() + self.retry_for_s
-        delay = 0.1
+    async def ready(self) -> bool:
+        """The version asked for is AVAILABLE; with version 0, any is (TF Serving answers with the latest one)."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._set_spec(request.model_spec)
+        try:
+            response = await self._models.GetModelStatus(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError:
+            return False
+        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        return any(s.state == available and (not self.version or s.version == self.version)
+                   for s in response.model_version_status)
+
+    async def metadata(self) -> int:
+        """The version the server answers with, after checking it has our signature and input."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._set_spec(request.model_spec)
+        response = await self._call(self._predictions.GetModelMetadata, request)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        signature = signatures.signature_def.get(self.signature)
+        if signature is None or self.input_name not in signature.inputs:
+            raise ModelRequestError(
+                f"model {self.model_name} version {response.model_spec.version.value} on {self.target} has no "
+                f"signature {self.signature!r} with input {self.input_name!r} "
+                f"(signatures: {sorted(signatures.signature_def)})")
+        return response.model_spec.version.value
+
+    async def close(self) -> None:
+        """Stop batching; callers still waiting get ModelRequestError."""
+        self._closed = True
+        tasks = [task for task in (self._batcher, *self._in_flight) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for future in self._waiting:
+            if not future.done():
+                future.set_exception(ModelRequestError(f"model client for {self.target} closed"))
+        await self._channel.close()
+
+    def _set_spec(self, spec) -> None:  # noqa: ANN001 - tensorflow_serving's ModelSpec message
+        spec.name = self.model_name
+        if self.version:
+            spec.version.value = self.version
+
+    async def _call(self, method, request):  # noqa: ANN001, ANN202 - any unary stub method and its messages
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.retry_for_s
+        delay = FIRST_BACKOFF_S
         while True:
             try:
                 return await method(request, timeout=self.timeout_s)
             except grpc.aio.AioRpcError as err:
+                status = f"{err.code().name}: {err.details()}"
                 if err.code() not in RETRYABLE:
-                    raise ModelRequestError(f"{self.target}: {err.code().name}: {err.details()}") from None
-                if time.monotonic() + delay > give_up:
+                    raise ModelRequestError(f"model server {self.target}, model {self.model_name}: {status}") from None
+                if loop.time() >= give_up:
                     raise ModelUnavailableError(
-                        f"model server {self.target} unavailable for {self.retry_for_s:.0f} s "
-                        f"(last: {err.code().name}: {err.details()})") from None
-                log.warning("model server %s: %s, retrying in %.1f s", self.target, err.code().name, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def ready(self) -> bool:
-        request = get_model_status_pb2.GetModelStatusRequest()
-        self._spec(request)
-        try:
-            response = await self.models.GetModelStatus(request, timeout=2.0)
-        except grpc.aio.AioRpcError:
-            return False
-        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-        return any(s.state == available for s in response.model_version_status)
-
-    async def metadata(self) -> int:
-        """The version answering requests: the one named, or the latest the server has."""
-        if self._version_served:
-            return self._version_served
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._spec(request)
-        response = await self._call(self.predictions.GetModelMetadata, request)
-        return response.model_spec.version.value
-
-    async def close(self) -> None:
-        await self.channel.close()
+                        f"model server {self.target} (model {self.model_name}) gave no answer for "
+                        f"{self.retry_for_s:g} s; last status {status}") from None
+                # One warning per call: a down server would otherwise log every backoff of every batch.
+                (log.warning if delay == FIRST_BACKOFF_S else log.debug)(
+                    "model server %s: %s; retrying for up to %.0f s", self.target, status, give_up - loop.time())
+                await asyncio.sleep(min(delay, max(0.0, give_up - loop.time())))
+                delay = min(2 * delay, MAX_BACKOFF_S)

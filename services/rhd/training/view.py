@@ -1,51 +1,82 @@
-"""`rhd train view`: a small Keras CNN for the probe views, trained on decoded generated videos, exported
-as a SavedModel (TensorFlow Serving layout) whose graph holds the preprocessing."""
+"""`rhd train view`: a small Keras CNN for the probe views, trained on generated videos decoded as split decodes
+them, exported as a SavedModel in TensorFlow Serving's layout with the preprocessing inside the graph."""
 
 import hashlib
 import json
 import platform
+import shutil
+import subprocess
 import tempfile
+import time
+from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
 
+import rhd
 from rhd.labels import VIEWS
 from rhd.split.ops import decode_video
 from rhd.synth.generator import SynthConfig, synth_studies
-from rhd.training.study import code_version
-from rhd.view.ops import INPUT_NAME, PROBABILITIES
+from rhd.view.ops import INPUT_NAME, PROBABILITIES, VIEW_INDEX
 
 MODEL_NAME = "view"
-INPUT_SHAPE = (240, 320, 3)
-RESIZED = (60, 80)
+SIGNATURE = "serving_default"
+FRAME_SHAPE = (240, 320, 3)  # what the generator writes and split decodes
+RESIZED = (60, 80)  # the probe view is in the anatomy's layout, which survives a 4x downscale
+EVERY = 2  # neighbouring frames of a video are near copies: every other one is enough
+# The view stage only sees colour Doppler frames; some B-mode keeps the model a plain view classifier.
+DOPPLER_SHARE = 0.75
+EPOCHS, BATCH_SIZE, LEARNING_RATE = 14, 64, 2e-3
 
 
-def labelled_frames(seed: int, n_studies: int, every: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Frames as the services see them (MP4 written, then decoded by split's function) and their views."""
-    config = SynthConfig(doppler_share=0.5)
-    frames, labels = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for study in synth_studies(seed, n_studies, Path(tmp), config, balanced=True):
-            truth = json.loads((study / "truth.json").read_text())
-            for video in truth["videos"]:
-                decoded = decode_video((study / f"{video['video_id']}.mp4").read_bytes())
-                frames += decoded.frames[::every]
-                labels += [VIEWS.index(video["view"])] * len(decoded.frames[::every])
-    return np.stack(frames), np.array(labels, np.int64)
+@dataclass(frozen=True)
+class FrameSet:
+    x: np.ndarray  # float32 [n, *RESIZED, 1]: frames through `preprocess`, as the served graph sees them
+    views: np.ndarray  # int64 [n]: index into VIEWS
+    doppler: np.ndarray  # bool [n]
+    sha256: str  # of the decoded frames and their view indices, in order
 
 
-def preprocess(frames):  # noqa: ANN001, ANN201 - a TensorFlow graph function
-    import tensorflow as tf
-
+def preprocess(frames: tf.Tensor) -> tf.Tensor:
+    """uint8 BGR [n, 240, 320, 3] -> float32 grey [n, 60, 80, 1] in [0, 1]; part of the exported graph."""
     x = tf.cast(frames, tf.float32) / 255.0
-    grey = tf.tensordot(x, tf.constant([0.114, 0.587, 0.299]), axes=[[3], [0]])[..., None]  # BGR weights
+    grey = tf.tensordot(x, tf.constant([0.114, 0.587, 0.299]), axes=[[3], [0]])[..., None]  # BGR order
     return tf.image.resize(grey, RESIZED, method="area")
 
 
-def build_model(seed: int):  # noqa: ANN201
-    import keras
+def _frames(studies: list[Path]) -> FrameSet:
+    xs, views, doppler = [], [], []
+    digest = hashlib.sha256()
+    for study in studies:
+        truth = json.loads((study / "truth.json").read_text())
+        for video in truth["videos"]:
+            decoded = decode_video((study / f"{video['video_id']}.mp4").read_bytes()).frames[::EVERY]
+            batch = np.stack(decoded)
+            labels = np.full(len(decoded), VIEWS.index(video["view"]), np.int64)
+            digest.update(batch.tobytes())
+            digest.update(labels.tobytes())
+            # Kept preprocessed only: the raw frames of a training set would take hundreds of MB.
+            xs.append(preprocess(tf.constant(batch)).numpy())
+            views.append(labels)
+            doppler.append(np.full(len(decoded), bool(video["doppler"])))
+    if not xs:
+        return FrameSet(np.zeros((0, *RESIZED, 1), np.float32), np.zeros(0, np.int64), np.zeros(0, bool),
+                        digest.hexdigest())
+    return FrameSet(np.concatenate(xs), np.concatenate(views), np.concatenate(doppler), digest.hexdigest())
 
+
+def generated_frames(seed: int, n_studies: int, held_out: int = 0) -> tuple[FrameSet, FrameSet]:
+    """Frames of n_studies generated studies, and of `held_out` more from the same seed (disjoint studies)."""
+    config = SynthConfig(doppler_share=DOPPLER_SHARE)
+    with tempfile.TemporaryDirectory() as tmp:
+        studies = synth_studies(seed, n_studies + held_out, Path(tmp), config, balanced=True)
+        return _frames(studies[:n_studies]), _frames(studies[n_studies:])
+
+
+def build_model(seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((*RESIZED, 1))
     x = inputs
@@ -55,73 +86,98 @@ def build_model(seed: int):  # noqa: ANN201
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(len(VIEWS), activation="softmax")(x)
     model = keras.Model(inputs, outputs, name="view_cnn")
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
+    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     return model
 
 
-def weights_hash(model) -> str:  # noqa: ANN001
+def weights_hash(model: keras.Model) -> str:
+    """sha256 over the model's weight arrays in order, shapes and dtypes included."""
     digest = hashlib.sha256()
     for weight in model.get_weights():
+        digest.update(f"{weight.dtype}{weight.shape}".encode())
         digest.update(np.ascontiguousarray(weight).tobytes())
     return digest.hexdigest()
 
 
-def fit(seed: int, n_studies: int, epochs: int):  # noqa: ANN201
-    import tensorflow as tf
-
+def fit(seed: int, n_studies: int, epochs: int = EPOCHS, held_out: int = 0) -> tuple[keras.Model, FrameSet, FrameSet]:
+    """Train on generated frames; the same seed gives the same weights on CPU."""
     tf.config.experimental.enable_op_determinism()
-    frames, labels = labelled_frames(seed, n_studies)
-    x = preprocess(frames).numpy()
+    train, held = generated_frames(seed, n_studies, held_out)
     model = build_model(seed)
-    model.fit(x, labels, epochs=epochs, batch_size=64, shuffle=True, verbose=0)
-    return model, frames, labels
+    model.fit(train.x, train.views, epochs=epochs, batch_size=BATCH_SIZE, shuffle=True, verbose=0)
+    return model, train, held
 
 
-def export(model, out: Path) -> None:  # noqa: ANN001
-    import keras
-    import tensorflow as tf
+def export(model: keras.Model, out: Path) -> None:
+    """SavedModel with signature serving_default: frames uint8 [None, 240, 320, 3] -> probabilities, view_index."""
 
-    def serve(frames):  # noqa: ANN001, ANN202
+    def serve(frames: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = model(preprocess(frames), training=False)
-        return {PROBABILITIES: probabilities, "view_index": tf.argmax(probabilities, axis=1)}
+        return {PROBABILITIES: probabilities, VIEW_INDEX: tf.argmax(probabilities, axis=1)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve,
-                         input_signature=[tf.TensorSpec((None, *INPUT_SHAPE), tf.uint8, name=INPUT_NAME)])
+    archive.add_endpoint(SIGNATURE, serve, input_signature=[tf.TensorSpec((None, *FRAME_SHAPE), tf.uint8, INPUT_NAME)])
     archive.write_out(str(out), verbose=False)
 
 
-def train_view_model(models_dir: Path, seed: int = 7, version: int = 1, n_studies: int = 40,
-                     epochs: int = 14) -> Path:
-    from sklearn.metrics import confusion_matrix, recall_score
+def code_version() -> str:
+    """rhd's version and the git commit of the source tree; "unknown" commit outside a checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return f"{rhd.__version__}+{commit}"
 
-    model, frames, labels = fit(seed, n_studies, epochs)
-    held_frames, held_labels = labelled_frames(seed + 1000, max(8, n_studies // 4))
-    predicted = np.argmax(model.predict(preprocess(held_frames).numpy(), verbose=0), axis=1)
-    out = Path(models_dir) / MODEL_NAME / str(version)
-    export(model, out)
-    recalls = recall_score(held_labels, predicted, labels=range(len(VIEWS)), average=None, zero_division=0)
+
+def evaluate(model: keras.Model, held: FrameSet) -> dict:
+    predicted = np.argmax(model.predict(held.x, batch_size=256, verbose=0), axis=1)
+    confusion = np.zeros((len(VIEWS), len(VIEWS)), np.int64)
+    np.add.at(confusion, (held.views, predicted), 1)
+    recall = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
+    return {
+        "held_out_frames": len(held.views),
+        "accuracy": float((predicted == held.views).mean()),
+        # What the view stage is asked about: it only sees colour Doppler frames.
+        "doppler_accuracy": float((predicted == held.views)[held.doppler].mean()),
+        "recall": {view: float(r) for view, r in zip(VIEWS, recall, strict=True)},
+        "confusion_matrix": {"labels": list(VIEWS), "rows_truth": confusion.tolist()},
+    }
+
+
+def train_view_model(models_dir: Path, seed: int = 7, version: int = 1, n_studies: int = 40,
+                     held_out: int = 10, epochs: int = EPOCHS) -> Path:
+    """Train, evaluate on held-out studies, export to <models_dir>/view/<version>/ with its manifest.json."""
+    if held_out < 1:
+        raise ValueError(f"held_out must be at least 1 study to measure the model, got {held_out}")
+    started = time.monotonic()
+    model, train, held = fit(seed, n_studies, epochs, held_out)
+    metrics = evaluate(model, held)
     manifest = {
-        "model": MODEL_NAME, "version": version, "signature": "serving_default",
-        "inputs": {INPUT_NAME: "uint8 [batch, 240, 320, 3] BGR"},
-        "outputs": {PROBABILITIES: f"float32 [batch, {len(VIEWS)}]", "view_index": "int64 [batch]"},
+        "model": MODEL_NAME, "version": version, "signature": SIGNATURE,
+        "inputs": {INPUT_NAME: f"uint8 [batch, {', '.join(map(str, FRAME_SHAPE))}] BGR"},
+        "outputs": {PROBABILITIES: f"float32 [batch, {len(VIEWS)}]", VIEW_INDEX: "int64 [batch]"},
         "classes": list(VIEWS),
-        "data": {"generator": "rhd.synth", "seed": seed, "studies": n_studies, "frames": len(frames),
-                 "sha256": hashlib.sha256(frames.tobytes() + labels.tobytes()).hexdigest()},
-        "training": {"epochs": epochs, "batch_size": 64, "optimizer": "adam 2e-3"},
+        "data": {"generator": "rhd.synth", "seed": seed, "studies": n_studies, "held_out_studies": held_out,
+                 "doppler_share": DOPPLER_SHARE, "every_nth_frame": EVERY, "frames": len(train.views),
+                 "sha256": train.sha256},
+        "training": {"epochs": epochs, "batch_size": BATCH_SIZE, "optimizer": f"adam {LEARNING_RATE:g}",
+                     "seconds": round(time.monotonic() - started, 1)},
         "weights_sha256": weights_hash(model),
         "code_version": code_version(),
         "packages": {p: package_version(p) for p in ("tensorflow", "keras", "numpy", "opencv-python-headless")},
         "python": platform.python_version(),
-        "metrics": {
-            "held_out": {"seed": seed + 1000, "frames": len(held_frames)},
-            "accuracy": float((predicted == held_labels).mean()),
-            "recall": {v: float(r) for v, r in zip(VIEWS, recalls, strict=True)},
-            "confusion_matrix": {"labels": list(VIEWS), "rows_truth":
-                                 confusion_matrix(held_labels, predicted, labels=range(len(VIEWS))).tolist()},
-        },
+        "metrics": metrics,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    out = Path(models_dir) / MODEL_NAME / str(version)
+    # Written beside, then renamed: a model server never sees a half-written version (non-numeric names are
+    # not versions), and a rerun leaves no stale files behind.
+    staging = out.with_name(f".{version}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    export(model, staging)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
     return out

@@ -1,4 +1,4 @@
-"""View stage's pure functions: model outputs -> a named view with its probabilities."""
+"""View stage's pure functions: one frame's model outputs -> the named probe view with its probabilities."""
 
 from dataclasses import dataclass
 
@@ -6,8 +6,10 @@ import numpy as np
 
 from rhd.labels import VIEWS
 
-INPUT_NAME = "frames"          # uint8 [batch, 240, 320, 3], BGR as OpenCV decodes
-PROBABILITIES = "probabilities"  # float32 [batch, len(VIEWS)]
+# The view model's serving signature (`serving_default`), as exported by rhd.training.view.
+INPUT_NAME = "frames"  # uint8 [batch, 240, 320, 3], BGR as OpenCV decodes
+PROBABILITIES = "probabilities"  # float32 [batch, len(VIEWS)], in VIEWS order
+VIEW_INDEX = "view_index"  # int64 [batch], argmax of PROBABILITIES
 
 
 @dataclass(frozen=True)
@@ -18,8 +20,13 @@ class ViewResult:
 
 
 def prediction_from_outputs(outputs_row: dict[str, np.ndarray], model_version: int) -> ViewResult:
+    """The row of one frame (each output without its batch axis) -> its most probable view."""
+    if PROBABILITIES not in outputs_row:
+        raise ValueError(f"model outputs lack {PROBABILITIES!r} (got {sorted(outputs_row)})")
     probabilities = np.asarray(outputs_row[PROBABILITIES], np.float64).reshape(-1)
     if probabilities.shape != (len(VIEWS),):
         raise ValueError(f"expected {len(VIEWS)} view probabilities, got shape {probabilities.shape}")
+    if not np.all(np.isfinite(probabilities)):
+        raise ValueError(f"view probabilities are not finite: {probabilities.tolist()}")
     best = int(np.argmax(probabilities))
     return ViewResult(VIEWS[best], {v: float(p) for v, p in zip(VIEWS, probabilities, strict=True)}, model_version)
