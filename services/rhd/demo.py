@@ -1,6 +1,5 @@
 """`rhd demo` and `rhd watch`: the whole line on one machine, shown to a person."""
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +27,9 @@ def completeness_name(value: int) -> str:
 def corrupt_one_video(study_dir: Path) -> str:
     """Truncate one video to half its bytes: the bad input the line must survive. A B-mode video is
     chosen where there is one, so the study keeps colour Doppler frames and ends INCOMPLETE, not FAILED."""
-    videos = json.loads((study_dir / "truth.json").read_text())["videos"]
+    from rhd.synth.generator import load_truth
+
+    videos = load_truth(study_dir)["videos"]
     chosen = next((v for v in videos if not v["doppler"]), videos[-1])
     video = study_dir / f"{chosen['video_id']}.mp4"
     data = video.read_bytes()
@@ -82,7 +83,7 @@ async def stage_figures(services: list[ServiceProcess]) -> dict[str, tuple[float
 
 
 async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path) -> int:
-    from rhd.synth.generator import synth_studies
+    from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 
     started = time.monotonic()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -90,8 +91,10 @@ async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path)
     settings = settings.model_copy(update={"blob_dir": workdir / "blobs", "study_deadline_s": 120.0,
                                            "model_retry_for_s": 30.0})
     print(f"generating {n_studies} synthetic studies (seed {seed})", flush=True)
-    study_dirs = synth_studies(seed, n_studies, workdir / "studies", balanced=True)
-    truths = {d.name: json.loads((d / "truth.json").read_text())["label"] for d in study_dirs}
+    # The screening protocol's first 10 videos of 1-2 s: every view, B-mode and colour, in a demo of minutes.
+    config = SynthConfig(videos_per_study=10, duration_s=(1.0, 2.0))
+    study_dirs = synth_studies(seed, n_studies, workdir / "studies", config, balanced=True)
+    truths = {d.name: load_truth(d)["label"] for d in study_dirs}
     bad_video = corrupt_one_video(study_dirs[-1])
     print(f"  video {bad_video} truncated on purpose (bad input); study {study_dirs[0].name} "
           "will be published twice (redelivery)", flush=True)

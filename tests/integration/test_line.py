@@ -15,7 +15,7 @@ from rhd.runtime.settings import Settings
 from rhd.runtime.stack import STAGES, EmbeddedStack
 from rhd.runtime.topics import FRAMES_DECODED, STUDIES_UPLOADED
 from rhd.runtime.watch import Progress, follow
-from rhd.synth.generator import synth_studies
+from rhd.synth.generator import SynthConfig, synth_studies
 from rhd.v1 import rhd_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,8 @@ def line(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("line")
     settings = Settings(blob_dir=workdir / "blobs", models_dir=ROOT / "models", study_deadline_s=90.0,
                         model_retry_for_s=20.0)
-    studies = synth_studies(5, 4, workdir / "studies", balanced=True)
+    studies = synth_studies(5, 4, workdir / "studies", SynthConfig(videos_per_study=4, duration_s=(1.0, 1.0)),
+                            balanced=True)
     # A study whose last video is truncated, and one whose only video is not a video at all.
     corrupt_one_video(studies[2])
     not_video = workdir / "studies" / "S9999-0000"

@@ -6,7 +6,7 @@ from rhd.runtime.publish import upload_from_dir
 from rhd.runtime.records import dead_letter, frame_key_of, frame_result
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DONE
-from rhd.synth.generator import synth_studies
+from rhd.synth.generator import SynthConfig, synth_studies
 from rhd.v1 import rhd_pb2 as pb
 
 
@@ -49,7 +49,7 @@ def test_dead_letter_carries_original_bytes_or_a_reference():
 
 
 def test_upload_inlines_videos_while_under_the_limit_and_references_the_rest(tmp_path):
-    (study,) = synth_studies(2, 1, tmp_path / "s")
+    (study,) = synth_studies(2, 1, tmp_path / "s", SynthConfig(videos_per_study=6))
     store = BlobStore(tmp_path / "blobs")
     upload = upload_from_dir(study, store, max_message_bytes=1_000_000)
     assert upload.ByteSize() < 1_000_000

@@ -6,15 +6,16 @@ from rhd.features.ops import FEATURE_NAMES, frame_features
 from rhd.inspect.ops import colour_fraction, is_doppler
 from rhd.segment.ops import MOSAIC, segment
 from rhd.split.ops import VideoDecodeError, decode_png, decode_video, encode_png
-from rhd.synth.generator import SynthConfig, render_frame
+from rhd.labels import VIEWS
+from rhd.synth.render import JetScene, Scene, render_frame
 
-CONFIG = SynthConfig()
-VIEWS = ("plax", "psax", "a4c", "a2c")
+TEXT = (("phi", "Hospital Santa Rita"), ("phi", "Maria Silva Costa"))
 
 
 def frames(doppler, n=24, jet=30.0, seed=0):
     rng = np.random.default_rng(seed)
-    return [render_frame(VIEWS[i % 4], (i / n) % 1.0, doppler, jet, rng, CONFIG) for i in range(n)]
+    return [render_frame(Scene(VIEWS[i % 4], colour=doppler, mr=JetScene(jet, 1.0, False, 450.0), text_lines=TEXT,
+                               colour_bar=True), (i / n) % 1.0, rng) for i in range(n)]
 
 
 def test_inspect_tells_doppler_from_b_mode():

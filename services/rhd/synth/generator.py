@@ -1,144 +1,40 @@
-"""Synthetic echo studies: speckled B-mode views and colour Doppler frames whose mitral regurgitant jet
-length follows the study's class, written as a hospital would export them, with the ground truth apart."""
+"""Synthetic echo studies as a screening programme produces them: about 15 videos of 1-3 s per study in the
+standard views, B-mode and colour Doppler, identifying text burned in, a hidden disease state from which the
+WHF 2012 label follows, and per-frame ground truth written apart from what a hospital would publish.
 
+Deterministic: study i of seed s depends only on (s, i) and the config. Every knob is a SynthConfig field with
+a documented default (docs/synth.md), so harder variants need no code change (`rhd synth --set noise=1.6`).
+"""
+
+import dataclasses
 import datetime as dt
+import io
 import json
+import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 from rhd.labels import CLASSES, VIEWS
+from rhd.synth import overlays
+from rhd.synth.criteria import DiseaseKnobs, Valves, findings, sample_valves, whf_label
+from rhd.synth.render import SYSTOLE_END, VIEW_GEOMETRY, FrameTruth, JetScene, Pose, Scene, render_frame
 
-# Everything is laid out on a 320 x 240 reference frame and scaled by height / 240.
-REF_HEIGHT = 240.0
-APEX_Y = 8.0
-SECTOR_RADIUS = 225.0
-SECTOR_HALF_ANGLE_DEG = 40.0
-SYSTOLE_END = 0.45  # cardiac phase at which the mitral valve opens again
-SHIFT = 4  # cv2 drawing with 4 fractional bits: sub-pixel centres and axes
-SHIFT_SCALE = 1 << SHIFT
+assert tuple(VIEW_GEOMETRY) == VIEWS, "the renderer draws exactly the standard views"
 
-# Echogenicity multipliers of the B-mode canvas.
-TISSUE, BLOOD, BRIGHT, LEAFLET = 1.0, 0.08, 1.6, 2.0
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    videos_per_study: int = 4
-    frames_per_video: int = 24
-    fps: float = 24.0
-    height: int = 240
-    width: int = 320
-    pixel_spacing_mm: float = 0.6  # mm per pixel; the anatomy is sized for 0.6 at 240 px high
-    nyquist_cm_s: float = 60.0
-    doppler_share: float = 0.5  # share of videos in colour Doppler (at least one per study)
-    prevalence: tuple[float, float, float] = (0.951, 0.042, 0.007)  # normal, borderline, definite (PROVAR)
-    noise: float = 1.0  # speckle strength multiplier
-
-
-@dataclass(frozen=True)
-class FrameTruth:
-    view: str
-    doppler: bool
-    flow_mask: np.ndarray = field(repr=False)  # bool H x W: colour flow pixels (laminar + jet)
-    jet_mask: np.ndarray = field(repr=False)  # bool H x W: mosaic regurgitant jet pixels
-    jet_length_mm: float  # extent of jet_mask along the jet axis, as drawn
-
-
-class Jitter(NamedTuple):
-    """Per-video probe placement: shift (px), rotation about the sector apex (degrees), gain."""
-
-    dx: float = 0.0
-    dy: float = 0.0
-    angle_deg: float = 0.0
-    gain: float = 1.0
-
-
-NO_JITTER = Jitter()
-
-
-@dataclass
-class Video:
-    video_id: str
-    view: str
-    doppler: bool
-    jet_length_mm: float  # longest jet drawn in any frame; 0 for B-mode
-    jitter: Jitter
-    start_phase: float
-    frames: list[np.ndarray] = field(repr=False)
-    truths: list[FrameTruth] = field(repr=False)
-
-
-@dataclass
-class Study:
-    study_id: str
-    label: str
-    metadata: dict  # study.json without its video list
-    hidden: dict  # the disease parameters the label follows from
-    videos: list[Video]
-    config: SynthConfig
-
-
-# Per view, on the reference frame. Shapes are painted in order onto the echogenicity canvas:
-# ("ellipse", echo, (cx, cy), (ax, ay), angle_deg, group) or ("tube", echo, (x0, y0), (x1, y1), thickness, group);
-# group "v" (ventricles) shrinks in systole while "a" (atria) fills, "-" does not move.
-# The mitral valve is given by its two hinge points; the jet leaves their midpoint along jet_dir into the atrium.
-VIEW_GEOMETRY: dict[str, dict] = {
-    "plax": {
-        "shapes": [
-            ("ellipse", BLOOD, (160, 58), (40, 10), -8, "v"),  # right ventricle, near field
-            ("ellipse", BLOOD, (128, 118), (70, 24), -8, "v"),  # long horizontal left ventricle
-            ("tube", BLOOD, (188, 106), (236, 98), 22, "-"),  # aortic root
-            ("ellipse", BLOOD, (214, 160), (30, 24), 0, "a"),  # left atrium behind the root
-            ("ellipse", BLOOD, (236, 204), (8, 8), 0, "-"),  # descending aorta
-            ("ellipse", BRIGHT, (150, 196), (95, 7), -6, "-"),  # pericardium
-        ],
-        "mitral": ((180, 128), (198, 146)), "jet_dir": (0.6, 0.8),
-        "inflow": (18, 16, 10), "systolic": ((178, 104), (14, 7), -10),  # into the aortic root
-    },
-    "psax": {
-        "shapes": [
-            ("ellipse", BLOOD, (124, 70), (52, 16), -28, "v"),  # right ventricle crescent...
-            ("ellipse", TISSUE, (160, 128), (62, 62), 0, "-"),  # ...cut by the septum
-            ("ellipse", BRIGHT, (160, 128), (58, 58), 0, "v"),  # myocardial ring
-            ("ellipse", BLOOD, (160, 128), (44, 44), 0, "v"),  # left ventricle cavity
-            ("ellipse", TISSUE, (136, 154), (7, 6), 0, "v"),  # papillary muscles
-            ("ellipse", TISSUE, (184, 154), (7, 6), 0, "v"),
-        ],
-        "mitral": ((134, 128), (186, 128)), "jet_dir": (0.25, 0.97), "fish_mouth": True,
-        "inflow": (0, 20, 6), "systolic": ((160, 104), (16, 8), 0),  # towards the outflow, obliquely
-    },
-    "a4c": {
-        "shapes": [
-            ("ellipse", BLOOD, (124, 84), (24, 50), 14, "v"),  # right ventricle
-            ("ellipse", BLOOD, (196, 84), (28, 52), -14, "v"),  # left ventricle
-            ("ellipse", BLOOD, (125, 166), (26, 24), 0, "a"),  # right atrium
-            ("ellipse", BLOOD, (196, 168), (29, 26), 0, "a"),  # left atrium
-        ],
-        "mitral": ((174, 138), (220, 138)), "jet_dir": (0.05, 1.0),
-        "inflow": (22, 22, 12), "systolic": ((178, 110), (7, 18), -20),  # along the septum to the LVOT
-    },
-    "a2c": {
-        "shapes": [
-            ("ellipse", BLOOD, (160, 82), (34, 54), 0, "v"),  # left ventricle
-            ("ellipse", BLOOD, (160, 172), (36, 28), 0, "a"),  # left atrium below it
-        ],
-        "mitral": ((134, 140), (186, 140)), "jet_dir": (0.0, 1.0),
-        "inflow": (24, 24, 14), "systolic": ((160, 104), (14, 22), 0),  # basal LV towards the outflow
-    },
-}
-
-# Colour Doppler box around the mitral valve, in sector coordinates relative to the valve.
-ROI_BEHIND_PX, ROI_AHEAD_PX, ROI_HALF_ANGLE_DEG = 55.0, 95.0, 17.0
-# Mosaic of the aliased, turbulent jet, pixel by pixel: mostly the variance colours (green, yellow, cyan),
-# a few aliased reds and blues.
-MOSAIC_PALETTE = np.array([(0, 230, 0), (0, 230, 230), (230, 230, 0), (0, 0, 230), (230, 0, 0)], np.uint8)
-MOSAIC_WEIGHTS = np.array([0.3, 0.3, 0.3, 0.05, 0.05])
-
+PROVAR_PREVALENCE = (0.951, 0.042, 0.007)  # normal, borderline, definite
+# The screening protocol in order of priority: a study with fewer videos keeps the first ones.
+PROTOCOL: tuple[tuple[str, bool, str], ...] = (
+    ("plax", True, "mitral"), ("a4c", True, "mitral"), ("plax", False, "mitral"), ("psax", True, "mitral"),
+    ("a5c", True, "aortic"), ("plax", True, "aortic"), ("a4c", False, "mitral"), ("psax", False, "mitral"),
+    ("a5c", False, "mitral"), ("a5c", True, "mitral"),
+)
+MR_VIEWS = ("plax", "a4c", "psax", "a5c")  # views whose colour box over the mitral valve can show MR
+AR_VIEWS = ("plax", "a5c")  # views with the aortic valve in plane
+DEVICES = ("Vscan Extend R2", "Vivid iq", "Lumify S4-1", "SonoSite M-Turbo")
 FIRST_NAMES_F = ("Ana", "Maria", "Júlia", "Beatriz", "Larissa", "Gabriela", "Fernanda", "Camila", "Letícia",
                  "Isabela", "Mariana", "Vitória", "Yasmin", "Luana", "Rafaela", "Sofia")
 FIRST_NAMES_M = ("João", "Pedro", "Lucas", "Gabriel", "Rafael", "Mateus", "Gustavo", "Felipe", "Thiago",
@@ -150,252 +46,87 @@ HOSPITALS = ("Hospital Regional do Norte de Minas", "Policlínica Municipal Vale
              "UBS Jardim das Acácias", "Hospital Municipal Santa Rita", "Centro de Saúde São Vicente")
 
 
-def _scale(height: int) -> float:
-    return height / REF_HEIGHT
+@dataclass(frozen=True)
+class SynthConfig:
+    """Generation knobs. Ranges are (low, high) drawn uniformly per study unless said otherwise."""
+
+    # videos
+    videos_per_study: int = 15
+    duration_s: tuple[float, float] = (1.0, 3.0)  # per video
+    fps: float = 24.0
+    height: int = 240
+    width: int = 320
+    pixel_spacing_mm: float = 0.6
+    view_mix: tuple[float, float, float, float] = (0.35, 0.2, 0.25, 0.2)  # plax, psax, a4c, a5c beyond the protocol
+    colour_share: float = 0.5  # share of colour Doppler among videos beyond the protocol
+    off_axis_rate: float = 0.05  # per video: probe off axis (view class "other")
+    poor_quality_rate: float = 0.05  # per video: poor acoustic window (view class "other")
+    # image
+    noise: float = 1.0  # speckle strength
+    gain: tuple[float, float] = (0.75, 1.25)
+    contrast: tuple[float, float] = (0.8, 1.25)  # gamma of the grey map
+    jitter_px: float = 8.0  # probe position, +- per video
+    jitter_deg: float = 5.0  # probe angle, +- per video
+    # colour Doppler
+    nyquist_cm_s: tuple[float, float] = (50.0, 70.0)
+    wall_filter: float = 0.08  # |v| / Nyquist under which no colour shows
+    inflow_cm_s: tuple[float, float] = (60.0, 110.0)  # peak mitral inflow (aliases when above Nyquist)
+    outflow_cm_s: tuple[float, float] = (70.0, 120.0)  # peak systolic ejection
+    measurement_noise: float = 0.08  # relative sd of a jet's drawn length from video to video
+    bmode_colour_bar_rate: float = 0.3  # B-mode videos recorded in a preset that still shows the colour bar
+    # overlays; text lines are str.format templates over the study metadata
+    text_lines: tuple[str, ...] = ("{hospital}", "{patient_name}", "ID {patient_id}", "{study_date} {study_time}")
+    device_lines: tuple[str, ...] = ("{device}", "MI 0.9 TIs 0.4", "{fps:.0f} Hz")
+    coloured_text_rate: float = 0.2  # studies whose text is burned in yellow rather than white
+    ecg: bool = True
+    depth_marks: bool = True
+    # population
+    prevalence: tuple[float, float, float] = PROVAR_PREVALENCE  # normal, borderline, definite
+    disease: DiseaseKnobs = DiseaseKnobs()
+
+    def replace(self, **changes) -> "SynthConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_overrides(cls, overrides: dict, base: "SynthConfig | None" = None) -> "SynthConfig":
+        """Apply {"noise": 1.5, "disease.near_threshold_share": 0.5, ...}; unknown keys are an error."""
+        config = base or cls()
+        disease = {k.removeprefix("disease."): v for k, v in overrides.items() if k.startswith("disease.")}
+        top = {k: v for k, v in overrides.items() if not k.startswith("disease.")}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(top) - names) + sorted(
+            f"disease.{k}" for k in set(disease) - {f.name for f in dataclasses.fields(DiseaseKnobs)})
+        if unknown:
+            raise ValueError(f"unknown synth knob(s): {', '.join(unknown)}")
+        typed = {k: tuple(v) if isinstance(v, list) else v for k, v in top.items()}
+        if "disease" in typed and isinstance(typed["disease"], dict):
+            disease = {**typed.pop("disease"), **disease}
+        if disease:
+            typed["disease"] = dataclasses.replace(config.disease, **disease)
+        return dataclasses.replace(config, **typed)
 
 
-def _apex(height: int, width: int) -> tuple[float, float]:
-    return width / 2.0, APEX_Y * _scale(height)
+@dataclass
+class Video:
+    video_id: str
+    scene: Scene
+    start_phase: float
+    frames: list[np.ndarray] = field(repr=False)
+    truths: list[FrameTruth] = field(repr=False)
 
 
-@lru_cache(maxsize=8)
-def _polar(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Radius (px) and angle from the beam axis (degrees, positive to the right) of every pixel."""
-    ax, ay = _apex(height, width)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    radius = np.hypot(x - ax, y - ay)
-    angle = np.degrees(np.arctan2(x - ax, y - ay))
-    radius.flags.writeable = angle.flags.writeable = False
-    return radius, angle
+@dataclass
+class Study:
+    study_id: str
+    label: str
+    valves: Valves
+    metadata: dict  # study.json without its video list: what the hospital exports
+    acquisition: dict  # per-study settings: nyquist, gain, heart rate, views showing each jet
+    videos: list[Video]
+    config: SynthConfig
 
 
-@lru_cache(maxsize=8)
-def _sector(height: int, width: int) -> np.ndarray:
-    radius, angle = _polar(height, width)
-    mask = (radius <= SECTOR_RADIUS * _scale(height)) & (np.abs(angle) <= SECTOR_HALF_ANGLE_DEG)
-    mask.flags.writeable = False
-    return mask
-
-
-def sector_mask(height: int, width: int) -> np.ndarray:
-    """Bool mask of the ultrasound fan: apex at the top centre, 80 degree opening."""
-    return _sector(height, width).copy()
-
-
-@lru_cache(maxsize=8)
-def _attenuation(height: int, width: int) -> np.ndarray:
-    """Brightness lost with depth and towards the fan's edges, where the beam is weaker."""
-    radius, angle = _polar(height, width)
-    depth = 1.0 - 0.45 * np.clip(radius / (SECTOR_RADIUS * _scale(height)), 0, 1)
-    lateral = np.maximum(np.cos(np.clip(np.abs(angle) / SECTOR_HALF_ANGLE_DEG, 0, 1) * np.pi / 2), 0) ** 0.25
-    out = (depth * lateral * _sector(height, width)).astype(np.float32)
-    out.flags.writeable = False
-    return out
-
-
-def _bar_layout(height: int, width: int) -> tuple[int, int, int, int]:
-    """Rows and columns of the colour bar, high and right enough to stay clear of the fan."""
-    s = _scale(height)
-    return int(0.1 * height), int(0.5 * height), width - round(14 * s), width - round(6 * s)
-
-
-@lru_cache(maxsize=8)
-def _colour_bar(height: int, width: int, nyquist_cm_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """The velocity scale right of the fan: red (towards the probe) on top, black, blue at the bottom,
-    with the Nyquist limit written beside both ends. Returns the BGR overlay and where it is drawn."""
-    overlay = np.zeros((height, width, 3), np.uint8)
-    top, bottom, x0, x1 = _bar_layout(height, width)
-    v = np.linspace(1.0, -1.0, bottom - top)
-    overlay[top:bottom, x0:x1, 2] = np.clip(255 * v, 0, 255)[:, None]
-    overlay[top:bottom, x0:x1, 0] = np.clip(-255 * v, 0, 255)[:, None]
-    font, font_scale = cv2.FONT_HERSHEY_SIMPLEX, 0.3 * _scale(height)
-    for text, baseline in ((f"{nyquist_cm_s:.0f}", top + 8 * _scale(height)), (f"-{nyquist_cm_s:.0f}", bottom)):
-        (tw, _), _ = cv2.getTextSize(text, font, font_scale, 1)
-        cv2.putText(overlay, text, (x0 - 3 - tw, int(baseline)), font, font_scale, (255, 255, 255), 1,
-                    cv2.LINE_AA)
-    mask = overlay.any(axis=2)
-    overlay.flags.writeable = mask.flags.writeable = False
-    return overlay, mask
-
-
-def overlay_mask(height: int, width: int) -> np.ndarray:
-    """Where Doppler frames may carry the colour bar and its Nyquist labels (outside the fan)."""
-    top, bottom, _, _ = _bar_layout(height, width)
-    s = _scale(height)
-    region = np.zeros((height, width), bool)
-    region[max(0, top - round(10 * s)):bottom + round(4 * s), width - round(48 * s):] = True
-    return region
-
-
-class _Pose:
-    """Reference-frame coordinates to this frame's pixels: scale, rotation about the apex, shift."""
-
-    def __init__(self, height: int, width: int, jitter: Jitter) -> None:
-        self.s = _scale(height)
-        self.apex = np.array(_apex(height, width))
-        self.ref_apex = np.array((160.0, APEX_Y))
-        a = np.radians(jitter.angle_deg)
-        self.rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-        self.shift = np.array((jitter.dx, jitter.dy)) * self.s
-        self.angle_deg = jitter.angle_deg
-
-    def point(self, p: tuple[float, float]) -> np.ndarray:
-        return self.apex + self.rot @ ((np.asarray(p, float) - self.ref_apex) * self.s) + self.shift
-
-    def direction(self, d: tuple[float, float]) -> np.ndarray:
-        u = self.rot @ np.asarray(d, float)
-        return u / np.linalg.norm(u)
-
-
-def _fixed(p: np.ndarray | tuple[float, float]) -> tuple[int, int]:
-    return int(round(p[0] * SHIFT_SCALE)), int(round(p[1] * SHIFT_SCALE))
-
-
-def _ellipse(canvas: np.ndarray, centre: np.ndarray, axes: tuple[float, float], angle_deg: float,
-             value: float) -> None:
-    axes_fixed = (max(1, int(round(axes[0] * SHIFT_SCALE))), max(1, int(round(axes[1] * SHIFT_SCALE))))
-    cv2.ellipse(canvas, _fixed(centre), axes_fixed, angle_deg, 0, 360, value, -1, cv2.LINE_8, SHIFT)
-
-
-def _ellipse_mask(shape: tuple[int, int], centre: np.ndarray, axes: tuple[float, float],
-                  angle_deg: float) -> np.ndarray:
-    canvas = np.zeros(shape, np.uint8)
-    _ellipse(canvas, centre, axes, angle_deg, 1)
-    return canvas.view(bool)
-
-
-def _openness(phase: float) -> float:
-    """Mitral leaflet opening, 0 (closed, systole) to 1 (early diastolic peak)."""
-    if phase < SYSTOLE_END:
-        return 0.0
-    return float(np.sin(np.pi * (phase - SYSTOLE_END) / (1 - SYSTOLE_END)) ** 0.7)
-
-
-def render_frame(view: str, phase: float, doppler: bool, jet_length_px: float, rng: np.random.Generator,
-                 config: SynthConfig, jitter: Jitter = NO_JITTER, *, leaflet_px: float = 3.0,
-                 inflow_cm_s: float = 45.0) -> tuple[np.ndarray, FrameTruth]:
-    """One BGR uint8 frame of `view` at cardiac `phase` in [0, 1); systole is phase < 0.45, when a jet of
-    `jet_length_px` (0 for none) leaves the mitral valve into the atrium on colour Doppler frames."""
-    if view not in VIEW_GEOMETRY:
-        raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
-    h, w = config.height, config.width
-    geometry = VIEW_GEOMETRY[view]
-    pose = _Pose(h, w, jitter)
-    s = pose.s
-    cycle = np.cos(2 * np.pi * phase)  # +1 at end-diastole, -1 mid-cycle
-    sizes = {"v": 1.0 + 0.08 * cycle, "a": 1.0 - 0.08 * cycle, "-": 1.0}
-
-    echo = np.full((h, w), TISSUE, np.float32)
-    for kind, value, a, b, c, group in geometry["shapes"]:
-        k = sizes[group]
-        if kind == "ellipse":
-            _ellipse(echo, pose.point(a), (b[0] * k * s, b[1] * k * s), c + pose.angle_deg, value)
-        else:
-            cv2.line(echo, _fixed(pose.point(a)), _fixed(pose.point(b)), value, max(1, int(c * k * s)),
-                     cv2.LINE_8, SHIFT)
-    blood = echo < 0.5 * TISSUE
-
-    hinge_a, hinge_b = pose.point(geometry["mitral"][0]), pose.point(geometry["mitral"][1])
-    valve = (hinge_a + hinge_b) / 2
-    u = pose.direction(geometry["jet_dir"])  # into the atrium
-    opening = _openness(phase)
-    thickness = max(1, int(round(leaflet_px)))
-    if geometry.get("fish_mouth"):
-        # Short axis cuts the mitral orifice across: a leaflet ring that opens in diastole.
-        half = np.linalg.norm(hinge_b - hinge_a) / 2
-        axes = (half, half * (0.12 + 0.45 * opening))
-        cv2.ellipse(echo, _fixed(valve), _fixed(axes), pose.angle_deg, 0, 360, LEAFLET, thickness, cv2.LINE_8,
-                    SHIFT)
-    else:
-        leaf = 0.55 * np.linalg.norm(hinge_b - hinge_a)
-        closed = valve - 3 * s * u
-        for hinge in (hinge_a, hinge_b):
-            tip = (1 - opening) * closed + opening * (hinge - leaf * u)
-            cv2.line(echo, _fixed(hinge), _fixed(tip), LEAFLET, thickness, cv2.LINE_8, SHIFT)
-
-    # Walls are not razor-sharp at this resolution; blur before the speckle, which stays sharp.
-    echo = cv2.GaussianBlur(echo, (5, 5), 1.2)
-    # Fully developed speckle: unit-mean Rayleigh, scaled by the config's noise strength.
-    speckle = rng.rayleigh(np.sqrt(2 / np.pi), (h, w)).astype(np.float32)
-    if config.noise != 1.0:
-        speckle = 1.0 + config.noise * (speckle - 1.0)
-    grey = np.clip(120.0 * jitter.gain * _attenuation(h, w) * echo * speckle, 0, 255).astype(np.uint8)
-    image = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-
-    flow = np.zeros((h, w), bool)
-    jet = np.zeros((h, w), bool)
-    jet_length_mm = 0.0
-    if doppler:
-        radius, angle = _polar(h, w)
-        apex = pose.apex
-        valve_r = float(np.hypot(*(valve - apex)))
-        valve_a = float(np.degrees(np.arctan2(valve[0] - apex[0], valve[1] - apex[1])))
-        roi = ((radius >= valve_r - ROI_BEHIND_PX * s) & (radius <= valve_r + ROI_AHEAD_PX * s)
-               & (np.abs(angle - valve_a) <= ROI_HALF_ANGLE_DEG) & _sector(h, w))
-        inner = cv2.erode(roi.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
-        image[roi & ~inner] = 170  # the box outline, grey as on a scanner
-        nyquist = config.nyquist_cm_s
-        behind, length, width = geometry["inflow"]
-        # Some laminar flow shows in every phase: mitral inflow in diastole, ejection in systole.
-        if phase >= SYSTOLE_END:
-            # Diastolic inflow towards the probe: red, brighter the faster it runs relative to Nyquist.
-            centre = valve - behind * s * u
-            inflow = _ellipse_mask((h, w), centre, (length * s, width * s * (0.5 + 0.5 * opening)),
-                                   float(np.degrees(np.arctan2(u[1], u[0]))))
-            inflow &= blood & inner
-            red = 200 + 55 * opening * min(1.0, inflow_cm_s / nyquist)
-            image[inflow] = (0, 0, int(red))
-            flow |= inflow
-        else:
-            # Systolic ejection away from the probe: blue.
-            centre, axes, tilt = geometry["systolic"]
-            ejection = np.sin(np.pi * phase / SYSTOLE_END)
-            outflow = _ellipse_mask((h, w), pose.point(centre), (axes[0] * s, axes[1] * s), tilt + pose.angle_deg)
-            outflow &= blood & inner
-            image[outflow] = (int(200 + 55 * ejection), 0, 0)
-            flow |= outflow
-        if jet_length_px > 0 and phase < SYSTOLE_END:
-            jet_width = max(3.0, 0.35 * jet_length_px)
-            region = _ellipse_mask((h, w), valve + u * jet_length_px / 2, (jet_length_px / 2, jet_width / 2),
-                                   float(np.degrees(np.arctan2(u[1], u[0]))))
-            jet = region & inner
-            ys, xs = np.nonzero(jet)
-            if ys.size:
-                image[ys, xs] = MOSAIC_PALETTE[rng.choice(len(MOSAIC_PALETTE), size=ys.size, p=MOSAIC_WEIGHTS)]
-                # Centre to centre of the extreme pixels, as a length is read off an image.
-                along = (xs - valve[0]) * u[0] + (ys - valve[1]) * u[1]
-                jet_length_mm = float(along.max() - along.min()) * config.pixel_spacing_mm
-            flow |= jet
-        bar, bar_mask = _colour_bar(h, w, nyquist)
-        image[bar_mask] = bar[bar_mask]
-    return image, FrameTruth(view, doppler, flow, jet, round(jet_length_mm, 3))
-
-
-def _hidden(label: str, rng: np.random.Generator) -> dict:
-    """Disease parameters the label follows from (a simplified WHF 2012 reading: the MR jet length)."""
-    if label == "normal":
-        # Most children have no MR at all; the rest a trivial jet, under 8 mm even after per-video variation.
-        jet_mm = 0.0 if rng.random() < 0.7 else float(rng.uniform(2.0, 6.9))
-        velocity = float(rng.uniform(1.5, 2.5)) if jet_mm else 0.0
-        leaflet_mm, inflow = float(rng.uniform(1.2, 2.6)), float(rng.uniform(35, 50))
-    elif label == "borderline":
-        jet_mm, velocity = float(rng.uniform(12, 22)), float(rng.uniform(2.5, 3.5))
-        leaflet_mm, inflow = float(rng.uniform(2.0, 3.5)), float(rng.uniform(40, 55))
-    elif label == "definite":
-        jet_mm, velocity = float(rng.uniform(22, 40)), float(rng.uniform(3.5, 5.0))
-        leaflet_mm, inflow = float(rng.uniform(3.0, 5.0)), float(rng.uniform(45, 60))
-    else:
-        raise ValueError(f"unknown label {label!r}; expected one of {CLASSES}")
-    return {
-        "mr_jet_length_mm": round(jet_mm, 2),
-        "peak_velocity_m_s": round(velocity, 2),  # recorded only: any MR jet aliases at this Nyquist
-        "leaflet_thickness_mm": round(leaflet_mm, 2),
-        "mitral_inflow_cm_s": round(inflow, 1),
-        "heart_rate_bpm": round(float(rng.uniform(75, 115)), 1),
-    }
-
-
-def _metadata(study_id: str, rng: np.random.Generator, config: SynthConfig) -> dict:
+def _metadata(study_id: str, rng: np.random.Generator, config: SynthConfig, nyquist: float) -> dict:
     """Identifying fields as a hospital export carries them (all invented)."""
     sex = "F" if rng.random() < 0.5 else "M"
     first = rng.choice(FIRST_NAMES_F if sex == "F" else FIRST_NAMES_M)
@@ -403,6 +134,7 @@ def _metadata(study_id: str, rng: np.random.Generator, config: SynthConfig) -> d
     hospital = int(rng.integers(len(HOSPITALS)))
     study_date = dt.date(2025, 3, 1) + dt.timedelta(days=int(rng.integers(0, 365)))
     birth_date = study_date - dt.timedelta(days=int(rng.integers(5 * 365, 18 * 365)))  # school-age screening
+    minutes = int(rng.integers(7 * 60, 18 * 60))
     operator_first = rng.choice(FIRST_NAMES_F + FIRST_NAMES_M)
     return {
         "study_id": study_id,
@@ -413,48 +145,182 @@ def _metadata(study_id: str, rng: np.random.Generator, config: SynthConfig) -> d
         "birth_date": birth_date.isoformat(),
         "sex": sex,
         "study_date": study_date.isoformat(),
+        "study_time": f"{minutes // 60:02d}:{minutes % 60:02d}",
         "operator": f"{operator_first} {rng.choice(SURNAMES)}",
-        "device": "Synthetic handheld echo 1.0",
+        "device": DEVICES[int(rng.integers(len(DEVICES)))],
         "pixel_spacing_mm": config.pixel_spacing_mm,
-        "nyquist_cm_s": config.nyquist_cm_s,
+        "nyquist_cm_s": round(nyquist, 1),
         "fps": config.fps,
     }
 
 
-def make_study(study_id: str, label: str, rng: np.random.Generator, config: SynthConfig = SynthConfig()) -> Study:
-    """A study in memory: one video per standard view in turn, at least one of them in colour Doppler."""
-    hidden = _hidden(label, rng)
-    metadata = _metadata(study_id, rng, config)
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(rng.uniform(bounds[0], bounds[1]))
+
+
+def _protocol(rng: np.random.Generator, config: SynthConfig) -> list[tuple[str, bool, str]]:
     n = config.videos_per_study
-    views = [VIEWS[i] for i in np.concatenate([rng.permutation(len(VIEWS)) for _ in range(-(-n // len(VIEWS)))])]
-    doppler = rng.random(n) < config.doppler_share
-    doppler[int(rng.integers(n))] = True
-    phase_step = hidden["heart_rate_bpm"] / 60.0 / config.fps
-    leaflet_px = hidden["leaflet_thickness_mm"] / config.pixel_spacing_mm
+    chosen = list(PROTOCOL[:n])
+    mix = np.asarray(config.view_mix, float)
+    for _ in range(n - len(chosen)):
+        view = VIEWS[int(rng.choice(len(VIEWS), p=mix / mix.sum()))]
+        colour = bool(rng.random() < config.colour_share)
+        target = "aortic" if view in AR_VIEWS and rng.random() < 0.3 else "mitral"
+        chosen.append((view, colour, target))
+    return [chosen[i] for i in rng.permutation(n)]  # operators do not record in protocol order
+
+
+def _jet_views(rng: np.random.Generator, views_seen: int, candidates: tuple[str, ...]) -> list[str]:
+    """Views a jet shows in: PLAX first, as readers look there first, then others at random."""
+    if views_seen <= 0:
+        return []
+    rest = [candidates[1 + i] for i in rng.permutation(len(candidates) - 1)]
+    return [candidates[0], *rest][:views_seen]
+
+
+def _jet_in_view(jet_params, views: list[str], view: str, rng: np.random.Generator, config: SynthConfig,
+                 late: bool) -> JetScene | None:
+    """The jet as it appears in one video: longest in the first view, shorter elsewhere, with measurement noise."""
+    if view not in views:
+        return None
+    share = 1.0 if view == views[0] else float(rng.uniform(0.6, 0.95))
+    noise = float(np.clip(rng.normal(1.0, config.measurement_noise), 0.7, 1.3))
+    duration = float(np.clip(jet_params.duration_fraction + rng.normal(0.0, 0.03), 0.05, 1.0))
+    return JetScene(round(jet_params.jet_length_mm * share * noise, 2), round(duration, 3), late,
+                    round(jet_params.peak_velocity_m_s * 100.0, 1))
+
+
+def make_study(study_id: str, label: str, rng: np.random.Generator, config: SynthConfig = SynthConfig()) -> Study:
+    """A study in memory: its disease, acquisition settings and every video's frames with their truth."""
+    valves = sample_valves(label, rng, config.disease)
+    if whf_label(valves) != label:
+        raise AssertionError(f"sampled valves for {label} read as {whf_label(valves)}")
+    nyquist = _uniform(rng, config.nyquist_cm_s)
+    metadata = _metadata(study_id, rng, config, nyquist)
+    acquisition = {
+        "nyquist_cm_s": round(nyquist, 1),
+        "gain": round(_uniform(rng, config.gain), 3),
+        "contrast": round(_uniform(rng, config.contrast), 3),
+        "heart_rate_bpm": round(_uniform(rng, (75.0, 115.0)), 1),
+        "inflow_cm_s": round(_uniform(rng, config.inflow_cm_s), 1),
+        "outflow_cm_s": round(_uniform(rng, config.outflow_cm_s), 1),
+        "mr_views": _jet_views(rng, valves.mr.views_seen, MR_VIEWS),
+        "ar_views": _jet_views(rng, valves.ar.views_seen, AR_VIEWS),
+        "mr_late": bool(rng.random() < 0.5),
+        "ar_late": bool(rng.random() < 0.5),
+        "text_colour": "yellow" if rng.random() < config.coloured_text_rate else "white",
+    }
+    fields = {**metadata, "fps": config.fps}
+    text = tuple(("phi", line.format(**fields)) for line in config.text_lines)
+    device = tuple(line.format(**fields) for line in config.device_lines)
+    text_colour = overlays.YELLOW if acquisition["text_colour"] == "yellow" else overlays.WHITE
+    mitral, aortic = valves.mitral, valves.aortic
     videos = []
-    for j in range(n):
-        jet_px = hidden["mr_jet_length_mm"] * float(rng.uniform(0.85, 1.15)) / config.pixel_spacing_mm
-        jitter = Jitter(float(rng.uniform(-10, 10)), float(rng.uniform(-10, 10)), float(rng.uniform(-5, 5)),
-                        float(rng.uniform(0.8, 1.2)))
+    for j, (view, colour, target) in enumerate(_protocol(rng, config)):
+        quality = "good"
+        roll = rng.random()
+        if roll < config.off_axis_rate:
+            quality = "off_axis"
+        elif roll < config.off_axis_rate + config.poor_quality_rate:
+            quality = "poor"
+        if quality == "off_axis":
+            pose = Pose(float(rng.uniform(-25, 25)), float(rng.uniform(-5, 25)),
+                        float(rng.choice([-1, 1]) * rng.uniform(14, 24)), float(rng.uniform(0.78, 0.9)))
+        else:
+            pose = Pose(float(rng.uniform(-1, 1) * config.jitter_px), float(rng.uniform(-1, 1) * config.jitter_px),
+                        float(rng.uniform(-1, 1) * config.jitter_deg), float(rng.uniform(0.95, 1.05)))
+        gain = acquisition["gain"] * float(rng.uniform(0.9, 1.1)) * (0.55 if quality == "poor" else 1.0)
+        mr = _jet_in_view(valves.mr, acquisition["mr_views"], view, rng, config, acquisition["mr_late"])
+        ar = _jet_in_view(valves.ar, acquisition["ar_views"], view, rng, config, acquisition["ar_late"])
+        scene = Scene(
+            view=view, colour=colour, target=target, quality=quality, pose=pose, gain=round(gain, 3),
+            contrast=acquisition["contrast"], noise=config.noise, pixel_spacing_mm=config.pixel_spacing_mm,
+            nyquist_cm_s=acquisition["nyquist_cm_s"], wall_filter=config.wall_filter,
+            colour_bar=bool(not colour and rng.random() < config.bmode_colour_bar_rate),
+            leaflet_mm=mitral.amvl_thickness_mm, mitral_restricted=mitral.restricted_motion,
+            mitral_tip_excess=mitral.excessive_tip_motion, chordal_thickening=mitral.chordal_thickening,
+            aortic_thick=aortic.irregular_thickening, aortic_restricted=aortic.restricted_motion,
+            aortic_prolapse=aortic.prolapse, inflow_cm_s=acquisition["inflow_cm_s"],
+            outflow_cm_s=acquisition["outflow_cm_s"],
+            mr=mr if colour and target == "mitral" else None, ar=ar if colour and target == "aortic" else None,
+            heart_rate_bpm=acquisition["heart_rate_bpm"], text_lines=text, device_lines=device,
+            text_colour=text_colour, ecg=config.ecg, depth_marks=config.depth_marks,
+            height=config.height, width=config.width)
+        n_frames = max(2, int(round(_uniform(rng, config.duration_s) * config.fps)))
         start = float(rng.random())
+        step = acquisition["heart_rate_bpm"] / 60.0 / config.fps
         frames, truths = [], []
-        for k in range(config.frames_per_video):
-            image, truth = render_frame(views[j], (start + k * phase_step) % 1.0, bool(doppler[j]), jet_px, rng,
-                                        config, jitter, leaflet_px=leaflet_px,
-                                        inflow_cm_s=hidden["mitral_inflow_cm_s"])
+        for k in range(n_frames):
+            image, truth = render_frame(scene, start + k * step, rng)
             frames.append(image)
             truths.append(truth)
-        drawn = max(t.jet_length_mm for t in truths)
-        videos.append(Video(f"{study_id}-V{j:02d}", views[j], bool(doppler[j]), round(drawn, 2),
-                            Jitter(*(round(v, 3) for v in jitter)), round(start, 4), frames, truths))
-    return Study(study_id, label, metadata, hidden, videos, config)
+        videos.append(Video(f"{study_id}-V{j:02d}", scene, round(start, 4), frames, truths))
+    return Study(study_id, label, valves, metadata, acquisition, videos, config)
+
+
+def truth_dir(study_dir: Path) -> Path:
+    """Where the ground truth of a study folder lives: beside the studies, never inside what is published."""
+    study_dir = Path(study_dir)
+    return study_dir.parent / "truth" / study_dir.name
+
+
+def load_truth(study_dir: Path) -> dict:
+    return json.loads((truth_dir(study_dir) / "truth.json").read_text())
+
+
+def load_frame_truth(study_dir: Path, video_id: str) -> dict[str, np.ndarray]:
+    """Per-frame arrays of a colour video: flow and jet masks (bool N x H x W), velocity (float32 cm/s)."""
+    with np.load(truth_dir(study_dir) / f"{video_id}.npz") as data:
+        shape = tuple(int(x) for x in data["shape"])
+        unpack = lambda a: np.unpackbits(a, axis=-1, count=shape[2]).astype(bool)  # noqa: E731
+        return {"flow": unpack(data["flow"]), "jet": unpack(data["jet"]),
+                "velocity_cm_s": data["velocity_dmm_s"].astype(np.float32) / 10.0}
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed stamps the current time into the zip: write it with a fixed date instead."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, buffer.getvalue())
+
+
+def _frame_record(truth: FrameTruth, phase: float) -> dict:
+    v = np.abs(truth.velocity_cm_s[truth.flow_mask])
+    return {
+        "phase": round(phase % 1.0, 4), "systole": bool(phase % 1.0 < SYSTOLE_END), "doppler": truth.doppler,
+        "flow_pixels": int(truth.flow_mask.sum()), "jet_pixels": int(truth.jet_mask.sum()),
+        "mr_length_mm": truth.mr_length_mm, "ar_length_mm": truth.ar_length_mm,
+        "peak_velocity_cm_s": round(float(v.max()), 1) if v.size else 0.0,
+        "mean_velocity_cm_s": round(float(v.mean()), 1) if v.size else 0.0,
+    }
+
+
+def _video_truth(video: Video, step: float) -> dict:
+    scene = video.scene
+    return {
+        "video_id": video.video_id, "view": scene.view, "view_class": scene.view_class, "quality": scene.quality,
+        "doppler": scene.colour, "colour_box": scene.target if scene.colour else None,
+        "frame_count": len(video.frames), "start_phase": video.start_phase,
+        "pose": asdict(scene.pose), "gain": scene.gain, "colour_bar": scene.colour or scene.colour_bar,
+        "mr": asdict(scene.mr) if scene.mr else None, "ar": asdict(scene.ar) if scene.ar else None,
+        "jet_length_mm": max((t.jet_length_mm for t in video.truths), default=0.0),
+        "overlays": video.truths[0].overlays if video.truths else [],
+        "frames": [_frame_record(t, video.start_phase + k * step) for k, t in enumerate(video.truths)],
+    }
 
 
 def write_study(study: Study, out_dir: Path) -> Path:
-    """Write <out_dir>/<study_id>/: study.json, one MP4 per video, and truth.json kept apart."""
+    """Write <out_dir>/<study_id>/ (study.json and one MP4 per video, as a hospital exports them) and the ground
+    truth apart in <out_dir>/truth/<study_id>/ (truth.json, and per colour video an .npz of masks and velocities)."""
     config = study.config
     folder = Path(out_dir) / study.study_id
     folder.mkdir(parents=True, exist_ok=True)
+    truth_folder = truth_dir(folder)
+    truth_folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for video in study.videos:
         filename = f"{video.video_id}.mp4"
@@ -468,28 +334,55 @@ def write_study(study: Study, out_dir: Path) -> Path:
         finally:
             writer.release()
         entries.append({"video_id": video.video_id, "filename": filename})
+        if video.scene.colour:
+            _write_npz(truth_folder / f"{video.video_id}.npz", {
+                "shape": np.array([len(video.frames), config.height, config.width]),
+                "flow": np.packbits(np.stack([t.flow_mask for t in video.truths]), axis=-1),
+                "jet": np.packbits(np.stack([t.jet_mask for t in video.truths]), axis=-1),
+                "velocity_dmm_s": np.round(np.stack([t.velocity_cm_s for t in video.truths]) * 10).astype(np.int16),
+            })
     (folder / "study.json").write_text(json.dumps({**study.metadata, "videos": entries}, indent=2) + "\n")
+    step = study.acquisition["heart_rate_bpm"] / 60.0 / config.fps
     truth = {
         "study_id": study.study_id,
         "label": study.label,
-        "hidden": study.hidden,
+        "findings": findings(study.valves),
+        "valves": study.valves.as_dict(),
+        "acquisition": study.acquisition,
         "config": asdict(config),
-        "videos": [{"video_id": v.video_id, "view": v.view, "doppler": v.doppler, "jet_length_mm": v.jet_length_mm,
-                    "frame_count": len(v.frames), "start_phase": v.start_phase, "jitter": v.jitter._asdict()}
-                   for v in study.videos],
+        "videos": [_video_truth(v, step) for v in study.videos],
     }
-    (folder / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    (truth_folder / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     return folder
 
 
+def study_labels(seed: int, n_studies: int, config: SynthConfig = SynthConfig(), mix: str = "prevalence",
+                 counts: dict[str, int] | None = None) -> list[str]:
+    """Labels of studies 0..n-1: drawn at config.prevalence, cycled ("balanced"), or exactly `counts` per class
+    in a seeded order ("stratified", for evaluating the rare classes)."""
+    if counts:
+        unknown = set(counts) - set(CLASSES)
+        if unknown:
+            raise ValueError(f"unknown class(es) {sorted(unknown)}; expected {CLASSES}")
+        labels = [c for c in CLASSES for _ in range(counts.get(c, 0))]
+        return [labels[i] for i in np.random.default_rng([seed, 1]).permutation(len(labels))]
+    if mix == "balanced":
+        return [CLASSES[i % len(CLASSES)] for i in range(n_studies)]
+    if mix != "prevalence":
+        raise ValueError(f"unknown mix {mix!r}; expected 'prevalence' or 'balanced'")
+    p = np.asarray(config.prevalence, float)
+    draws = np.random.default_rng([seed, 0]).choice(len(CLASSES), size=n_studies, p=p / p.sum())
+    return [CLASSES[int(i)] for i in draws]
+
+
+def generate(seed: int, labels: list[str], config: SynthConfig = SynthConfig()) -> Iterator[Study]:
+    """Studies in memory; study i depends only on (seed, i, labels[i], config)."""
+    for i, (label, child) in enumerate(zip(labels, np.random.SeedSequence(seed).spawn(len(labels)), strict=True)):
+        yield make_study(f"S{seed:04d}-{i:04d}", label, np.random.default_rng(child), config)
+
+
 def synth_studies(seed: int, n_studies: int, out_dir: Path, config: SynthConfig = SynthConfig(),
-                  balanced: bool = False) -> list[Path]:
-    """Deterministic by seed; study i depends only on (seed, i). Labels cycle through the classes when
-    balanced, else follow config.prevalence."""
-    children = np.random.SeedSequence(seed).spawn(n_studies)
-    paths = []
-    for i, child in enumerate(children):
-        rng = np.random.default_rng(child)
-        label = CLASSES[i % len(CLASSES)] if balanced else CLASSES[int(rng.choice(len(CLASSES), p=config.prevalence))]
-        paths.append(write_study(make_study(f"S{seed:04d}-{i:04d}", label, rng, config), out_dir))
-    return paths
+                  balanced: bool = False, counts: dict[str, int] | None = None) -> list[Path]:
+    """Write n studies (or sum(counts)) under out_dir; returns the study folders in order."""
+    labels = study_labels(seed, n_studies, config, "balanced" if balanced else "prevalence", counts)
+    return [write_study(study, out_dir) for study in generate(seed, labels, config)]

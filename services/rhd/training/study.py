@@ -23,8 +23,12 @@ from rhd.assemble.ops import STUDY_FEATURE_NAMES
 from rhd.diagnose.ops import MODEL_FILE, MODEL_NAME
 from rhd.inprocess import StudyAnalysis, analyse_study
 from rhd.labels import CLASSES
-from rhd.synth.generator import synth_studies
+from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.view.local import LocalViewModel
+
+# The protocol's first 8 videos (5 in colour Doppler), 1 s each: every view a reader needs, at a cost that
+# keeps `make test` within minutes.
+TRAINING_CONFIG = SynthConfig(videos_per_study=8, duration_s=(1.0, 1.0))
 
 _view_model: LocalViewModel | None = None
 
@@ -57,8 +61,8 @@ def parameters_hash(pipeline: Pipeline) -> str:
 
 def build_features(models_dir: Path, seed: int, n_studies: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = synth_studies(seed, n_studies, Path(tmp), balanced=True)
-        labels = [json.loads((d / "truth.json").read_text())["label"] for d in dirs]
+        dirs = synth_studies(seed, n_studies, Path(tmp), TRAINING_CONFIG, balanced=True)
+        labels = [load_truth(d)["label"] for d in dirs]
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(models_dir),)) as pool:
             analyses = list(pool.map(_analyse, [str(d) for d in dirs]))
     return np.array([a.values for a in analyses], np.float64), np.array(labels)

@@ -1,6 +1,7 @@
 """`rhd train view`: a small Keras CNN for the probe views, trained on generated videos decoded as split decodes
 them, exported as a SavedModel in TensorFlow Serving's layout with the preprocessing inside the graph."""
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -17,25 +18,27 @@ import numpy as np
 import tensorflow as tf
 
 import rhd
-from rhd.labels import VIEWS
+from rhd.labels import VIEW_CLASSES
 from rhd.split.ops import decode_video
-from rhd.synth.generator import SynthConfig, synth_studies
+from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.view.ops import INPUT_NAME, PROBABILITIES, VIEW_INDEX
 
 MODEL_NAME = "view"
 SIGNATURE = "serving_default"
 FRAME_SHAPE = (240, 320, 3)  # what the generator writes and split decodes
 RESIZED = (60, 80)  # the probe view is in the anatomy's layout, which survives a 4x downscale
-EVERY = 2  # neighbouring frames of a video are near copies: every other one is enough
-# The view stage only sees colour Doppler frames; some B-mode keeps the model a plain view classifier.
-DOPPLER_SHARE = 0.75
+EVERY = 3  # neighbouring frames of a video are near copies: every third one is enough
+# Shorter studies than the screening default, with more colour Doppler (all the view stage sees) and more
+# off-axis and poor-quality videos, so the rare "other" class has enough examples.
+TRAINING_CONFIG = SynthConfig(videos_per_study=10, duration_s=(1.0, 1.0), colour_share=0.75, off_axis_rate=0.1,
+                              poor_quality_rate=0.1)
 EPOCHS, BATCH_SIZE, LEARNING_RATE = 14, 64, 2e-3
 
 
 @dataclass(frozen=True)
 class FrameSet:
     x: np.ndarray  # float32 [n, *RESIZED, 1]: frames through `preprocess`, as the served graph sees them
-    views: np.ndarray  # int64 [n]: index into VIEWS
+    views: np.ndarray  # int64 [n]: index into VIEW_CLASSES
     doppler: np.ndarray  # bool [n]
     sha256: str  # of the decoded frames and their view indices, in order
 
@@ -51,11 +54,10 @@ def _frames(studies: list[Path]) -> FrameSet:
     xs, views, doppler = [], [], []
     digest = hashlib.sha256()
     for study in studies:
-        truth = json.loads((study / "truth.json").read_text())
-        for video in truth["videos"]:
+        for video in load_truth(study)["videos"]:
             decoded = decode_video((study / f"{video['video_id']}.mp4").read_bytes()).frames[::EVERY]
             batch = np.stack(decoded)
-            labels = np.full(len(decoded), VIEWS.index(video["view"]), np.int64)
+            labels = np.full(len(decoded), VIEW_CLASSES.index(video["view_class"]), np.int64)
             digest.update(batch.tobytes())
             digest.update(labels.tobytes())
             # Kept preprocessed only: the raw frames of a training set would take hundreds of MB.
@@ -70,7 +72,7 @@ def _frames(studies: list[Path]) -> FrameSet:
 
 def generated_frames(seed: int, n_studies: int, held_out: int = 0) -> tuple[FrameSet, FrameSet]:
     """Frames of n_studies generated studies, and of `held_out` more from the same seed (disjoint studies)."""
-    config = SynthConfig(doppler_share=DOPPLER_SHARE)
+    config = TRAINING_CONFIG
     with tempfile.TemporaryDirectory() as tmp:
         studies = synth_studies(seed, n_studies + held_out, Path(tmp), config, balanced=True)
         return _frames(studies[:n_studies]), _frames(studies[n_studies:])
@@ -84,7 +86,7 @@ def build_model(seed: int) -> keras.Model:
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(len(VIEWS), activation="softmax")(x)
+    outputs = keras.layers.Dense(len(VIEW_CLASSES), activation="softmax")(x)
     model = keras.Model(inputs, outputs, name="view_cnn")
     model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
@@ -134,7 +136,7 @@ def code_version() -> str:
 
 def evaluate(model: keras.Model, held: FrameSet) -> dict:
     predicted = np.argmax(model.predict(held.x, batch_size=256, verbose=0), axis=1)
-    confusion = np.zeros((len(VIEWS), len(VIEWS)), np.int64)
+    confusion = np.zeros((len(VIEW_CLASSES), len(VIEW_CLASSES)), np.int64)
     np.add.at(confusion, (held.views, predicted), 1)
     recall = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
     return {
@@ -142,8 +144,8 @@ def evaluate(model: keras.Model, held: FrameSet) -> dict:
         "accuracy": float((predicted == held.views).mean()),
         # What the view stage is asked about: it only sees colour Doppler frames.
         "doppler_accuracy": float((predicted == held.views)[held.doppler].mean()),
-        "recall": {view: float(r) for view, r in zip(VIEWS, recall, strict=True)},
-        "confusion_matrix": {"labels": list(VIEWS), "rows_truth": confusion.tolist()},
+        "recall": {view: float(r) for view, r in zip(VIEW_CLASSES, recall, strict=True)},
+        "confusion_matrix": {"labels": list(VIEW_CLASSES), "rows_truth": confusion.tolist()},
     }
 
 
@@ -158,10 +160,10 @@ def train_view_model(models_dir: Path, seed: int = 7, version: int = 1, n_studie
     manifest = {
         "model": MODEL_NAME, "version": version, "signature": SIGNATURE,
         "inputs": {INPUT_NAME: f"uint8 [batch, {', '.join(map(str, FRAME_SHAPE))}] BGR"},
-        "outputs": {PROBABILITIES: f"float32 [batch, {len(VIEWS)}]", VIEW_INDEX: "int64 [batch]"},
-        "classes": list(VIEWS),
+        "outputs": {PROBABILITIES: f"float32 [batch, {len(VIEW_CLASSES)}]", VIEW_INDEX: "int64 [batch]"},
+        "classes": list(VIEW_CLASSES),
         "data": {"generator": "rhd.synth", "seed": seed, "studies": n_studies, "held_out_studies": held_out,
-                 "doppler_share": DOPPLER_SHARE, "every_nth_frame": EVERY, "frames": len(train.views),
+                 "config": dataclasses.asdict(TRAINING_CONFIG), "every_nth_frame": EVERY, "frames": len(train.views),
                  "sha256": train.sha256},
         "training": {"epochs": epochs, "batch_size": BATCH_SIZE, "optimizer": f"adam {LEARNING_RATE:g}",
                      "seconds": round(time.monotonic() - started, 1)},

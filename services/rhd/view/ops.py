@@ -4,11 +4,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rhd.labels import VIEWS
+from rhd.labels import VIEW_CLASSES
 
 # The view model's serving signature (`serving_default`), as exported by rhd.training.view.
 INPUT_NAME = "frames"  # uint8 [batch, 240, 320, 3], BGR as OpenCV decodes
-PROBABILITIES = "probabilities"  # float32 [batch, len(VIEWS)], in VIEWS order
+PROBABILITIES = "probabilities"  # float32 [batch, len(VIEW_CLASSES)], in VIEW_CLASSES order
 VIEW_INDEX = "view_index"  # int64 [batch], argmax of PROBABILITIES
 
 
@@ -24,9 +24,9 @@ def prediction_from_outputs(outputs_row: dict[str, np.ndarray], model_version: i
     if PROBABILITIES not in outputs_row:
         raise ValueError(f"model outputs lack {PROBABILITIES!r} (got {sorted(outputs_row)})")
     probabilities = np.asarray(outputs_row[PROBABILITIES], np.float64).reshape(-1)
-    if probabilities.shape != (len(VIEWS),):
-        raise ValueError(f"expected {len(VIEWS)} view probabilities, got shape {probabilities.shape}")
+    if probabilities.shape != (len(VIEW_CLASSES),):
+        raise ValueError(f"expected {len(VIEW_CLASSES)} view probabilities, got shape {probabilities.shape}")
     if not np.all(np.isfinite(probabilities)):
         raise ValueError(f"view probabilities are not finite: {probabilities.tolist()}")
     best = int(np.argmax(probabilities))
-    return ViewResult(VIEWS[best], {v: float(p) for v, p in zip(VIEWS, probabilities, strict=True)}, model_version)
+    return ViewResult(VIEW_CLASSES[best], {v: float(p) for v, p in zip(VIEW_CLASSES, probabilities, strict=True)}, model_version)
