@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
-
 from rhd.features.ops import frame_features
 from rhd.inspect.ops import colour_fraction
 from rhd.segment.ops import segment
@@ -23,11 +21,19 @@ def per_frame_ms(fn, items) -> float:  # noqa: ANN001
     return 1000 * (time.perf_counter() - started) / len(items)
 
 
-def main(n_studies: int = 3) -> None:
+def main(n_studies: int = 2) -> None:
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        videos = [p.read_bytes() for s in synth_studies(99, n_studies, Path(tmp), balanced=True)
-                  for p in sorted(s.glob("*.mp4"))]
+        started = time.perf_counter()
+        studies = synth_studies(99, n_studies, Path(tmp), balanced=True)
+        seconds = time.perf_counter() - started
+        videos = [p.read_bytes() for s in studies for p in sorted(s.glob("*.mp4"))]
+        truth_bytes = sum(p.stat().st_size for p in (Path(tmp) / "truth").rglob("*") if p.is_file())
+    generated = sum(len(decode_video(v).frames) for v in videos)
+    print(f"generator (rhd synth, default knobs): {n_studies} studies, {generated} frames in {seconds:.1f} s = "
+          f"{n_studies / seconds:.2f} studies/s, {generated / seconds:.0f} frames/s; "
+          f"{sum(map(len, videos)) / n_studies / 1e6:.1f} MB of MP4 + {truth_bytes / n_studies / 1e6:.2f} MB of "
+          "ground truth per study")
     frames = [f for v in videos for f in decode_video(v).frames]
     colour = [f for f in frames if colour_fraction(f) > 0.002]
     masks = [segment(f).labels for f in colour]
@@ -55,4 +61,4 @@ def _time(fn) -> float:  # noqa: ANN001
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2)

@@ -112,7 +112,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     paths = synth_studies(args.seed, args.studies, Path(args.out), config, balanced=args.balanced, counts=counts)
     elapsed = time.perf_counter() - started
-    print(f"{len(paths)} studies written under {args.out} in {elapsed:.1f} s (ground truth in {Path(args.out) / 'truth'})")
+    print(f"{len(paths)} studies written under {args.out} in {elapsed:.1f} s "
+          f"(ground truth apart, in {Path(args.out) / 'truth'})")
     return 0
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from rhd.features.ops import FEATURE_NAMES, frame_features
 from rhd.inspect.ops import colour_fraction, is_doppler
+from rhd.labels import VIEWS
 from rhd.segment.ops import MOSAIC, segment
 from rhd.split.ops import VideoDecodeError, decode_png, decode_video, encode_png
-from rhd.labels import VIEWS
 from rhd.synth.render import JetScene, Scene, render_frame
 
 TEXT = (("phi", "Hospital Santa Rita"), ("phi", "Maria Silva Costa"))

@@ -73,7 +73,8 @@ def test_study_folder_is_what_a_hospital_exports_and_the_truth_lives_apart(writt
         for key in ("patient_name", "patient_id", "birth_date", "sex", "study_date", "hospital", "operator", "device",
                     "pixel_spacing_mm", "nyquist_cm_s", "fps"):
             assert meta[key] not in ("", None), key
-        assert sorted(p.name for p in study.iterdir()) == sorted(["study.json", *(v["filename"] for v in meta["videos"])])
+        published = sorted(["study.json", *(v["filename"] for v in meta["videos"])])
+        assert sorted(p.name for p in study.iterdir()) == published
         assert truth_dir(study) == out / "truth" / study.name and (truth_dir(study) / "truth.json").exists()
         assert len(meta["videos"]) == SMALL.videos_per_study
         truth = load_truth(study)

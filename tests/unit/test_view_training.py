@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rhd
 import tensorflow as tf
-from rhd.labels import VIEWS
+from rhd.labels import VIEW_CLASSES
 from rhd.training.view import fit, preprocess, train_view_model, weights_hash
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,7 +33,7 @@ def test_the_exported_model_has_the_served_signature_and_answers_as_the_trained_
     assert set(manifest["packages"]) >= {"tensorflow", "keras", "numpy"}
     assert manifest["code_version"].startswith(f"{rhd.__version__}+")
     metrics = manifest["metrics"]
-    assert set(metrics["recall"]) == set(VIEWS)
+    assert set(metrics["recall"]) == set(VIEW_CLASSES)
     assert np.array(metrics["confusion_matrix"]["rows_truth"]).sum() == metrics["held_out_frames"] > 0
 
     trained, _, _ = fit(seed=5, n_studies=2, epochs=1, held_out=1)
@@ -43,7 +43,8 @@ def test_the_exported_model_has_the_served_signature_and_answers_as_the_trained_
     (_, inputs), outputs = signature.structured_input_signature, signature.structured_outputs
     assert list(inputs) == ["frames"]
     assert inputs["frames"].dtype == tf.uint8 and inputs["frames"].shape.as_list() == [None, 240, 320, 3]
-    assert outputs["probabilities"].dtype == tf.float32 and outputs["probabilities"].shape.as_list() == [None, 4]
+    assert outputs["probabilities"].dtype == tf.float32
+    assert outputs["probabilities"].shape.as_list() == [None, len(VIEW_CLASSES)]
     assert outputs["view_index"].dtype == tf.int64
 
     frames = np.random.default_rng(0).integers(0, 256, (3, 240, 320, 3), dtype=np.uint8)

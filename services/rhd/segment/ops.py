@@ -26,10 +26,11 @@ class Segmentation:
 
 
 def _name_cluster(hue: float) -> int:
-    """OpenCV hue is 0-179: red wraps round 0, blue sits near 120."""
-    if hue < 12 or hue > 165:
+    """OpenCV hue is 0-179: red wraps round 0, blue sits near 120. The laminar velocity map brightens towards
+    orange (hue ~18) and light blue (~100) near the Nyquist limit; variance green moves turbulence in between."""
+    if hue < 22 or hue > 165:
         return TOWARD
-    if 100 <= hue <= 135:
+    if 97 <= hue <= 135:
         return AWAY
     return MOSAIC
 

@@ -141,7 +141,8 @@ class DiseaseKnobs:
 
 
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
-    return float(rng.uniform(lo, hi))
+    """Uniform, to 2 decimals: what the sidecar records is exactly what the label was read from."""
+    return round(float(rng.uniform(lo, hi)), 2)
 
 
 def _pathological(rng: np.random.Generator, min_jet: float, max_jet: float, views: tuple[int, int]) -> Regurgitation:
@@ -191,7 +192,8 @@ def _draw(label: str, rng: np.random.Generator, knobs: DiseaseKnobs) -> Valves:
             return Valves(trivial, NO_JET, _mitral(rng, int(rng.integers(2, 4))), _aortic(rng, 0))
         if route == 1:
             mr = (_pathological(rng, 20.0, 24.0, (2, 2)) if near else _pathological(rng, 20.0, 35.0, (2, 4)))
-            return Valves(mr, NO_JET, _mitral(rng, int(rng.integers(0, 2)), near), _aortic(rng, int(rng.integers(0, 2))))
+            mitral = _mitral(rng, int(rng.integers(0, 2)), near)
+            return Valves(mr, NO_JET, mitral, _aortic(rng, int(rng.integers(0, 2))))
         ar = _pathological(rng, 10.0, 25.0, (2, 2))
         return Valves(NO_JET, ar, _mitral(rng, int(rng.integers(0, 2))), _aortic(rng, int(rng.integers(0, 2))))
     if label == "definite":

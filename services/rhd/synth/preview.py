@@ -13,6 +13,7 @@ from rhd.synth.render import Pose, render_frame
 
 CAPTION_PX = 18
 SYSTOLIC, DIASTOLIC = 0.2, 0.7  # phases that show MR and AR
+DEFAULT = SynthConfig()
 
 
 def _caption(image: np.ndarray, text: str) -> np.ndarray:
@@ -29,7 +30,7 @@ def _find(videos: list[Video], view: str, colour: bool, target: str | None = Non
     raise LookupError(f"no {view} {'colour' if colour else 'B-mode'} video in the preview study")
 
 
-def contact_sheet(seed: int = 1, config: SynthConfig = SynthConfig()) -> np.ndarray:
+def contact_sheet(seed: int = 1, config: SynthConfig = DEFAULT) -> np.ndarray:
     """Rows: PLAX, PSAX, A4C, A5C, other. Columns: B-mode, then colour Doppler of a Normal, a Borderline and a
     Definite study (mitral box in systole; A5C's aortic box in diastole)."""
     short = config.replace(videos_per_study=10, duration_s=(0.1, 0.1), off_axis_rate=0.0, poor_quality_rate=0.0)
@@ -51,7 +52,8 @@ def contact_sheet(seed: int = 1, config: SynthConfig = SynthConfig()) -> np.ndar
     normal = studies["normal"].videos
     other = []
     for quality, view, colour, pose in (("off_axis", "plax", False, Pose(18, 14, 20, 0.84)),
-                                        ("poor", "a4c", False, Pose()), ("off_axis", "a4c", True, Pose(-20, 10, -18, 0.82)),
+                                        ("poor", "a4c", False, Pose()),
+                                        ("off_axis", "a4c", True, Pose(-20, 10, -18, 0.82)),
                                         ("poor", "plax", True, Pose())):
         scene = dataclasses.replace(_find(normal, view, colour, "mitral").scene, quality=quality, pose=pose)
         image, _ = render_frame(scene, SYSTOLIC, rng)
@@ -61,7 +63,7 @@ def contact_sheet(seed: int = 1, config: SynthConfig = SynthConfig()) -> np.ndar
     return np.vstack(rows)
 
 
-def write_contact_sheet(path: Path, seed: int = 1, config: SynthConfig = SynthConfig()) -> Path:
+def write_contact_sheet(path: Path, seed: int = 1, config: SynthConfig = DEFAULT) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), contact_sheet(seed, config)):

@@ -29,4 +29,5 @@ def prediction_from_outputs(outputs_row: dict[str, np.ndarray], model_version: i
     if not np.all(np.isfinite(probabilities)):
         raise ValueError(f"view probabilities are not finite: {probabilities.tolist()}")
     best = int(np.argmax(probabilities))
-    return ViewResult(VIEW_CLASSES[best], {v: float(p) for v, p in zip(VIEW_CLASSES, probabilities, strict=True)}, model_version)
+    named = {v: float(p) for v, p in zip(VIEW_CLASSES, probabilities, strict=True)}
+    return ViewResult(VIEW_CLASSES[best], named, model_version)
