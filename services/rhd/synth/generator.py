@@ -70,6 +70,7 @@ class SynthConfig:
     # colour Doppler
     nyquist_cm_s: tuple[float, float] = (50.0, 70.0)
     wall_filter: float = 0.08  # |v| / Nyquist under which no colour shows
+    chamber_flow: float = 0.22  # slow swirling flow in the chambers under the box, peak as a share of Nyquist
     inflow_cm_s: tuple[float, float] = (60.0, 110.0)  # peak mitral inflow (aliases when above Nyquist)
     outflow_cm_s: tuple[float, float] = (70.0, 120.0)  # peak systolic ejection
     measurement_noise: float = 0.08  # relative sd of a jet's drawn length from video to video
@@ -236,6 +237,7 @@ def make_study(study_id: str, label: str, rng: np.random.Generator, config: Synt
             view=view, colour=colour, target=target, quality=quality, pose=pose, gain=round(gain, 3),
             contrast=acquisition["contrast"], noise=config.noise, pixel_spacing_mm=config.pixel_spacing_mm,
             nyquist_cm_s=acquisition["nyquist_cm_s"], wall_filter=config.wall_filter,
+            chamber_flow=config.chamber_flow,
             colour_bar=bool(not colour and rng.random() < config.bmode_colour_bar_rate),
             leaflet_mm=mitral.amvl_thickness_mm, mitral_restricted=mitral.restricted_motion,
             mitral_tip_excess=mitral.excessive_tip_motion, chordal_thickening=mitral.chordal_thickening,

@@ -115,6 +115,7 @@ class Scene:
     pixel_spacing_mm: float = 0.6
     nyquist_cm_s: float = 60.0
     wall_filter: float = 0.08  # |v| / Nyquist under which the scanner shows no colour
+    chamber_flow: float = 0.25  # peak of the slow swirling flow in the chambers, as a share of Nyquist
     colour_bar: bool = False  # drawn even on B-mode frames when the preset shows it
     leaflet_mm: float = 2.0
     mitral_restricted: bool = False
@@ -381,10 +382,13 @@ def _flows(scene: Scene, phase: float, place: _Placer, blood: np.ndarray, inner:
     mitral = (hinge_a + hinge_b) / 2
     u_mr = place.direction(geometry["mr_dir"])
 
+    # Velocity estimates vary smoothly over a few pixels (the scanner's colour resolution), not pixel by pixel.
+    estimate_noise = cv2.GaussianBlur(rng.normal(0.0, 1.0, (h, w)).astype(np.float32), (0, 0), 1.5 * s)
+    estimate_noise *= 0.05 * scene.nyquist_cm_s / max(float(estimate_noise.std()), 1e-6)
+
     def laminar(region: np.ndarray, speed: np.ndarray, direction: np.ndarray) -> None:
-        along_beam = speed * (direction[0] * bx + direction[1] * by)
-        noisy = along_beam + rng.normal(0.0, 0.04 * scene.nyquist_cm_s, (h, w)).astype(np.float32)
-        velocity[region] = noisy[region]
+        along_beam = speed * (direction[0] * bx + direction[1] * by) + estimate_noise
+        velocity[region] = along_beam[region]
 
     if phase >= SYSTOLE_END:  # diastolic inflow from the atrium into the ventricle
         behind, length, width = geometry["inflow"]
@@ -405,6 +409,15 @@ def _flows(scene: Scene, phase: float, place: _Placer, blood: np.ndarray, inner:
         region = (r2 <= 1.0) & blood & inner
         envelope = 0.35 + 0.65 * np.sin(np.pi * phase / SYSTOLE_END)
         laminar(region, scene.outflow_cm_s * envelope * (1.0 - 0.8 * r2), d)
+
+    # Slow swirling flow everywhere else in the blood pools under the box: patchy red and blue, much of it
+    # under the wall filter.
+    if scene.chamber_flow > 0:
+        rest = blood & inner & np.isnan(velocity)
+        swirl = 0.5 * (np.sin(2 * np.pi * ((xs / 70 + ys / 130) / s + phase))
+                       + np.sin(2 * np.pi * ((ys / 60 - xs / 110) / s - 0.7 * phase)))
+        slow = scene.chamber_flow * scene.nyquist_cm_s * swirl + estimate_noise
+        velocity[rest] = slow[rest]
 
     jets = {}
     for name, jet, systolic, hinges_key, dir_key in (("mr", scene.mr, True, "mitral", "mr_dir"),
