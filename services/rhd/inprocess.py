@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from rhd.assemble.ops import STUDY_FEATURE_NAMES, AnalysedFrame, study_features
-from rhd.features.ops import frame_features
-from rhd.inspect.ops import colour_fraction, is_doppler
+from rhd.features.ops import FeatureError, frame_features
+from rhd.inspect.ops import inspect
 from rhd.segment.ops import segment
 from rhd.split.ops import VideoDecodeError, decode_png, decode_video, encode_png
 
@@ -28,13 +28,14 @@ class StudyAnalysis:
     analysed: int
     skipped: int
     failed_videos: int
+    failed_frames: int  # Doppler frames whose features could not be measured (e.g. no colour bar)
 
 
 def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysis:
     meta = json.loads((Path(study_dir) / "study.json").read_text())
     spacing, nyquist = float(meta["pixel_spacing_mm"]), float(meta["nyquist_cm_s"])
     doppler_frames: list[np.ndarray] = []
-    skipped = failed_videos = 0
+    skipped = failed_videos = failed_frames = 0
     for video in meta["videos"]:
         try:
             decoded = decode_video((Path(study_dir) / video["filename"]).read_bytes())
@@ -43,7 +44,7 @@ def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysi
             continue
         for image in decoded.frames:
             # The services pass frames as PNG; the round trip is lossless, so it is skipped here.
-            if is_doppler(colour_fraction(image)):
+            if inspect(image).doppler:
                 doppler_frames.append(image)
             else:
                 skipped += 1
@@ -54,6 +55,9 @@ def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysi
             labels = segment(image).labels
             # Masks travel as PNG between services; decode(encode) keeps both paths identical.
             labels = decode_png(encode_png(labels))
-            analysed.append(AnalysedFrame(view, frame_features(image, labels, spacing, nyquist)))
+            try:
+                analysed.append(AnalysedFrame(view, frame_features(image, labels, spacing, nyquist)))
+            except FeatureError:
+                failed_frames += 1
     return StudyAnalysis(meta["study_id"], STUDY_FEATURE_NAMES, study_features(analysed), len(analysed),
-                         skipped, failed_videos)
+                         skipped, failed_videos, failed_frames)

@@ -23,8 +23,8 @@ STUDY_FEATURE_NAMES: tuple[str, ...] = (
     "jet_length_mm_max", "jet_length_mm_p75", "plax_jet_length_mm_max",
     "mosaic_area_mm2_max", "mosaic_area_mm2_mean",
     "aliased_frame_fraction", "views_with_jet",
-    "velocity_index_cm_s_max", "flow_area_mm2_mean",
-    "grey_mean_mean", "glcm_contrast_mean", "glcm_homogeneity_mean",
+    "velocity_peak_cm_s_max", "velocity_mean_cm_s_mean", "flow_area_mm2_mean",
+    "grey_mean_mean", "glcm_contrast_d1_mean", "glcm_homogeneity_d1_mean",
 )
 
 
@@ -51,13 +51,14 @@ def study_features(frames: Sequence[AnalysedFrame]) -> list[float]:
         "plax_jet_length_mm_max": float(plax.max()) if plax.size else 0.0,
         "mosaic_area_mm2_max": float(column["mosaic_area_mm2"].max()),
         "mosaic_area_mm2_mean": float(column["mosaic_area_mm2"].mean()),
-        "aliased_frame_fraction": float(column["aliased"].mean()),
+        "aliased_frame_fraction": float((column["mosaic_area_mm2"] > 0).mean()),
         "views_with_jet": float(len(set(views[jets >= JET_MIN_MM]))),
-        "velocity_index_cm_s_max": float(column["velocity_index_cm_s"].max()),
+        "velocity_peak_cm_s_max": float(column["velocity_peak_cm_s"].max()),
+        "velocity_mean_cm_s_mean": float(column["velocity_mean_cm_s"].mean()),
         "flow_area_mm2_mean": float(column["flow_area_mm2"].mean()),
         "grey_mean_mean": float(column["grey_mean"].mean()),
-        "glcm_contrast_mean": float(column["glcm_contrast"].mean()),
-        "glcm_homogeneity_mean": float(column["glcm_homogeneity"].mean()),
+        "glcm_contrast_d1_mean": float(column["glcm_contrast_d1"].mean()),
+        "glcm_homogeneity_d1_mean": float(column["glcm_homogeneity_d1"].mean()),
     }
     return [values[name] for name in STUDY_FEATURE_NAMES]
 

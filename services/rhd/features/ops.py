@@ -1,51 +1,160 @@
-"""Per-frame features: first-order grey statistics, GLCM texture, and flow size and velocity indices.
+"""Per-frame features: first-order statistics of the image and of the flow region, grey-level co-occurrence
+texture, and blood-flow velocity read through the colour bar of the frame itself.
 
-First algorithms: the velocity index reads brightness (laminar colour is brighter the faster the
-flow) scaled by the Nyquist limit, and counts a mosaic as aliased flow at or beyond Nyquist; reading
-the colour bar properly comes later.
+Velocity: the colour bar is found in the frame (a tall narrow strip of saturated colour outside the fan),
+its colours are mapped linearly from +Nyquist at the red end to -Nyquist at the blue end (the limit comes
+from the study metadata), every laminar flow pixel takes the velocity of its nearest bar colour, and one
+level of aliasing is undone where red meets blue through the bright ends of the bar (a wrap, not a pass
+through zero). Mosaic pixels carry variance, not a readable velocity: they count as aliased flow.
 """
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from scipy import stats
+from scipy.spatial import cKDTree
 from skimage.feature import graycomatrix, graycoprops
 
+from rhd.inspect.ops import colour_pixels, fan_mask
 from rhd.segment.ops import AWAY, MOSAIC, TOWARD
 
-FEATURE_SET = "frame-v1"
+FEATURE_SET = "frame-v2"
 GLCM_LEVELS = 32
-GLCM_DISTANCES = (1, 3)
+GLCM_DISTANCES = (1, 3, 5)
 GLCM_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
 GLCM_PROPS = ("contrast", "homogeneity", "energy", "correlation", "dissimilarity")
+PERCENTILES = (10, 50, 90)
+BAR_MIN_HEIGHT = 0.2  # of the frame height
+BAR_MAX_WIDTH = 24  # px
+BAR_MIN_ROWS = 20  # distinct colours a readable bar must have
+ALIAS_EDGE = 0.6  # share of Nyquist both sides of a red-blue seam must reach for it to be aliasing
 
+FIRST_ORDER = ("mean", "var", "skewness", "kurtosis", "entropy", *(f"p{p}" for p in PERCENTILES))
 FEATURE_NAMES: tuple[str, ...] = (
-    "grey_mean", "grey_std", "grey_skewness", "grey_kurtosis", "grey_entropy",
-    *(f"glcm_{p}" for p in GLCM_PROPS),
-    "colour_fraction", "flow_area_mm2", "toward_area_mm2", "away_area_mm2", "mosaic_area_mm2",
-    "mosaic_fraction", "jet_length_mm", "velocity_index_cm_s", "aliased",
+    *(f"grey_{s}" for s in FIRST_ORDER),
+    *(f"flow_grey_{s}" for s in FIRST_ORDER),
+    *(f"glcm_{p}_d{d}" for p in GLCM_PROPS for d in GLCM_DISTANCES),
+    "flow_area_mm2", "toward_area_mm2", "away_area_mm2", "mosaic_area_mm2", "mosaic_fraction",
+    "jet_length_mm",
+    "velocity_peak_cm_s", "velocity_mean_cm_s", "toward_peak_cm_s", "away_peak_cm_s",
+    "aliased_fraction", "unwrapped_fraction", "nyquist_cm_s",
 )
 
 
-def first_order(grey: np.ndarray) -> dict[str, float]:
-    values = grey[grey > 0].astype(np.float64)  # the black surround is not tissue
+class FeatureError(ValueError):
+    """A frame whose features cannot be measured, with the reason (the frame ends FAILED, never silently 0)."""
+
+
+@dataclass(frozen=True)
+class ColourBar:
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
+    colours: np.ndarray  # float32 rows x 3 BGR, from the red end to the blue end
+    velocities: np.ndarray  # float32 rows, +Nyquist .. -Nyquist (cm/s)
+
+
+def first_order(values: np.ndarray, prefix: str) -> dict[str, float]:
+    """Histogram statistics of 8-bit values; all zero for fewer than two values (an empty region)."""
+    values = np.asarray(values, np.float64).ravel()
     if values.size < 2:
-        return {"grey_mean": 0.0, "grey_std": 0.0, "grey_skewness": 0.0, "grey_kurtosis": 0.0,
-                "grey_entropy": 0.0}
+        return {f"{prefix}_{s}": 0.0 for s in FIRST_ORDER}
     histogram = np.bincount(values.astype(np.int64), minlength=256) / values.size
     nonzero = histogram[histogram > 0]
-    return {
-        "grey_mean": float(values.mean()),
-        "grey_std": float(values.std()),
-        "grey_skewness": float(stats.skew(values)),
-        "grey_kurtosis": float(stats.kurtosis(values)),
-        "grey_entropy": float(-(nonzero * np.log2(nonzero)).sum()),
+    flat = values.std() == 0
+    out = {
+        f"{prefix}_mean": float(values.mean()),
+        f"{prefix}_var": float(values.var()),
+        f"{prefix}_skewness": 0.0 if flat else float(stats.skew(values)),
+        f"{prefix}_kurtosis": 0.0 if flat else float(stats.kurtosis(values)),
+        f"{prefix}_entropy": float(-(nonzero * np.log2(nonzero)).sum()),
     }
+    for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True):
+        out[f"{prefix}_p{p}"] = float(v)
+    return out
 
 
 def texture(grey: np.ndarray) -> dict[str, float]:
+    """GLCM properties per distance, averaged over the four angles (rotation-tolerant)."""
     quantised = (grey.astype(np.uint16) * GLCM_LEVELS // 256).astype(np.uint8)
     glcm = graycomatrix(quantised, GLCM_DISTANCES, GLCM_ANGLES, levels=GLCM_LEVELS, symmetric=True, normed=True)
-    return {f"glcm_{p}": float(np.nan_to_num(graycoprops(glcm, p).mean())) for p in GLCM_PROPS}
+    out = {}
+    for prop in GLCM_PROPS:
+        per_distance = np.nan_to_num(graycoprops(glcm, prop)).mean(axis=1)
+        for d, value in zip(GLCM_DISTANCES, per_distance, strict=True):
+            out[f"glcm_{prop}_d{d}"] = float(value)
+    return out
+
+
+def find_colour_bar(bgr: np.ndarray, nyquist_cm_s: float, fan: np.ndarray | None = None) -> ColourBar:
+    """Locate the velocity colour bar outside the fan and read its colours; FeatureError when there is none."""
+    if nyquist_cm_s <= 0:
+        raise FeatureError("Nyquist limit unknown: velocities cannot be read from the colour bar")
+    h = bgr.shape[0]
+    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+    fan = fan_mask(bgr) if fan is None else fan
+    colour = colour_pixels(hsv) & ~cv2.dilate(fan.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    columns = np.flatnonzero(colour.sum(axis=0) >= BAR_MIN_HEIGHT * h)
+    if columns.size == 0:
+        raise FeatureError("no colour bar found beside the image: velocities cannot be read")
+    # The widest run of adjacent bar-like columns.
+    runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
+    run = max(runs, key=len)
+    if len(run) > BAR_MAX_WIDTH:
+        raise FeatureError(f"colour bar unreadable: a colour strip {len(run)} px wide is not a bar")
+    x0, x1 = int(run[0]), int(run[-1]) + 1
+    rows = np.flatnonzero(colour[:, x0:x1].any(axis=1))
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    if y1 - y0 < BAR_MIN_ROWS:
+        raise FeatureError(f"colour bar unreadable: {y1 - y0} rows")
+    inner = slice(x0 + 1, x1 - 1) if x1 - x0 > 2 else slice(x0, x1)  # compression blurs the bar's sides
+    colours = bgr[y0:y1, inner].astype(np.float32).mean(axis=1)
+    top, bottom = colours[: len(colours) // 4].mean(axis=0), colours[-len(colours) // 4:].mean(axis=0)
+    # Towards the probe is red (BGR index 2); some scanners draw the bar with blue on top.
+    sign = 1.0 if top[2] - top[0] >= bottom[2] - bottom[0] else -1.0
+    velocities = sign * np.linspace(nyquist_cm_s, -nyquist_cm_s, y1 - y0, dtype=np.float32)
+    return ColourBar((x0, y0, x1, y1), colours, velocities)
+
+
+def decode_velocity(bgr: np.ndarray, laminar: np.ndarray, bar: ColourBar) -> np.ndarray:
+    """Velocity along the beam (cm/s) of each laminar pixel: that of its nearest colour on the bar (aliased,
+    as the scanner shows it)."""
+    pixels = bgr[laminar].astype(np.float32)
+    if pixels.size == 0:
+        return np.zeros(0, np.float32)
+    _, nearest = cKDTree(bar.colours).query(pixels)
+    return bar.velocities[nearest]
+
+
+def unalias(aliased_cm_s: np.ndarray, laminar: np.ndarray, nyquist_cm_s: float) -> np.ndarray:
+    """Undo one level of aliasing. Where red meets blue through bright colours (both sides near the Nyquist
+    limit) the velocity wrapped; where they meet through dark ones it passed through zero and is real. Of two
+    regions that meet by wrapping, the smaller (the fast core) is shifted by 2 x Nyquist to the larger's sign."""
+    full = np.zeros(laminar.shape, np.float32)
+    full[laminar] = aliased_cm_s
+    fast = np.abs(full) >= ALIAS_EDGE * nyquist_cm_s
+    kernel = np.ones((3, 3), np.uint8)
+    positive, negative = laminar & (full > 0), laminar & (full < 0)
+    n_pos, pos_regions = cv2.connectedComponents(positive.astype(np.uint8), connectivity=8)
+    n_neg, neg_regions = cv2.connectedComponents(negative.astype(np.uint8), connectivity=8)
+    sizes_pos = np.bincount(pos_regions.ravel(), minlength=n_pos)
+    sizes_neg = np.bincount(neg_regions.ravel(), minlength=n_neg)
+    # Fast positive pixels next to fast negative ones: the seams, and the pairs of regions they join.
+    near_fast_neg = cv2.dilate((negative & fast).astype(np.uint8), kernel).astype(bool)
+    seam = positive & fast & near_fast_neg
+    pairs = set()
+    if seam.any():
+        grown_neg = cv2.dilate(neg_regions.astype(np.float32), kernel).astype(np.int64)
+        for y, x in zip(*np.nonzero(seam), strict=True):
+            pairs.add((int(pos_regions[y, x]), int(grown_neg[y, x])))
+    out = full.copy()
+    for p, q in sorted(pairs):
+        if not q:
+            continue
+        if sizes_pos[p] < sizes_neg[q]:
+            out[pos_regions == p] = full[pos_regions == p] - 2 * nyquist_cm_s
+        else:
+            out[neg_regions == q] = full[neg_regions == q] + 2 * nyquist_cm_s
+    return out[laminar]
 
 
 def jet_length_px(mosaic: np.ndarray) -> float:
@@ -59,33 +168,49 @@ def jet_length_px(mosaic: np.ndarray) -> float:
     return float(max(w, h))
 
 
-def flow(bgr: np.ndarray, labels: np.ndarray, spacing_mm: float, nyquist_cm_s: float) -> dict[str, float]:
-    if labels.shape != bgr.shape[:2]:
-        raise ValueError(f"mask shape {labels.shape} does not match frame shape {bgr.shape[:2]}")
+def flow(bgr: np.ndarray, labels: np.ndarray, spacing_mm: float, nyquist_cm_s: float,
+         fan: np.ndarray | None = None) -> dict[str, float]:
+    """Flow size and velocity of a segmented frame."""
     pixel_mm2 = spacing_mm * spacing_mm
     toward, away, mosaic = labels == TOWARD, labels == AWAY, labels == MOSAIC
-    flow_pixels = int((labels > 0).sum())
     laminar = toward | away
-    brightness = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)[..., 2]
-    laminar_velocity = float(brightness[laminar].max()) / 255.0 * nyquist_cm_s if laminar.any() else 0.0
-    aliased = bool(mosaic.any())
+    flow_pixels = int((labels > 0).sum())
+    bar = find_colour_bar(bgr, nyquist_cm_s, fan)
+    velocity = unalias(decode_velocity(bgr, laminar, bar), laminar, nyquist_cm_s) if laminar.any() else np.zeros(0)
+    speed = np.abs(velocity)
+    full = np.zeros(labels.shape, np.float32)
+    full[laminar] = velocity
+    beyond = int((speed >= nyquist_cm_s).sum())
+    peak = max(float(speed.max()) if speed.size else 0.0, nyquist_cm_s if mosaic.any() else 0.0)
     return {
-        "colour_fraction": flow_pixels / labels.size,
         "flow_area_mm2": flow_pixels * pixel_mm2,
         "toward_area_mm2": int(toward.sum()) * pixel_mm2,
         "away_area_mm2": int(away.sum()) * pixel_mm2,
         "mosaic_area_mm2": int(mosaic.sum()) * pixel_mm2,
         "mosaic_fraction": int(mosaic.sum()) / flow_pixels if flow_pixels else 0.0,
         "jet_length_mm": jet_length_px(mosaic) * spacing_mm,
-        "velocity_index_cm_s": max(laminar_velocity, nyquist_cm_s if aliased else 0.0),
-        "aliased": float(aliased),
+        "velocity_peak_cm_s": peak,
+        "velocity_mean_cm_s": float(speed.mean()) if speed.size else 0.0,
+        "toward_peak_cm_s": float(max(full.max(), 0.0)),
+        "away_peak_cm_s": float(max(-full.min(), 0.0)),
+        "aliased_fraction": (beyond + int(mosaic.sum())) / flow_pixels if flow_pixels else 0.0,
+        "unwrapped_fraction": beyond / max(int(laminar.sum()), 1),
+        "nyquist_cm_s": nyquist_cm_s,
     }
 
 
 def frame_features(bgr: np.ndarray, labels: np.ndarray, spacing_mm: float, nyquist_cm_s: float) -> list[float]:
-    """The frame's feature vector, in FEATURE_NAMES order."""
+    """The frame's feature vector, in FEATURE_NAMES order; FeatureError says why a frame cannot be measured."""
     if spacing_mm <= 0:
-        raise ValueError("pixel spacing unknown: lengths and areas cannot be measured")
+        raise FeatureError("pixel spacing unknown: lengths and areas cannot be measured")
+    if labels.shape != bgr.shape[:2]:
+        raise FeatureError(f"mask shape {labels.shape} does not match frame shape {bgr.shape[:2]}")
     grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    values = {**first_order(grey), **texture(grey), **flow(bgr, labels, spacing_mm, nyquist_cm_s)}
+    fan = fan_mask(bgr)
+    values = {
+        **first_order(grey[fan], "grey"),
+        **first_order(grey[labels > 0], "flow_grey"),
+        **texture(grey),
+        **flow(bgr, labels, spacing_mm, nyquist_cm_s, fan),
+    }
     return [values[name] for name in FEATURE_NAMES]

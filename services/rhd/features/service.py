@@ -2,7 +2,7 @@
 
 import cv2
 
-from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, frame_features
+from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, FeatureError, frame_features
 from rhd.runtime.records import Output, frame_result
 from rhd.runtime.stage import StageService
 from rhd.runtime.topics import FRAMES_VIEWED
@@ -17,10 +17,13 @@ class Features(StageService):
 
     def handle(self, viewed: pb.ViewedFrame) -> list[Output]:
         frame = viewed.segmented.frame
-        values = frame_features(
-            decode_png(frame.png, cv2.IMREAD_COLOR), decode_png(viewed.segmented.mask.png),
-            frame.pixel_spacing_mm, frame.nyquist_cm_s,
-        )
+        try:
+            values = frame_features(
+                decode_png(frame.png, cv2.IMREAD_COLOR), decode_png(viewed.segmented.mask.png),
+                frame.pixel_spacing_mm, frame.nyquist_cm_s,
+            )
+        except FeatureError as exc:  # e.g. no colour bar: the frame is accounted for, as failed, with why
+            return [frame_result(frame.key, pb.FRAME_STATUS_FAILED, self.name, str(exc), view=viewed.view)]
         vector = pb.FeatureVector(feature_set=FEATURE_SET, names=FEATURE_NAMES, values=values)
         return [frame_result(frame.key, pb.FRAME_STATUS_ANALYSED, self.name, view=viewed.view, features=vector)]
 

@@ -2,7 +2,7 @@
 
 import cv2
 
-from rhd.inspect.ops import DOPPLER_FRACTION_MIN, colour_fraction, is_doppler
+from rhd.inspect.ops import NOT_ECHO, inspect
 from rhd.runtime.records import Output, frame_result
 from rhd.runtime.stage import StageService
 from rhd.runtime.topics import FRAMES_DECODED, FRAMES_DOPPLER
@@ -16,11 +16,14 @@ class Inspect(StageService):
     input_type = pb.Frame
 
     def handle(self, frame: pb.Frame) -> list[Output]:
-        fraction = colour_fraction(decode_png(frame.png, cv2.IMREAD_COLOR))
-        if is_doppler(fraction):
-            return [Output(FRAMES_DOPPLER, frame.key.video_id, pb.DopplerFrame(frame=frame, colour_fraction=fraction))]
-        reason = f"anatomical (B-mode): colour fraction {fraction:.4f} < {DOPPLER_FRACTION_MIN}"
-        return [frame_result(frame.key, pb.FRAME_STATUS_SKIPPED, self.name, reason)]
+        result = inspect(decode_png(frame.png, cv2.IMREAD_COLOR))
+        if result.doppler:
+            doppler = pb.DopplerFrame(frame=frame, colour_fraction=result.colour_fraction)
+            return [Output(FRAMES_DOPPLER, frame.key.video_id, doppler)]
+        # B-mode and frames with no image are skipped (nothing to analyse); a frame that is all colour is
+        # not an echo frame at all: failed.
+        status = pb.FRAME_STATUS_FAILED if result.kind == NOT_ECHO else pb.FRAME_STATUS_SKIPPED
+        return [frame_result(frame.key, status, self.name, result.reason)]
 
 
 def build() -> StageService:
