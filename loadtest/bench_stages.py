@@ -8,7 +8,7 @@ from pathlib import Path
 
 import cv2
 from rhd.features.ops import frame_features
-from rhd.inspect.ops import colour_fraction
+from rhd.inspect.ops import inspect
 from rhd.segment.ops import segment
 from rhd.split.ops import decode_png, decode_video, encode_png
 from rhd.synth.generator import synth_studies
@@ -35,7 +35,7 @@ def main(n_studies: int = 2) -> None:
           f"{sum(map(len, videos)) / n_studies / 1e6:.1f} MB of MP4 + {truth_bytes / n_studies / 1e6:.2f} MB of "
           "ground truth per study")
     frames = [f for v in videos for f in decode_video(v).frames]
-    colour = [f for f in frames if colour_fraction(f) > 0.002]
+    colour = [f for f in frames if inspect(f).doppler]
     masks = [segment(f).labels for f in colour]
     pngs = [encode_png(f) for f in frames]
     n_frames = len(frames)
@@ -44,9 +44,9 @@ def main(n_studies: int = 2) -> None:
         ("raw HSV conversion", per_frame_ms(lambda f: cv2.cvtColor(f, cv2.COLOR_BGR2HSV), frames)),
         ("split: decode + PNG encode", 1000 * _time(lambda: [encode_png(f) for v in videos
                                                              for f in decode_video(v).frames]) / n_frames),
-        ("inspect: PNG decode + colour fraction", per_frame_ms(lambda p: colour_fraction(decode_png(p)), pngs)),
+        ("inspect: PNG decode + fan + colour", per_frame_ms(lambda p: inspect(decode_png(p)), pngs)),
         ("segment: k-means on colour pixels", per_frame_ms(segment, colour)),
-        ("features: texture + flow", per_frame_ms(lambda i: frame_features(colour[i], masks[i], 0.6, 60.0),
+        ("features: texture + bar + velocity", per_frame_ms(lambda i: frame_features(colour[i], masks[i], 0.6, 60.0),
                                                   range(len(colour)))),
     ]
     print(f"{n_frames} frames ({len(colour)} colour Doppler) of {len(videos)} videos, one core")

@@ -108,7 +108,9 @@ def test_truncated_video_is_dead_lettered_and_its_study_incomplete(line):
     assert len(letters) == 1 and letters[0].video_id.startswith(study)
     assert letters[0].stage == "split" and letters[0].source_topic == STUDIES_UPLOADED
     assert letters[0].reason and letters[0].reason in d.reason
-    assert letters[0].original_bytes  # the original video travels with the letter
+    # The original video travels with the letter: inline, or by the same blob reference the upload used.
+    assert letters[0].WhichOneof("original") in ("original_bytes", "original_blob_uri")
+    assert letters[0].original_bytes or letters[0].original_blob_uri.startswith("blob:sha256:")
 
 
 def test_non_video_upload_fails_its_study_with_the_reason(line):
