@@ -94,5 +94,4 @@ def test_study_features_follow_the_largest_jet_and_plax():
     assert features["jet_length_mm_max"] == 25.0
     assert features["plax_jet_length_mm_max"] == 12.0
     assert features["views_with_jet"] == 2.0
-    assert features["analysed_frames"] == 3.0
     assert study_features([]) == pytest.approx([0.0] * len(STUDY_FEATURE_NAMES))

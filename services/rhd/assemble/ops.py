@@ -14,12 +14,11 @@ from rhd.features.ops import FEATURE_NAMES
 from rhd.runtime.records import now
 from rhd.v1 import rhd_pb2 as pb
 
-STUDY_FEATURE_SET = "study-v1"
+STUDY_FEATURE_SET = "study-v2"  # v2: no frame count (it measures the recording, not the heart)
 JET_MIN_MM = 3.0  # shorter mosaics are speckle, not a regurgitant jet
 _IDX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
 STUDY_FEATURE_NAMES: tuple[str, ...] = (
-    "analysed_frames",
     "jet_length_mm_max", "jet_length_mm_p75", "plax_jet_length_mm_max",
     "mosaic_area_mm2_max", "mosaic_area_mm2_mean",
     "aliased_frame_fraction", "views_with_jet",
@@ -45,7 +44,6 @@ def study_features(frames: Sequence[AnalysedFrame]) -> list[float]:
     views = np.array([f.view for f in frames])
     plax = jets[views == "plax"]
     values = {
-        "analysed_frames": float(len(frames)),
         "jet_length_mm_max": float(jets.max()),
         "jet_length_mm_p75": float(np.percentile(jets, 75)),
         "plax_jet_length_mm_max": float(plax.max()) if plax.size else 0.0,
