@@ -42,7 +42,6 @@ import aiohttp
 import grpc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 from rhd.inspect.service import Inspect
 from rhd.labels import VIEW_CLASSES
 from rhd.runtime.blobs import BlobStore
@@ -50,7 +49,7 @@ from rhd.runtime.broker import EmbeddedBroker, free_port
 from rhd.runtime.publish import upload_from_dir
 from rhd.runtime.records import Output
 from rhd.runtime.settings import Settings
-from rhd.runtime.stack import ServiceProcess
+from rhd.runtime.stack import ServiceProcess, stage_seconds
 from rhd.runtime.topics import (
     FRAMES_DECODED,
     FRAMES_DONE,
@@ -225,21 +224,6 @@ async def watch_service(port: int, stage: str, timeline: Timeline) -> None:
             except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(POLL_S)
-
-
-async def stage_seconds(http: aiohttp.ClientSession, port: int, stage: str) -> tuple[float, float]:
-    """(messages handled, seconds in the stage logic) from the service's rhd_stage_seconds histogram."""
-    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
-        text = await response.text()
-    count = seconds = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name == "rhd_stage_seconds":
-            for sample in family.samples:
-                if sample.labels.get("stage") == stage and sample.name.endswith("_count"):
-                    count += sample.value
-                elif sample.labels.get("stage") == stage and sample.name.endswith("_sum"):
-                    seconds += sample.value
-    return count, seconds
 
 
 async def produce(bootstrap: str, settings: Settings, records: list[Record]) -> float:

@@ -5,13 +5,12 @@ import time
 from pathlib import Path
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from rhd.labels import CLASSES
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.publish import publish_uploads, upload_from_dir
 from rhd.runtime.settings import Settings
-from rhd.runtime.stack import EmbeddedStack, ServiceProcess
+from rhd.runtime.stack import EmbeddedStack, ServiceProcess, stage_seconds
 from rhd.runtime.watch import Progress, follow
 from rhd.v1 import rhd_pb2 as pb
 
@@ -67,16 +66,7 @@ async def stage_figures(services: list[ServiceProcess]) -> dict[str, tuple[float
         for service in services:
             if not service.http_port:
                 continue
-            async with http.get(f"http://127.0.0.1:{service.http_port}/metrics") as response:
-                text = await response.text()
-            count = seconds = 0.0
-            for family in text_string_to_metric_families(text):
-                if family.name == "rhd_stage_seconds":
-                    for sample in family.samples:
-                        if sample.name.endswith("_count"):
-                            count += sample.value
-                        elif sample.name.endswith("_sum"):
-                            seconds += sample.value
+            count, seconds = await stage_seconds(http, service.http_port)
             old = figures.get(service.name, (0.0, 0.0))
             figures[service.name] = (old[0] + count, old[1] + seconds)
     return figures

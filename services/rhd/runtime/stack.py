@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from rhd.runtime.broker import EmbeddedBroker, free_port
 from rhd.runtime.settings import Settings
@@ -17,6 +18,26 @@ from rhd.runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("split", "inspect", "segment", "view", "features", "assemble", "diagnose")
+
+
+
+async def stage_seconds(http: aiohttp.ClientSession, port: int, stage: str | None = None) -> tuple[float, float]:
+    """(messages handled, seconds in the stage logic) from a service's rhd_stage_seconds histogram on /metrics,
+    for one stage or, with stage None, summed over every stage the process serves."""
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    count = seconds = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "rhd_stage_seconds":
+            continue
+        for sample in family.samples:
+            if stage is not None and sample.labels.get("stage") != stage:
+                continue
+            if sample.name.endswith("_count"):
+                count += sample.value
+            elif sample.name.endswith("_sum"):
+                seconds += sample.value
+    return count, seconds
 
 
 class ServiceProcess:
