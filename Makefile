@@ -9,7 +9,7 @@ PROTOS := $(wildcard protos/rhd/v1/*.proto)
 GEN    := services/rhd/v1/rhd_pb2.py
 VIEW_MODEL  := models/view/1/saved_model.pb
 STUDY_MODEL := models/study/1/model.skops
-MODEL_CODE  := $(wildcard services/rhd/synth/*.py services/rhd/training/*.py)
+MODEL_CODE  := $(wildcard services/rhd/synth/*.py services/rhd/training/*.py) services/rhd/view/model.py
 
 .PHONY: demo test bench setup models lint lock clean
 

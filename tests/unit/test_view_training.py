@@ -5,12 +5,14 @@ Slow-ish (about half a minute): each case trains on two generated studies for on
 
 import json
 
+import keras
+
 import numpy as np
 import pytest
 import rhd
 import tensorflow as tf
 from rhd.labels import VIEW_CLASSES
-from rhd.training.view import fit, preprocess, train_view_model, weights_hash
+from rhd.training.view import CONFUSION_FILE, KERAS_FILE, fit, train_view_model, weights_hash
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,6 +51,31 @@ def test_the_exported_model_has_the_served_signature_and_answers_as_the_trained_
 
     frames = np.random.default_rng(0).integers(0, 256, (3, 240, 320, 3), dtype=np.uint8)
     served = signature(frames=tf.constant(frames))
-    expected = trained.predict(preprocess(tf.constant(frames)).numpy(), verbose=0)
+    expected = trained.predict(frames, verbose=0)  # the trained model takes frames as decoded: no outside step
     assert served["probabilities"].numpy() == pytest.approx(expected, abs=1e-5)
     assert served["view_index"].numpy().tolist() == np.argmax(expected, axis=1).tolist()
+    # The .keras file beside it is the same model, for Keras in-process on any backend.
+    reloaded = keras.saving.load_model(out / KERAS_FILE)
+    assert reloaded.predict(frames, verbose=0) == pytest.approx(expected, abs=1e-5)
+    # The confusion matrix is drawn next to the manifest.
+    assert manifest["confusion_png"] == CONFUSION_FILE
+    assert (out / CONFUSION_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_preprocessing_layers_crop_to_the_sector_and_ignore_what_lies_outside():
+    from rhd.synth.render import sector_mask
+    from rhd.view.model import INPUT_SHAPE, preprocessor
+
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (1, 240, 320, 3), dtype=np.uint8)
+    outside = frame.copy()
+    outside[0][~sector_mask(240, 320)] = rng.integers(0, 256, (int((~sector_mask(240, 320)).sum()), 3))
+    pre = preprocessor()
+    x, y = keras.ops.convert_to_numpy(pre(frame)), keras.ops.convert_to_numpy(pre(outside))
+    assert x.shape == (1, *INPUT_SHAPE) and 0.0 <= x.min() and x.max() <= 1.0
+    # Changing every pixel outside the fan moves only the cells on its slanted edges, and only a little:
+    # the top corners (text) and the strips beside the fan are cropped away entirely.
+    assert np.abs(x - y).mean() < 0.05
+    assert np.abs(x - y)[0, 20:50, 25:45].max() == 0.0  # the middle of the fan
+    grey = np.full((1, 240, 320, 3), (10, 200, 50), np.uint8)  # BGR
+    assert keras.ops.convert_to_numpy(pre(grey)) == pytest.approx((0.114 * 10 + 0.587 * 200 + 0.299 * 50) / 255)

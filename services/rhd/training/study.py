@@ -3,11 +3,8 @@
 
 import hashlib
 import json
-import platform
-import subprocess
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from importlib.metadata import version as package_version
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +15,12 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-import rhd
 from rhd.assemble.ops import STUDY_FEATURE_NAMES
 from rhd.diagnose.ops import MODEL_FILE, MODEL_NAME
 from rhd.inprocess import StudyAnalysis, analyse_study
 from rhd.labels import CLASSES
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
+from rhd.training.provenance import environment
 from rhd.view.local import LocalViewModel
 
 # The protocol's first 8 videos (5 in colour Doppler), 1 s each: every view a reader needs, at a cost that
@@ -41,14 +38,6 @@ def _init_worker(models_dir: str) -> None:
 def _analyse(study_dir: str) -> StudyAnalysis:
     assert _view_model is not None
     return analyse_study(Path(study_dir), _view_model)
-
-
-def code_version() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
-        return f"{rhd.__version__}+{commit.strip()[:12]}"
-    except (OSError, subprocess.CalledProcessError):
-        return rhd.__version__
 
 
 def parameters_hash(pipeline: Pipeline) -> str:
@@ -87,10 +76,7 @@ def train_study_model(models_dir: Path, seed: int = 11, n_studies: int = 90, ver
         "classes": [str(c) for c in pipeline.classes_],
         "data": {"generator": "rhd.synth", "seed": seed, "studies": n_studies, "balanced": True,
                  "sha256": hashlib.sha256(x.tobytes() + "|".join(y).encode()).hexdigest()},
-        "code_version": code_version(),
-        "packages": {p: package_version(p) for p in ("scikit-learn", "numpy", "tensorflow", "skops",
-                                                     "opencv-python-headless", "scikit-image")},
-        "python": platform.python_version(),
+        **environment(("scikit-learn", "numpy", "tensorflow", "skops", "opencv-python-headless", "scikit-image")),
         # The skops file is a zip with timestamps; the fitted parameters are what must repeat.
         "parameters_sha256": parameters_hash(pipeline),
         "metrics": {

@@ -1,32 +1,31 @@
-"""`rhd train view`: a small Keras CNN for the probe views, trained on generated videos decoded as split decodes
-them, exported as a SavedModel in TensorFlow Serving's layout with the preprocessing inside the graph."""
+"""`rhd train view`: the view CNN (rhd.view.model) trained on generated videos decoded as split decodes them,
+exported as a SavedModel in TensorFlow Serving's layout, preprocessing inside the graph, with its manifest and
+confusion matrix."""
 
 import dataclasses
 import hashlib
 import json
-import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib.metadata import version as package_version
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-import rhd
 from rhd.labels import VIEW_CLASSES
 from rhd.split.ops import decode_video
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
+from rhd.training.provenance import environment, plot_confusion
+from rhd.view.model import FRAME_SHAPE, INPUT_SHAPE, classifier, preprocessor, served_model
 from rhd.view.ops import INPUT_NAME, PROBABILITIES, VIEW_INDEX
 
 MODEL_NAME = "view"
 SIGNATURE = "serving_default"
-FRAME_SHAPE = (240, 320, 3)  # what the generator writes and split decodes
-RESIZED = (60, 80)  # the probe view is in the anatomy's layout, which survives a 4x downscale
+KERAS_FILE = "view.keras"  # the same model for Keras in-process (any backend); TF Serving ignores it
+CONFUSION_FILE = "confusion.png"
 EVERY = 3  # neighbouring frames of a video are near copies: every third one is enough
 # Shorter studies than the screening default, with more colour Doppler (all the view stage sees) and more
 # off-axis and poor-quality videos, so the rare "other" class has enough examples.
@@ -37,20 +36,14 @@ EPOCHS, BATCH_SIZE, LEARNING_RATE = 14, 64, 2e-3
 
 @dataclass(frozen=True)
 class FrameSet:
-    x: np.ndarray  # float32 [n, *RESIZED, 1]: frames through `preprocess`, as the served graph sees them
+    x: np.ndarray  # float32 [n, *INPUT_SHAPE]: frames through the model's own preprocessing layers
     views: np.ndarray  # int64 [n]: index into VIEW_CLASSES
     doppler: np.ndarray  # bool [n]
     sha256: str  # of the decoded frames and their view indices, in order
 
 
-def preprocess(frames: tf.Tensor) -> tf.Tensor:
-    """uint8 BGR [n, 240, 320, 3] -> float32 grey [n, 60, 80, 1] in [0, 1]; part of the exported graph."""
-    x = tf.cast(frames, tf.float32) / 255.0
-    grey = tf.tensordot(x, tf.constant([0.114, 0.587, 0.299]), axes=[[3], [0]])[..., None]  # BGR order
-    return tf.image.resize(grey, RESIZED, method="area")
-
-
 def _frames(studies: list[Path]) -> FrameSet:
+    preprocess = preprocessor()
     xs, views, doppler = [], [], []
     digest = hashlib.sha256()
     for study in studies:
@@ -61,11 +54,11 @@ def _frames(studies: list[Path]) -> FrameSet:
             digest.update(batch.tobytes())
             digest.update(labels.tobytes())
             # Kept preprocessed only: the raw frames of a training set would take hundreds of MB.
-            xs.append(preprocess(tf.constant(batch)).numpy())
+            xs.append(keras.ops.convert_to_numpy(preprocess(batch)))
             views.append(labels)
             doppler.append(np.full(len(decoded), bool(video["doppler"])))
     if not xs:
-        return FrameSet(np.zeros((0, *RESIZED, 1), np.float32), np.zeros(0, np.int64), np.zeros(0, bool),
+        return FrameSet(np.zeros((0, *INPUT_SHAPE), np.float32), np.zeros(0, np.int64), np.zeros(0, bool),
                         digest.hexdigest())
     return FrameSet(np.concatenate(xs), np.concatenate(views), np.concatenate(doppler), digest.hexdigest())
 
@@ -79,15 +72,8 @@ def generated_frames(seed: int, n_studies: int, held_out: int = 0) -> tuple[Fram
 
 
 def build_model(seed: int) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((*RESIZED, 1))
-    x = inputs
-    for filters in (16, 32, 32):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(len(VIEW_CLASSES), activation="softmax")(x)
-    model = keras.Model(inputs, outputs, name="view_cnn")
+    """The classifier (preprocessed frames -> probabilities), compiled for training."""
+    model = classifier(seed)
     model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     return model
@@ -103,39 +89,34 @@ def weights_hash(model: keras.Model) -> str:
 
 
 def fit(seed: int, n_studies: int, epochs: int = EPOCHS, held_out: int = 0) -> tuple[keras.Model, FrameSet, FrameSet]:
-    """Train on generated frames; the same seed gives the same weights on CPU."""
+    """Train on generated frames; the same seed gives the same weights on CPU. Returns the served model
+    (uint8 frames -> probabilities): preprocessing layers, then the trained classifier."""
     tf.config.experimental.enable_op_determinism()
     train, held = generated_frames(seed, n_studies, held_out)
-    model = build_model(seed)
-    model.fit(train.x, train.views, epochs=epochs, batch_size=BATCH_SIZE, shuffle=True, verbose=0)
-    return model, train, held
+    cnn = build_model(seed)
+    cnn.fit(train.x, train.views, epochs=epochs, batch_size=BATCH_SIZE, shuffle=True, verbose=0)
+    return served_model(preprocessor(), cnn), train, held
 
 
 def export(model: keras.Model, out: Path) -> None:
-    """SavedModel with signature serving_default: frames uint8 [None, 240, 320, 3] -> probabilities, view_index."""
+    """SavedModel with signature serving_default: frames uint8 [None, 240, 320, 3] -> probabilities, view_index;
+    and the same model as a .keras file beside it."""
 
     def serve(frames: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = model(preprocess(frames), training=False)
+        probabilities = model(frames, training=False)
         return {PROBABILITIES: probabilities, VIEW_INDEX: tf.argmax(probabilities, axis=1)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SIGNATURE, serve, input_signature=[tf.TensorSpec((None, *FRAME_SHAPE), tf.uint8, INPUT_NAME)])
     archive.write_out(str(out), verbose=False)
-
-
-def code_version() -> str:
-    """rhd's version and the git commit of the source tree; "unknown" commit outside a checkout."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return f"{rhd.__version__}+{commit}"
+    model.save(out / KERAS_FILE)
 
 
 def evaluate(model: keras.Model, held: FrameSet) -> dict:
-    predicted = np.argmax(model.predict(held.x, batch_size=256, verbose=0), axis=1)
+    """Accuracy, per-view recall and the confusion matrix of the served model on held-out preprocessed frames."""
+    cnn = model.get_layer("view_cnn")
+    predicted = np.argmax(cnn.predict(held.x, batch_size=256, verbose=0), axis=1)
     confusion = np.zeros((len(VIEW_CLASSES), len(VIEW_CLASSES)), np.int64)
     np.add.at(confusion, (held.views, predicted), 1)
     recall = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
@@ -167,11 +148,12 @@ def train_view_model(models_dir: Path, seed: int = 7, version: int = 1, n_studie
                  "sha256": train.sha256},
         "training": {"epochs": epochs, "batch_size": BATCH_SIZE, "optimizer": f"adam {LEARNING_RATE:g}",
                      "seconds": round(time.monotonic() - started, 1)},
+        "preprocessing": "in the graph: BGR to grey, crop to the sector, 4 x 4 area downscale, / 255 "
+                         f"-> {list(INPUT_SHAPE)}",
         "weights_sha256": weights_hash(model),
-        "code_version": code_version(),
-        "packages": {p: package_version(p) for p in ("tensorflow", "keras", "numpy", "opencv-python-headless")},
-        "python": platform.python_version(),
+        **environment(("tensorflow", "keras", "numpy", "opencv-python-headless")),
         "metrics": metrics,
+        "confusion_png": CONFUSION_FILE,
     }
     out = Path(models_dir) / MODEL_NAME / str(version)
     # Written beside, then renamed: a model server never sees a half-written version (non-numeric names are
@@ -180,6 +162,9 @@ def train_view_model(models_dir: Path, seed: int = 7, version: int = 1, n_studie
     shutil.rmtree(staging, ignore_errors=True)
     export(model, staging)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    plot_confusion(np.array(metrics["confusion_matrix"]["rows_truth"]), VIEW_CLASSES,
+                   f"view model {version}: accuracy {metrics['accuracy']:.3f} on {metrics['held_out_frames']} "
+                   f"held-out frames", staging / CONFUSION_FILE)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
