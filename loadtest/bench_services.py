@@ -39,9 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import grpc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rhd.inspect.service import Inspect
 from rhd.labels import VIEW_CLASSES
 from rhd.runtime.blobs import BlobStore
@@ -49,7 +47,7 @@ from rhd.runtime.broker import EmbeddedBroker, free_port
 from rhd.runtime.publish import upload_from_dir
 from rhd.runtime.records import Output
 from rhd.runtime.settings import Settings
-from rhd.runtime.stack import ServiceProcess, stage_seconds
+from rhd.runtime.stack import ServiceProcess, stage_seconds, wait_serving
 from rhd.runtime.topics import (
     FRAMES_DECODED,
     FRAMES_DONE,
@@ -249,24 +247,6 @@ async def output_consumer(bootstrap: str, topics: list[str], partitions: int) ->
     return consumer
 
 
-async def wait_model_server(port: int, server: ServiceProcess, timeout_s: float) -> float:
-    started = time.monotonic()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if not server.alive():
-                raise RuntimeError(f"model server exited early; see {server.log_path}")
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return time.monotonic() - started
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() - started > timeout_s:
-                raise TimeoutError(f"model server not serving after {timeout_s:.0f} s; see {server.log_path}")
-            await asyncio.sleep(0.2)
-
-
 class Bench:
     def __init__(self, settings: Settings, workdir: Path, models_dir: Path, timeout_s: float) -> None:
         self.settings, self.workdir, self.models_dir, self.timeout_s = settings, workdir, models_dir, timeout_s
@@ -313,7 +293,7 @@ class Bench:
             result["produce_s"] = await produce(bootstrap, self.settings, records)
             result["input_mb"] = sum(len(v) for _, _, v in records) / 1e6
             if server is not None:
-                result["model_server_s"] = await wait_model_server(model_port, server, 180.0)
+                result["model_server_s"] = await wait_serving(model_port, server, 180.0)
             port = free_port()
             service = ServiceProcess(stage, [*rhd, "serve", stage], self.env(bootstrap, model_port,
                                                                                RHD_HTTP_PORT=str(port)),

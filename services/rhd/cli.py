@@ -33,12 +33,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_model_server(args: argparse.Namespace) -> int:
-    from rhd.runtime.model_server import serve
+    from rhd.runtime.model_server import BatchingOptions, read_batching_parameters, read_model_config, serve
 
+    if args.batching_parameters_file and not args.enable_batching:
+        # tensorflow/serving refuses this too: the file would silently do nothing.
+        raise SystemExit("rhd model-server: --batching-parameters-file is set without --enable-batching")
     settings = get_settings()
+    try:
+        model_config = read_model_config(Path(args.model_config_file)) if args.model_config_file else None
+        batching = None
+        if args.batching_parameters_file:
+            batching = read_batching_parameters(Path(args.batching_parameters_file))
+        elif args.enable_batching:
+            batching = BatchingOptions()  # TensorFlow's defaults, as tensorflow/serving without the file
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"rhd model-server: {exc}") from None
 
     async def run() -> None:
-        task = asyncio.ensure_future(serve(Path(args.models_dir or settings.models_dir), args.host, args.port))
+        task = asyncio.ensure_future(serve(Path(args.models_dir or settings.models_dir), args.host, args.port,
+                                           model_config=model_config, batching=batching))
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
         try:
@@ -46,7 +59,10 @@ def cmd_model_server(args: argparse.Namespace) -> int:
         except asyncio.CancelledError:
             pass
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except (OSError, ValueError) as exc:  # nothing to serve (no models dir, a configured model without versions)
+        raise SystemExit(f"rhd model-server: {exc}") from None
     return 0
 
 
@@ -169,7 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("model-server", help="the embedded TensorFlow Serving gRPC API over models/")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8500)
-    p.add_argument("--models-dir", default=None)
+    p.add_argument("--models-dir", default=None, help="where models/<name>/<version>/ live (RHD_MODELS_DIR); "
+                   "relative base_paths of --model-config-file are under it")
+    p.add_argument("--model-config-file", default=None, metavar="PATH",
+                   help="TF Serving's --model_config_file: text-format ModelServerConfig (names, base paths, version "
+                   "policies); without it every version of every model in the models dir is served")
+    p.add_argument("--enable-batching", action="store_true", help="TF Serving's --enable_batching: merge concurrent "
+                   "Predict requests into one signature call")
+    p.add_argument("--batching-parameters-file", default=None, metavar="PATH",
+                   help="TF Serving's --batching_parameters_file: text-format BatchingParameters")
     p.set_defaults(func=cmd_model_server)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) with every topic")

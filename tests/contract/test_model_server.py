@@ -1,6 +1,10 @@
 """The embedded model server answers as TensorFlow Serving does, and the client batches, decodes and retries."""
 
 import asyncio
+import contextlib
+import os
+import threading
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -8,6 +12,7 @@ import pytest
 import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
+from rhd.cli import main
 from rhd.runtime.model_client import (
     ModelClient,
     ModelRequestError,
@@ -15,7 +20,15 @@ from rhd.runtime.model_client import (
     from_tensor_proto,
     to_tensor_proto,
 )
-from rhd.runtime.model_server import start_server
+from rhd.runtime.model_server import (
+    BatchingOptions,
+    BatchScheduler,
+    ServingError,
+    policy_versions,
+    read_batching_parameters,
+    read_model_config,
+    start_server,
+)
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -29,14 +42,34 @@ from tensorflow_serving.apis import (
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 
+TFSERVING = Path(__file__).resolve().parents[2] / "compose" / "tfserving"
+# Long enough that a batch in these tests runs because it is full, never because its first request waited it out.
+LONG_TIMEOUT_MICROS = 10_000_000
+
+
+def _mean_answer(frames: tf.Tensor) -> dict[str, tf.Tensor]:
+    mean = tf.reduce_mean(tf.cast(frames, tf.float32), axis=[1, 2, 3]) / 255.0
+    probabilities = tf.stack([mean, 1 - mean, tf.zeros_like(mean), tf.zeros_like(mean)], axis=1)
+    return {"probabilities": probabilities, "view_index": tf.argmax(probabilities, axis=1)}
+
+
 class _Mean(tf.Module):
-    """The view model's signature; its answer reveals its input: probability 0 is the frame's mean pixel / 255."""
+    """The view model's signature and two more for batching; probability 0 reveals the input: the frame's mean / 255."""
 
     @tf.function(input_signature=[tf.TensorSpec((None, 240, 320, 3), tf.uint8, name="frames")])
     def serve(self, frames: tf.Tensor) -> dict[str, tf.Tensor]:
-        mean = tf.reduce_mean(tf.cast(frames, tf.float32), axis=[1, 2, 3]) / 255.0
-        probabilities = tf.stack([mean, 1 - mean, tf.zeros_like(mean), tf.zeros_like(mean)], axis=1)
-        return {"probabilities": probabilities, "view_index": tf.argmax(probabilities, axis=1)}
+        return _mean_answer(frames)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8, name="frames")])
+    def any_size(self, frames: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Frames of any size; a saturated pixel fails the whole call, as a model error would."""
+        tf.debugging.assert_less(tf.reduce_max(frames), tf.constant(255, tf.uint8), message="saturated frame")
+        return _mean_answer(frames)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 240, 320, 3), tf.uint8, name="frames")])
+    def overall(self, frames: tf.Tensor) -> dict[str, tf.Tensor]:
+        """One mean over every frame sent: an output without a batch axis, so requests must not be merged."""
+        return {"mean": tf.reduce_mean(tf.cast(frames, tf.float32)) / 255.0}
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +77,8 @@ def models_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     for version in (1, 2):
         module = _Mean()
-        tf.saved_model.save(module, str(root / "view" / str(version)), signatures={"serving_default": module.serve})
+        signatures = {"serving_default": module.serve, "any_size": module.any_size, "overall": module.overall}
+        tf.saved_model.save(module, str(root / "view" / str(version)), signatures=signatures)
     # Other artefacts share the tree (the study model is scikit-learn): the server must pass them by.
     (root / "study" / "1").mkdir(parents=True)
     (root / "study" / "1" / "model.skops").write_bytes(b"not a SavedModel")
@@ -64,13 +98,15 @@ async def channel(server):
         yield channel
 
 
-def frames(values: list[int]) -> np.ndarray:
-    return np.stack([np.full((240, 320, 3), v, np.uint8) for v in values])
+def frames(values: list[int], height: int = 240, width: int = 320) -> np.ndarray:
+    return np.stack([np.full((height, width, 3), v, np.uint8) for v in values])
 
 
-def predict_request(batch: np.ndarray, name: str = "view", version: int = 0) -> predict_pb2.PredictRequest:
+def predict_request(batch: np.ndarray, name: str = "view", version: int = 0,
+                    signature: str = "") -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = name
+    request.model_spec.signature_name = signature
     if version:
         request.model_spec.version.value = version
     request.inputs["frames"].CopyFrom(to_tensor_proto(batch))
@@ -78,10 +114,29 @@ def predict_request(batch: np.ndarray, name: str = "view", version: int = 0) -> 
 
 
 def served_batches() -> tuple[float, float]:
-    """Predict requests the server answered for model view, and the frames in them."""
+    """Signature calls the server made for model view, and the rows in them."""
     count = REGISTRY.get_sample_value("rhd_model_server_batch_size_count", {"model": "view"}) or 0.0
     total = REGISTRY.get_sample_value("rhd_model_server_batch_size_sum", {"model": "view"}) or 0.0
     return count, total
+
+
+def queue_waits() -> float:
+    return REGISTRY.get_sample_value("rhd_model_server_batch_wait_seconds_count", {"model": "view"}) or 0.0
+
+
+@contextlib.asynccontextmanager
+async def serving(models_dir: Path, **options):
+    """A server started with these start_server options, and a channel to it."""
+    server, port = await start_server(models_dir, "127.0.0.1", 0, **options)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        await server.stop(0)
+
+
+def means(response: predict_pb2.PredictResponse) -> list[float]:
+    return tf.make_ndarray(response.outputs["probabilities"])[:, 0].tolist()
 
 
 async def test_predict_answers_with_the_latest_version_and_tf_serving_tensors(channel):
@@ -197,6 +252,205 @@ async def test_a_server_without_savedmodels_refuses_to_start(tmp_path):
         await start_server(tmp_path, "127.0.0.1", 0)
     with pytest.raises(FileNotFoundError, match="model 'view'"):
         await start_server(tmp_path, "127.0.0.1", 0, model_names=["view"])
+
+
+async def test_batching_merges_concurrent_requests_and_answers_each_its_own_rows(models_dir):
+    rows = [1, 3, 2, 2]  # 8 rows, exactly max_batch_size: one batch that runs when full, whatever the arrival order
+    values = iter(range(10, 250, 10))
+    batches = [[next(values) for _ in range(n)] for n in rows]
+    options = BatchingOptions(max_batch_size=8, batch_timeout_micros=LONG_TIMEOUT_MICROS)
+    async with serving(models_dir, batching=options) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        calls_before, rows_before = served_batches()
+        waits_before = queue_waits()
+        answers = await asyncio.gather(*(stub.Predict(predict_request(frames(batch))) for batch in batches))
+        calls, sent = served_batches()
+    for batch, answer in zip(batches, answers, strict=True):
+        assert means(answer) == pytest.approx([v / 255 for v in batch], abs=1e-6)
+        assert tf.make_ndarray(answer.outputs["view_index"]).shape == (len(batch),)
+        assert answer.model_spec.version.value == 2
+    assert (calls - calls_before, sent - rows_before) == (1, 8)  # one signature call for the four requests
+    assert queue_waits() - waits_before == 4
+
+
+async def test_batching_refuses_a_request_above_max_batch_size_in_tf_servings_words(models_dir):
+    async with serving(models_dir, batching=BatchingOptions(max_batch_size=8)) as channel:
+        calls_before, _ = served_batches()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(predict_request(frames([0] * 9)))
+        assert served_batches()[0] == calls_before
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "Task size 9 is larger than maximum input batch size 8"
+
+
+async def test_batching_does_not_merge_requests_of_different_frame_shapes(models_dir):
+    small, large = frames([40, 80], 120, 160), frames([120, 160])
+    async with serving(models_dir, batching=BatchingOptions(max_batch_size=8, batch_timeout_micros=50_000)) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        calls_before, rows_before = served_batches()
+        answers = await asyncio.gather(*(stub.Predict(predict_request(batch, signature="any_size"))
+                                         for batch in (small, large)))
+        calls, sent = served_batches()
+    assert [means(a) for a in answers] == [pytest.approx([40 / 255, 80 / 255]), pytest.approx([120 / 255, 160 / 255])]
+    assert (calls - calls_before, sent - rows_before) == (2, 4)
+
+
+async def test_batching_gives_a_merged_calls_error_to_every_request_of_the_batch(models_dir):
+    options = BatchingOptions(max_batch_size=8, batch_timeout_micros=LONG_TIMEOUT_MICROS)
+    async with serving(models_dir, batching=options) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        calls_before, _ = served_batches()
+        answers = await asyncio.gather(
+            stub.Predict(predict_request(frames([10, 20, 255, 30]), signature="any_size")),
+            stub.Predict(predict_request(frames([40, 50, 60, 70]), signature="any_size")),
+            return_exceptions=True,
+        )
+        assert served_batches()[0] - calls_before == 1
+    for answer in answers:
+        assert isinstance(answer, grpc.aio.AioRpcError)
+        assert answer.code() == grpc.StatusCode.INVALID_ARGUMENT and "saturated frame" in answer.details()
+
+
+async def test_batching_runs_alone_a_signature_whose_output_has_no_batch_axis(models_dir):
+    options = BatchingOptions(max_batch_size=8, batch_timeout_micros=LONG_TIMEOUT_MICROS)
+    async with serving(models_dir, batching=options) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        calls_before, _ = served_batches()
+        answers = await asyncio.gather(*(stub.Predict(predict_request(frames(batch), signature="overall"))
+                                         for batch in ([51], [102, 204])))
+        assert served_batches()[0] - calls_before == 2
+    assert [float(tf.make_ndarray(a.outputs["mean"])) for a in answers] == pytest.approx([0.2, 0.6])
+
+
+async def test_a_full_batch_queue_refuses_tasks_unavailable_and_queues_are_per_key():
+    started, release = threading.Event(), threading.Event()
+    batches_run = []
+
+    def run(payloads: list[str]) -> list[str]:
+        batches_run.append(payloads)
+        started.set()
+        release.wait(60)
+        return [f"answer {p}" for p in payloads]
+
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=2, num_batch_threads=1, max_enqueued_batches=1), run)
+    running = scheduler.submit("key", 2, "view", "a")  # full at once: it takes the only batch thread
+    assert await asyncio.to_thread(started.wait, 60)
+    waiting = [scheduler.submit("key", 1, "view", p) for p in "bc"]  # one open batch: max_enqueued_batches
+    with pytest.raises(ServingError) as err:
+        scheduler.submit("key", 1, "view", "d")  # would need a second enqueued batch
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert err.value.message == ("The batch scheduling queue to which this task was submitted is full; "
+                                 "currently 1 batches enqueued and max_enqueued_batches is 1")
+    elsewhere = scheduler.submit("other key", 1, "view", "e")
+    release.set()
+    assert await asyncio.gather(running, *waiting, elsewhere) == ["answer a", "answer b", "answer c", "answer e"]
+    assert sorted(batches_run) == [["a"], ["b", "c"], ["e"]]
+
+
+def test_batching_parameters_file_reads_tf_servings_text_format(tmp_path):
+    path = tmp_path / "batching_parameters.txt"
+    path.write_text("# a comment\nmax_batch_size { value: 8 }\nbatch_timeout_micros { value: 50000 }\n")
+    assert read_batching_parameters(path) == BatchingOptions(
+        max_batch_size=8, batch_timeout_micros=50_000, max_enqueued_batches=10, num_batch_threads=os.cpu_count())
+    for text, message in [
+        ("allowed_batch_sizes: 8", "allowed_batch_sizes: understood by tensorflow/serving"),
+        ("num_batch_threads { value: 0 }", "num_batch_threads must be positive; was 0"),
+        ("max_batch_size: 8", "max_batch_size"),  # the fields are wrappers: `{ value: 8 }`
+    ]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_batching_parameters(path)
+
+
+def test_the_shipped_tfserving_files_parse_and_serve_view_at_its_two_newest_versions():
+    assert read_batching_parameters(TFSERVING / "batching_parameters.txt") == BatchingOptions(
+        max_batch_size=64, batch_timeout_micros=2000, num_batch_threads=4, max_enqueued_batches=100)
+    config = read_model_config(TFSERVING / "models.config")
+    [view] = config.model_config_list.config
+    assert (view.name, view.base_path, view.model_platform) == ("view", "/models/view", "tensorflow")
+    assert view.model_version_policy.WhichOneof("policy_choice") == "latest"
+    assert view.model_version_policy.latest.num_versions == 2
+    assert policy_versions(view, [1, 2, 3]) == [2, 3]
+    assert 'path: "/monitoring/prometheus/metrics"' in (TFSERVING / "monitoring.config").read_text()
+
+
+@pytest.mark.parametrize(
+    ("policy", "served"),
+    [
+        ("", [2]),  # TF Serving's default: latest 1
+        ("model_version_policy { latest { num_versions: 1 } }", [2]),
+        ("model_version_policy { latest { num_versions: 2 } }", [2, 1]),
+        ("model_version_policy { specific { versions: 1 } }", [1]),
+        ("model_version_policy { all {} }", [2, 1]),
+    ],
+    ids=["default", "latest-1", "latest-2", "specific-1", "all"],
+)
+async def test_the_model_config_version_policy_decides_which_versions_serve(models_dir, tmp_path, policy, served):
+    path = tmp_path / "models.config"
+    # A relative base_path is read under the models dir.
+    path.write_text(f'model_config_list {{ config {{ name: "view" base_path: "view" model_platform: "tensorflow" '
+                    f"{policy} }} }}")
+    async with serving(models_dir, model_config=read_model_config(path)) as channel:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "view"
+        status = await model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request)
+        assert [s.version for s in status.model_version_status] == served
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        assert (await stub.Predict(predict_request(frames([0])))).model_spec.version.value == max(served)
+        for version in (1, 2):
+            if version in served:
+                assert (await stub.Predict(predict_request(frames([0]), version=version))).model_spec.version.value \
+                    == version
+                continue
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Predict(predict_request(frames([0]), version=version))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert err.value.details() == f"Servable not found for request: Specific(view, {version})"
+
+
+async def test_an_absolute_base_path_is_used_as_is_under_the_configured_name(models_dir, tmp_path):
+    path = tmp_path / "models.config"
+    path.write_text(f'model_config_list {{ config {{ name: "echo" base_path: "{models_dir / "view"}" '
+                    'model_platform: "tensorflow" } }')
+    async with serving(tmp_path, model_config=read_model_config(path)) as channel:
+        answer = await prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+            predict_request(frames([51]), name="echo"))
+    assert (answer.model_spec.name, answer.model_spec.version.value) == ("echo", 2)
+    assert means(answer) == pytest.approx([0.2])
+
+
+@pytest.mark.parametrize(
+    ("config", "error", "message"),
+    [
+        ('config { name: "view" base_path: "missing" model_platform: "tensorflow" }', FileNotFoundError,
+         r"model 'view': no SavedModel version under .*missing for version policy latest 1 \(default\)"),
+        ('config { name: "study" base_path: "study" model_platform: "tensorflow" }', FileNotFoundError,
+         "model 'study': no SavedModel version"),
+        ('config { name: "view" base_path: "view" model_platform: "tensorflow" '
+         "model_version_policy { specific { versions: 7 } } }", FileNotFoundError, r"versions there: \[1, 2\]"),
+        ('config { name: "view" base_path: "view" }', ValueError, "model_platform ''"),
+        ('config { name: "view" base_path: "view" model_platform: "tensorflow" } '
+         'config { name: "view" base_path: "view" model_platform: "tensorflow" }', ValueError, "named twice"),
+        ("", ValueError, "names no model"),
+    ],
+    ids=["missing-folder", "no-savedmodel", "specific-version-absent", "no-platform", "duplicate", "empty"],
+)
+async def test_a_model_config_with_nothing_to_serve_refuses_to_start(models_dir, tmp_path, config, error, message):
+    path = tmp_path / "models.config"
+    path.write_text(f"model_config_list {{ {config} }}")
+    with pytest.raises(error, match=message):
+        await start_server(models_dir, "127.0.0.1", 0, model_config=read_model_config(path))
+
+
+def test_the_cli_refuses_what_tensorflow_serving_refuses(models_dir, tmp_path):
+    parameters = TFSERVING / "batching_parameters.txt"
+    with pytest.raises(SystemExit, match="--batching-parameters-file is set without --enable-batching"):
+        main(["model-server", "--batching-parameters-file", str(parameters)])
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list { config { name: "view" base_path: "nowhere" model_platform: "tensorflow" } }')
+    with pytest.raises(SystemExit, match="rhd model-server: model 'view': no SavedModel version"):
+        main(["model-server", "--port", "0", "--models-dir", str(models_dir), "--model-config-file", str(config),
+              "--enable-batching", "--batching-parameters-file", str(parameters)])
 
 
 def test_client_decodes_the_repeated_field_encoding_too():

@@ -6,7 +6,6 @@ Slow-ish (about half a minute): each case trains on two generated studies for on
 import json
 
 import keras
-
 import numpy as np
 import pytest
 import rhd

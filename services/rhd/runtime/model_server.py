@@ -1,14 +1,22 @@
 """The embedded stand-in for TensorFlow Serving: its gRPC PredictionService, ModelService.GetModelStatus and
-health service over a `<models_dir>/<name>/<version>/` SavedModel tree; production runs `tensorflow/serving`."""
+health service over a `<models_dir>/<name>/<version>/` SavedModel tree, with TF Serving's model config file and
+server-side batching; production runs `tensorflow/serving` with the same two files (compose/tfserving/)."""
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import os
+import time
+from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 import tensorflow as tf
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, text_format
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import Histogram
 from tensorflow.core.framework import tensor_pb2
@@ -21,8 +29,10 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from tensorflow_serving.config import model_server_config_pb2
 
 from rhd.runtime.modelstore import versions
+from rhd.v1 import tfs_config_pb2
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +42,23 @@ HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService")
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 PREDICT_BATCH = Histogram(
-    "rhd_model_server_batch_size", "Rows in each Predict request the embedded model server answers, by model.",
+    "rhd_model_server_batch_size",
+    "Rows in each signature call of the embedded model server (with batching on, the merged batch), by model.",
     ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+BATCH_WAIT = Histogram(
+    "rhd_model_server_batch_wait_seconds",
+    "How long each Predict request waited in the batch queue before its batch ran, by model.",
+    ["model"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
 )
 
 # TensorFlow's error codes are gRPC's status codes, number for number.
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
+_M = TypeVar("_M", bound=Message)
 
-class _Abort(Exception):
+
+class ServingError(Exception):
     """A request the server answers with this gRPC status instead of a response."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
@@ -48,24 +66,83 @@ class _Abort(Exception):
         self.code, self.message = code, message
 
 
+@dataclass(frozen=True)
+class BatchingOptions:
+    """TF Serving's BatchingParameters as this server honours them. A field the file leaves out takes TensorFlow's
+    default (SharedBatchScheduler::Options, QueueOptions), as it does in tensorflow/serving."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    thread_pool_name: str = "model_server_batch_threads"
+
+    def __post_init__(self) -> None:
+        # TensorFlow refuses these at start, in these words.
+        for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive; was {getattr(self, name)}")
+        if self.batch_timeout_micros < 0:
+            raise ValueError(f"batch_timeout_micros must be non-negative; was {self.batch_timeout_micros}")
+
+
+def _read_text_proto(path: Path, message: _M) -> _M:
+    """Protobuf text format, as tensorflow/serving reads its config files (`#` starts a comment)."""
+    try:
+        return text_format.Parse(Path(path).read_text(), message)
+    except text_format.ParseError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def read_batching_parameters(path: Path) -> BatchingOptions:
+    """TF Serving's --batching_parameters_file: a text-format BatchingParameters (rhd/v1/tfs_config.proto)."""
+    params = _read_text_proto(path, tfs_config_pb2.BatchingParameters())
+    honoured = [f.name for f in fields(BatchingOptions)]
+    # Padding, allowed sizes and splitting change what a batch is; ignoring them would serve a different model.
+    unsupported = sorted(f.name for f, _ in params.ListFields() if f.name not in honoured)
+    if unsupported:
+        raise ValueError(f"{path}: {', '.join(unsupported)}: understood by tensorflow/serving, not by rhd model-server")
+    return BatchingOptions(**{name: getattr(params, name).value for name in honoured if params.HasField(name)})
+
+
+def read_model_config(path: Path) -> model_server_config_pb2.ModelServerConfig:
+    """TF Serving's --model_config_file: a text-format tensorflow.serving.ModelServerConfig."""
+    return _read_text_proto(path, model_server_config_pb2.ModelServerConfig())
+
+
+def _has_batch_axis(signature: tf.types.experimental.ConcreteFunction) -> bool:
+    """Every input and output is [None, ...]: requests stack along axis 0 and the answers split again."""
+    inputs = list(signature.structured_input_signature[1].values())
+    outputs = tf.nest.flatten(signature.structured_outputs)
+    return bool(inputs) and all(spec.shape.rank and spec.shape[0] is None for spec in inputs + outputs)
+
+
 class Servable:
-    """One loaded model version: the restored SavedModel, and its signature defs as GetModelMetadata reports."""
+    """One loaded model version: the restored SavedModel, its signature defs as GetModelMetadata reports, and which
+    of its signatures may be batched."""
 
     def __init__(self, name: str, version: int, path: Path) -> None:
         self.name, self.version = name, version
         self.model = tf.saved_model.load(str(path))
         saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
         self.signature_defs = saved.meta_graphs[0].signature_def
+        self.batchable = {key: _has_batch_axis(signature) for key, signature in self.model.signatures.items()}
+
+
+def _loadable(base: Path) -> list[int]:
+    """The numeric version folders under base that hold a SavedModel, oldest first."""
+    return [v for v in versions(base.parent, base.name) if (base / str(v) / "saved_model.pb").is_file()]
 
 
 def load_models(models_dir: Path, names: list[str] | None = None) -> dict[str, dict[int, Servable]]:
-    """Every numeric version folder holding a saved_model.pb, of the named models or of every model found."""
+    """Every loadable version of the named models, or of every model found: without a model config file this server
+    serves all versions, unlike tensorflow/serving, whose default version policy is latest 1."""
     root = Path(models_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"models directory {root} does not exist; run `make models`")
     servables: dict[str, dict[int, Servable]] = {}
     for name in names or sorted(p.name for p in root.iterdir() if p.is_dir()):
-        loadable = [v for v in versions(root, name) if (root / name / str(v) / "saved_model.pb").is_file()]
+        loadable = _loadable(root / name)
         if not loadable:
             if names:
                 raise FileNotFoundError(f"no SavedModel versions of model {name!r} under {root / name}")
@@ -77,12 +154,53 @@ def load_models(models_dir: Path, names: list[str] | None = None) -> dict[str, d
     return servables
 
 
+def policy_versions(model: model_server_config_pb2.ModelConfig, loadable: list[int]) -> list[int]:
+    """The versions a model_version_policy picks from the loadable ones; latest 1 when it gives none (TF Serving's)."""
+    policy = model.model_version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return loadable
+    if choice == "specific":
+        return [v for v in loadable if v in policy.specific.versions]
+    return loadable[-max(policy.latest.num_versions, 1):]  # TF Serving reads num_versions 0 as 1
+
+
+def load_configured_models(config: model_server_config_pb2.ModelServerConfig,
+                           models_dir: Path) -> dict[str, dict[int, Servable]]:
+    """The models of a model config, each at the versions its policy picks; a relative base_path is under models_dir.
+    A model with nothing to serve stops the start: serving part of a configuration would hide the mistake."""
+    models = config.model_config_list.config
+    if not models:
+        raise ValueError("the model config names no model: expected model_config_list { config { ... } }")
+    servables: dict[str, dict[int, Servable]] = {}
+    for model in models:
+        if not model.name or not model.base_path:
+            raise ValueError(f"model config {text_format.MessageToString(model, as_one_line=True)}: "
+                             "name and base_path are required")
+        if model.name in servables:
+            raise ValueError(f"model {model.name!r} is named twice in the model config")
+        if model.model_platform != "tensorflow":
+            raise ValueError(f"model {model.name!r}: model_platform {model.model_platform!r}; "
+                             'rhd model-server serves "tensorflow" SavedModels only')
+        base = Path(models_dir) / model.base_path  # an absolute base_path replaces models_dir
+        loadable = _loadable(base)
+        chosen = policy_versions(model, loadable)
+        if not chosen:
+            policy = text_format.MessageToString(model.model_version_policy, as_one_line=True) or "latest 1 (default)"
+            raise FileNotFoundError(f"model {model.name!r}: no SavedModel version under {base} for version policy "
+                                    f"{policy}; SavedModel versions there: {loadable}")
+        servables[model.name] = {v: Servable(model.name, v, base / str(v)) for v in chosen}
+        log.info("loaded model %s versions %s from %s", model.name, chosen, base)
+    return servables
+
+
 def _requested_version(spec: model_pb2.ModelSpec) -> int:
     """The version asked for; 0 when the latest is."""
     if not spec.name:
-        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
     if spec.WhichOneof("version_choice") == "version_label":
-        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}")
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"Unrecognized servable version label: {spec.version_label}")
     return spec.version.value if spec.HasField("version") else 0
 
 
@@ -96,7 +214,7 @@ class ModelRepository:
         chosen = version or max(loaded, default=0)
         if chosen not in loaded:
             request = f"Specific({spec.name}, {version})" if version else f"Latest({spec.name})"
-            raise _Abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
         return loaded[chosen]
 
 
@@ -108,70 +226,239 @@ def _dtype_name(enum: int) -> str:
 
 
 def _inputs(signature: tf.types.experimental.ConcreteFunction, name: str,
-            tensors: Mapping[str, tensor_pb2.TensorProto]) -> dict[str, tf.Tensor]:
+            tensors: Mapping[str, tensor_pb2.TensorProto]) -> dict[str, np.ndarray]:
     specs = signature.structured_input_signature[1]
     if set(tensors) != set(specs):
-        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                     f"inputs do not match signature {name}: sent extra {sorted(set(tensors) - set(specs))}, "
-                     f"missing but required {sorted(set(specs) - set(tensors))}")
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"inputs do not match signature {name}: sent extra {sorted(set(tensors) - set(specs))}, "
+                           f"missing but required {sorted(set(specs) - set(tensors))}")
     inputs = {}
     for key, spec in specs.items():
         proto = tensors[key]
         if proto.dtype != spec.dtype.as_datatype_enum:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"input {key}: expects {spec.dtype.name} but {_dtype_name(proto.dtype)} is provided")
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {key}: expects {spec.dtype.name} but {_dtype_name(proto.dtype)} is provided")
         try:
             array = tf.make_ndarray(proto)
         except (TypeError, ValueError) as exc:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: malformed tensor: {exc}") from None
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: malformed tensor: {exc}") from None
         if not spec.shape.is_compatible_with(array.shape):
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"input {key}: expects shape {spec.shape.as_list()}, got {list(array.shape)}")
-        inputs[key] = tf.constant(array)
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {key}: expects shape {spec.shape.as_list()}, got {list(array.shape)}")
+        inputs[key] = array
     return inputs
 
 
-def _predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-    """Decode, run and encode one request; blocking, so it runs in a worker thread."""
+@dataclass(frozen=True)
+class _Call:
+    """One Predict request checked against its signature and decoded: what a signature call needs of it."""
+
+    servable: Servable
+    signature: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]
+
+    @property
+    def batchable(self) -> bool:
+        return self.servable.batchable[self.signature]
+
+    @property
+    def rows(self) -> int:
+        """Rows along the batch axis, which every input must agree on to be batched (as in TF Serving)."""
+        counts = {array.shape[0] for array in self.inputs.values()}
+        if len(counts) != 1:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "Batching Run() input tensors must have equal 0th-dimension size")
+        return counts.pop()
+
+    @property
+    def batch_key(self) -> tuple:
+        """Calls merge only with calls of the same servable and signature whose inputs match apart from axis 0."""
+        shapes = tuple((key, array.dtype.str, array.shape[1:]) for key, array in sorted(self.inputs.items()))
+        return self.servable.name, self.servable.version, self.signature, shapes
+
+
+def _prepare(servable: Servable, request: predict_pb2.PredictRequest) -> _Call:
+    """Check a request against its signature and decode its tensors; blocking, so it runs in a worker thread."""
     name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     if name not in servable.model.signatures:
-        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature name: "{name}" not found in signature def')
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f'Serving signature name: "{name}" not found in signature def')
     signature = servable.model.signatures[name]
     inputs = _inputs(signature, name, request.inputs)
-    first = next(iter(inputs.values()), None)
-    if first is not None and first.shape.rank:
-        PREDICT_BATCH.labels(servable.name).observe(first.shape[0])
-    try:
-        outputs = signature(**inputs)
-    except tf.errors.OpError as err:
-        raise _Abort(_GRPC_CODES.get(err.error_code, grpc.StatusCode.UNKNOWN), err.message) from None
-    wanted = list(request.output_filter) or sorted(outputs)
+    known = sorted(signature.structured_outputs)
+    wanted = list(request.output_filter) or known
     for key in wanted:
-        if key not in outputs:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"output tensor alias not found in signature: {key}; outputs are {sorted(outputs)}")
+        if key not in known:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"output tensor alias not found in signature: {key}; outputs are {known}")
+    return _Call(servable, name, inputs, wanted)
+
+
+def _split(outputs: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, np.ndarray]]:
+    """Each request's rows of every output of a merged call."""
+    for array in outputs.values():
+        if array.ndim == 0 or array.shape[0] != sum(rows):
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               "Batched output tensor's 0th dimension does not equal the sum of the 0th dimension "
+                               "sizes of the input tensors")
+    bounds = np.cumsum([0, *rows])
+    spans = zip(bounds[:-1], bounds[1:], strict=True)
+    return [{key: array[start:stop] for key, array in outputs.items()} for start, stop in spans]
+
+
+def _response(call: _Call, outputs: Mapping[str, np.ndarray]) -> predict_pb2.PredictResponse:
     response = predict_pb2.PredictResponse()
-    response.model_spec.name = servable.name
-    response.model_spec.version.value = servable.version
-    response.model_spec.signature_name = name
-    for key in wanted:
-        response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key].numpy()))
+    response.model_spec.name = call.servable.name
+    response.model_spec.version.value = call.servable.version
+    response.model_spec.signature_name = call.signature
+    for key in call.outputs:
+        response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
     return response
 
 
-class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict and GetModelMetadata; Classify, Regress and MultiInference answer UNIMPLEMENTED (base class)."""
+def _run(calls: list[_Call]) -> list[predict_pb2.PredictResponse]:
+    """One signature call for one request or a merged batch of them: concatenate along axis 0, run, split by each
+    request's rows, encode. Blocking, so it runs off the event loop."""
+    first = calls[0]
+    if len(calls) == 1:
+        inputs = first.inputs
+    else:
+        inputs = {key: np.concatenate([call.inputs[key] for call in calls]) for key in first.inputs}
+    leading = next(iter(inputs.values()), None)
+    if leading is not None and leading.ndim:
+        PREDICT_BATCH.labels(first.servable.name).observe(leading.shape[0])
+    try:
+        outputs = first.servable.model.signatures[first.signature](**inputs)
+    except tf.errors.OpError as err:
+        raise ServingError(_GRPC_CODES.get(err.error_code, grpc.StatusCode.UNKNOWN), err.message) from None
+    arrays = {key: value.numpy() for key, value in outputs.items()}
+    if len(calls) == 1:
+        return [_response(first, arrays)]
+    parts = _split(arrays, [call.rows for call in calls])
+    return [_response(call, part) for call, part in zip(calls, parts, strict=True)]
 
-    def __init__(self, repo: ModelRepository) -> None:
-        self.repo = repo
+
+def _predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    """A request alone, decode to encode, in one worker thread."""
+    return _run([_prepare(servable, request)])[0]
+
+
+@dataclass(eq=False)
+class _Task:
+    payload: Any
+    rows: int
+    future: asyncio.Future
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(eq=False)
+class _Batch:
+    tasks: list[_Task] = field(default_factory=list)
+    rows: int = 0
+    # Set once no further task fits: the batch need not wait out batch_timeout_micros.
+    full: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(eq=False)
+class _Queue:
+    waiting: list[_Batch] = field(default_factory=list)  # formed, not yet running; the open batch is the last
+    open: _Batch | None = None
+
+
+class BatchScheduler:
+    """TF Serving's shared batch scheduler: one queue per key (servable, signature, input shapes but axis 0). A queue's
+    open batch takes tasks until one does not fit; it runs when full, or batch_timeout_micros after its first task,
+    as soon as one of num_batch_threads is free, and until then goes on taking tasks. `run` gets the payloads of a
+    batch and returns one result each; its error becomes every task's."""
+
+    def __init__(self, options: BatchingOptions, run: Callable[[list[Any]], list[Any]]) -> None:
+        self.options, self.run = options, run
+        self._queues: dict[Hashable, _Queue] = {}
+        self._threads = asyncio.Semaphore(options.num_batch_threads)
+        self._executor = ThreadPoolExecutor(options.num_batch_threads, thread_name_prefix=options.thread_pool_name)
+        self._runners: set[asyncio.Task] = set()
+
+    def submit(self, key: Hashable, rows: int, model: str, payload: Any) -> asyncio.Future:
+        """Queue a task of `rows` rows; the future answers with its own result, or its batch's error."""
+        limit = self.options.max_batch_size
+        if rows > limit:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Task size {rows} is larger than maximum input batch size {limit}")
+        queue = self._queues.setdefault(key, _Queue())
+        batch = queue.open
+        if batch is not None and batch.rows + rows > limit:
+            if len(queue.waiting) >= self.options.max_enqueued_batches:
+                raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                                   "The batch scheduling queue to which this task was submitted is full; currently "
+                                   f"{len(queue.waiting)} batches enqueued and max_enqueued_batches is "
+                                   f"{self.options.max_enqueued_batches}")
+            batch.full.set()
+            batch = None
+        loop = asyncio.get_running_loop()
+        if batch is None:
+            batch = queue.open = _Batch()
+            queue.waiting.append(batch)
+            runner = loop.create_task(self._run_when_ready(key, model, queue, batch))
+            self._runners.add(runner)
+            runner.add_done_callback(self._runners.discard)
+        task = _Task(payload, rows, loop.create_future())
+        batch.tasks.append(task)
+        batch.rows += rows
+        if batch.rows == limit:
+            batch.full.set()  # it stays the open batch, as in TensorFlow: the next task counts it as enqueued
+        return task.future
+
+    async def _run_when_ready(self, key: Hashable, model: str, queue: _Queue, batch: _Batch) -> None:
+        try:
+            await asyncio.wait_for(batch.full.wait(), self.options.batch_timeout_micros / 1e6)
+        except TimeoutError:
+            pass
+        async with self._threads:
+            queue.waiting.remove(batch)
+            if queue.open is batch:
+                queue.open = None
+            if not queue.waiting:
+                del self._queues[key]
+            started = time.perf_counter()
+            for task in batch.tasks:
+                BATCH_WAIT.labels(model).observe(started - task.enqueued_at)
+            live = [task for task in batch.tasks if not task.future.done()]  # a cancelled request needs no answer
+            if not live:
+                return
+            try:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.run, [task.payload for task in live])
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets the batch's error
+                for task in live:
+                    if not task.future.done():
+                        task.future.set_exception(exc)
+                return
+            for task, result in zip(live, results, strict=True):
+                if not task.future.done():
+                    task.future.set_result(result)
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict and GetModelMetadata; Classify, Regress and MultiInference answer UNIMPLEMENTED (base class).
+    With a batch scheduler, Predict requests of a signature with a batch axis are merged; others run alone."""
+
+    def __init__(self, repo: ModelRepository, batching: BatchScheduler | None = None) -> None:
+        self.repo, self.batching = repo, batching
 
     async def Predict(  # noqa: N802 - the gRPC method name
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
         try:
-            return await asyncio.to_thread(_predict, self.repo.find(request.model_spec), request)
-        except _Abort as abort:
-            await context.abort(abort.code, abort.message)
+            servable = self.repo.find(request.model_spec)
+            if self.batching is None:
+                return await asyncio.to_thread(_predict, servable, request)
+            call = await asyncio.to_thread(_prepare, servable, request)
+            if call.batchable:
+                return await self.batching.submit(call.batch_key, call.rows, servable.name, call)
+            return (await asyncio.to_thread(_run, [call]))[0]
+        except ServingError as error:
+            await context.abort(error.code, error.message)
 
     async def GetModelMetadata(  # noqa: N802
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -179,13 +466,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             servable = self.repo.find(request.model_spec)
             if not request.metadata_field:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                             "GetModelMetadataRequest must specify at least one metadata_field")
-            for field in request.metadata_field:
-                if field != "signature_def":
-                    raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported")
-        except _Abort as abort:
-            await context.abort(abort.code, abort.message)
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   "GetModelMetadataRequest must specify at least one metadata_field")
+            for field_name in request.metadata_field:
+                if field_name != "signature_def":
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"Metadata field {field_name} is not supported")
+        except ServingError as error:
+            await context.abort(error.code, error.message)
         packed = any_pb2.Any()
         packed.Pack(get_model_metadata_pb2.SignatureDefMap(signature_def=servable.signature_defs))
         response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -209,11 +497,12 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             version = _requested_version(spec)
             loaded = self.repo.servables.get(spec.name, {})
             if not loaded:
-                raise _Abort(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
             if version and version not in loaded:
-                raise _Abort(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {spec.name}")
-        except _Abort as abort:
-            await context.abort(abort.code, abort.message)
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Could not find version {version} of model {spec.name}")
+        except ServingError as error:
+            await context.abort(error.code, error.message)
         response = get_model_status_pb2.GetModelStatusResponse()
         for v in sorted(loaded, reverse=True):
             if not version or v == version:
@@ -222,17 +511,24 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-async def start_server(models_dir: Path, host: str, port: int,
-                       model_names: list[str] | None = None) -> tuple[grpc.aio.Server, int]:
-    """Load the models, then listen; returns the server and its bound port (port 0 picks a free one)."""
-    repo = ModelRepository(await asyncio.to_thread(load_models, models_dir, model_names))
+async def start_server(models_dir: Path, host: str, port: int, model_names: list[str] | None = None, *,
+                       model_config: model_server_config_pb2.ModelServerConfig | None = None,
+                       batching: BatchingOptions | None = None) -> tuple[grpc.aio.Server, int]:
+    """Load the models (those of model_config when given), then listen; returns the server and its bound port
+    (port 0 picks a free one). batching None runs each request alone, as TF Serving without --enable_batching."""
+    if model_config is not None:
+        servables = await asyncio.to_thread(load_configured_models, model_config, models_dir)
+    else:
+        servables = await asyncio.to_thread(load_models, models_dir, model_names)
+    repo = ModelRepository(servables)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         # Without this a second server on a busy port would silently share its traffic instead of failing.
         ("grpc.so_reuseport", 0),
     ])
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(repo), server)
+    scheduler = BatchScheduler(batching, _run) if batching is not None else None
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(repo, scheduler), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(repo), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -240,16 +536,17 @@ async def start_server(models_dir: Path, host: str, port: int,
     await server.start()
     for service in HEALTH_SERVICES:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("model server listening on %s:%d, serving %s", host, bound,
-             {name: sorted(loaded) for name, loaded in repo.servables.items()})
+    log.info("model server listening on %s:%d, serving %s, batching %s", host, bound,
+             {name: sorted(loaded) for name, loaded in repo.servables.items()}, batching or "off")
     return server, bound
 
 
-async def serve(models_dir: Path, host: str, port: int, model_names: list[str] | None = None) -> None:
+async def serve(models_dir: Path, host: str, port: int, model_names: list[str] | None = None, *,
+                model_config: model_server_config_pb2.ModelServerConfig | None = None,
+                batching: BatchingOptions | None = None) -> None:
     """Run until cancelled; in-flight requests get a few seconds to finish."""
-    server, _ = await start_server(models_dir, host, port, model_names)
+    server, _ = await start_server(models_dir, host, port, model_names, model_config=model_config, batching=batching)
     try:
         await server.wait_for_termination()
     finally:
         await server.stop(grace=5)
-

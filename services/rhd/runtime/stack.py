@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from rhd.runtime.broker import EmbeddedBroker, free_port
@@ -73,6 +75,26 @@ class ServiceProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+async def wait_serving(port: int, server: ServiceProcess, timeout_s: float) -> float:
+    """Wait until the gRPC health service on port says SERVING (the model server has loaded its models);
+    return the seconds waited."""
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if not server.alive():
+                raise RuntimeError(f"{server.name} exited early; see {server.log_path}")
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.monotonic() - started
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"{server.name} not serving after {timeout_s:.0f} s; see {server.log_path}")
+            await asyncio.sleep(0.2)
 
 
 class EmbeddedStack:
