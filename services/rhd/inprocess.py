@@ -35,6 +35,7 @@ def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysi
     meta = json.loads((Path(study_dir) / "study.json").read_text())
     spacing, nyquist = float(meta["pixel_spacing_mm"]), float(meta["nyquist_cm_s"])
     doppler_frames: list[np.ndarray] = []
+    doppler_videos: list[str] = []
     skipped = failed_videos = failed_frames = 0
     for video in meta["videos"]:
         try:
@@ -46,17 +47,18 @@ def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysi
             # The services pass frames as PNG; the round trip is lossless, so it is skipped here.
             if inspect(image).doppler:
                 doppler_frames.append(image)
+                doppler_videos.append(video["video_id"])
             else:
                 skipped += 1
     analysed: list[AnalysedFrame] = []
     if doppler_frames:
         views = predict_views(np.stack(doppler_frames))
-        for image, view in zip(doppler_frames, views, strict=True):
+        for image, video_id, view in zip(doppler_frames, doppler_videos, views, strict=True):
             labels = segment(image).labels
             # Masks travel as PNG between services; decode(encode) keeps both paths identical.
             labels = decode_png(encode_png(labels))
             try:
-                analysed.append(AnalysedFrame(view, frame_features(image, labels, spacing, nyquist)))
+                analysed.append(AnalysedFrame(video_id, view, frame_features(image, labels, spacing, nyquist)))
             except FeatureError:
                 failed_frames += 1
     return StudyAnalysis(meta["study_id"], STUDY_FEATURE_NAMES, study_features(analysed), len(analysed),

@@ -86,12 +86,54 @@ def test_failed_frames_are_reported():
     assert study.frames.failed == 1 and "1 frames failed" in study.reason
 
 
+def _frame(video: str, view: str, jet: float) -> AnalysedFrame:
+    return AnalysedFrame(video, view, [jet if n == "jet_length_mm" else 0.0 for n in FEATURE_NAMES])
+
+
 def test_study_features_follow_the_largest_jet_and_plax():
-    values = lambda jet: [jet if n == "jet_length_mm" else 0.0 for n in FEATURE_NAMES]  # noqa: E731
-    frames = [AnalysedFrame("plax", values(12.0)), AnalysedFrame("a4c", values(25.0)),
-              AnalysedFrame("a4c", values(1.0))]
+    frames = [_frame("V0", "plax", 12.0), _frame("V0", "plax", 12.5), _frame("V1", "a4c", 25.0),
+              _frame("V1", "a4c", 24.0), _frame("V1", "a4c", 1.0)]
     features = dict(zip(STUDY_FEATURE_NAMES, study_features(frames), strict=True))
     assert features["jet_length_mm_max"] == 25.0
-    assert features["plax_jet_length_mm_max"] == 12.0
+    assert features["plax_jet_length_mm_max"] == 12.5
     assert features["views_with_jet"] == 2.0
+    assert features["views_with_long_jet"] == 2.0
     assert study_features([]) == pytest.approx([0.0] * len(STUDY_FEATURE_NAMES))
+
+
+def test_a_video_shows_a_jet_in_its_majority_view_for_a_share_of_the_cycle():
+    # V0: PLAX by most frames (one frame mislabelled), a jet in 3 of 6 frames, long (>= 10 mm) in 2.
+    v0 = [_frame("V0", "plax", j) for j in (0.0, 4.0, 11.0, 12.0, 0.0)] + [_frame("V0", "a4c", 0.0)]
+    # V1: a single-frame 15 mm mosaic is noise, not a jet; V2: a 4-6 mm jet through the whole video.
+    v1 = [_frame("V1", "a4c", j) for j in (15.0, 0.0, 0.0, 0.0)]
+    v2 = [_frame("V2", "psax", j) for j in (4.0, 5.0, 6.0, 4.5)]
+    features = dict(zip(STUDY_FEATURE_NAMES, study_features(v0 + v1 + v2), strict=True))
+    assert features["views_with_jet"] == 2.0  # plax and psax; not a4c
+    assert features["views_with_long_jet"] == 1.0  # plax
+    assert features["jet_cycle_fraction_max"] == 1.0  # V2
+    assert features["plax_jet_cycle_fraction_max"] == pytest.approx(3 / 6)
+    assert features["jet_length_mm_max"] == 15.0  # the largest is still reported as measured
+
+
+def test_the_watermark_holds_a_partition_at_the_first_record_of_an_open_study():
+    assembler = Assembler(deadline_s=60)
+    assembler.add("A", manifest(frames=(2,)), at=0, partition=0, offset=10)
+    assembler.add("B", manifest(frames=(1,)), at=0, partition=0, offset=11)
+    assembler.add("C", manifest(frames=(1,)), at=0, partition=1, offset=5)
+    assert assembler.watermark(0, 12) == 10 and assembler.watermark(1, 6) == 5 and assembler.watermark(2, 3) == 3
+    assert assembler.add("B", result("V0", 0), at=0, partition=0, offset=12) is not None  # B closes
+    assert assembler.watermark(0, 13) == 10  # A still holds it
+    assembler.add("A", result("V0", 0), at=0, partition=0, offset=13)
+    assert assembler.add("A", result("V0", 1), at=0, partition=0, offset=14) is not None
+    assert assembler.watermark(0, 15) == 15
+
+
+def test_studies_emitted_before_are_not_emitted_again_and_revoked_partitions_are_forgotten():
+    assembler = Assembler(deadline_s=60)
+    assembler.mark_closed(["A"])
+    assert assembler.add("A", manifest(frames=(1,)), at=0, partition=0, offset=0) is None
+    assert assembler.add("A", result("V0", 0), at=0, partition=0, offset=1) is None
+    assert assembler.duplicates == 2 and "A" not in assembler.open
+    assembler.add("B", manifest(frames=(2,)), at=0, partition=3, offset=0)
+    assert assembler.drop_partitions({3}) == 1 and assembler.open == {}
+    assert assembler.expire(at=1_000) == []  # a forgotten study is not expired here: its new reader owns it

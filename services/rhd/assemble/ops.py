@@ -14,14 +14,23 @@ from rhd.features.ops import FEATURE_NAMES
 from rhd.runtime.records import now
 from rhd.v1 import rhd_pb2 as pb
 
-STUDY_FEATURE_SET = "study-v2"  # v2: no frame count (it measures the recording, not the heart)
+STUDY_FEATURE_SET = "study-v3"  # v3: per-video views and the share of the cycle with a jet
 JET_MIN_MM = 3.0  # shorter mosaics are speckle, not a regurgitant jet
+LONG_JET_MM = 10.0  # WHF 2012's length for pathological AR, half that for MR
+JET_MIN_FRAMES = 2  # a video shows a jet when at least this many of its frames do: one frame may be noise
 _IDX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
+# How a cardiologist reads a study's colour Doppler, as numbers (docs/study-features.md):
 STUDY_FEATURE_NAMES: tuple[str, ...] = (
-    "jet_length_mm_max", "jet_length_mm_p75", "plax_jet_length_mm_max",
+    "jet_length_mm_max",            # the largest jet, any view
+    "plax_jet_length_mm_max",       # the largest jet in PLAX, where rheumatic MR is judged
+    "jet_length_mm_p75",            # how large the jets are across the study's colour frames
+    "views_with_jet",               # distinct views with a video showing a jet (>= 3 mm in >= 2 frames)
+    "views_with_long_jet",          # ... with a jet >= 10 mm
+    "jet_cycle_fraction_max",       # per colour video, the share of its frames with a jet: for how much of the cycle
+    "plax_jet_cycle_fraction_max",  # ... in PLAX videos
     "mosaic_area_mm2_max", "mosaic_area_mm2_mean",
-    "aliased_frame_fraction", "views_with_jet",
+    "aliased_frame_fraction",       # share of colour frames with aliasing/variance mosaic
     "velocity_peak_cm_s_max", "velocity_mean_cm_s_mean", "flow_area_mm2_mean",
     "grey_mean_mean", "glcm_contrast_d1_mean", "glcm_homogeneity_d1_mean",
 )
@@ -29,28 +38,45 @@ STUDY_FEATURE_NAMES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class AnalysedFrame:
-    view: str
+    video_id: str
+    view: str  # the view model's label for this frame
     values: Sequence[float]  # in features.ops.FEATURE_NAMES order
 
 
+def _video_view(views: np.ndarray) -> str:
+    """A video's view: the label most of its frames got (ties: the first in sort order)."""
+    labels, counts = np.unique(views, return_counts=True)
+    return str(labels[int(np.argmax(counts))])
+
+
 def study_features(frames: Sequence[AnalysedFrame]) -> list[float]:
-    """Aggregate as a reader would: the largest jet, the one seen in PLAX, how many views show one,
-    for how much of the cycle (share of aliased frames), the peak velocity."""
+    """Aggregate a study's analysed frames in STUDY_FEATURE_NAMES order; all zero without any."""
     if not frames:
         return [0.0] * len(STUDY_FEATURE_NAMES)
     matrix = np.array([f.values for f in frames], np.float64)
     column = {name: matrix[:, i] for name, i in _IDX.items()}
     jets = column["jet_length_mm"]
-    views = np.array([f.view for f in frames])
-    plax = jets[views == "plax"]
+    videos = np.array([f.video_id for f in frames])
+    frame_views = np.array([f.view for f in frames])
+    # Per video: its view, the share of its frames with a jet, and whether it shows a jet at all / a long one.
+    per_video = []
+    for video in np.unique(videos):
+        mine = jets[videos == video]
+        per_video.append((_video_view(frame_views[videos == video]), float((mine >= JET_MIN_MM).mean()),
+                          int((mine >= JET_MIN_MM).sum()) >= JET_MIN_FRAMES,
+                          int((mine >= LONG_JET_MM).sum()) >= JET_MIN_FRAMES))
+    plax = jets[frame_views == "plax"]
     values = {
         "jet_length_mm_max": float(jets.max()),
-        "jet_length_mm_p75": float(np.percentile(jets, 75)),
         "plax_jet_length_mm_max": float(plax.max()) if plax.size else 0.0,
+        "jet_length_mm_p75": float(np.percentile(jets, 75)),
+        "views_with_jet": float(len({view for view, _, jet, _ in per_video if jet})),
+        "views_with_long_jet": float(len({view for view, _, _, long in per_video if long})),
+        "jet_cycle_fraction_max": max(share for _, share, _, _ in per_video),
+        "plax_jet_cycle_fraction_max": max((share for view, share, _, _ in per_video if view == "plax"), default=0.0),
         "mosaic_area_mm2_max": float(column["mosaic_area_mm2"].max()),
         "mosaic_area_mm2_mean": float(column["mosaic_area_mm2"].mean()),
         "aliased_frame_fraction": float((column["mosaic_area_mm2"] > 0).mean()),
-        "views_with_jet": float(len(set(views[jets >= JET_MIN_MM]))),
         "velocity_peak_cm_s_max": float(column["velocity_peak_cm_s"].max()),
         "velocity_mean_cm_s_mean": float(column["velocity_mean_cm_s"].mean()),
         "flow_area_mm2_mean": float(column["flow_area_mm2"].mean()),
@@ -64,12 +90,19 @@ def study_features(frames: Sequence[AnalysedFrame]) -> list[float]:
 @dataclass
 class _Study:
     first_seen: float
+    partition: int = -1  # where its records are read (they share the study_id key, so one partition)
+    first_offset: int = -1  # its oldest record there: the state to rebuild after a restart starts here
     manifest: pb.StudyManifest | None = None
     results: dict[tuple[str, int], pb.FrameResult] = field(default_factory=dict)
 
 
 class Assembler:
-    """Deduplicates terminal records by (video, frame) and closes a study exactly once."""
+    """Deduplicates terminal records by (video, frame) and closes a study exactly once.
+
+    Its state can be rebuilt from the input topic: `watermark` says how far a partition may be committed
+    (not past the first record of a study still open), and `mark_closed` takes the studies already
+    emitted, so records replayed after a restart rebuild the open studies and are dropped for the closed ones.
+    """
 
     def __init__(self, deadline_s: float, remember_closed: int = 100_000) -> None:
         self.deadline_s = deadline_s
@@ -78,11 +111,12 @@ class Assembler:
         self.remember_closed = remember_closed
         self.duplicates = 0
 
-    def add(self, study_id: str, done: pb.FrameDone, at: float) -> pb.StudyFeatures | None:
+    def add(self, study_id: str, done: pb.FrameDone, at: float, partition: int = -1,
+            offset: int = -1) -> pb.StudyFeatures | None:
         if study_id in self.closed:
             self.duplicates += 1
             return None
-        study = self.open.setdefault(study_id, _Study(first_seen=at))
+        study = self.open.setdefault(study_id, _Study(first_seen=at, partition=partition, first_offset=offset))
         if done.HasField("manifest"):
             if study.manifest is not None:
                 self.duplicates += 1
@@ -98,16 +132,39 @@ class Assembler:
             return self._close(study_id, study, deadline_passed=False)
         return None
 
+    def watermark(self, partition: int, next_offset: int) -> int:
+        """The offset a partition may be committed at: next_offset, or the first record of a study still open."""
+        held = [s.first_offset for s in self.open.values() if s.partition == partition and s.first_offset >= 0]
+        return min([next_offset, *held])
+
+    def mark_closed(self, study_ids: list[str]) -> None:
+        """Studies emitted before (by this replica before a restart, or by another one)."""
+        for study_id in study_ids:
+            self.open.pop(study_id, None)
+            self._remember(study_id)
+
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget the open studies of partitions now read elsewhere (their new reader rebuilds them)."""
+        gone = [sid for sid, s in self.open.items() if s.partition in partitions]
+        for study_id in gone:
+            del self.open[study_id]
+        return len(gone)
+
     def expire(self, at: float) -> list[pb.StudyFeatures]:
         late = [sid for sid, s in self.open.items() if at - s.first_seen >= self.deadline_s]
         return [self._close(sid, self.open[sid], deadline_passed=True) for sid in late]
 
     def _close(self, study_id: str, study: _Study, deadline_passed: bool) -> pb.StudyFeatures:
         del self.open[study_id]
+        self._remember(study_id)
+        return assemble_study(study_id, study.manifest, list(study.results.values()), deadline_passed)
+
+
+    def _remember(self, study_id: str) -> None:
         self.closed[study_id] = None
+        self.closed.move_to_end(study_id)
         while len(self.closed) > self.remember_closed:
             self.closed.popitem(last=False)
-        return assemble_study(study_id, study.manifest, list(study.results.values()), deadline_passed)
 
 
 def _expected(manifest: pb.StudyManifest) -> set[tuple[str, int]]:
@@ -133,7 +190,7 @@ def assemble_study(
         failed=status.count(pb.FRAME_STATUS_FAILED),
         missing=len(expected) - len(results),
     )
-    analysed = [AnalysedFrame(r.view.label, list(r.features.values))
+    analysed = [AnalysedFrame(r.key.video_id, r.view.label, list(r.features.values))
                 for r in results if r.status == pb.FRAME_STATUS_ANALYSED]
     failed_videos = [v for v in manifest.videos if v.status == pb.VIDEO_STATUS_FAILED] if manifest else []
     reasons = [v.error for v in failed_videos]

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     models_dir: Path = Path("models")
     # assemble: a study not fully accounted for this long after its first record is emitted INCOMPLETE.
     study_deadline_s: float = 300.0
+    assemble_remember_s: float = 86_400.0  # after a restart, studies emitted this long ago are still known
     log_level: str = "INFO"
 
 

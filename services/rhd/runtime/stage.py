@@ -10,9 +10,10 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from google.protobuf.message import DecodeError, Message
 
 from rhd.runtime import metrics
@@ -30,11 +31,23 @@ log = logging.getLogger(__name__)
 MAX_FETCH_BYTES = 16 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where a record was read: what a stateful stage needs to rebuild its state from its input topic."""
+
+    partition: int
+    offset: int
+    timestamp: float  # the record's timestamp (CreateTime), seconds
+
+
 class StageService:
     """A stage: what it reads, its logic (`handle`), and what a failure leaves behind (`failed`).
 
     `handle` is either a plain function, run in the worker pool, or a coroutine function, awaited on
-    the loop (for I/O-bound stages such as the model client, or cheap stateful ones).
+    the loop (for I/O-bound stages such as the model client, or cheap stateful ones). A stage whose
+    `wants_position` is true gets `handle(message, position)`. A stateful stage keeps its state in its input
+    topic: `committable` holds the committed offset back to the oldest record its state still needs, and
+    the partition hooks rebuild or drop state as partitions move between replicas.
     """
 
     name: str
@@ -42,6 +55,7 @@ class StageService:
     input_type: type[Message]
     concurrent: bool = True  # may the records of one batch be handled at once?
     tick_seconds: float = 0.0  # > 0: `tick` is called that often (deadlines)
+    wants_position: bool = False
 
     def handle(self, message: Any) -> list[Output]:
         raise NotImplementedError
@@ -62,6 +76,16 @@ class StageService:
 
     def tick(self, now: float) -> list[Output]:
         return []
+
+    def committable(self, partition: int, next_offset: int) -> int:
+        """The offset to commit for a partition whose records up to next_offset are handled."""
+        return next_offset
+
+    async def partitions_assigned(self, partitions: set[int]) -> None:
+        """Called when this replica starts reading these partitions (at start and at every rebalance)."""
+
+    async def partitions_revoked(self, partitions: set[int]) -> None:
+        """Called before these partitions go to another replica, after the last commit of their records."""
 
     async def start(self, settings: Settings) -> None:
         """Connect to what the stage needs besides Kafka."""
@@ -85,6 +109,9 @@ class StageRunner:
         self.http_port = 0
         self._positions: dict[TopicPartition, int] = {}
         self._is_async = inspect.iscoroutinefunction(service.handle)
+        # Records are handled only while no partition hook runs: aiokafka may fetch for new partitions before
+        # on_partitions_assigned has finished, and a stateful stage must rebuild its state first.
+        self._hooks = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -100,7 +127,6 @@ class StageRunner:
             linger_ms=2,
         )
         self.consumer = AIOKafkaConsumer(
-            svc.input_topic,
             bootstrap_servers=s.bootstrap_servers,
             group_id=svc.name,
             client_id=svc.name,
@@ -113,6 +139,7 @@ class StageRunner:
         )
         await svc.start(s)
         await self.producer.start()
+        self.consumer.subscribe([svc.input_topic], listener=_PartitionListener(svc, self._hooks))
         await self.consumer.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -150,12 +177,13 @@ class StageRunner:
     # -- one batch of one partition ------------------------------------------------------------
     async def _process_batch(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         assert self.consumer is not None
-        if self.service.concurrent:
-            results = await asyncio.gather(*(self._process(r) for r in records))
-        else:
-            results = [await self._process(r) for r in records]
+        async with self._hooks:
+            if self.service.concurrent:
+                results = await asyncio.gather(*(self._process(r) for r in records))
+            else:
+                results = [await self._process(r) for r in records]
         await self._produce([out for outputs in results for out in outputs])
-        await self.consumer.commit({tp: records[-1].offset + 1})
+        await self.consumer.commit({tp: self.service.committable(tp.partition, records[-1].offset + 1)})
         self._positions[tp] = records[-1].offset + 1
 
     async def _produce(self, outputs: list[tuple[str, str, bytes]] | list[Output]) -> None:
@@ -196,7 +224,10 @@ class StageRunner:
             problem = svc.validate(message)
             if problem:
                 raise _Rejected(f"invalid {svc.input_type.DESCRIPTOR.full_name}: {problem}")
-            if self._is_async:
+            if svc.wants_position:
+                position = Position(record.partition, record.offset, record.timestamp / 1000)
+                outputs = await svc.handle(message, position)
+            elif self._is_async:
                 outputs = await svc.handle(message)
             else:
                 loop = asyncio.get_running_loop()
@@ -249,6 +280,23 @@ class StageRunner:
                 metrics.CONSUMER_LAG.labels(self.service.name, tp.topic, str(tp.partition)).set(
                     max(0, highwater - position)
                 )
+
+
+class _PartitionListener(ConsumerRebalanceListener):
+    """Tells the stage which partitions of its input it now reads (aiokafka awaits these during a rebalance)."""
+
+    def __init__(self, service: StageService, hooks: asyncio.Lock) -> None:
+        self.service, self.hooks = service, hooks
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked:
+            async with self.hooks:
+                await self.service.partitions_revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if assigned:
+            async with self.hooks:
+                await self.service.partitions_assigned({tp.partition for tp in assigned})
 
 
 class _Rejected(Exception):
