@@ -164,7 +164,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model in ("study", "all"):
         from rhd.training.study import train_study_model
 
-        print(f"study model: {train_study_model(models_dir)}")
+        out = train_study_model(models_dir, seed=args.seed, n_studies=args.studies, workers=args.workers,
+                                held_out_per_class=args.held_out_per_class,
+                                report_dir=Path(args.report_dir) if args.report_dir else None)
+        print(f"study model: {out} (report: {out / 'report.md'})")
     return 0
 
 
@@ -228,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train the models (deterministic) into models/")
     p.add_argument("model", choices=("view", "study", "all"))
     p.add_argument("--models-dir", default=None)
+    p.add_argument("--seed", type=int, default=11, help="study model: training set seed (held-out: seed + 1000)")
+    p.add_argument("--studies", type=int, default=90, help="study model: balanced training studies")
+    p.add_argument("--held-out-per-class", type=int, default=10,
+                   help="study model: held-out studies of each class for the report (issue 7's targets: >= 100)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes computing features")
+    p.add_argument("--report-dir", default=None, help="also write the report (Markdown + PNG) here")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="start everything, publish studies, show diagnoses, stop everything")

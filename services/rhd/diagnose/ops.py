@@ -2,7 +2,7 @@
 classifier) turns a study's feature vector into Normal / Borderline / Definite with probabilities."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,22 @@ class StudyModel:
     version: str
     feature_names: tuple[str, ...]
     classes: tuple[str, ...]
+    # Decision thresholds chosen at training for recall of the graver classes ({} = most probable class).
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+
+# The order thresholds are tried in: the gravest class first.
+GRAVITY = ("definite", "borderline")
+
+
+def decide(probabilities: dict[str, float], thresholds: dict[str, float]) -> str:
+    """Definite when P(definite) reaches its threshold, else Borderline when P(borderline) reaches its own, else
+    the most probable of the classes left; without thresholds, the most probable class."""
+    for label in GRAVITY:
+        if label in thresholds and probabilities.get(label, 0.0) >= thresholds[label]:
+            return label
+    rest = {c: p for c, p in probabilities.items() if c not in thresholds}
+    return max(rest or probabilities, key=(rest or probabilities).__getitem__)
 
 
 @dataclass(frozen=True)
@@ -46,7 +62,7 @@ def load_study_model(models_dir: Path, version: int = 0) -> StudyModel:
     pipeline = sio.load(path / MODEL_FILE, trusted=sorted(found))
     manifest = read_manifest(path)
     return StudyModel(pipeline, f"{MODEL_NAME}/{path.name}", tuple(manifest["feature_names"]),
-                      tuple(manifest["classes"]))
+                      tuple(manifest["classes"]), {k: float(v) for k, v in manifest.get("thresholds", {}).items()})
 
 
 def diagnose(model: StudyModel, names: Sequence[str], values: Sequence[float], top: int = 5) -> Result:
@@ -56,12 +72,12 @@ def diagnose(model: StudyModel, names: Sequence[str], values: Sequence[float], t
     x = np.asarray(values, np.float64).reshape(1, -1)
     if not np.isfinite(x).all():
         raise ValueError("feature vector holds NaN or infinity")
-    probabilities = model.pipeline.predict_proba(x)[0]
     fitted_classes = [str(c) for c in model.pipeline.classes_]
-    best = int(np.argmax(probabilities))
+    probabilities = dict(zip(fitted_classes, map(float, model.pipeline.predict_proba(x)[0]), strict=True))
+    label = decide(probabilities, model.thresholds)
     scaler, classifier = model.pipeline[0], model.pipeline[-1]
     z = scaler.transform(x)[0]
-    contribution = classifier.coef_[best] * z
+    contribution = classifier.coef_[fitted_classes.index(label)] * z
     order = np.argsort(-np.abs(contribution))[:top]
     evidence = [(model.feature_names[i], float(x[0, i]), float(contribution[i])) for i in order]
-    return Result(fitted_classes[best], dict(zip(fitted_classes, map(float, probabilities), strict=True)), evidence)
+    return Result(label, probabilities, evidence)
