@@ -70,7 +70,7 @@ def line(tmp_path_factory):
     finally:
         codes = stack.stop()
     yield {"progress": progress, "alive": alive, "studies": [d.name for d in studies], "codes": codes,
-           "stack": stack}
+           "stack": stack, "dirs": studies}
 
 
 def test_every_study_gets_exactly_one_diagnosis(line):
@@ -135,3 +135,25 @@ def test_services_survive_bad_input_and_stop_cleanly(line):
     assert sum(1 for name in line["alive"] if name in STAGES) == len(STAGES)
     assert line["stack"].all_stopped()
     assert all(code == 0 for code in line["codes"].values()), line["codes"]
+
+
+def test_the_streaming_line_and_the_in_process_path_give_the_same_diagnosis(line):
+    """Parity: each study with a diagnosis (the truncated video's INCOMPLETE one too) gets the same label and
+    probabilities from the services as from the stage functions called in-process (training's path)."""
+    from rhd.diagnose.ops import diagnose, load_study_model
+    from rhd.inprocess import analyse_study
+    from rhd.view.local import LocalViewModel
+
+    model, views = load_study_model(ROOT / "models"), LocalViewModel(ROOT / "models")
+    compared = 0
+    for study_dir in line["dirs"]:
+        [streamed] = line["progress"].diagnoses[study_dir.name]
+        if streamed.completeness == pb.COMPLETENESS_FAILED:
+            continue
+        analysis = analyse_study(study_dir, views)
+        local = diagnose(model, analysis.names, analysis.values)
+        assert pb.Label.Name(streamed.label) == f"LABEL_{local.label.upper()}", study_dir.name
+        assert dict(streamed.probabilities) == pytest.approx(local.probabilities, abs=1e-4), study_dir.name
+        assert streamed.frames.analysed == analysis.analysed
+        compared += 1
+    assert compared == 4

@@ -92,27 +92,28 @@ def _frame(video: str, view: str, jet: float) -> AnalysedFrame:
 
 def test_study_features_follow_the_largest_jet_and_plax():
     frames = [_frame("V0", "plax", 12.0), _frame("V0", "plax", 12.5), _frame("V1", "a4c", 25.0),
-              _frame("V1", "a4c", 24.0), _frame("V1", "a4c", 1.0)]
+              _frame("V1", "a4c", 24.0), _frame("V1", "a4c", 1.0), _frame("V2", "psax", 9.0), _frame("V2", "psax", 9.5)]
     features = dict(zip(STUDY_FEATURE_NAMES, study_features(frames), strict=True))
     assert features["jet_length_mm_max"] == 25.0
     assert features["plax_jet_length_mm_max"] == 12.5
-    assert features["views_with_jet"] == 2.0
-    assert features["views_with_long_jet"] == 2.0
+    assert features["second_view_jet_length_mm"] == 12.5  # PLAX is the second view with the largest jet
+    assert features["views_with_jet"] == 2.0  # plax and a4c; psax's 9.5 mm is below a jet
+    assert features["views_with_long_jet"] == 1.0  # a4c
     assert study_features([]) == pytest.approx([0.0] * len(STUDY_FEATURE_NAMES))
 
 
 def test_a_video_shows_a_jet_in_its_majority_view_for_a_share_of_the_cycle():
-    # V0: PLAX by most frames (one frame mislabelled), a jet in 3 of 6 frames, long (>= 10 mm) in 2.
-    v0 = [_frame("V0", "plax", j) for j in (0.0, 4.0, 11.0, 12.0, 0.0)] + [_frame("V0", "a4c", 0.0)]
-    # V1: a single-frame 15 mm mosaic is noise, not a jet; V2: a 4-6 mm jet through the whole video.
-    v1 = [_frame("V1", "a4c", j) for j in (15.0, 0.0, 0.0, 0.0)]
-    v2 = [_frame("V2", "psax", j) for j in (4.0, 5.0, 6.0, 4.5)]
+    # V0: PLAX by most frames (one frame mislabelled), a jet (>= 10 mm) in 3 of 6 frames, long (>= 20 mm) in 2.
+    v0 = [_frame("V0", "plax", j) for j in (0.0, 14.0, 21.0, 22.0, 0.0)] + [_frame("V0", "a4c", 0.0)]
+    # V1: a single-frame 25 mm mosaic is noise, not a jet; V2: a 11-13 mm jet through the whole video.
+    v1 = [_frame("V1", "a4c", j) for j in (25.0, 0.0, 0.0, 0.0)]
+    v2 = [_frame("V2", "psax", j) for j in (11.0, 12.0, 13.0, 11.5)]
     features = dict(zip(STUDY_FEATURE_NAMES, study_features(v0 + v1 + v2), strict=True))
     assert features["views_with_jet"] == 2.0  # plax and psax; not a4c
     assert features["views_with_long_jet"] == 1.0  # plax
     assert features["jet_cycle_fraction_max"] == 1.0  # V2
     assert features["plax_jet_cycle_fraction_max"] == pytest.approx(3 / 6)
-    assert features["jet_length_mm_max"] == 15.0  # the largest is still reported as measured
+    assert features["jet_length_mm_max"] == 25.0  # the largest is still reported as measured
 
 
 def test_the_watermark_holds_a_partition_at_the_first_record_of_an_open_study():

@@ -14,9 +14,11 @@ from rhd.features.ops import FEATURE_NAMES
 from rhd.runtime.records import now
 from rhd.v1 import rhd_pb2 as pb
 
-STUDY_FEATURE_SET = "study-v3"  # v3: per-video views and the share of the cycle with a jet
-JET_MIN_MM = 3.0  # shorter mosaics are speckle, not a regurgitant jet
-LONG_JET_MM = 10.0  # WHF 2012's length for pathological AR, half that for MR
+STUDY_FEATURE_SET = "study-v3"  # v3: per-video views, the share of the cycle with a jet, the jet in a second view
+# Aliasing speckle makes mosaic regions of up to ~9 mm in studies without any jet (measured on generated
+# studies), so a frame shows a jet from 10 mm: WHF 2012's length for pathological AR, half of MR's.
+JET_MIN_MM = 10.0
+LONG_JET_MM = 20.0  # WHF 2012's length for pathological MR
 JET_MIN_FRAMES = 2  # a video shows a jet when at least this many of its frames do: one frame may be noise
 _IDX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -25,8 +27,9 @@ STUDY_FEATURE_NAMES: tuple[str, ...] = (
     "jet_length_mm_max",            # the largest jet, any view
     "plax_jet_length_mm_max",       # the largest jet in PLAX, where rheumatic MR is judged
     "jet_length_mm_p75",            # how large the jets are across the study's colour frames
-    "views_with_jet",               # distinct views with a video showing a jet (>= 3 mm in >= 2 frames)
-    "views_with_long_jet",          # ... with a jet >= 10 mm
+    "second_view_jet_length_mm",    # the largest jet in a second view (WHF: seen in 2 views)
+    "views_with_jet",               # distinct views with a video showing a jet (>= 10 mm in >= 2 frames)
+    "views_with_long_jet",          # ... with a jet >= 20 mm
     "jet_cycle_fraction_max",       # per colour video, the share of its frames with a jet: for how much of the cycle
     "plax_jet_cycle_fraction_max",  # ... in PLAX videos
     "mosaic_area_mm2_max", "mosaic_area_mm2_mean",
@@ -66,10 +69,12 @@ def study_features(frames: Sequence[AnalysedFrame]) -> list[float]:
                           int((mine >= JET_MIN_MM).sum()) >= JET_MIN_FRAMES,
                           int((mine >= LONG_JET_MM).sum()) >= JET_MIN_FRAMES))
     plax = jets[frame_views == "plax"]
+    per_view_max = sorted((float(jets[frame_views == v].max()) for v in np.unique(frame_views)), reverse=True)
     values = {
         "jet_length_mm_max": float(jets.max()),
         "plax_jet_length_mm_max": float(plax.max()) if plax.size else 0.0,
         "jet_length_mm_p75": float(np.percentile(jets, 75)),
+        "second_view_jet_length_mm": per_view_max[1] if len(per_view_max) > 1 else 0.0,
         "views_with_jet": float(len({view for view, _, jet, _ in per_video if jet})),
         "views_with_long_jet": float(len({view for view, _, _, long in per_video if long})),
         "jet_cycle_fraction_max": max(share for _, share, _, _ in per_video),

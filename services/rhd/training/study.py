@@ -36,6 +36,9 @@ from rhd.view.local import LocalViewModel
 TRAINING_CONFIG = SynthConfig(videos_per_study=8, duration_s=(1.0, 1.0))
 # Issue 7's recall targets; the thresholds are chosen to reach the first two on cross-validated probabilities.
 TARGET_RECALL = {"definite": 0.95, "borderline": 0.80, "normal": 0.95}
+# A threshold never goes so low that it takes more than this share of the Normal studies (on CV): past that point
+# a weak model would call everyone Definite to reach its recall, and the suggestion would say nothing.
+MAX_NORMAL_TAKEN = 0.10
 HELD_OUT_SEED_OFFSET = 1000  # the held-out set's seed: never the training seed
 
 _view_model: LocalViewModel | None = None
@@ -73,17 +76,23 @@ def build_features(models_dir: Path, seed: int, labels: list[str], workers: int,
 
 def choose_thresholds(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
     """For Definite, then Borderline: the highest probability threshold that still calls TARGET_RECALL of that
-    class's studies by it (among those a graver class did not take)."""
+    class's studies by it (among those a graver class did not take), but not so low that it takes more than
+    MAX_NORMAL_TAKEN of the Normal studies left."""
     thresholds: dict[str, float] = {}
     taken = np.zeros(len(y), bool)
     for label in GRAVITY:
         p = proba[:, classes.index(label)]
         mine = np.sort(p[(y == label) & ~taken])[::-1]
-        need = math.ceil(TARGET_RECALL[label] * (y == label).sum())
         if not len(mine):
             continue
-        thresholds[label] = float(mine[min(need, len(mine)) - 1])
-        taken |= p >= thresholds[label]
+        need = math.ceil(TARGET_RECALL[label] * (y == label).sum())
+        threshold = float(mine[min(need, len(mine)) - 1])
+        normals = np.sort(p[(y == "normal") & ~taken])[::-1]
+        allowed = math.floor(MAX_NORMAL_TAKEN * (y == "normal").sum())
+        if allowed < len(normals):  # the threshold must stay above the (allowed + 1)-th highest Normal
+            threshold = max(threshold, float(np.nextafter(normals[allowed], np.inf)))
+        thresholds[label] = threshold
+        taken |= p >= threshold
     return thresholds
 
 

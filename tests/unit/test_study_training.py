@@ -1,0 +1,71 @@
+"""The study model's decision rule, threshold choice and clinical metrics, on hand-made numbers."""
+
+import numpy as np
+import pytest
+from rhd.diagnose.ops import decide
+from rhd.training.report import evaluate, write_report
+from rhd.training.study import choose_thresholds, decisions
+
+CLASSES = ["normal", "borderline", "definite"]
+
+
+def test_the_gravest_class_reaching_its_threshold_wins_else_the_most_probable_of_the_rest():
+    thresholds = {"definite": 0.3, "borderline": 0.4}
+    assert decide({"normal": 0.6, "borderline": 0.1, "definite": 0.3}, thresholds) == "definite"
+    assert decide({"normal": 0.5, "borderline": 0.41, "definite": 0.09}, thresholds) == "borderline"
+    assert decide({"normal": 0.5, "borderline": 0.39, "definite": 0.11}, thresholds) == "normal"
+    assert decide({"normal": 0.2, "borderline": 0.7, "definite": 0.1}, {}) == "borderline"  # no thresholds: argmax
+
+
+def test_thresholds_are_the_highest_that_reach_the_target_recall():
+    # 20 definite studies with P(definite) 0.05 .. 1.0: 95% recall needs 19 of them, so the 19th highest, 0.10.
+    p_def = np.linspace(0.05, 1.0, 20)
+    y = np.array(["definite"] * 20 + ["borderline"] * 10 + ["normal"] * 10)
+    proba = np.zeros((40, 3))
+    proba[:20, 2] = p_def
+    proba[20:30, 1] = np.linspace(0.1, 1.0, 10)  # borderline: 80% recall needs 8 of 10: the 8th highest, 0.3
+    proba[30:, 0] = 1.0
+    thresholds = choose_thresholds(y, proba, CLASSES)
+    assert thresholds["definite"] == pytest.approx(0.10)
+    assert thresholds["borderline"] == pytest.approx(0.30)
+    called = decisions(proba, CLASSES, thresholds)
+    assert (called[:20] == "definite").sum() == 19 and (called[20:30] == "borderline").sum() == 8
+    assert (called[30:] == "normal").all()
+
+
+def test_a_threshold_never_takes_more_than_a_tenth_of_the_normal_studies():
+    # A weak model: Normal studies score P(definite) 0.01 .. 0.50, as high as most Definite ones.
+    y = np.array(["definite"] * 20 + ["normal"] * 50)
+    proba = np.zeros((70, 3))
+    proba[:20, 2] = np.linspace(0.02, 0.9, 20)
+    proba[20:, 2] = np.linspace(0.01, 0.5, 50)
+    proba[:, 0] = 1 - proba[:, 2]
+    thresholds = choose_thresholds(y, proba, CLASSES)
+    taken = (proba[20:, 2] >= thresholds["definite"]).sum()
+    assert taken == 5  # 10% of 50, not the 49 that 95% Definite recall would take
+    assert thresholds["definite"] > np.sort(proba[20:, 2])[-6]
+
+
+def test_metrics_precision_at_prevalence_and_intervals(tmp_path):
+    # 100 normal (90 right, 10 called borderline), 50 borderline (40 right, 10 called normal), 50 definite (all right).
+    y = np.array(["normal"] * 100 + ["borderline"] * 50 + ["definite"] * 50)
+    predicted = np.array(["normal"] * 90 + ["borderline"] * 10 + ["borderline"] * 40 + ["normal"] * 10
+                         + ["definite"] * 50)
+    proba = np.array([[1.0 if c == p else 0.0 for c in CLASSES] for p in predicted])
+    metrics = evaluate(y, proba, predicted, CLASSES, seed=1, rounds=200)
+    f = metrics["figures"]
+    assert metrics["recall"] == pytest.approx({"normal": 0.9, "borderline": 0.8, "definite": 1.0})
+    assert metrics["precision"]["borderline"] == pytest.approx(40 / 50)
+    # At PROVAR prevalence, 10% of 95.1% normal studies called borderline swamp the 80% of 4.2% borderline ones.
+    expected = 0.8 * 0.042 / (0.1 * 0.951 + 0.8 * 0.042)
+    assert f["precision_at_prevalence.borderline"]["value"] == pytest.approx(expected)
+    assert f["balanced_accuracy"]["value"] == pytest.approx((0.9 + 0.8 + 1.0) / 3)
+    for figure in f.values():
+        low, high = figure["ci95"]
+        assert low <= figure["value"] <= high
+    assert f["recall.normal"]["ci95"][0] < 0.9 < f["recall.normal"]["ci95"][1]  # sampling varies it
+    assert f["recall.definite"]["ci95"] == [1.0, 1.0]
+    path = write_report(tmp_path, "report", "test", metrics, y, proba, predicted, CLASSES, {"definite": 0.95})
+    text = path.read_text()
+    assert "| definite | 1.000 (1.000-1.000) | >= 0.95 met |" in text
+    assert (tmp_path / "report-confusion.png").stat().st_size > 0 and (tmp_path / "report-curves.png").exists()
