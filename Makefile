@@ -9,7 +9,10 @@ PROTOS := $(wildcard protos/rhd/v1/*.proto)
 GEN    := services/rhd/v1/rhd_pb2.py
 VIEW_MODEL  := models/view/1/saved_model.pb
 STUDY_MODEL := models/study/1/model.skops
-MODEL_CODE  := $(wildcard services/rhd/synth/*.py services/rhd/training/*.py) services/rhd/view/model.py
+VIEW_CODE   := $(wildcard services/rhd/synth/*.py) services/rhd/training/view.py services/rhd/training/provenance.py \
+               services/rhd/view/model.py
+STUDY_CODE  := $(wildcard services/rhd/*/ops.py) services/rhd/training/study.py services/rhd/training/report.py \
+               services/rhd/inprocess.py
 
 .PHONY: demo test bench setup models lint lock clean
 
@@ -33,10 +36,10 @@ $(GEN): $(PROTOS) $(STAMP)
 
 models: $(VIEW_MODEL) $(STUDY_MODEL)
 
-$(VIEW_MODEL): $(MODEL_CODE) | setup
+$(VIEW_MODEL): $(VIEW_CODE) | setup
 	rm -rf models/view/1 && $(BIN)/rhd train view
 
-$(STUDY_MODEL): $(VIEW_MODEL) $(wildcard services/rhd/*/ops.py) | setup
+$(STUDY_MODEL): $(VIEW_MODEL) $(STUDY_CODE) | setup
 	rm -rf models/study/1 && $(BIN)/rhd train study
 
 lint: setup

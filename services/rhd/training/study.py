@@ -181,8 +181,11 @@ def _report(folder: Path, version: int, metrics: dict[str, Any], y: np.ndarray, 
         "## How it was made", "",
         f"Trained on {n_studies} balanced generated studies ({TRAINING_CONFIG.videos_per_study} videos of 1 s); "
         f"thresholds chosen on 5-fold cross-validated probabilities for recall >= "
-        f"{TARGET_RECALL['definite']} (definite) and >= {TARGET_RECALL['borderline']} (borderline): "
-        + ", ".join(f"P({c}) >= {t:.3f}" for c, t in thresholds.items()) + ". "
+        f"{TARGET_RECALL['definite']} (definite) and >= {TARGET_RECALL['borderline']} (borderline), but never taking "
+        f"more than {MAX_NORMAL_TAKEN:.0%} of the Normal studies: "
+        + ", ".join(f"P({c}) >= {t:.3f}" for c, t in thresholds.items())
+        + " (cross-validated recall: "
+        + ", ".join(f"{c} {cv[f'recall.{c}']['value']:.2f}" for c in CLASSES) + "). "
         f"Held-out set: seed {held_seed}, stratified. Cross-validated balanced accuracy "
         f"{cv['balanced_accuracy']['value']:.3f}.",
         "", "Feature set and how each feature is read: docs/study-features.md.",
