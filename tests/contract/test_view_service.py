@@ -6,7 +6,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import rhd
 from aiokafka import ConsumerRecord
+from prometheus_client import REGISTRY
 from rhd.runtime.broker import free_port
 from rhd.runtime.model_server import start_server
 from rhd.runtime.settings import Settings
@@ -40,6 +42,7 @@ async def runner(tmp_path: Path, model_server: str, retry_for_s: float) -> Stage
 async def test_frames_get_their_view_through_the_model_server(tmp_path):
     server, port = await start_server(MODELS, "127.0.0.1", 0, ["view"])
     stage = await runner(tmp_path, f"127.0.0.1:{port}", 5.0)
+    calls_before = REGISTRY.get_sample_value("rhd_model_request_seconds_count", {"model": "view", "code": "OK"}) or 0
     try:
         assert await stage.service.ready()
         for index, view in enumerate(("plax", "psax", "a4c", "a5c")):
@@ -50,6 +53,11 @@ async def test_frames_get_their_view_through_the_model_server(tmp_path):
             assert viewed.view.model_name == "view" and viewed.view.model_version == 1
             assert sum(viewed.view.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
             assert viewed.segmented.frame.key.frame_index == index  # the frame travels on unchanged
+        # One Predict a frame here (each waited alone), timed by the client; the model version is in build info.
+        assert REGISTRY.get_sample_value("rhd_model_request_seconds_count", {"model": "view", "code": "OK"}) \
+            == calls_before + 4
+        assert REGISTRY.get_sample_value("rhd_build_info", {"version": rhd.__version__, "stage": "view",
+                                                            "view_model": "view/1"}) == 1.0
     finally:
         await stage.service.stop()
         await server.stop(0)

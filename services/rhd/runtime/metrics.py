@@ -23,6 +23,16 @@ STUDY_LATENCY = Histogram(
     ["stage"],
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
 )
+MODEL_REQUEST_SECONDS = Histogram(
+    "rhd_model_request_seconds",
+    "One Predict call to the model server, by model and gRPC status (OK, UNAVAILABLE, ...); retries count each.",
+    ["model", "code"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+MODEL_BATCH_SIZE = Histogram(
+    "rhd_model_batch_size", "Frames in each Predict request the client sends, by model.", ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 BUILD = Info("rhd_build", "Version of the running service.")
 
 

@@ -3,6 +3,7 @@ concurrent frames share one Predict request; UNAVAILABLE and deadline errors are
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 
 import grpc
@@ -15,6 +16,8 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+
+from rhd.runtime import metrics
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +165,8 @@ class ModelClient:
         self._set_spec(request.model_spec)
         request.model_spec.signature_name = self.signature
         request.inputs[self.input_name].CopyFrom(to_tensor_proto(frames))
-        response = await self._call(self._predictions.Predict, request)
+        metrics.MODEL_BATCH_SIZE.labels(self.model_name).observe(len(frames))
+        response = await self._call(self._predictions.Predict, request, timed=True)
         outputs = {key: from_tensor_proto(tensor) for key, tensor in response.outputs.items()}
         for key, values in outputs.items():
             if values.ndim == 0 or len(values) != len(frames):
@@ -214,14 +218,21 @@ class ModelClient:
         if self.version:
             spec.version.value = self.version
 
-    async def _call(self, method, request):  # noqa: ANN001, ANN202 - any unary stub method and its messages
+    async def _call(self, method, request, timed: bool = False):  # noqa: ANN001, ANN202 - any unary stub method
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.retry_for_s
         delay = FIRST_BACKOFF_S
         while True:
+            started = time.perf_counter()
             try:
-                return await method(request, timeout=self.timeout_s)
+                response = await method(request, timeout=self.timeout_s)
+                if timed:
+                    metrics.MODEL_REQUEST_SECONDS.labels(self.model_name, "OK").observe(time.perf_counter() - started)
+                return response
             except grpc.aio.AioRpcError as err:
+                if timed:
+                    metrics.MODEL_REQUEST_SECONDS.labels(self.model_name, err.code().name).observe(
+                        time.perf_counter() - started)
                 status = f"{err.code().name}: {err.details()}"
                 if err.code() not in RETRYABLE:
                     raise ModelRequestError(f"model server {self.target}, model {self.model_name}: {status}") from None

@@ -6,6 +6,7 @@ model server is down, frames wait and retry; after `RHD_MODEL_RETRY_FOR_S` they 
 
 import cv2
 
+from rhd.runtime import metrics
 from rhd.runtime.model_client import ModelClient
 from rhd.runtime.records import Output
 from rhd.runtime.settings import Settings
@@ -41,6 +42,7 @@ class View(StageService):
         outputs = await self.client.predict(image)
         if not self.model_version:
             self.model_version = await self.client.metadata()
+            metrics.set_build_info(self.name, view_model=f"{self.model_name}/{self.model_version}")
         result = prediction_from_outputs(outputs, self.model_version)
         view = pb.ViewPrediction(label=result.label, probabilities=result.probabilities,
                                  model_name=self.model_name, model_version=result.model_version)
