@@ -14,12 +14,12 @@ VIEW_CODE   := $(wildcard services/rhd/synth/*.py) services/rhd/training/view.py
 STUDY_CODE  := $(wildcard services/rhd/*/ops.py) services/rhd/training/study.py services/rhd/training/report.py \
                services/rhd/inprocess.py
 
-.PHONY: demo test bench setup models lint lock clean
+.PHONY: demo test bench setup models promtool lint lock clean
 
 demo: setup models
 	$(BIN)/rhd demo
 
-test: setup models
+test: setup models promtool
 	$(BIN)/python -m pytest -q
 
 setup: $(STAMP) $(GEN)
@@ -35,6 +35,17 @@ $(GEN): $(PROTOS) $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=services --pyi_out=services $(PROTOS)
 
 models: $(VIEW_MODEL) $(STUDY_MODEL)
+
+# promtool checks compose/prometheus (tests/contract/test_monitoring_files.py skips without it). Best effort: the one
+# binary is taken out of Debian's prometheus package into the venv; installing the package would also start a
+# Prometheus server wherever an init system runs. apt-get update only when the package lists lack it, and as root.
+promtool: setup
+	@command -v promtool >/dev/null || test -x $(BIN)/promtool || { tmp=$$(mktemp -d) && \
+	  { (cd $$tmp && apt-get download -q prometheus) >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	    apt-get update -qq >/dev/null 2>&1 && (cd $$tmp && apt-get download -q prometheus) >/dev/null 2>&1; }; } && \
+	  dpkg-deb --fsys-tarfile $$tmp/prometheus_*.deb | tar -xO ./usr/bin/promtool >$$tmp/promtool && \
+	  chmod +x $$tmp/promtool && $$tmp/promtool --version >/dev/null 2>&1 && mv $$tmp/promtool $(BIN)/promtool; \
+	  rm -rf $$tmp; test -x $(BIN)/promtool || echo "promtool unavailable (no apt-get or no network): skipping its checks"; }
 
 $(VIEW_MODEL): $(VIEW_CODE) | setup
 	rm -rf models/view/1 && $(BIN)/rhd train view
@@ -53,6 +64,11 @@ lock: $(STAMP)
 clean:
 	rm -rf $(VENV) var models/view/[0-9]* models/study/[0-9]* $(GEN) services/rhd/v1/*_pb2.pyi
 
-# Figures, not tests: per-frame cost of each stage's functions beside raw decode and HSV.
-bench: setup
+# Figures, not tests (about 30 minutes on 2 cores): per-frame cost of each stage's functions beside raw decode
+# and HSV; the view model bare vs served; each stage service alone through the broker; then the whole line under
+# open-loop load (saturation, bottleneck, two replicas of it) against the in-process reference, with their ratio.
+bench: setup models
 	$(BIN)/python loadtest/bench_stages.py
+	$(BIN)/python loadtest/bench_view.py
+	$(BIN)/python loadtest/bench_services.py
+	$(BIN)/python loadtest/load.py --search

@@ -9,9 +9,11 @@ from pathlib import Path
 import cv2
 from rhd.features.ops import frame_features
 from rhd.inspect.ops import inspect
+from rhd.runtime.records import frame_image, frame_pixels
 from rhd.segment.ops import segment
-from rhd.split.ops import decode_png, decode_video, encode_png
+from rhd.split.ops import decode_video
 from rhd.synth.generator import synth_studies
+from rhd.v1 import rhd_pb2 as pb
 
 
 def per_frame_ms(fn, items) -> float:  # noqa: ANN001
@@ -37,21 +39,28 @@ def main(n_studies: int = 2) -> None:
     frames = [f for v in videos for f in decode_video(v).frames]
     colour = [f for f in frames if inspect(f).doppler]
     masks = [segment(f).labels for f in colour]
-    pngs = [encode_png(f) for f in frames]
+    raws = [pb.Frame(height=f.shape[0], width=f.shape[1], **frame_pixels(f, "raw")) for f in frames]
+    pngs = [pb.Frame(height=f.shape[0], width=f.shape[1], **frame_pixels(f, "png")) for f in frames]
     n_frames = len(frames)
     rows = [
         ("raw OpenCV decode (VideoCapture)", 1000 * _time(lambda: [decode_video(v) for v in videos]) / n_frames),
         ("raw HSV conversion", per_frame_ms(lambda f: cv2.cvtColor(f, cv2.COLOR_BGR2HSV), frames)),
-        ("split: decode + PNG encode", 1000 * _time(lambda: [encode_png(f) for v in videos
-                                                             for f in decode_video(v).frames]) / n_frames),
-        ("inspect: PNG decode + fan + colour", per_frame_ms(lambda p: inspect(decode_png(p)), pngs)),
+        ("split: decode + raw frame (default)", 1000 * _time(lambda: [frame_pixels(f, "raw") for v in videos
+                                                                       for f in decode_video(v).frames]) / n_frames),
+        ("split: decode + PNG (RHD_FRAME_CODEC=png)", 1000 * _time(lambda: [frame_pixels(f, "png") for v in videos
+                                                                          for f in decode_video(v).frames]) / n_frames),
+        ("inspect: raw frame + fan + colour", per_frame_ms(lambda r: inspect(frame_image(r)), raws)),
+        ("inspect: PNG decode + fan + colour", per_frame_ms(lambda p: inspect(frame_image(p)), pngs)),
         ("segment: k-means on colour pixels", per_frame_ms(segment, colour)),
         ("features: texture + bar + velocity", per_frame_ms(lambda i: frame_features(colour[i], masks[i], 0.6, 60.0),
                                                   range(len(colour)))),
     ]
     print(f"{n_frames} frames ({len(colour)} colour Doppler) of {len(videos)} videos, one core")
     for name, ms in rows:
-        print(f"  {name:<40} {ms:7.3f} ms/frame  {1000 / ms:8.0f} frames/s")
+        print(f"  {name:<44} {ms:7.3f} ms/frame  {1000 / ms:8.0f} frames/s")
+    decode_ms, raw_ms, png_ms = rows[0][1], rows[2][1], rows[3][1]
+    print(f"frame splitting vs raw OpenCV decode: {decode_ms / raw_ms:.2f}x with raw frames, "
+          f"{decode_ms / png_ms:.2f}x with PNG (goal >= 0.7x)")
 
 
 def _time(fn) -> float:  # noqa: ANN001

@@ -17,6 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from rhd.runtime.settings import get_settings
 from rhd.runtime.stack import STAGES
 
+DEMO_WORKDIR = "var/demo"  # `rhd demo`'s stack, whose targets.json `rhd watch` reads by default
+
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -33,7 +35,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_model_server(args: argparse.Namespace) -> int:
-    from rhd.runtime.model_server import BatchingOptions, read_batching_parameters, read_model_config, serve
+    from rhd.runtime.model_server import (
+        BatchingOptions,
+        metrics_path,
+        read_batching_parameters,
+        read_model_config,
+        read_monitoring_config,
+        serve,
+    )
 
     if args.batching_parameters_file and not args.enable_batching:
         # tensorflow/serving refuses this too: the file would silently do nothing.
@@ -46,12 +55,17 @@ def cmd_model_server(args: argparse.Namespace) -> int:
             batching = read_batching_parameters(Path(args.batching_parameters_file))
         elif args.enable_batching:
             batching = BatchingOptions()  # TensorFlow's defaults, as tensorflow/serving without the file
+        monitoring = read_monitoring_config(Path(args.monitoring_config_file)) if args.monitoring_config_file else None
     except (OSError, ValueError) as exc:
         raise SystemExit(f"rhd model-server: {exc}") from None
+    if monitoring is not None and not args.rest_api_port:
+        # tensorflow/serving starts anyway, without metrics: say so rather than leave a scraper guessing.
+        logging.getLogger("rhd.model_server").warning("--monitoring-config-file without --rest-api-port: no metrics")
 
     async def run() -> None:
         task = asyncio.ensure_future(serve(Path(args.models_dir or settings.models_dir), args.host, args.port,
-                                           model_config=model_config, batching=batching))
+                                           model_config=model_config, batching=batching,
+                                           rest_api_port=args.rest_api_port, metrics=metrics_path(monitoring)))
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
         try:
@@ -149,10 +163,33 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from rhd.demo import watch
+    if args.diagnoses:
+        from rhd.demo import watch
 
-    asyncio.run(watch(get_settings(), args.seconds))
-    return 0
+        asyncio.run(watch(get_settings(), 3600.0 if args.seconds is None else args.seconds))
+        return 0
+    from rhd.demo import watch_metrics
+    from rhd.runtime.watch import parse_target, read_targets
+
+    try:
+        named = [parse_target(text) for text in args.target or []]
+    except ValueError as exc:
+        raise SystemExit(f"rhd watch: {exc}") from None
+    # --target alone names every target; with neither flag, the embedded stack's file is read.
+    targets_file = args.targets_file or (None if named else str(Path(DEMO_WORKDIR) / "targets.json"))
+
+    def targets() -> list:
+        try:
+            return named + (read_targets(Path(targets_file)) if targets_file else [])
+        except OSError as exc:
+            raise ValueError(f"{targets_file}: {exc.strerror}") from None
+
+    try:
+        return asyncio.run(watch_metrics(targets, args.interval, once=args.once, seconds=args.seconds))
+    except ValueError as exc:  # --once without targets to read
+        raise SystemExit(f"rhd watch: {exc} (is `rhd demo` running? or name targets with --target)") from None
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -197,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
                    "Predict requests into one signature call")
     p.add_argument("--batching-parameters-file", default=None, metavar="PATH",
                    help="TF Serving's --batching_parameters_file: text-format BatchingParameters")
+    p.add_argument("--rest-api-port", type=int, default=0, metavar="PORT",
+                   help="TF Serving's --rest_api_port (0, the default: none): HTTP with the Prometheus metrics, "
+                   "/healthz and /readyz (no REST inference API)")
+    p.add_argument("--monitoring-config-file", default=None, metavar="PATH",
+                   help="TF Serving's --monitoring_config_file: text-format MonitoringConfig, e.g. prometheus_config "
+                   '{ enable: true path: "/monitoring/prometheus/metrics" }. Without it the REST port still serves '
+                   "the metrics at /monitoring/prometheus/metrics (tensorflow/serving serves none)")
     p.set_defaults(func=cmd_model_server)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) with every topic")
@@ -224,8 +268,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("study_dirs", nargs="+")
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("watch", help="show frames accounted and diagnoses live")
-    p.add_argument("--seconds", type=float, default=3600.0)
+    p = sub.add_parser("watch", help="the monitoring dashboard's figures live in the terminal, scraped from each "
+                       "service's metrics; or, with --diagnoses, each diagnosis as it arrives")
+    p.add_argument("--targets-file", default=None, metavar="PATH",
+                   help="Prometheus file_sd JSON of the services' metrics endpoints; default "
+                   f"{DEMO_WORKDIR}/targets.json (written by the embedded stack) unless --target is given")
+    p.add_argument("--target", action="append", metavar="JOB=HOST:PORT[/PATH]",
+                   help="one endpoint, e.g. view=10.0.0.5:8080 or model-server=tf-serving:8501 (path "
+                   "/monitoring/prometheus/metrics for model-server, /metrics otherwise); repeatable, replicas of a "
+                   "job are summed")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between scrapes; rates and quantiles are "
+                   "over the last interval")
+    p.add_argument("--once", action="store_true", help="print one snapshot as plain text (two scrapes an interval "
+                   "apart) and exit; 1 when no target answered")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C; "
+                   "--diagnoses: 3600)")
+    p.add_argument("--diagnoses", action="store_true", help="instead, follow the broker and print each diagnosis "
+                   "as it arrives (RHD_BOOTSTRAP_SERVERS)")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("train", help="train the models (deterministic) into models/")
@@ -242,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="start everything, publish studies, show diagnoses, stop everything")
     p.add_argument("--studies", type=int, default=6)
     p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--workdir", default="var/demo")
+    p.add_argument("--workdir", default=DEMO_WORKDIR)
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)

@@ -3,16 +3,22 @@
 import asyncio
 import contextlib
 import os
+import sys
 import threading
+import time
 from pathlib import Path
 
+import aiohttp
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from rhd.cli import main
+from rhd.runtime.broker import free_port
+from rhd.runtime.http import TFS_METRICS_PATH
 from rhd.runtime.model_client import (
     ModelClient,
     ModelRequestError,
@@ -24,11 +30,16 @@ from rhd.runtime.model_server import (
     BatchingOptions,
     BatchScheduler,
     ServingError,
+    metrics_path,
     policy_versions,
     read_batching_parameters,
     read_model_config,
+    read_monitoring_config,
+    start_rest,
     start_server,
 )
+from rhd.runtime.stack import ServiceProcess
+from rhd.runtime.watch import parse_samples
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -372,6 +383,115 @@ def test_the_shipped_tfserving_files_parse_and_serve_view_at_its_two_newest_vers
     assert view.model_version_policy.latest.num_versions == 2
     assert policy_versions(view, [1, 2, 3]) == [2, 3]
     assert 'path: "/monitoring/prometheus/metrics"' in (TFSERVING / "monitoring.config").read_text()
+
+
+def requests_timed(samples: dict, model: str, method: str, code: str) -> float:
+    return samples.get(("rhd_model_server_request_seconds_count", (("code", code), ("method", method),
+                                                                    ("model", model))), 0.0)
+
+
+def registry_samples() -> dict:
+    """This process's metrics as the REST port exposes them."""
+    return parse_samples(generate_latest().decode())
+
+
+@contextlib.asynccontextmanager
+async def rest_port(metrics: str | None = TFS_METRICS_PATH):
+    runner, port = await start_rest("127.0.0.1", 0, metrics)
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", timeout=aiohttp.ClientTimeout(total=5)) as http:
+            yield http
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_rest_port_serves_prometheus_metrics_with_every_request_timed_by_method_and_status(channel):
+    before = registry_samples()
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    await stub.Predict(predict_request(frames([0])))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Predict(predict_request(frames([0]), name="nope"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "view"
+    await model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status)
+    async with rest_port() as http:
+        async with http.get("/monitoring/prometheus/metrics") as response:
+            assert response.status == 200 and response.content_type == "text/plain"
+            text = await response.text()
+        for path, expected in (("/healthz", 200), ("/readyz", 200), ("/metrics", 404)):  # only TF Serving's path
+            async with http.get(path) as response:
+                assert response.status == expected, path
+    families = {family.name for family in text_string_to_metric_families(text)}
+    assert {"rhd_model_server_request_seconds", "rhd_model_server_batch_size",
+            "rhd_model_server_batch_wait_seconds"} <= families
+    after = parse_samples(text)
+    for model, method, code in [("view", "Predict", "OK"), ("nope", "Predict", "NOT_FOUND"),
+                                ("view", "GetModelStatus", "OK")]:
+        assert requests_timed(after, model, method, code) - requests_timed(before, model, method, code) == 1, code
+    assert requests_timed(after, "view", "Predict", "NOT_FOUND") == requests_timed(before, "view", "Predict",
+                                                                                   "NOT_FOUND")
+
+
+async def test_a_monitoring_config_that_leaves_prometheus_off_serves_no_metrics():
+    async with rest_port(None) as http:
+        async with http.get(TFS_METRICS_PATH) as response:
+            assert response.status == 404
+        async with http.get("/readyz") as response:
+            assert response.status == 200
+
+
+def test_the_monitoring_config_decides_where_the_metrics_answer(tmp_path):
+    assert metrics_path(None) == "/monitoring/prometheus/metrics"  # no file: still scrapeable (TF Serving: none)
+    assert metrics_path(read_monitoring_config(TFSERVING / "monitoring.config")) == "/monitoring/prometheus/metrics"
+    path = tmp_path / "monitoring.config"
+    for text, expected in [
+        ('prometheus_config { enable: true path: "/custom/metrics" }', "/custom/metrics"),
+        ("prometheus_config { enable: true }", "/monitoring/prometheus/metrics"),  # TF Serving's default path
+        ('prometheus_config { path: "/custom/metrics" }', None),  # not enabled
+        ("", None),
+    ]:
+        path.write_text(text)
+        assert metrics_path(read_monitoring_config(path)) == expected, text
+    for text in ('prometheus_config { enable: true path: "metrics" }', 'prometheus_config { path: "/readyz" }',
+                 "prometheus { enable: true }"):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=str(path)):
+            read_monitoring_config(path)
+
+
+async def test_rhd_model_server_serves_metrics_on_its_rest_port_at_the_monitoring_configs_path(models_dir, tmp_path):
+    config = tmp_path / "monitoring.config"
+    config.write_text('prometheus_config { enable: true path: "/custom/metrics" }')
+    grpc_port, rest = free_port(), free_port()
+    server = ServiceProcess("model-server", [
+        sys.executable, "-m", "rhd.cli", "model-server", "--port", str(grpc_port), "--rest-api-port", str(rest),
+        "--models-dir", str(models_dir), "--monitoring-config-file", str(config)], dict(os.environ),
+        tmp_path / "model-server.log")
+    server.start()
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{rest}", timeout=aiohttp.ClientTimeout(total=5)) as http:
+            deadline = time.monotonic() + 120
+            while True:  # the REST port opens once the models are loaded
+                assert server.alive(), server.log_path.read_text()
+                assert time.monotonic() < deadline, server.log_path.read_text()
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get("/readyz") as response:
+                        if response.status == 200:
+                            break
+                await asyncio.sleep(0.2)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+                request.model_spec.name = "view"
+                await prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(request)
+            async with http.get("/custom/metrics") as response:
+                assert response.status == 200
+                samples = parse_samples(await response.text())
+            async with http.get(TFS_METRICS_PATH) as response:
+                assert response.status == 404
+        assert requests_timed(samples, "view", "GetModelMetadata", "OK") == 1
+    finally:
+        assert server.stop(timeout_s=30) == 0
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
 """Shared runtime pieces: blob store (claim check), settings, dead letters, uploads."""
 
+import numpy as np
 import pytest
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.publish import upload_from_dir
-from rhd.runtime.records import dead_letter, frame_key_of, frame_result
+from rhd.runtime.records import dead_letter, frame_image, frame_key_of, frame_pixels, frame_result
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DONE
 from rhd.synth.generator import SynthConfig, synth_studies
@@ -58,3 +59,35 @@ def test_upload_inlines_videos_while_under_the_limit_and_references_the_rest(tmp
     assert inline and referenced
     assert all(store.get(v.blob_uri) == (study / v.filename).read_bytes() for v in referenced)
     assert upload.metadata["patient_name"]  # identifying fields travel until de-identification exists
+
+
+def _frame(image, codec, max_message_bytes=1_000_000):
+    return pb.Frame(height=image.shape[0], width=image.shape[1],
+                    **frame_pixels(image, codec, max_message_bytes))
+
+
+def test_frames_travel_raw_or_as_png_and_read_back_identical():
+    image = np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    raw, png = _frame(image, "raw"), _frame(image, "png")
+    assert raw.WhichOneof("pixels") == "bgr" and len(raw.bgr) == image.nbytes
+    assert png.WhichOneof("pixels") == "png" and png.png.startswith(b"\x89PNG")
+    for frame in (raw, png):
+        decoded = frame_image(pb.Frame.FromString(frame.SerializeToString()))
+        np.testing.assert_array_equal(decoded, image)
+        decoded[0, 0] = 0  # the stage functions may work in place: the image is the reader's own
+    # A raw frame too large for a message goes as PNG instead of being refused downstream.
+    assert _frame(image, "raw", max_message_bytes=image.nbytes).WhichOneof("pixels") == "png"
+
+
+def test_a_malformed_frame_is_an_error_with_the_reason():
+    image = np.zeros((24, 32, 3), np.uint8)
+    short = _frame(image, "raw")
+    short.height = 25
+    with pytest.raises(ValueError, match="not 25 x 32 x 3"):
+        frame_image(short)
+    with pytest.raises(ValueError, match="without pixels"):
+        frame_image(pb.Frame(height=24, width=32))
+    with pytest.raises(ValueError, match="not a PNG"):
+        frame_image(pb.Frame(height=24, width=32, png=b"nope"))
+    with pytest.raises(ValueError, match="unknown frame codec"):
+        frame_pixels(image, "jpeg")

@@ -45,7 +45,7 @@ class Assemble(StageService):
         # The record's own time: a study rebuilt after a restart keeps its deadline.
         study = self.assembler.add(_study_id(done), done, position.timestamp, position.partition, position.offset)
         if self.assembler.duplicates > duplicates:
-            metrics.MESSAGES.labels(self.name, "duplicate").inc()
+            metrics.DUPLICATES.labels(self.name).inc()
         return [_output(study)] if study is not None else []
 
     def tick(self, now: float) -> list[Output]:

@@ -1,9 +1,7 @@
 """features: frames.viewed.v1 -> frames.done.v1 (the analysed frame's terminal record with its features)."""
 
-import cv2
-
 from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, FeatureError, frame_features
-from rhd.runtime.records import Output, frame_result
+from rhd.runtime.records import Output, frame_image, frame_result
 from rhd.runtime.stage import StageService
 from rhd.runtime.topics import FRAMES_VIEWED
 from rhd.split.ops import decode_png
@@ -19,7 +17,7 @@ class Features(StageService):
         frame = viewed.segmented.frame
         try:
             values = frame_features(
-                decode_png(frame.png, cv2.IMREAD_COLOR), decode_png(viewed.segmented.mask.png),
+                frame_image(frame), decode_png(viewed.segmented.mask.png),
                 frame.pixel_spacing_mm, frame.nyquist_cm_s,
             )
         except FeatureError as exc:  # e.g. no colour bar: the frame is accounted for, as failed, with why

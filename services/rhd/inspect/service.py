@@ -1,12 +1,9 @@
 """inspect: frames.decoded.v1 -> frames.doppler.v1 (colour Doppler); anatomical frames end as skipped."""
 
-import cv2
-
 from rhd.inspect.ops import NOT_ECHO, inspect
-from rhd.runtime.records import Output, frame_result
+from rhd.runtime.records import Output, frame_image, frame_result
 from rhd.runtime.stage import StageService
 from rhd.runtime.topics import FRAMES_DECODED, FRAMES_DOPPLER
-from rhd.split.ops import decode_png
 from rhd.v1 import rhd_pb2 as pb
 
 
@@ -16,7 +13,7 @@ class Inspect(StageService):
     input_type = pb.Frame
 
     def handle(self, frame: pb.Frame) -> list[Output]:
-        result = inspect(decode_png(frame.png, cv2.IMREAD_COLOR))
+        result = inspect(frame_image(frame))
         if result.doppler:
             doppler = pb.DopplerFrame(frame=frame, colour_fraction=result.colour_fraction)
             return [Output(FRAMES_DOPPLER, frame.key.video_id, doppler)]

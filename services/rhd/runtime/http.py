@@ -8,10 +8,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
 
+# Where TensorFlow Serving answers Prometheus metrics unless its monitoring config names another path
+# (PrometheusExporter::kPrometheusPath); the embedded model server too.
+TFS_METRICS_PATH = "/monitoring/prometheus/metrics"
+
 
 async def start_http(
-    host: str, port: int, ready: Callable[[], Awaitable[bool]]
+    host: str, port: int, ready: Callable[[], Awaitable[bool]], metrics_path: str | None = "/metrics"
 ) -> tuple[web.AppRunner, int]:
+    """Listen on host:port (0 picks a free one); return the runner and the bound port. The model server puts its
+    metrics where TF Serving's monitoring config says (metrics_path), or serves none (None), as tensorflow/serving."""
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -23,13 +29,15 @@ async def start_http(
         return web.json_response({"ready": ok}, status=200 if ok else 503)
 
     app = web.Application()
-    app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if metrics_path is not None:
+        app.router.add_get(metrics_path, metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    log.info("http on %s:%d (/metrics /healthz /readyz)", host, bound)
+    paths = " ".join(p for p in (metrics_path, "/healthz", "/readyz") if p)
+    log.info("http on %s:%d (%s)", host, bound, paths)
     return runner, bound

@@ -7,7 +7,14 @@ import rhd
 MESSAGES = Counter(
     "rhd_messages_total", "Input messages handled, by outcome (ok, dead_letter).", ["stage", "outcome"]
 )
+DUPLICATES = Counter(
+    "rhd_duplicates_total", "Input records already seen (redeliveries), dropped; among the ok messages.", ["stage"]
+)
 OUTPUTS = Counter("rhd_outputs_total", "Records produced, by topic.", ["stage", "topic"])
+DEAD_LETTERS = Counter(
+    "rhd_dead_letters_total", "Input records dead-lettered, by the input topic (they went to <topic>.dlq).",
+    ["stage", "topic"],
+)
 STAGE_SECONDS = Histogram(
     "rhd_stage_seconds",
     "Time the stage logic takes for one input message (the view stage: including the model call).",

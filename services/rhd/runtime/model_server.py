@@ -1,12 +1,13 @@
 """The embedded stand-in for TensorFlow Serving: its gRPC PredictionService, ModelService.GetModelStatus and
-health service over a `<models_dir>/<name>/<version>/` SavedModel tree, with TF Serving's model config file and
-server-side batching; production runs `tensorflow/serving` with the same two files (compose/tfserving/)."""
+health service over a `<models_dir>/<name>/<version>/` SavedModel tree, with TF Serving's model config file,
+server-side batching and Prometheus metrics on the REST port; production runs `tensorflow/serving` with the same
+files (compose/tfserving/)."""
 
 import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import tensorflow as tf
+from aiohttp import web
 from google.protobuf import any_pb2, text_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,6 +33,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from rhd.runtime.http import TFS_METRICS_PATH, start_http
 from rhd.runtime.modelstore import versions
 from rhd.v1 import tfs_config_pb2
 
@@ -52,10 +55,18 @@ BATCH_WAIT = Histogram(
     ["model"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
 )
 
+REQUEST_SECONDS = Histogram(
+    "rhd_model_server_request_seconds",
+    "Requests the embedded model server answered, from arrival to answer, by the model asked for, method (Predict, "
+    "GetModelMetadata, GetModelStatus) and gRPC status (OK, NOT_FOUND, ...).",
+    ["model", "method", "code"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
 # TensorFlow's error codes are gRPC's status codes, number for number.
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 _M = TypeVar("_M", bound=Message)
+_R = TypeVar("_R")
 
 
 class ServingError(Exception):
@@ -108,6 +119,27 @@ def read_batching_parameters(path: Path) -> BatchingOptions:
 def read_model_config(path: Path) -> model_server_config_pb2.ModelServerConfig:
     """TF Serving's --model_config_file: a text-format tensorflow.serving.ModelServerConfig."""
     return _read_text_proto(path, model_server_config_pb2.ModelServerConfig())
+
+
+def read_monitoring_config(path: Path) -> tfs_config_pb2.MonitoringConfig:
+    """TF Serving's --monitoring_config_file: a text-format MonitoringConfig (rhd/v1/tfs_config.proto). A path that
+    cannot be a route, or that would hide the health endpoints, is refused at start rather than never answering."""
+    config = _read_text_proto(path, tfs_config_pb2.MonitoringConfig())
+    metrics = config.prometheus_config.path
+    if metrics and (not metrics.startswith("/") or metrics in ("/healthz", "/readyz")):
+        raise ValueError(f"{path}: prometheus_config path {metrics!r}: expected an absolute path other than "
+                         "/healthz and /readyz")
+    return config
+
+
+def metrics_path(config: tfs_config_pb2.MonitoringConfig | None) -> str | None:
+    """Where the REST port answers Prometheus metrics: the config's path when it enables them (TF Serving's default
+    when it names none), nowhere when it leaves them off. Without any config tensorflow/serving serves none; this
+    server serves them at the default path, so the embedded stack can be scraped without a file to write."""
+    if config is None:
+        return TFS_METRICS_PATH
+    prometheus = config.prometheus_config
+    return (prometheus.path or TFS_METRICS_PATH) if prometheus.enable else None
 
 
 def _has_batch_axis(signature: tf.types.experimental.ConcreteFunction) -> bool:
@@ -439,6 +471,26 @@ class BatchScheduler:
                     task.future.set_result(result)
 
 
+async def _answer(method: str, spec: model_pb2.ModelSpec, context: grpc.aio.ServicerContext,
+                  work: Callable[[], Awaitable[_R]]) -> _R:
+    """Run one request's work, answer a ServingError with its gRPC status, and time the request by its outcome."""
+    started = time.perf_counter()
+    code = grpc.StatusCode.UNKNOWN  # what grpc.aio answers for an exception that escapes a method
+    try:
+        result = await work()
+        code = grpc.StatusCode.OK
+        return result
+    except ServingError as error:
+        code = error.code
+        await context.abort(error.code, error.message)
+        raise  # abort raises; this only tells the type checker
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    finally:
+        REQUEST_SECONDS.labels(spec.name, method, code.name).observe(time.perf_counter() - started)
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata; Classify, Regress and MultiInference answer UNIMPLEMENTED (base class).
     With a batch scheduler, Predict requests of a signature with a batch axis are merged; others run alone."""
@@ -449,31 +501,32 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(  # noqa: N802 - the gRPC method name
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
-        try:
-            servable = self.repo.find(request.model_spec)
-            if self.batching is None:
-                return await asyncio.to_thread(_predict, servable, request)
-            call = await asyncio.to_thread(_prepare, servable, request)
-            if call.batchable:
-                return await self.batching.submit(call.batch_key, call.rows, servable.name, call)
-            return (await asyncio.to_thread(_run, [call]))[0]
-        except ServingError as error:
-            await context.abort(error.code, error.message)
+        return await _answer("Predict", request.model_spec, context, lambda: self._predict(request))
 
     async def GetModelMetadata(  # noqa: N802
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        try:
-            servable = self.repo.find(request.model_spec)
-            if not request.metadata_field:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   "GetModelMetadataRequest must specify at least one metadata_field")
-            for field_name in request.metadata_field:
-                if field_name != "signature_def":
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"Metadata field {field_name} is not supported")
-        except ServingError as error:
-            await context.abort(error.code, error.message)
+        return await _answer("GetModelMetadata", request.model_spec, context, lambda: self._metadata(request))
+
+    async def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        servable = self.repo.find(request.model_spec)
+        if self.batching is None:
+            return await asyncio.to_thread(_predict, servable, request)
+        call = await asyncio.to_thread(_prepare, servable, request)
+        if call.batchable:
+            return await self.batching.submit(call.batch_key, call.rows, servable.name, call)
+        return (await asyncio.to_thread(_run, [call]))[0]
+
+    async def _metadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        servable = self.repo.find(request.model_spec)
+        if not request.metadata_field:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "GetModelMetadataRequest must specify at least one metadata_field")
+        for field_name in request.metadata_field:
+            if field_name != "signature_def":
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field_name} is not supported")
         packed = any_pb2.Any()
         packed.Pack(get_model_metadata_pb2.SignatureDefMap(signature_def=servable.signature_defs))
         response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -492,17 +545,15 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     async def GetModelStatus(  # noqa: N802
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:
-        spec = request.model_spec
-        try:
-            version = _requested_version(spec)
-            loaded = self.repo.servables.get(spec.name, {})
-            if not loaded:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
-            if version and version not in loaded:
-                raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Could not find version {version} of model {spec.name}")
-        except ServingError as error:
-            await context.abort(error.code, error.message)
+        return await _answer("GetModelStatus", request.model_spec, context, lambda: self._status(request.model_spec))
+
+    async def _status(self, spec: model_pb2.ModelSpec) -> get_model_status_pb2.GetModelStatusResponse:
+        version = _requested_version(spec)
+        loaded = self.repo.servables.get(spec.name, {})
+        if not loaded:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
+        if version and version not in loaded:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {spec.name}")
         response = get_model_status_pb2.GetModelStatusResponse()
         for v in sorted(loaded, reverse=True):
             if not version or v == version:
@@ -541,12 +592,27 @@ async def start_server(models_dir: Path, host: str, port: int, model_names: list
     return server, bound
 
 
+async def start_rest(host: str, port: int, metrics: str | None = TFS_METRICS_PATH) -> tuple[web.AppRunner, int]:
+    """TF Serving's REST port as far as this server has one: Prometheus metrics at `metrics` (none when None), and
+    /healthz and /readyz as every service of the line answers. Started once the models are loaded, as
+    tensorflow/serving opens its REST port, so it is ready whenever it answers."""
+    async def ready() -> bool:
+        return True
+
+    return await start_http(host, port, ready, metrics)
+
+
 async def serve(models_dir: Path, host: str, port: int, model_names: list[str] | None = None, *,
                 model_config: model_server_config_pb2.ModelServerConfig | None = None,
-                batching: BatchingOptions | None = None) -> None:
-    """Run until cancelled; in-flight requests get a few seconds to finish."""
+                batching: BatchingOptions | None = None, rest_api_port: int = 0,
+                metrics: str | None = TFS_METRICS_PATH) -> None:
+    """Run until cancelled; in-flight requests get a few seconds to finish. rest_api_port 0 opens no REST port,
+    as TF Serving's --rest_api_port=0."""
     server, _ = await start_server(models_dir, host, port, model_names, model_config=model_config, batching=batching)
+    rest = (await start_rest(host, rest_api_port, metrics))[0] if rest_api_port else None
     try:
         await server.wait_for_termination()
     finally:
+        if rest is not None:
+            await rest.cleanup()
         await server.stop(grace=5)

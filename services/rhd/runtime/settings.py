@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -16,6 +17,9 @@ class Settings(BaseSettings):
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
     fetch_max_records: int = 32
+    # How split sends frames: raw (no codec cost, ~230 kB a 240x320 frame) or png (~70 kB, ~5 ms to encode and
+    # 1-2 ms to decode in each later stage). Every reader accepts both.
+    frame_codec: Literal["raw", "png"] = "raw"
     # Where payloads too large for a message go (claim check): a directory every service can read.
     blob_dir: Path = Path("var/blobs")
     # Threads that run a stage's CPU work off the event loop.

@@ -1,6 +1,7 @@
 """The embedded stack on one machine: broker, model server and every stage as separate processes."""
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -12,39 +13,31 @@ from pathlib import Path
 import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from rhd.runtime.broker import EmbeddedBroker, free_port
+from rhd.runtime.http import TFS_METRICS_PATH
 from rhd.runtime.settings import Settings
+from rhd.runtime.watch import MODEL_SERVER_JOB, Target, fetch_samples, file_sd, total
 
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("split", "inspect", "segment", "view", "features", "assemble", "diagnose")
 
 
-
-async def stage_seconds(http: aiohttp.ClientSession, port: int, stage: str | None = None) -> tuple[float, float]:
-    """(messages handled, seconds in the stage logic) from a service's rhd_stage_seconds histogram on /metrics,
-    for one stage or, with stage None, summed over every stage the process serves."""
-    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
-        text = await response.text()
-    count = seconds = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name != "rhd_stage_seconds":
-            continue
-        for sample in family.samples:
-            if stage is not None and sample.labels.get("stage") != stage:
-                continue
-            if sample.name.endswith("_count"):
-                count += sample.value
-            elif sample.name.endswith("_sum"):
-                seconds += sample.value
-    return count, seconds
+async def stage_seconds(http: aiohttp.ClientSession, port: int, stage: str | None = None,
+                        path: str = "/metrics") -> tuple[float, float]:
+    """(messages handled, seconds in the stage logic) from a service's rhd_stage_seconds histogram, for one stage
+    or, with stage None, summed over every stage the process serves; (0, 0) from a process that has none."""
+    samples = await fetch_samples(http, f"http://127.0.0.1:{port}{path}")
+    match = {"stage": stage} if stage is not None else {}
+    return total(samples, "rhd_stage_seconds_count", **match), total(samples, "rhd_stage_seconds_sum", **match)
 
 
 class ServiceProcess:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, http_port: int = 0):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, http_port: int = 0,
+                 metrics_path: str = "/metrics"):
         self.name, self.argv, self.env, self.log_path, self.http_port = name, argv, env, log_path, http_port
+        self.metrics_path = metrics_path
         self.process: subprocess.Popen[bytes] | None = None
         self._sent: set[int] = set()
 
@@ -98,7 +91,8 @@ async def wait_serving(port: int, server: ServiceProcess, timeout_s: float) -> f
 
 
 class EmbeddedStack:
-    """Starts everything `rhd demo` and the integration tests need, and stops all of it."""
+    """Starts everything `rhd demo` and the integration tests need, and stops all of it. `<workdir>/targets.json`
+    lists every service's metrics endpoint in Prometheus file_sd format, for a local Prometheus and `rhd watch`."""
 
     def __init__(self, workdir: Path, settings: Settings, replicas: dict[str, int] | None = None) -> None:
         self.workdir = Path(workdir)
@@ -108,6 +102,7 @@ class EmbeddedStack:
         self.model_port = free_port()
         self.services: list[ServiceProcess] = []
         self.settings = settings
+        self.targets_path = self.workdir / "targets.json"
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RHD_")}
@@ -134,12 +129,15 @@ class EmbeddedStack:
             "model_server": f"127.0.0.1:{self.model_port}",
         })
         rhd = [sys.executable, "-m", "rhd.cli"]
+        rest_port = free_port()  # its metrics, and /readyz once the models are loaded
         server = ServiceProcess(
-            "model-server", [*rhd, "model-server", "--port", str(self.model_port)], self._env(),
-            self.workdir / "logs" / "model-server.log",
+            MODEL_SERVER_JOB,
+            [*rhd, "model-server", "--port", str(self.model_port), "--rest-api-port", str(rest_port)],
+            self._env(), self.workdir / "logs" / "model-server.log", http_port=rest_port, metrics_path=TFS_METRICS_PATH,
         )
         server.start()
         self.services.append(server)
+        self.write_targets()
         for stage in STAGES:
             for replica in range(self.replicas.get(stage, 1)):
                 self.start_stage(stage, replica)
@@ -154,7 +152,16 @@ class EmbeddedStack:
         )
         service.start()
         self.services.append(service)
+        self.write_targets()
         return service
+
+    def write_targets(self) -> None:
+        """Every service with an HTTP port as a Prometheus file_sd target, one entry per job. Written whole and
+        renamed into place, so a reader (Prometheus re-reads it on change) never sees half a file."""
+        targets = [Target(s.name, f"127.0.0.1:{s.http_port}", s.metrics_path) for s in self.services if s.http_port]
+        partial = self.targets_path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(file_sd(targets), indent=2) + "\n")
+        partial.replace(self.targets_path)
 
     async def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -247,6 +247,7 @@ class StageRunner:
                 log.warning("%s dead-letters %s[%d]@%d: %s", svc.name, record.topic, record.partition,
                             record.offset, reason)
             metrics.MESSAGES.labels(svc.name, "dead_letter").inc()
+            metrics.DEAD_LETTERS.labels(svc.name, record.topic).inc()
             return [self._encode(out) for out in self._dead_letter(record, message, reason, error_type)]
         finally:
             if self._is_async:
@@ -273,7 +274,13 @@ class StageRunner:
 
     def _record_lag(self) -> None:
         assert self.consumer is not None
-        for tp in self.consumer.assignment():
+        assigned = self.consumer.assignment()
+        # A partition that moved to another replica is reported there: drop its series here, or the
+        # summed lag of the stage would count it twice, frozen at its last value.
+        for tp in [tp for tp in self._positions if tp not in assigned]:
+            del self._positions[tp]
+            metrics.CONSUMER_LAG.remove(self.service.name, tp.topic, str(tp.partition))
+        for tp in assigned:
             highwater = self.consumer.highwater(tp)
             position = self._positions.get(tp)
             if highwater is not None and position is not None:

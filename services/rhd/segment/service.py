@@ -1,12 +1,10 @@
 """segment: frames.doppler.v1 -> frames.segmented.v1 (frame + flow mask from k-means colour clustering)."""
 
-import cv2
-
-from rhd.runtime.records import Output
+from rhd.runtime.records import Output, frame_image
 from rhd.runtime.stage import StageService
 from rhd.runtime.topics import FRAMES_DOPPLER, FRAMES_SEGMENTED
 from rhd.segment.ops import segment
-from rhd.split.ops import decode_png, encode_png
+from rhd.split.ops import encode_png
 from rhd.v1 import rhd_pb2 as pb
 
 
@@ -16,7 +14,7 @@ class Segment(StageService):
     input_type = pb.DopplerFrame
 
     def handle(self, doppler: pb.DopplerFrame) -> list[Output]:
-        result = segment(decode_png(doppler.frame.png, cv2.IMREAD_COLOR))
+        result = segment(frame_image(doppler.frame))
         mask = pb.Mask(png=encode_png(result.labels), flow_pixels=result.flow_pixels,
                        mosaic_pixels=result.mosaic_pixels)
         segmented = pb.SegmentedFrame(frame=doppler.frame, colour_fraction=doppler.colour_fraction, mask=mask)

@@ -1,11 +1,12 @@
-"""split: studies.uploaded.v1 -> frames.decoded.v1 (one lossless record per frame) + the study's manifest."""
+"""split: studies.uploaded.v1 -> frames.decoded.v1 (one lossless record per frame, raw or PNG) + the study's
+manifest."""
 
 from rhd.runtime.blobs import BlobStore
-from rhd.runtime.records import Output, dead_letter, now
+from rhd.runtime.records import Output, dead_letter, frame_pixels, now
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import StageService
 from rhd.runtime.topics import FRAMES_DECODED, FRAMES_DONE, STUDIES_UPLOADED, dlq
-from rhd.split.ops import VideoDecodeError, decode_video, encode_png
+from rhd.split.ops import VideoDecodeError, decode_video
 from rhd.v1 import rhd_pb2 as pb
 
 
@@ -21,8 +22,11 @@ class Split(StageService):
     input_topic = STUDIES_UPLOADED
     input_type = pb.StudyUpload
 
+    codec, max_message_bytes = "raw", 1_000_000
+
     async def start(self, settings: Settings) -> None:
         self.blobs = BlobStore(settings.blob_dir)
+        self.codec, self.max_message_bytes = settings.frame_codec, settings.max_message_bytes
 
     def validate(self, upload: pb.StudyUpload) -> str | None:
         if not upload.study_id:
@@ -58,9 +62,9 @@ class Split(StageService):
             for index, image in enumerate(decoded.frames):
                 key = pb.FrameKey(study_id=upload.study_id, video_id=video.video_id, frame_index=index,
                                   video_frame_count=count, uploaded_at=upload.uploaded_at)
-                frame = pb.Frame(key=key, png=encode_png(image), height=image.shape[0], width=image.shape[1],
-                                 fps=decoded.fps, pixel_spacing_mm=spacing, nyquist_cm_s=nyquist,
-                                 decoded_at=now())
+                frame = pb.Frame(key=key, height=image.shape[0], width=image.shape[1], fps=decoded.fps,
+                                 pixel_spacing_mm=spacing, nyquist_cm_s=nyquist, decoded_at=now(),
+                                 **frame_pixels(image, self.codec, self.max_message_bytes))
                 outputs.append(Output(FRAMES_DECODED, video.video_id, frame))
             manifest.videos.add(video_id=video.video_id, status=pb.VIDEO_STATUS_DECODED, frame_count=count)
         # The manifest goes last: assemble waits for it and for every frame it lists.

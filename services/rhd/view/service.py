@@ -4,15 +4,12 @@ Frames from concurrent messages are micro-batched by the client into one Predict
 model server is down, frames wait and retry; after `RHD_MODEL_RETRY_FOR_S` they are dead-lettered.
 """
 
-import cv2
-
 from rhd.runtime import metrics
 from rhd.runtime.model_client import ModelClient
-from rhd.runtime.records import Output
+from rhd.runtime.records import Output, frame_image
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import StageService
 from rhd.runtime.topics import FRAMES_SEGMENTED, FRAMES_VIEWED
-from rhd.split.ops import decode_png
 from rhd.v1 import rhd_pb2 as pb
 from rhd.view.ops import prediction_from_outputs
 
@@ -38,7 +35,7 @@ class View(StageService):
         return await self.client.ready()
 
     async def handle(self, segmented: pb.SegmentedFrame) -> list[Output]:
-        image = decode_png(segmented.frame.png, cv2.IMREAD_COLOR)
+        image = frame_image(segmented.frame)
         outputs = await self.client.predict(image)
         if not self.model_version:
             self.model_version = await self.client.metadata()

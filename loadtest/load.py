@@ -1,0 +1,504 @@
+"""Open-loop load test of the whole line: generated studies published at a fixed arrival rate for a bounded time,
+diagnoses read back, throughput and latency percentiles reported. Prints figures and writes JSON + PNG; asserts
+nothing.
+
+    .venv/bin/python loadtest/load.py [--search] [--rates 0.05,0.1] [--duration S] [--replicas stage=N ...]
+                                      [--bootstrap HOST:PORT] [--out DIR]
+
+Open loop: arrival i is due at t0 + i / rate whatever happened to the arrivals before it, and its latency runs
+from that due time (it is the upload's `uploaded_at`), so a publisher or a line that falls behind shows up as
+latency instead of silently lowering the offered rate (no coordinated omission). Each arrival is a study of a
+small generated pool published again under fresh study and video ids; the line never sees the same ids twice.
+
+Without --bootstrap the embedded stack (Tansu, the model server, every stage as its own process) is started
+here, with --replicas; with it, the line already running on that broker is loaded (its blob directory must be
+the RHD_BLOB_DIR given here) and replicas are the operator's business.
+
+--search, on the embedded stack: the latency of one study alone; a burst of studies for a first estimate of the
+capacity; open-loop steps around it until the line stops keeping up (the saturation rate); the bottleneck stage
+(where the consumer lag piles up, and the busiest); a step at half the saturation rate; then the overloaded
+rate again with two replicas of the bottleneck. Then the in-process reference (the same stage functions in a
+loop, one process per core) and the ratio of the two.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from rhd.runtime.blobs import BlobStore
+from rhd.runtime.publish import upload_from_dir
+from rhd.runtime.records import now
+from rhd.runtime.settings import Settings
+from rhd.runtime.stack import STAGES, EmbeddedStack, ServiceProcess
+from rhd.runtime.topics import STUDIES_DIAGNOSED, STUDIES_UPLOADED
+from rhd.runtime.watch import Target, total
+from rhd.runtime.watch import scrape as scrape_target
+from rhd.synth.generator import SynthConfig, synth_studies
+from rhd.v1 import rhd_pb2 as pb
+
+ROOT = Path(__file__).resolve().parents[1]
+# The demo's studies: the screening protocol's first 10 videos of 1-2 s (about 340 frames, 80% colour Doppler).
+SYNTH = SynthConfig(videos_per_study=10, duration_s=(1.0, 2.0))
+KEEPS_UP_LATENCY_GROWTH = 1.5  # last third's median latency over the first third's: above it, a queue is building
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# -- the study pool and its arrivals ----------------------------------------------------------------------------
+
+def study_pool(workdir: Path, n: int, seed: int, blobs: BlobStore, max_message_bytes: int) -> list[pb.StudyUpload]:
+    dirs = synth_studies(seed, n, workdir / "pool", SYNTH, balanced=True)
+    return [upload_from_dir(d, blobs, max_message_bytes) for d in dirs]
+
+
+def arrival(template: pb.StudyUpload, tag: str, due: float) -> pb.StudyUpload:
+    """The template under fresh ids, uploaded (for latency) at its due time."""
+    upload = pb.StudyUpload()
+    upload.CopyFrom(template)
+    upload.study_id = f"{template.study_id}-{tag}"
+    upload.upload_id = f"{template.upload_id[:16]}-{tag}"
+    upload.metadata["study_id"] = upload.study_id
+    for video in upload.videos:
+        video.video_id = f"{video.video_id}-{tag}"
+    upload.uploaded_at.FromNanoseconds(int(due * 1e9))
+    return upload
+
+
+# -- reading diagnoses and stage metrics ------------------------------------------------------------------------
+
+class Diagnoses:
+    """Every diagnosis of the run, from the topic's end at start: study id -> (uploaded, diagnosed, completeness)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.seen: dict[str, tuple[float, float, int]] = {}
+        self.duplicates = 0
+        self._task: asyncio.Task | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        # Assigned, not subscribed: no group to join, so nothing is missed while a join waits.
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False,
+                                          group_id=None)
+        await self._consumer.start()
+        self._consumer.assign([TopicPartition(STUDIES_DIAGNOSED, p) for p in range(self.settings.partitions)])
+        await self._consumer.seek_to_end()
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    d = pb.Diagnosis.FromString(record.value or b"")
+                    if d.study_id in self.seen:
+                        self.duplicates += 1
+                        continue
+                    self.seen[d.study_id] = (d.uploaded_at.ToNanoseconds() / 1e9, d.diagnosed_at.ToNanoseconds() / 1e9,
+                                             d.completeness)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._consumer:
+            await self._consumer.stop()
+
+    async def wait_for(self, ids: Sequence[str], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(i in self.seen for i in ids):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+
+async def scrape(http: aiohttp.ClientSession, services: Sequence[ServiceProcess]) -> dict[str, dict[str, float]]:
+    """Per stage, summed over its replicas: seconds in the stage logic and consumer lag now."""
+    figures = {s: {"busy_s": 0.0, "lag": 0.0} for s in STAGES}
+    for service in services:
+        if service.name in figures and service.alive():
+            samples = await scrape_target(http, Target(service.name, f"127.0.0.1:{service.http_port}"))
+            if samples is not None:
+                figures[service.name]["busy_s"] += total(samples, "rhd_stage_seconds_sum")
+                figures[service.name]["lag"] += total(samples, "rhd_consumer_lag")
+    return figures
+
+
+# -- one open-loop step ---------------------------------------------------------------------------------------
+
+@dataclass
+class Step:
+    name: str
+    offered_per_s: float
+    duration_s: float
+    replicas: dict[str, int]
+    sent: int = 0
+    diagnosed: int = 0
+    incomplete: int = 0
+    throughput_per_s: float = 0.0
+    latency_s: dict[str, float] = field(default_factory=dict)
+    kept_up: bool = False
+    publish_late_s_max: float = 0.0  # how far behind its schedule the publisher ever was
+    stage_busy_s: dict[str, float] = field(default_factory=dict)
+    stage_peak_lag: dict[str, float] = field(default_factory=dict)
+    points: list[tuple[float, float]] = field(default_factory=list)  # (arrival since step start, latency)
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(max(values)),
+            "mean": float(statistics.fmean(values))}
+
+
+def keeps_up(step: Step, points: list[tuple[float, float]]) -> bool:
+    """Every arrival diagnosed, and no queue building: the last third's latencies not above the first third's."""
+    if step.diagnosed < step.sent or len(points) < 3:
+        return step.diagnosed == step.sent and step.sent > 0
+    ordered = [latency for _, latency in sorted(points)]
+    third = max(1, len(ordered) // 3)
+    return statistics.median(ordered[-third:]) <= KEEPS_UP_LATENCY_GROWTH * statistics.median(ordered[:third])
+
+
+async def run_step(name: str, settings: Settings, pool: list[pb.StudyUpload], rate: float, duration_s: float,
+                   drain_s: float, diagnoses: Diagnoses, services: Sequence[ServiceProcess],
+                   replicas: dict[str, int]) -> Step:
+    """Publish at `rate` studies/s for `duration_s` (open loop), then wait up to `drain_s` for every diagnosis."""
+    step = Step(name, rate, duration_s, dict(replicas))
+    n = max(1, round(rate * duration_s))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=False,
+                                max_request_size=settings.max_message_bytes, linger_ms=0)
+    await producer.start()
+    ids: list[str] = []
+    peak: dict[str, float] = {s: 0.0 for s in STAGES}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        before = await scrape(http, services)
+        sampling = True
+
+        async def sample_lag() -> None:
+            while sampling:
+                for stage, figures in (await scrape(http, services)).items():
+                    peak[stage] = max(peak[stage], figures["lag"])
+                await asyncio.sleep(2.0)
+
+        sampler = asyncio.create_task(sample_lag())
+        t0 = time.time() + 0.5
+        acks = []
+        try:
+            for i in range(n):
+                due = t0 + i / rate
+                await asyncio.sleep(max(0.0, due - time.time()))
+                step.publish_late_s_max = max(step.publish_late_s_max, time.time() - due)
+                upload = arrival(pool[i % len(pool)], f"{name}-{i}", due)
+                ids.append(upload.study_id)
+                acks.append(await producer.send(STUDIES_UPLOADED, upload.SerializeToString(),
+                                                key=upload.study_id.encode()))
+            await asyncio.gather(*acks)
+        finally:
+            await producer.stop()
+        await diagnoses.wait_for(ids, drain_s)
+        sampling = False
+        await sampler
+        after = await scrape(http, services)
+    done = [diagnoses.seen[i] for i in ids if i in diagnoses.seen]
+    step.sent, step.diagnosed = len(ids), len(done)
+    step.incomplete = sum(1 for _, _, completeness in done if completeness != pb.COMPLETENESS_COMPLETE)
+    step.points = sorted((uploaded - t0, diagnosed - uploaded) for uploaded, diagnosed, _ in done)
+    step.latency_s = percentiles([latency for _, latency in step.points])
+    if done:
+        # Diagnoses over the span from the first arrival to the last diagnosis: below the offered rate when the line
+        # cannot keep up, since the span then stretches into the drain.
+        span = max(diagnosed for _, diagnosed, _ in done) - t0
+        step.throughput_per_s = len(done) / span if span > 0 else 0.0
+    step.kept_up = keeps_up(step, step.points)
+    step.stage_busy_s = {s: after[s]["busy_s"] - before[s]["busy_s"] for s in STAGES}
+    step.stage_peak_lag = peak
+    late = f", publisher up to {step.publish_late_s_max:.2f} s late" if step.publish_late_s_max > 0.5 else ""
+    lat = step.latency_s
+    say(f"  {name:<14} offered {rate:.3f}/s for {duration_s:.0f} s: {step.diagnosed}/{step.sent} diagnosed, "
+        f"{step.throughput_per_s:.3f}/s; latency p50 {lat.get('p50', float('nan')):.1f} s, "
+        f"p95 {lat.get('p95', float('nan')):.1f} s, p99 {lat.get('p99', float('nan')):.1f} s; "
+        f"{'keeps up' if step.kept_up else 'FALLS BEHIND'}; peak lag "
+        + ", ".join(f"{s} {int(v)}" for s, v in peak.items() if v) + late)
+    return step
+
+
+def bottleneck(step: Step) -> str:
+    """Where the queue piles up: the stage with the largest peak consumer lag (records waiting for it); ties (no
+    lag anywhere) go to the stage that spent the most seconds working."""
+    return max(STAGES, key=lambda s: (step.stage_peak_lag.get(s, 0.0), step.stage_busy_s.get(s, 0.0)))
+
+
+# -- single study, burst, the in-process reference ---------------------------------------------------------------
+
+async def single_study_latency(settings: Settings, pool: list[pb.StudyUpload], diagnoses: Diagnoses,
+                               services: Sequence[ServiceProcess], repeats: int) -> list[float]:
+    """One study at a time into an idle line: the latency a study has with nothing else to wait for."""
+    latencies = []
+    for i in range(repeats):
+        step = await run_step(f"alone-{i}", settings, [pool[i % len(pool)]], 1.0, 1.0, 600.0, diagnoses, services, {})
+        latencies += [latency for _, latency in step.points]
+    return latencies
+
+
+async def burst(settings: Settings, pool: list[pb.StudyUpload], n: int, diagnoses: Diagnoses,
+                services: Sequence[ServiceProcess]) -> float:
+    """n studies at once: diagnoses/s until the last, a first estimate of the line's capacity."""
+    step = await run_step("burst", settings, pool, 1000.0, n / 1000.0, 900.0, diagnoses, services, {})
+    return step.throughput_per_s
+
+
+def _reference_worker(args: tuple[list[str], str]) -> int:
+    from rhd.diagnose.ops import diagnose, load_study_model
+    from rhd.inprocess import analyse_study
+    from rhd.view.local import LocalViewModel
+
+    study_dirs, models_dir = args
+    view = LocalViewModel(Path(models_dir))
+    model = load_study_model(Path(models_dir))
+    started = time.perf_counter()
+    for study_dir in study_dirs:
+        analysis = analyse_study(Path(study_dir), view)
+        diagnose(model, analysis.names, analysis.values)
+    return int(1e6 * (time.perf_counter() - started))
+
+
+def reference_loop_seconds(study_dirs: list[Path], models_dir: Path, processes: int) -> tuple[float, float]:
+    """The same stage functions called in a loop, no Kafka, no PNG hops, one process per core over its share of
+    the studies: (the slowest loop's seconds, the wall seconds including each process loading the models)."""
+    shares = [[str(d) for d in study_dirs[i::processes]] for i in range(processes)]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(processes) as pool:
+        loops = list(pool.map(_reference_worker, [(share, str(models_dir)) for share in shares]))
+    return max(loops) / 1e6, time.perf_counter() - started
+
+
+# -- the PNG ----------------------------------------------------------------------------------------------------
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [s for s in results["steps"] if not s["name"].startswith("alone")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for s in steps:
+        if s["points"]:
+            xs, ys = zip(*s["points"], strict=True)
+            left.plot(xs, ys, "o-", ms=3, lw=0.8, label=f"{s['name']} ({s['offered_per_s']:.3f}/s)")
+    if results.get("single_study_latency_s"):
+        left.axhline(results["single_study_latency_s"]["p50"], color="grey", ls="--", lw=1, label="one study alone")
+    left.set(xlabel="arrival time in the step (s)", ylabel="upload to diagnosis (s)", title="Latency over time")
+    left.legend(fontsize=7)
+    offered = [s for s in steps if s["name"].startswith("rate") or s["name"].startswith("half")]
+    right.plot([s["offered_per_s"] for s in offered], [s["throughput_per_s"] for s in offered], "o-",
+               label="1 replica each")
+    two = [s for s in steps if s["name"].startswith("replicas")]
+    if two:
+        right.plot([s["offered_per_s"] for s in two], [s["throughput_per_s"] for s in two], "s", ms=9,
+                   label=f"2 x {results.get('bottleneck')}")
+    top = max([s["offered_per_s"] for s in steps] + [0.01])
+    right.plot([0, top], [0, top], color="grey", ls=":", lw=1, label="throughput = offered")
+    if results.get("in_process_per_s"):
+        right.axhline(results["in_process_per_s"], color="green", ls="--", lw=1, label="in-process reference")
+    right.set(xlabel="offered studies/s", ylabel="diagnosed studies/s", title="Throughput vs offered rate")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- runs ------------------------------------------------------------------------------------------------------
+
+class Line:
+    """The line under load: the embedded stack started here (with replicas), or one already on a broker."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path, replicas: dict[str, int]) -> None:
+        self.args, self.workdir, self.replicas = args, workdir, replicas
+        self.stack: EmbeddedStack | None = None
+        self.settings = Settings()
+        self.diagnoses: Diagnoses | None = None
+
+    async def __aenter__(self) -> "Line":
+        base = Settings().model_copy(update={"blob_dir": self.workdir / "blobs", "study_deadline_s": 600.0})
+        if self.args.bootstrap:
+            self.settings = base.model_copy(update={"bootstrap_servers": self.args.bootstrap})
+        else:
+            self.stack = EmbeddedStack(self.workdir / "stack", base, self.replicas)
+            self.settings = await self.stack.start()
+        self.diagnoses = Diagnoses(self.settings)
+        await self.diagnoses.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self.diagnoses:
+            await self.diagnoses.stop()
+        if self.stack:
+            self.stack.stop()
+
+    @property
+    def services(self) -> list[ServiceProcess]:
+        return self.stack.services if self.stack else []
+
+
+async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> None:
+    blobs = BlobStore(workdir / "blobs")
+    pool = study_pool(workdir, args.pool, args.seed, blobs, Settings().max_message_bytes)
+    say(f"pool: {len(pool)} generated studies ({SYNTH.videos_per_study} videos of {SYNTH.duration_s[0]:g}-"
+        f"{SYNTH.duration_s[1]:g} s), published again and again under fresh ids")
+    steps: list[Step] = []
+    async with Line(args, workdir, {}) as line:
+        assert line.diagnoses is not None
+        alone = await single_study_latency(line.settings, pool, line.diagnoses, line.services, args.alone)
+        results["single_study_latency_s"] = percentiles(alone)
+        say(f"one study alone: latency {statistics.median(alone):.1f} s (median of {len(alone)})")
+        estimate = await burst(line.settings, pool, args.burst, line.diagnoses, line.services)
+        results["burst_per_s"] = estimate
+        say(f"burst of {args.burst} studies at once: {estimate:.3f} studies/s")
+        for factor in args.factors:
+            rate = round(estimate * factor, 4)
+            duration = max(args.duration, args.min_arrivals / rate)
+            steps.append(await run_step(f"rate-{factor:g}x", line.settings, pool, rate, duration, args.drain,
+                                        line.diagnoses, line.services, {}))
+            if not steps[-1].kept_up and factor > 1:
+                break
+        kept = [s for s in steps if s.kept_up]
+        saturation = max((s.offered_per_s for s in kept), default=0.0)
+        capacity = max(s.throughput_per_s for s in steps)
+        overloaded = next((s for s in steps if not s.kept_up), steps[-1])
+        neck = bottleneck(overloaded)
+        results.update(saturation_per_s=saturation, capacity_per_s=capacity, bottleneck=neck,
+                       overloaded_step=overloaded.name)
+        say(f"saturation: {saturation:.3f} studies/s kept up; capacity {capacity:.3f} studies/s; bottleneck {neck} "
+            f"(peak lag {int(overloaded.stage_peak_lag[neck])} records at {overloaded.offered_per_s:.3f}/s)")
+        half_rate = (saturation or capacity) / 2
+        duration = max(args.duration, args.min_arrivals / half_rate)
+        half = await run_step("half-saturation", line.settings, pool, half_rate, duration, args.drain,
+                              line.diagnoses, line.services, {})
+        steps.append(half)
+    replicas = {neck: 2}
+    async with Line(args, workdir, replicas) as line:
+        assert line.diagnoses is not None
+        again = await run_step(f"replicas-2x{neck}", line.settings, pool, overloaded.offered_per_s,
+                               overloaded.duration_s, args.drain, line.diagnoses, line.services, replicas)
+        steps.append(again)
+        results["bottleneck_with_2_replicas"] = bottleneck(again)
+    results["steps"] = [asdict(s) for s in steps]
+
+
+def reference(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> None:
+    dirs = sorted(p for p in (workdir / "pool").iterdir() if p.is_dir() and p.name != "truth")
+    processes = os.cpu_count() or 1
+    loop_s, wall_s = reference_loop_seconds(dirs * args.reference_repeats, ROOT / "models", processes)
+    n = len(dirs) * args.reference_repeats
+    results["in_process_per_s"] = n / loop_s
+    results["in_process"] = {"studies": n, "processes": processes, "loop_s": loop_s, "wall_s_with_model_load": wall_s}
+    say(f"in-process reference: {n} studies in {loop_s:.1f} s over {processes} processes = "
+        f"{n / loop_s:.3f} studies/s")
+
+
+def goals(results: dict[str, Any]) -> list[str]:
+    lines = []
+    streaming = results.get("capacity_per_s")
+    ref = results.get("in_process_per_s")
+    if streaming and ref:
+        ratio = streaming / ref
+        results["streaming_over_in_process"] = ratio
+        lines.append(f"streaming/in-process ratio: {ratio:.2f}")
+        lines.append(f"  goal >= 0.80: {'met' if ratio >= 0.8 else 'missed'} ({streaming:.3f} vs {ref:.3f} studies/s)")
+    half = next((s for s in results.get("steps", []) if s["name"] == "half-saturation"), None)
+    alone = results.get("single_study_latency_s", {}).get("p50")
+    if half and alone and half["latency_s"]:
+        p95 = half["latency_s"]["p95"]
+        lines.append(f"p95 study latency at half saturation {p95:.1f} s vs one study alone {alone:.1f} s: "
+                     f"{p95 / alone:.2f}x (goal <= 2x: {'met' if p95 <= 2 * alone else 'missed'})")
+    return lines
+
+
+def parse_replicas(values: list[str]) -> dict[str, int]:
+    replicas = {}
+    for value in values:
+        stage, _, count = value.partition("=")
+        if stage not in STAGES or not count.isdigit():
+            raise SystemExit(f"--replicas {value}: want stage=N with stage one of {', '.join(STAGES)}")
+        replicas[stage] = int(count)
+    return replicas
+
+
+async def fixed_rates(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> None:
+    blobs = BlobStore(Path(os.environ.get("RHD_BLOB_DIR", workdir / "blobs")) if args.bootstrap else workdir / "blobs")
+    pool = study_pool(workdir, args.pool, args.seed, blobs, Settings().max_message_bytes)
+    replicas = parse_replicas(args.replicas)
+    steps = []
+    async with Line(args, workdir, replicas) as line:
+        assert line.diagnoses is not None
+        for rate in args.rates:
+            duration = max(args.duration, args.min_arrivals / rate)
+            steps.append(await run_step(f"rate-{rate:g}", line.settings, pool, rate, duration, args.drain,
+                                        line.diagnoses, line.services, replicas))
+    results["steps"] = [asdict(s) for s in steps]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--search", action="store_true", help="find the saturation rate and the bottleneck")
+    parser.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[],
+                        help="offered studies/s, one step each (without --search)")
+    parser.add_argument("--duration", type=float, default=90.0, help="seconds of arrivals per step (at least)")
+    parser.add_argument("--min-arrivals", type=int, default=6, help="a step lasts long enough for this many")
+    parser.add_argument("--drain", type=float, default=300.0, help="seconds to wait for a step's last diagnoses")
+    parser.add_argument("--factors", type=lambda v: [float(x) for x in v.split(",")], default=[0.6, 0.85, 1.1, 1.4],
+                        help="--search: offered rates as multiples of the burst estimate")
+    parser.add_argument("--burst", type=int, default=8)
+    parser.add_argument("--alone", type=int, default=3, help="single studies for the baseline latency")
+    parser.add_argument("--pool", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=4242)
+    parser.add_argument("--reference-repeats", type=int, default=2, help="in-process passes over the pool")
+    parser.add_argument("--replicas", action="append", default=[], metavar="STAGE=N")
+    parser.add_argument("--bootstrap", help="load the line already running on this broker")
+    parser.add_argument("--out", default="var/loadtest", help="JSON and PNG go here")
+    args = parser.parse_args(argv)
+    if args.search and args.bootstrap:
+        raise SystemExit("--search starts the embedded stack itself (replicas included): leave out --bootstrap")
+    if not args.search and not args.rates:
+        raise SystemExit("give --rates or --search")
+    out = Path(args.out)
+    workdir = out / "work"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    results: dict[str, Any] = {"cores": os.cpu_count(), "synth": asdict(SYNTH), "args": vars(args),
+                               "started": now().ToJsonString()}
+    if args.search:
+        asyncio.run(search(args, workdir, results))
+        reference(args, workdir, results)
+    else:
+        asyncio.run(fixed_rates(args, workdir, results))
+    for line in goals(results):
+        say(line)
+    (out / "load.json").write_text(json.dumps(results, indent=1, default=str))
+    plot(results, out / "load.png")
+    say(f"wrote {out / 'load.json'} and {out / 'load.png'}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

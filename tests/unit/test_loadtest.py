@@ -1,0 +1,61 @@
+"""The load test's own arithmetic: fresh ids per arrival, latency from the due time, when a step keeps up, and
+which stage is the bottleneck."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "loadtest"))
+import load  # noqa: E402
+from rhd.v1 import rhd_pb2 as pb  # noqa: E402
+
+
+def template() -> pb.StudyUpload:
+    upload = pb.StudyUpload(study_id="S1", upload_id="u" * 32, metadata={"study_id": "S1", "nyquist_cm_s": "60"})
+    upload.videos.add(video_id="S1-V01", inline_data=b"mp4")
+    upload.videos.add(video_id="S1-V02", blob_uri="blob://x")
+    return upload
+
+
+def test_an_arrival_is_the_template_under_fresh_ids_uploaded_at_its_due_time():
+    a, b = load.arrival(template(), "r-0", 1000.25), load.arrival(template(), "r-1", 1001.0)
+    assert (a.study_id, b.study_id) == ("S1-r-0", "S1-r-1")
+    assert a.metadata["study_id"] == "S1-r-0" and a.metadata["nyquist_cm_s"] == "60"
+    assert [v.video_id for v in a.videos] == ["S1-V01-r-0", "S1-V02-r-0"]
+    assert a.videos[0].inline_data == b"mp4" and a.videos[1].blob_uri == "blob://x"
+    assert a.upload_id != b.upload_id
+    assert a.uploaded_at.ToNanoseconds() == 1000_250_000_000
+    assert template().study_id == "S1"  # the template is untouched
+
+
+def step(sent: int, latencies: list[float]) -> tuple[load.Step, list[tuple[float, float]]]:
+    s = load.Step("t", 0.1, 60, {}, sent=sent, diagnosed=len(latencies))
+    return s, [(float(i), lat) for i, lat in enumerate(latencies)]
+
+
+@pytest.mark.parametrize(("sent", "latencies", "expected"), [
+    (6, [10, 11, 10, 12, 11, 10], True),      # flat latency, all diagnosed
+    (6, [10, 11, 14, 18, 24, 30], False),     # a queue builds: the last third waits 2.5x longer
+    (7, [10, 11, 10, 12, 11, 10], False),     # one arrival never diagnosed
+    (2, [10, 30], True),                      # too few to see a trend, all diagnosed
+    (0, [], False),                           # nothing sent is not keeping up
+])
+def test_a_step_keeps_up_when_everything_is_diagnosed_and_no_queue_builds(sent, latencies, expected):
+    s, points = step(sent, latencies)
+    assert load.keeps_up(s, points) is expected
+
+
+def test_the_bottleneck_is_where_the_lag_piles_up_else_the_busiest_stage():
+    s = load.Step("t", 0.1, 60, {})
+    s.stage_peak_lag = {st: 0.0 for st in load.STAGES} | {"inspect": 3, "features": 800}
+    s.stage_busy_s = {st: 1.0 for st in load.STAGES} | {"split": 50.0}
+    assert load.bottleneck(s) == "features"
+    s.stage_peak_lag = {st: 0.0 for st in load.STAGES}
+    assert load.bottleneck(s) == "split"
+
+
+def test_percentiles_of_latencies():
+    p = load.percentiles([float(x) for x in range(1, 101)])
+    assert p["p50"] == pytest.approx(50.5) and p["p95"] == pytest.approx(95.05) and p["max"] == 100
+    assert load.percentiles([]) == {}
