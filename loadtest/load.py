@@ -168,6 +168,15 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
             "mean": float(statistics.fmean(values))}
 
 
+def completion_rate(finished: Sequence[float]) -> float:
+    """Diagnoses per second between the first and the last: the arrival rate while the line keeps up, its capacity
+    once it does not (they then leave one by one at the pace of the slowest stage); 0 with fewer than two."""
+    if len(finished) < 2:
+        return 0.0
+    span = max(finished) - min(finished)
+    return (len(finished) - 1) / span if span > 0 else 0.0
+
+
 def keeps_up(step: Step, points: list[tuple[float, float]]) -> bool:
     """Every arrival diagnosed, and no queue building: the last third's latencies not above the first third's."""
     if step.diagnosed < step.sent or len(points) < 3:
@@ -222,11 +231,7 @@ async def run_step(name: str, settings: Settings, pool: list[pb.StudyUpload], ra
     step.incomplete = sum(1 for _, _, completeness in done if completeness != pb.COMPLETENESS_COMPLETE)
     step.points = sorted((uploaded - t0, diagnosed - uploaded) for uploaded, diagnosed, _ in done)
     step.latency_s = percentiles([latency for _, latency in step.points])
-    if done:
-        # Diagnoses over the span from the first arrival to the last diagnosis: below the offered rate when the line
-        # cannot keep up, since the span then stretches into the drain.
-        span = max(diagnosed for _, diagnosed, _ in done) - t0
-        step.throughput_per_s = len(done) / span if span > 0 else 0.0
+    step.throughput_per_s = completion_rate([diagnosed for _, diagnosed, _ in done])
     step.kept_up = keeps_up(step, step.points)
     step.stage_busy_s = {s: after[s]["busy_s"] - before[s]["busy_s"] for s in STAGES}
     step.stage_peak_lag = peak

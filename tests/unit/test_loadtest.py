@@ -59,3 +59,9 @@ def test_percentiles_of_latencies():
     p = load.percentiles([float(x) for x in range(1, 101)])
     assert p["p50"] == pytest.approx(50.5) and p["p95"] == pytest.approx(95.05) and p["max"] == 100
     assert load.percentiles([]) == {}
+
+
+def test_throughput_is_the_pace_at_which_diagnoses_leave():
+    assert load.completion_rate([100.0, 104.0, 108.0, 112.0]) == pytest.approx(0.25)
+    assert load.completion_rate([5.0, 1.0, 3.0]) == pytest.approx(0.5)  # order does not matter
+    assert load.completion_rate([7.0]) == 0.0 and load.completion_rate([]) == 0.0
