@@ -140,6 +140,21 @@ async def scrape(http: aiohttp.ClientSession, services: Sequence[ServiceProcess]
     return figures
 
 
+def cpu_seconds(processes: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system, all threads) used so far by each named group of processes, from /proc: where
+    the line's time goes. Empty where /proc is not there."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    used: dict[str, float] = {}
+    for name, pids in processes.items():
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return used
+
+
 # -- one open-loop step ---------------------------------------------------------------------------------------
 
 @dataclass
@@ -157,6 +172,7 @@ class Step:
     publish_late_s_max: float = 0.0  # how far behind its schedule the publisher ever was
     stage_busy_s: dict[str, float] = field(default_factory=dict)
     stage_peak_lag: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # per process group (stage, model-server, broker)
     points: list[tuple[float, float]] = field(default_factory=list)  # (arrival since step start, latency)
 
 
@@ -186,11 +202,12 @@ def keeps_up(step: Step, points: list[tuple[float, float]]) -> bool:
     return statistics.median(ordered[-third:]) <= KEEPS_UP_LATENCY_GROWTH * statistics.median(ordered[:third])
 
 
-async def run_step(name: str, settings: Settings, pool: list[pb.StudyUpload], rate: float, duration_s: float,
-                   drain_s: float, diagnoses: Diagnoses, services: Sequence[ServiceProcess],
-                   replicas: dict[str, int]) -> Step:
+async def run_step(line: "Line", name: str, pool: list[pb.StudyUpload], rate: float, duration_s: float,
+                   drain_s: float) -> Step:
     """Publish at `rate` studies/s for `duration_s` (open loop), then wait up to `drain_s` for every diagnosis."""
-    step = Step(name, rate, duration_s, dict(replicas))
+    settings, diagnoses, services = line.settings, line.diagnoses, line.services
+    assert diagnoses is not None
+    step = Step(name, rate, duration_s, dict(line.replicas))
     n = max(1, round(rate * duration_s))
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=False,
                                 max_request_size=settings.max_message_bytes, linger_ms=0)
@@ -199,6 +216,7 @@ async def run_step(name: str, settings: Settings, pool: list[pb.StudyUpload], ra
     peak: dict[str, float] = {s: 0.0 for s in STAGES}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
         before = await scrape(http, services)
+        cpu_before = cpu_seconds(line.pids())
         sampling = True
 
         async def sample_lag() -> None:
@@ -226,6 +244,8 @@ async def run_step(name: str, settings: Settings, pool: list[pb.StudyUpload], ra
         sampling = False
         await sampler
         after = await scrape(http, services)
+        cpu_after = cpu_seconds(line.pids())
+    step.cpu_s = {k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after}
     done = [diagnoses.seen[i] for i in ids if i in diagnoses.seen]
     step.sent, step.diagnosed = len(ids), len(done)
     step.incomplete = sum(1 for _, _, completeness in done if completeness != pb.COMPLETENESS_COMPLETE)
@@ -245,6 +265,16 @@ async def run_step(name: str, settings: Settings, pool: list[pb.StudyUpload], ra
     return step
 
 
+def cpu_profile(step: Step) -> str:
+    """Where the CPU went during a step: seconds per diagnosed study by process group, largest first."""
+    if not step.cpu_s or not step.diagnosed:
+        return "no CPU figures (not the embedded stack)"
+    used = sorted(step.cpu_s.items(), key=lambda kv: -kv[1])
+    whole = sum(step.cpu_s.values())
+    parts = [f"{name} {seconds / step.diagnosed:.2f} ({100 * seconds / whole:.0f}%)" for name, seconds in used]
+    return f"{whole / step.diagnosed:.1f} CPU s per study: " + ", ".join(parts)
+
+
 def bottleneck(step: Step) -> str:
     """Where the queue piles up: the stage with the largest peak consumer lag (records waiting for it); ties (no
     lag anywhere) go to the stage that spent the most seconds working."""
@@ -253,20 +283,18 @@ def bottleneck(step: Step) -> str:
 
 # -- single study, burst, the in-process reference ---------------------------------------------------------------
 
-async def single_study_latency(settings: Settings, pool: list[pb.StudyUpload], diagnoses: Diagnoses,
-                               services: Sequence[ServiceProcess], repeats: int) -> list[float]:
+async def single_study_latency(line: "Line", pool: list[pb.StudyUpload], repeats: int) -> list[float]:
     """One study at a time into an idle line: the latency a study has with nothing else to wait for."""
     latencies = []
     for i in range(repeats):
-        step = await run_step(f"alone-{i}", settings, [pool[i % len(pool)]], 1.0, 1.0, 600.0, diagnoses, services, {})
+        step = await run_step(line, f"alone-{i}", [pool[i % len(pool)]], 1.0, 1.0, 600.0)
         latencies += [latency for _, latency in step.points]
     return latencies
 
 
-async def burst(settings: Settings, pool: list[pb.StudyUpload], n: int, diagnoses: Diagnoses,
-                services: Sequence[ServiceProcess]) -> float:
+async def burst(line: "Line", pool: list[pb.StudyUpload], n: int) -> float:
     """n studies at once: diagnoses/s until the last, a first estimate of the line's capacity."""
-    step = await run_step("burst", settings, pool, 1000.0, n / 1000.0, 900.0, diagnoses, services, {})
+    step = await run_step(line, "burst", pool, 1000.0, n / 1000.0, 900.0)
     return step.throughput_per_s
 
 
@@ -363,6 +391,16 @@ class Line:
     def services(self) -> list[ServiceProcess]:
         return self.stack.services if self.stack else []
 
+    def pids(self) -> dict[str, list[int]]:
+        """The processes of the embedded stack by name (a stage's replicas together), the broker included."""
+        groups: dict[str, list[int]] = {}
+        for service in self.services:
+            if service.process is not None:
+                groups.setdefault(service.name, []).append(service.process.pid)
+        if self.stack and self.stack.broker.process is not None:
+            groups["broker"] = [self.stack.broker.process.pid]
+        return groups
+
 
 async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> None:
     blobs = BlobStore(workdir / "blobs")
@@ -371,18 +409,16 @@ async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any
         f"{SYNTH.duration_s[1]:g} s), published again and again under fresh ids")
     steps: list[Step] = []
     async with Line(args, workdir, {}) as line:
-        assert line.diagnoses is not None
-        alone = await single_study_latency(line.settings, pool, line.diagnoses, line.services, args.alone)
+        alone = await single_study_latency(line, pool, args.alone)
         results["single_study_latency_s"] = percentiles(alone)
         say(f"one study alone: latency {statistics.median(alone):.1f} s (median of {len(alone)})")
-        estimate = await burst(line.settings, pool, args.burst, line.diagnoses, line.services)
+        estimate = await burst(line, pool, args.burst)
         results["burst_per_s"] = estimate
         say(f"burst of {args.burst} studies at once: {estimate:.3f} studies/s")
         for factor in args.factors:
             rate = round(estimate * factor, 4)
             duration = max(args.duration, args.min_arrivals / rate)
-            steps.append(await run_step(f"rate-{factor:g}x", line.settings, pool, rate, duration, args.drain,
-                                        line.diagnoses, line.services, {}))
+            steps.append(await run_step(line, f"rate-{factor:g}x", pool, rate, duration, args.drain))
             if not steps[-1].kept_up and factor > 1:
                 break
         kept = [s for s in steps if s.kept_up]
@@ -394,18 +430,18 @@ async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any
                        overloaded_step=overloaded.name)
         say(f"saturation: {saturation:.3f} studies/s kept up; capacity {capacity:.3f} studies/s; bottleneck {neck} "
             f"(peak lag {int(overloaded.stage_peak_lag[neck])} records at {overloaded.offered_per_s:.3f}/s)")
+        say(f"  CPU at {overloaded.offered_per_s:.3f}/s: {cpu_profile(overloaded)}")
         half_rate = (saturation or capacity) / 2
         duration = max(args.duration, args.min_arrivals / half_rate)
-        half = await run_step("half-saturation", line.settings, pool, half_rate, duration, args.drain,
-                              line.diagnoses, line.services, {})
+        half = await run_step(line, "half-saturation", pool, half_rate, duration, args.drain)
         steps.append(half)
     replicas = {neck: 2}
     async with Line(args, workdir, replicas) as line:
-        assert line.diagnoses is not None
-        again = await run_step(f"replicas-2x{neck}", line.settings, pool, overloaded.offered_per_s,
-                               overloaded.duration_s, args.drain, line.diagnoses, line.services, replicas)
+        again = await run_step(line, f"replicas-2x{neck}", pool, overloaded.offered_per_s, overloaded.duration_s,
+                               args.drain)
         steps.append(again)
         results["bottleneck_with_2_replicas"] = bottleneck(again)
+        say(f"  with 2 x {neck}: bottleneck {bottleneck(again)}; CPU {cpu_profile(again)}")
     results["steps"] = [asdict(s) for s in steps]
 
 
@@ -417,7 +453,7 @@ def reference(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) 
     results["in_process_per_s"] = n / loop_s
     results["in_process"] = {"studies": n, "processes": processes, "loop_s": loop_s, "wall_s_with_model_load": wall_s}
     say(f"in-process reference: {n} studies in {loop_s:.1f} s over {processes} processes = "
-        f"{n / loop_s:.3f} studies/s")
+        f"{n / loop_s:.3f} studies/s, about {processes * loop_s / n:.1f} CPU s per study")
 
 
 def goals(results: dict[str, Any]) -> list[str]:
@@ -454,11 +490,9 @@ async def fixed_rates(args: argparse.Namespace, workdir: Path, results: dict[str
     replicas = parse_replicas(args.replicas)
     steps = []
     async with Line(args, workdir, replicas) as line:
-        assert line.diagnoses is not None
         for rate in args.rates:
             duration = max(args.duration, args.min_arrivals / rate)
-            steps.append(await run_step(f"rate-{rate:g}", line.settings, pool, rate, duration, args.drain,
-                                        line.diagnoses, line.services, replicas))
+            steps.append(await run_step(line, f"rate-{rate:g}", pool, rate, duration, args.drain))
     results["steps"] = [asdict(s) for s in steps]
 
 
