@@ -52,6 +52,7 @@ from rhd.v1 import rhd_pb2 as pb
 ROOT = Path(__file__).resolve().parents[1]
 # The demo's studies: the screening protocol's first 10 videos of 1-2 s (about 340 frames, 80% colour Doppler).
 SYNTH = SynthConfig(videos_per_study=10, duration_s=(1.0, 2.0))
+KEEPS_UP_PACE = 0.9  # diagnoses leave at least this share of the offered rate
 KEEPS_UP_LATENCY_GROWTH = 1.5  # last third's median latency over the first third's: above it, a queue is building
 
 
@@ -194,9 +195,12 @@ def completion_rate(finished: Sequence[float]) -> float:
 
 
 def keeps_up(step: Step, points: list[tuple[float, float]]) -> bool:
-    """Every arrival diagnosed, and no queue building: the last third's latencies not above the first third's."""
+    """Every arrival diagnosed at the pace offered (within 10%), and no queue building: the last third's latencies
+    not above the first third's."""
     if step.diagnosed < step.sent or len(points) < 3:
         return step.diagnosed == step.sent and step.sent > 0
+    if step.throughput_per_s < KEEPS_UP_PACE * step.offered_per_s:
+        return False
     ordered = [latency for _, latency in sorted(points)]
     third = max(1, len(ordered) // 3)
     return statistics.median(ordered[-third:]) <= KEEPS_UP_LATENCY_GROWTH * statistics.median(ordered[:third])
@@ -293,9 +297,11 @@ async def single_study_latency(line: "Line", pool: list[pb.StudyUpload], repeats
 
 
 async def burst(line: "Line", pool: list[pb.StudyUpload], n: int) -> float:
-    """n studies at once: diagnoses/s until the last, a first estimate of the line's capacity."""
+    """n studies at once: n over the time to the last diagnosis, a first estimate of the line's capacity (their
+    diagnoses leave together at the end, so the pace between the first and the last would overstate it)."""
     step = await run_step(line, "burst", pool, 1000.0, n / 1000.0, 900.0)
-    return step.throughput_per_s
+    last = max((arrival + latency for arrival, latency in step.points), default=0.0)
+    return step.diagnosed / last if last > 0 else 0.0
 
 
 def _reference_worker(args: tuple[list[str], str]) -> int:
@@ -415,12 +421,16 @@ async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any
         estimate = await burst(line, pool, args.burst)
         results["burst_per_s"] = estimate
         say(f"burst of {args.burst} studies at once: {estimate:.3f} studies/s")
-        for factor in args.factors:
+        factors = list(args.factors)
+        while factors:
+            factor = factors.pop(0)
             rate = round(estimate * factor, 4)
             duration = max(args.duration, args.min_arrivals / rate)
             steps.append(await run_step(line, f"rate-{factor:g}x", pool, rate, duration, args.drain))
-            if not steps[-1].kept_up and factor > 1:
-                break
+            if not steps[-1].kept_up:
+                if any(s.kept_up for s in steps) or factor < 0.2:
+                    break
+                factors.insert(0, round(factor * 0.7, 3))  # even the first rate was too much: go below it
         kept = [s for s in steps if s.kept_up]
         saturation = max((s.offered_per_s for s in kept), default=0.0)
         capacity = max(s.throughput_per_s for s in steps)
@@ -504,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=90.0, help="seconds of arrivals per step (at least)")
     parser.add_argument("--min-arrivals", type=int, default=6, help="a step lasts long enough for this many")
     parser.add_argument("--drain", type=float, default=300.0, help="seconds to wait for a step's last diagnoses")
-    parser.add_argument("--factors", type=lambda v: [float(x) for x in v.split(",")], default=[0.6, 0.85, 1.1, 1.4],
+    parser.add_argument("--factors", type=lambda v: [float(x) for x in v.split(",")], default=[0.7, 0.9, 1.1, 1.3],
                         help="--search: offered rates as multiples of the burst estimate")
     parser.add_argument("--burst", type=int, default=8)
     parser.add_argument("--alone", type=int, default=3, help="single studies for the baseline latency")

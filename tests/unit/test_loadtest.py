@@ -29,20 +29,22 @@ def test_an_arrival_is_the_template_under_fresh_ids_uploaded_at_its_due_time():
     assert template().study_id == "S1"  # the template is untouched
 
 
-def step(sent: int, latencies: list[float]) -> tuple[load.Step, list[tuple[float, float]]]:
-    s = load.Step("t", 0.1, 60, {}, sent=sent, diagnosed=len(latencies))
+def step(sent: int, latencies: list[float], pace: float) -> tuple[load.Step, list[tuple[float, float]]]:
+    s = load.Step("t", 0.1, 60, {}, sent=sent, diagnosed=len(latencies), throughput_per_s=pace)
     return s, [(float(i), lat) for i, lat in enumerate(latencies)]
 
 
-@pytest.mark.parametrize(("sent", "latencies", "expected"), [
-    (6, [10, 11, 10, 12, 11, 10], True),      # flat latency, all diagnosed
-    (6, [10, 11, 14, 18, 24, 30], False),     # a queue builds: the last third waits 2.5x longer
-    (7, [10, 11, 10, 12, 11, 10], False),     # one arrival never diagnosed
-    (2, [10, 30], True),                      # too few to see a trend, all diagnosed
-    (0, [], False),                           # nothing sent is not keeping up
+@pytest.mark.parametrize(("sent", "latencies", "pace", "expected"), [
+    (6, [10, 11, 10, 12, 11, 10], 0.1, True),      # flat latency, all diagnosed at the offered pace
+    (6, [10, 11, 10, 12, 11, 10], 0.085, False),   # diagnoses leave slower than studies arrive
+    (6, [10, 11, 14, 18, 24, 30], 0.1, False),     # a queue builds: the last third waits 2.5x longer
+    (7, [10, 11, 10, 12, 11, 10], 0.1, False),     # one arrival never diagnosed
+    (2, [10, 30], 0.1, True),                      # too few to see a trend, all diagnosed
+    (0, [], 0.0, False),                           # nothing sent is not keeping up
 ])
-def test_a_step_keeps_up_when_everything_is_diagnosed_and_no_queue_builds(sent, latencies, expected):
-    s, points = step(sent, latencies)
+def test_a_step_keeps_up_when_everything_is_diagnosed_at_the_pace_offered_and_no_queue_builds(
+        sent, latencies, pace, expected):
+    s, points = step(sent, latencies, pace)
     assert load.keeps_up(s, points) is expected
 
 
