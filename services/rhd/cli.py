@@ -103,7 +103,7 @@ def cmd_topics(_: argparse.Namespace) -> int:
     from rhd.runtime.topics import ensure_topics
 
     settings = get_settings()
-    created = asyncio.run(ensure_topics(settings.bootstrap_servers, settings.partitions))
+    created = asyncio.run(ensure_topics(settings.bootstrap_servers, settings.partitions, settings.replication_factor))
     print(f"{len(created)} topics created on {settings.bootstrap_servers}")
     return 0
 

@@ -13,6 +13,8 @@ class Settings(BaseSettings):
     # Kafka
     bootstrap_servers: str = "127.0.0.1:9092"
     partitions: int = 4
+    # Replicas of each topic `rhd topics` creates: 3 on a production cluster (min.insync.replicas 2 needs >= 2).
+    replication_factor: int = 1
     max_message_bytes: int = 1_000_000
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000

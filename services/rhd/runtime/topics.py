@@ -49,7 +49,7 @@ def all_topic_names() -> list[str]:
     return [name for t in TOPICS for name in (t.name, dlq(t.name))]
 
 
-async def ensure_topics(bootstrap_servers: str, partitions: int) -> list[str]:
+async def ensure_topics(bootstrap_servers: str, partitions: int, replication_factor: int = 1) -> list[str]:
     """Create every topic and its dead-letter topic explicitly; return the ones that were created.
 
     Brokers that auto-create topics pick their own partition count, so nothing is left to that.
@@ -58,7 +58,7 @@ async def ensure_topics(bootstrap_servers: str, partitions: int) -> list[str]:
     await admin.start()
     try:
         response = await admin.create_topics(
-            [NewTopic(name, partitions, 1) for name in all_topic_names()]
+            [NewTopic(name, partitions, replication_factor) for name in all_topic_names()]
         )
         created = []
         for name, code, message in response.topic_errors:
@@ -66,7 +66,8 @@ async def ensure_topics(bootstrap_servers: str, partitions: int) -> list[str]:
                 created.append(name)
             elif code != TOPIC_ALREADY_EXISTS:
                 raise RuntimeError(f"cannot create topic {name}: error {code} {message}")
-        log.info("topics ready (%d created, %d partitions each)", len(created), partitions)
+        log.info("topics ready (%d created, %d partitions and %d replicas each)", len(created), partitions,
+                 replication_factor)
         return created
     finally:
         await admin.close()
