@@ -347,7 +347,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         left.axhline(results["single_study_latency_s"]["p50"], color="grey", ls="--", lw=1, label="one study alone")
     left.set(xlabel="arrival time in the step (s)", ylabel="upload to diagnosis (s)", title="Latency over time")
     left.legend(fontsize=7)
-    offered = [s for s in steps if s["name"].startswith("rate") or s["name"].startswith("half")]
+    offered = sorted((s for s in steps if s["name"].startswith(("rate", "half"))), key=lambda s: s["offered_per_s"])
     right.plot([s["offered_per_s"] for s in offered], [s["throughput_per_s"] for s in offered], "o-",
                label="1 replica each")
     two = [s for s in steps if s["name"].startswith("replicas")]
