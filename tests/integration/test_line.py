@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 from rhd.demo import corrupt_one_video
@@ -14,7 +15,7 @@ from rhd.runtime.publish import publish_uploads, upload_from_dir
 from rhd.runtime.settings import Settings
 from rhd.runtime.stack import STAGES, EmbeddedStack
 from rhd.runtime.topics import FRAMES_DECODED, STUDIES_UPLOADED
-from rhd.runtime.watch import Progress, follow
+from rhd.runtime.watch import Progress, follow, read_targets, scrape_all, total
 from rhd.synth.generator import SynthConfig, synth_studies
 from rhd.v1 import rhd_pb2 as pb
 
@@ -63,14 +64,17 @@ def line(tmp_path_factory):
         ids = [d.name for d in studies]
         progress = await follow(live, lambda p: _expected_done(p, ids), timeout_s=300, settle_s=8.0)
         alive = {s.name: s.alive() for s in stack.services}
-        return progress, alive
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            # What Prometheus would scrape from every service, found the way it would: the stack's file_sd list.
+            scraped = await scrape_all(http, read_targets(stack.targets_path))
+        return progress, alive, scraped
 
     try:
-        progress, alive = asyncio.run(run())
+        progress, alive, scraped = asyncio.run(run())
     finally:
         codes = stack.stop()
     yield {"progress": progress, "alive": alive, "studies": [d.name for d in studies], "codes": codes,
-           "stack": stack, "dirs": studies}
+           "stack": stack, "dirs": studies, "metrics": scraped}
 
 
 def test_every_study_gets_exactly_one_diagnosis(line):
@@ -157,3 +161,32 @@ def test_the_streaming_line_and_the_in_process_path_give_the_same_diagnosis(line
         assert streamed.frames.analysed == analysis.analysed
         compared += 1
     assert compared == 4
+
+
+def test_every_service_exposes_what_happened_on_its_metrics_endpoint(line):
+    scraped = line["metrics"].samples
+    assert {t.job for t in scraped} == set(STAGES) | {"model-server"}
+    assert all(samples is not None for samples in scraped.values()), "a target did not answer"
+    by_job = {t.job: samples for t, samples in scraped.items()}
+    progress = line["progress"]
+    # split: 6 uploads handled (one published twice), 3 rogue records dead-lettered whole; 5 dead letters in all
+    # with the truncated video and the non-video.
+    assert total(by_job["split"], "rhd_messages_total", stage="split", outcome="ok") == 6
+    assert total(by_job["split"], "rhd_messages_total", stage="split", outcome="dead_letter") == 3
+    assert total(by_job["split"], "rhd_dead_letters_total", stage="split", topic=STUDIES_UPLOADED) == 5
+    assert total(by_job["inspect"], "rhd_dead_letters_total", stage="inspect", topic=FRAMES_DECODED) == 1
+    # Every terminal record reached assemble; the redelivered study's records were dropped as duplicates.
+    assert total(by_job["assemble"], "rhd_messages_total", stage="assemble", outcome="ok") >= progress.terminal_records
+    assert total(by_job["assemble"], "rhd_duplicates_total", stage="assemble") > 0
+    diagnosed = len(progress.diagnoses)
+    assert total(by_job["diagnose"], "rhd_study_latency_seconds_count", stage="diagnose") == diagnosed
+    assert total(by_job["diagnose"], "rhd_outputs_total", stage="diagnose", topic="studies.diagnosed.v1") == diagnosed
+    # The view stage's Predict calls, and the model server's own count of them, on its TF Serving path.
+    frames = total(by_job["view"], "rhd_model_batch_size_sum", model="view")
+    assert frames == total(by_job["view"], "rhd_messages_total", stage="view", outcome="ok") > 0
+    calls = total(by_job["view"], "rhd_model_request_seconds_count", model="view", code="OK")
+    assert total(by_job["model-server"], "rhd_model_server_request_seconds_count", model="view", method="Predict",
+                 code="OK") == calls
+    assert total(by_job["view"], "rhd_build_info", stage="view", view_model="view/1") == 1
+    for stage in STAGES:
+        assert total(by_job[stage], "rhd_build_info", stage=stage) == 1

@@ -12,7 +12,7 @@ DUPLICATES = Counter(
 )
 OUTPUTS = Counter("rhd_outputs_total", "Records produced, by topic.", ["stage", "topic"])
 DEAD_LETTERS = Counter(
-    "rhd_dead_letters_total", "Input records dead-lettered, by the input topic (they went to <topic>.dlq).",
+    "rhd_dead_letters_total", "Dead letters written, by the topic their record came from (<topic>.dlq).",
     ["stage", "topic"],
 )
 STAGE_SECONDS = Histogram(

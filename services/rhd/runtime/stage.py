@@ -21,7 +21,7 @@ from rhd.runtime.blobs import BlobStore
 from rhd.runtime.http import start_http
 from rhd.runtime.records import Output, dead_letter, frame_key_of, frame_result
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import dlq
+from rhd.runtime.topics import DLQ_SUFFIX, dlq
 from rhd.v1 import rhd_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,8 @@ class StageRunner:
             topic, key, value = out if isinstance(out, tuple) else self._encode(out)
             pending.append(await self.producer.send(topic, value, key=key.encode()))
             metrics.OUTPUTS.labels(self.service.name, topic).inc()
+            if topic.endswith(DLQ_SUFFIX):  # a whole record, or a part of one (a video of an upload)
+                metrics.DEAD_LETTERS.labels(self.service.name, topic.removesuffix(DLQ_SUFFIX)).inc()
         if pending:
             await asyncio.gather(*pending)
 
@@ -247,7 +249,6 @@ class StageRunner:
                 log.warning("%s dead-letters %s[%d]@%d: %s", svc.name, record.topic, record.partition,
                             record.offset, reason)
             metrics.MESSAGES.labels(svc.name, "dead_letter").inc()
-            metrics.DEAD_LETTERS.labels(svc.name, record.topic).inc()
             return [self._encode(out) for out in self._dead_letter(record, message, reason, error_type)]
         finally:
             if self._is_async:

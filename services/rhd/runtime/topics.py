@@ -41,8 +41,11 @@ TOPICS: tuple[Topic, ...] = (
 )
 
 
+DLQ_SUFFIX = ".dlq"
+
+
 def dlq(topic: str) -> str:
-    return f"{topic}.dlq"
+    return f"{topic}{DLQ_SUFFIX}"
 
 
 def all_topic_names() -> list[str]:
