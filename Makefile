@@ -36,16 +36,18 @@ $(GEN): $(PROTOS) $(STAMP)
 
 models: $(VIEW_MODEL) $(STUDY_MODEL)
 
-# promtool checks compose/prometheus (tests/contract/test_monitoring_files.py skips without it). Best effort: the one
-# binary is taken out of Debian's prometheus package into the venv; installing the package would also start a
-# Prometheus server wherever an init system runs. apt-get update only when the package lists lack it, and as root.
+# Prometheus itself and promtool, from Debian's prometheus package, into the venv: promtool checks compose/prometheus
+# (tests/contract/test_monitoring_files.py) and the line's integration test runs a real Prometheus on the embedded
+# stack with the recording and alert rules; both skip, saying why, without them. Best effort, no root needed:
+# installing the package would also start a server wherever an init system runs. apt-get update only when the
+# package lists lack it, and as root.
 promtool: setup
-	@command -v promtool >/dev/null || test -x $(BIN)/promtool || { tmp=$$(mktemp -d) && \
+	@test -x $(BIN)/promtool -a -x $(BIN)/prometheus || { tmp=$$(mktemp -d) && \
 	  { (cd $$tmp && apt-get download -q prometheus) >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 	    apt-get update -qq >/dev/null 2>&1 && (cd $$tmp && apt-get download -q prometheus) >/dev/null 2>&1; }; } && \
-	  dpkg-deb --fsys-tarfile $$tmp/prometheus_*.deb | tar -xO ./usr/bin/promtool >$$tmp/promtool && \
-	  chmod +x $$tmp/promtool && $$tmp/promtool --version >/dev/null 2>&1 && mv $$tmp/promtool $(BIN)/promtool; \
-	  rm -rf $$tmp; test -x $(BIN)/promtool || echo "promtool unavailable (no apt-get or no network): skipping its checks"; }
+	  dpkg-deb --fsys-tarfile $$tmp/prometheus_*.deb | tar -x -C $$tmp ./usr/bin/promtool ./usr/bin/prometheus && \
+	  $$tmp/usr/bin/promtool --version >/dev/null 2>&1 && mv $$tmp/usr/bin/promtool $$tmp/usr/bin/prometheus $(BIN)/; \
+	  rm -rf $$tmp; test -x $(BIN)/promtool || echo "prometheus/promtool unavailable (no apt-get or no network): skipping their checks"; }
 
 $(VIEW_MODEL): $(VIEW_CODE) | setup
 	rm -rf models/view/1 && $(BIN)/rhd train view

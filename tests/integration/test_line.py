@@ -4,6 +4,9 @@ diagnosis per study out, every frame accounted for, bad input dead-lettered whil
 import asyncio
 import json
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -11,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from rhd.demo import corrupt_one_video
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.broker import free_port
 from rhd.runtime.publish import publish_uploads, upload_from_dir
 from rhd.runtime.settings import Settings
 from rhd.runtime.stack import STAGES, EmbeddedStack
@@ -27,6 +31,76 @@ def _expected_done(progress: Progress, studies: list[str]) -> bool:
     return (all(s in progress.diagnoses for s in studies)
             and all(s in progress.expected_frames for s in studies)
             and all(len(progress.frame_records.get(s, ())) == progress.expected_frames[s] for s in studies))
+
+
+class Prometheus:
+    """A real Prometheus (Debian's binary, taken into the venv by `make promtool`) scraping the embedded stack through
+    its file_sd list every 2 s, with compose/prometheus's recording and alert rules."""
+
+    def __init__(self, workdir: Path, targets: Path) -> None:
+        self.binary = shutil.which("prometheus", path=str(Path(sys.executable).parent)) or shutil.which("prometheus")
+        self.workdir, self.targets, self.port = workdir, targets, free_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if not self.binary:
+            return
+        rules = sorted(str(path) for path in (ROOT / "compose" / "prometheus" / "rules").glob("*.yml"))
+        config = {"global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"},
+                  "rule_files": rules,
+                  "scrape_configs": [{"job_name": "rhd", "file_sd_configs": [{"files": [str(self.targets)]}]}]}
+        (self.workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        with open(self.workdir / "prometheus.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [self.binary, f"--config.file={self.workdir / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={self.workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}"],
+                stdout=log, stderr=subprocess.STDOUT)
+
+    async def scraping(self, jobs: int, timeout_s: float = 60.0) -> None:
+        """Wait until every job has been scraped once, so the counters are seen before the studies move them."""
+        if self.process is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while time.monotonic() < deadline:
+                try:
+                    if len(await self.query(http, "up == 1")) >= jobs:
+                        return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass  # still starting
+                await asyncio.sleep(0.5)
+        raise TimeoutError(f"prometheus did not scrape {jobs} targets in {timeout_s:.0f} s; see {self.workdir}")
+
+    async def query(self, http: aiohttp.ClientSession, promql: str) -> list[dict]:
+        async with http.get(f"http://127.0.0.1:{self.port}/api/v1/query", params={"query": promql}) as response:
+            body = await response.json()
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    async def answers(self, queries: dict[str, str]) -> dict[str, list[dict]] | None:
+        if self.process is None:
+            return None
+        await asyncio.sleep(5)  # two scrapes and rule evaluations after the last diagnosis
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            return {name: await self.query(http, promql) for name, promql in queries.items()}
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(15)
+
+
+PROMQL = {
+    "up": "up",
+    # Figures the dashboard shows, from the recording rules, at their highest during the run.
+    "inspect_rate": 'max_over_time(stage:rhd_messages:rate1m{stage="inspect"}[5m])',
+    "split_dead_letters": 'max_over_time(stage_topic:rhd_dead_letters:rate1m{stage="split"}[5m])',
+    "latency_p95": 'max_over_time(stage_quantile:rhd_study_latency_seconds:histogram_quantile5m'
+                   '{stage="diagnose", quantile="0.95"}[5m])',
+    "model_batch": "max_over_time(model:rhd_model_batch_size:mean1m[5m])",
+    # Alerts that must not fire on a healthy line: every stage has its consumer, the model server is up.
+    "firing": 'ALERTS{alertname=~"RhdStageNoConsumers|RhdModelServerDown|RhdTargetDown"}',
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +121,12 @@ def line(tmp_path_factory):
     studies.append(not_video)
 
     stack = EmbeddedStack(workdir, settings)
+    prometheus = Prometheus(workdir, stack.targets_path)
 
     async def run() -> tuple[Progress, dict]:
         live = await stack.start()
+        prometheus.start()
+        await prometheus.scraping(len(STAGES) + 1)
         blobs = BlobStore(live.blob_dir)
         uploads = [upload_from_dir(d, blobs, live.max_message_bytes) for d in studies]
         uploads.append(upload_from_dir(studies[0], blobs, live.max_message_bytes))  # published twice
@@ -67,14 +144,16 @@ def line(tmp_path_factory):
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             # What Prometheus would scrape from every service, found the way it would: the stack's file_sd list.
             scraped = await scrape_all(http, read_targets(stack.targets_path))
-        return progress, alive, scraped
+        return progress, alive, scraped, await prometheus.answers(PROMQL)
 
     try:
-        progress, alive, scraped = asyncio.run(run())
+        progress, alive, scraped, prometheus_answers = asyncio.run(run())
     finally:
+        prometheus.stop()
         codes = stack.stop()
     yield {"progress": progress, "alive": alive, "studies": [d.name for d in studies], "codes": codes,
-           "stack": stack, "dirs": studies, "metrics": scraped}
+           "stack": stack, "dirs": studies, "metrics": scraped,
+           "prometheus": prometheus_answers}
 
 
 def test_every_study_gets_exactly_one_diagnosis(line):
@@ -190,3 +269,17 @@ def test_every_service_exposes_what_happened_on_its_metrics_endpoint(line):
     assert total(by_job["view"], "rhd_build_info", stage="view", view_model="view/1") == 1
     for stage in STAGES:
         assert total(by_job[stage], "rhd_build_info", stage=stage) == 1
+
+
+def test_a_real_prometheus_scrapes_every_service_and_records_the_dashboard_figures(line):
+    answers = line["prometheus"]
+    if answers is None:
+        pytest.skip("no prometheus binary: `make promtool` takes it from Debian's prometheus package")
+    up = {(r["metric"]["job"], r["metric"]["instance"]): float(r["value"][1]) for r in answers["up"]}
+    assert {job for job, _ in up} == set(STAGES) | {"model-server"}
+    assert all(value == 1 for value in up.values()), up
+    assert float(answers["inspect_rate"][0]["value"][1]) > 0, answers
+    assert float(answers["split_dead_letters"][0]["value"][1]) > 0
+    assert 0 < float(answers["latency_p95"][0]["value"][1]) <= 300
+    assert float(answers["model_batch"][0]["value"][1]) >= 1
+    assert answers["firing"] == []
