@@ -91,3 +91,39 @@ def test_a_malformed_frame_is_an_error_with_the_reason():
         frame_image(pb.Frame(height=24, width=32, png=b"nope"))
     with pytest.raises(ValueError, match="unknown frame codec"):
         frame_pixels(image, "jpeg")
+
+
+class _Consumer:
+    def __init__(self, assigned, highwater):
+        self.assigned, self.high = assigned, highwater
+
+    def assignment(self):
+        return self.assigned
+
+    def highwater(self, tp):
+        return self.high.get(tp)
+
+
+def test_consumer_lag_is_reported_for_owned_partitions_only(tmp_path):
+    from aiokafka import TopicPartition
+    from prometheus_client import REGISTRY
+    from rhd.runtime.stage import StageRunner, StageService
+
+    class Probe(StageService):
+        name, input_topic, input_type = "lagprobe", "frames.in.v1", pb.Frame
+
+    def lag(partition):
+        return REGISTRY.get_sample_value("rhd_consumer_lag", {"stage": "lagprobe", "topic": "frames.in.v1",
+                                                              "partition": str(partition)})
+
+    runner = StageRunner(Probe(), Settings(blob_dir=tmp_path))
+    p0, p1 = TopicPartition("frames.in.v1", 0), TopicPartition("frames.in.v1", 1)
+    runner._positions = {p0: 90, p1: 40}
+    runner.consumer = _Consumer({p0, p1}, {p0: 100, p1: 40})
+    runner._record_lag()
+    assert (lag(0), lag(1)) == (10, 0)
+    # Partition 0 moved to another replica in a rebalance: its lag is that replica's to report now.
+    runner.consumer = _Consumer({p1}, {p1: 45})
+    runner._record_lag()
+    assert (lag(0), lag(1)) == (None, 5)
+    runner.pool.shutdown()
