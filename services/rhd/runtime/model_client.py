@@ -71,6 +71,7 @@ def from_tensor_proto(tensor: tensor_pb2.TensorProto) -> np.ndarray:
     numpy_type, field = _DTYPES[tensor.dtype]
     shape = [d.size for d in tensor.tensor_shape.dim]
     size = int(np.prod(shape))
+    values: np.ndarray
     if tensor.tensor_content:
         values = np.frombuffer(tensor.tensor_content, numpy_type)
     else:

@@ -60,7 +60,7 @@ class Output:
 
 def frame_result(
     key: pb.FrameKey,
-    status: "pb.FrameStatus.ValueType",
+    status: "pb.FrameStatus",
     stage: str,
     reason: str = "",
     **fields: Message,
