@@ -43,5 +43,15 @@ MODEL_BATCH_SIZE = Histogram(
 BUILD = Info("rhd_build", "Version of the running service.")
 
 
+def declare_stage(stage: str, input_topic: str) -> None:
+    """Expose a stage's series at 0 from the start: a counter born at its first increment would read as no rate
+    at all to Prometheus (rate() needs the series before the increase), so the first dead letters would not alert."""
+    for outcome in ("ok", "dead_letter"):
+        MESSAGES.labels(stage, outcome)
+    DEAD_LETTERS.labels(stage, input_topic)
+    DUPLICATES.labels(stage)
+    STAGE_SECONDS.labels(stage)
+
+
 def set_build_info(stage: str, **extra: str) -> None:
     BUILD.info({"version": rhd.__version__, "stage": stage, **extra})

@@ -117,6 +117,7 @@ class StageRunner:
     async def run(self) -> None:
         s, svc = self.settings, self.service
         metrics.set_build_info(svc.name)
+        metrics.declare_stage(svc.name, svc.input_topic)
         http_runner, self.http_port = await start_http(s.http_host, s.http_port, self.ready)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers,
