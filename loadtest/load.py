@@ -495,7 +495,8 @@ def parse_replicas(values: list[str]) -> dict[str, int]:
 
 
 async def fixed_rates(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> None:
-    blobs = BlobStore(Path(os.environ.get("RHD_BLOB_DIR", workdir / "blobs")) if args.bootstrap else workdir / "blobs")
+    # A running line reads uploads' videos from its own claim-check store: RHD_BLOB_DIR, as the services do.
+    blobs = BlobStore(Settings().blob_dir if args.bootstrap else workdir / "blobs")
     pool = study_pool(workdir, args.pool, args.seed, blobs, Settings().max_message_bytes)
     replicas = parse_replicas(args.replicas)
     steps = []

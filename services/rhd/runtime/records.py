@@ -17,13 +17,11 @@ FRAME_ENVELOPE_BYTES = 65_536
 def frame_pixels(image: np.ndarray, codec: str, max_message_bytes: int = 1_000_000) -> dict[str, bytes]:
     """The Frame fields that carry an image: {"bgr": raw bytes} or {"png": PNG bytes}. A raw image too large
     for a message (frames bigger than 240 x 320 soon are) goes as PNG instead."""
+    if codec not in ("raw", "png"):
+        raise ValueError(f"unknown frame codec {codec!r} (raw or png)")
     if codec == "raw" and image.nbytes <= max_message_bytes - FRAME_ENVELOPE_BYTES:
         return {"bgr": np.ascontiguousarray(image, np.uint8).tobytes()}
-    if codec == "raw":
-        codec = "png"
-    if codec == "png":
-        return {"png": encode_png(image)}
-    raise ValueError(f"unknown frame codec {codec!r} (raw or png)")
+    return {"png": encode_png(image)}
 
 
 def frame_image(frame: pb.Frame) -> np.ndarray:
