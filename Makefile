@@ -59,9 +59,9 @@ lint: setup
 	$(BIN)/ruff check services tests loadtest
 	$(BIN)/mypy services/rhd/runtime
 
-# Re-resolve the pinned versions after editing pyproject.toml.
+# Re-resolve the pinned versions (with their sha256 hashes, checked at install) after editing pyproject.toml.
 lock: $(STAMP)
-	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
 
 clean:
 	rm -rf $(VENV) var models/view/[0-9]* models/study/[0-9]* $(GEN) services/rhd/v1/*_pb2.pyi
