@@ -42,12 +42,13 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from rhd.inspect.service import Inspect
 from rhd.labels import VIEW_CLASSES
+from rhd.local.broker import EmbeddedBroker, free_port
+from rhd.local.publish import upload_from_dir
+from rhd.local.stack import ServiceProcess, stage_seconds, wait_serving
 from rhd.runtime.blobs import BlobStore
-from rhd.runtime.broker import EmbeddedBroker, free_port
-from rhd.runtime.publish import upload_from_dir
 from rhd.runtime.records import Output
 from rhd.runtime.settings import Settings
-from rhd.runtime.stack import ServiceProcess, stage_seconds, wait_serving
+from rhd.runtime.stage import Position
 from rhd.runtime.topics import (
     FRAMES_DECODED,
     FRAMES_DONE,
@@ -75,6 +76,7 @@ TOPICS: dict[str, tuple[str, str | None]] = {
 # Short and quick to generate; ~144 frames a study, most of them colour Doppler.
 SYNTH = SynthConfig(videos_per_study=6, duration_s=(1.0, 1.0))
 # The view the features input carries: features copies it into its result and does not otherwise read it.
+NOWHERE = Position(-1, -1, 0.0)  # the stage functions called directly, not on a record read from Kafka
 FIXED_VIEW = pb.ViewPrediction(label="a4c", probabilities={c: (0.8 if c == "a4c" else 0.05) for c in VIEW_CLASSES},
                                model_name="view", model_version=1)
 POLL_S = 0.05
@@ -120,7 +122,7 @@ def build_inputs(settings: Settings, workdir: Path, stages: list[str], n_frames:
         study_dirs = synth_studies(seed, batch, workdir / "studies" / str(seed), SYNTH)
         for study_dir in study_dirs:
             upload = upload_from_dir(study_dir, blobs, settings.max_message_bytes)
-            outputs = split.handle(upload)
+            outputs = split.handle(upload, NOWHERE)
             study_frames = [o for o in outputs if o.topic == FRAMES_DECODED]
             if len(uploads) < n_uploads:
                 inputs.split_frames += len(study_frames)
@@ -128,7 +130,7 @@ def build_inputs(settings: Settings, workdir: Path, stages: list[str], n_frames:
             frames += study_frames
             if need_doppler:  # every frame, so that the share is measured over a whole study
                 for frame in study_frames:
-                    doppler += [o for o in inspect.handle(frame.message) if o.topic == FRAMES_DOPPLER]
+                    doppler += [o for o in inspect.handle(frame.message, NOWHERE) if o.topic == FRAMES_DOPPLER]
                 inspected += len(study_frames)
         enough = len(uploads) >= (n_uploads if "split" in stages else 0)
         enough &= deepest == 0 or len(frames) >= n_frames
@@ -147,7 +149,7 @@ def build_inputs(settings: Settings, workdir: Path, stages: list[str], n_frames:
     if "segment" in stages:
         inputs.records["segment"] = _records(doppler)
     if deepest >= BENCH_STAGES.index("view"):
-        segmented = [o for d in doppler for o in segment.handle(d.message)]
+        segmented = [o for d in doppler for o in segment.handle(d.message, NOWHERE)]
         if "view" in stages:
             inputs.records["view"] = _records(segmented)
         if "features" in stages:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import cv2
 from rhd.features.ops import frame_features
+from rhd.imaging.codec import frame_image, frame_pixels
 from rhd.inspect.ops import inspect
-from rhd.runtime.records import frame_image, frame_pixels
 from rhd.segment.ops import segment
 from rhd.split.ops import decode_video
 from rhd.synth.generator import synth_studies

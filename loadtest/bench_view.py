@@ -111,8 +111,8 @@ async def served_concurrently(target: str, frames: np.ndarray, max_batch: int, m
 
 
 async def with_model_server(models_dir: Path, logs: Path, extra: list[str], work):  # noqa: ANN001, ANN201
-    from rhd.runtime.broker import free_port
-    from rhd.runtime.stack import ServiceProcess, wait_serving
+    from rhd.local.broker import free_port
+    from rhd.local.stack import ServiceProcess, wait_serving
 
     port = free_port()
     env = {**os.environ, "RHD_MODELS_DIR": str(models_dir), "PYTHONUNBUFFERED": "1"}
@@ -152,7 +152,7 @@ async def served_rows(models_dir: Path, frames: np.ndarray, logs: Path, max_batc
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rhd.runtime.modelstore import version_dir
+    from rhd.modelstore import version_dir
     from rhd.runtime.settings import Settings
     from rhd.training.view import KERAS_FILE
 

@@ -38,16 +38,16 @@ from typing import Any
 import aiohttp
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from rhd.local.publish import upload_from_dir
+from rhd.local.stack import EmbeddedStack, ServiceProcess
 from rhd.runtime.blobs import BlobStore
-from rhd.runtime.publish import upload_from_dir
 from rhd.runtime.records import now
 from rhd.runtime.settings import Settings
-from rhd.runtime.stack import STAGES, EmbeddedStack, ServiceProcess
-from rhd.runtime.topics import STUDIES_DIAGNOSED, STUDIES_UPLOADED
-from rhd.runtime.watch import Target, total
-from rhd.runtime.watch import scrape as scrape_target
+from rhd.runtime.topics import STAGES, STUDIES_DIAGNOSED, STUDIES_UPLOADED
 from rhd.synth.generator import SynthConfig, synth_studies
 from rhd.v1 import rhd_pb2 as pb
+from rhd.watch.figures import Target, total
+from rhd.watch.figures import scrape as scrape_target
 
 ROOT = Path(__file__).resolve().parents[1]
 # The demo's studies: the screening protocol's first 10 videos of 1-2 s (about 340 frames, 80% colour Doppler).

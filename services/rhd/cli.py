@@ -15,7 +15,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from rhd.runtime.settings import get_settings
-from rhd.runtime.stack import STAGES
+from rhd.runtime.topics import STAGES
 
 DEMO_WORKDIR = "var/demo"  # `rhd demo`'s stack, whose targets.json `rhd watch` reads by default
 
@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_model_server(args: argparse.Namespace) -> int:
-    from rhd.runtime.model_server import (
+    from rhd.model_server.server import (
         BatchingOptions,
         metrics_path,
         read_batching_parameters,
@@ -81,7 +81,7 @@ def cmd_model_server(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from rhd.runtime.broker import EmbeddedBroker
+    from rhd.local.broker import EmbeddedBroker
 
     async def run() -> None:
         broker = EmbeddedBroker(host=args.host, port=args.port)
@@ -148,8 +148,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    from rhd.local.publish import publish_uploads, upload_from_dir
     from rhd.runtime.blobs import BlobStore
-    from rhd.runtime.publish import publish_uploads, upload_from_dir
 
     settings = get_settings()
     blobs = BlobStore(settings.blob_dir)
@@ -164,12 +164,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     if args.diagnoses:
-        from rhd.demo import watch
+        from rhd.watch.console import watch_diagnoses
 
-        asyncio.run(watch(get_settings(), 3600.0 if args.seconds is None else args.seconds))
+        asyncio.run(watch_diagnoses(get_settings(), 3600.0 if args.seconds is None else args.seconds))
         return 0
-    from rhd.demo import watch_metrics
-    from rhd.runtime.watch import parse_target, read_targets
+    from rhd.watch.console import watch_metrics
+    from rhd.watch.figures import parse_target, read_targets
 
     try:
         named = [parse_target(text) for text in args.target or []]
@@ -209,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rhd.demo import run_demo
+    from rhd.local.demo import run_demo
 
     return asyncio.run(run_demo(get_settings(), args.studies, args.seed, Path(args.workdir)))
 

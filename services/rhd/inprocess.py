@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from rhd.assemble.ops import STUDY_FEATURE_NAMES, AnalysedFrame, study_features
-from rhd.features.ops import FeatureError, frame_features
+from rhd.features.ops import FEATURE_NAMES, FeatureError, frame_features
+from rhd.imaging.codec import decode_png, encode_png
 from rhd.inspect.ops import inspect
 from rhd.segment.ops import segment
-from rhd.split.ops import VideoDecodeError, decode_png, decode_video, encode_png
+from rhd.split.ops import VideoDecodeError, decode_video
 
 # frames (N x H x W x 3 BGR uint8) -> view label per frame
 ViewPredictor = Callable[[np.ndarray], Sequence[str]]
@@ -44,7 +45,7 @@ def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysi
             failed_videos += 1
             continue
         for image in decoded.frames:
-            # The services pass frames as PNG; the round trip is lossless, so it is skipped here.
+            # The services may pass frames as PNG; the round trip is lossless, so it is skipped here.
             if inspect(image).doppler:
                 doppler_frames.append(image)
                 doppler_videos.append(video["video_id"])
@@ -58,7 +59,8 @@ def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysi
             # Masks travel as PNG between services; decode(encode) keeps both paths identical.
             labels = decode_png(encode_png(labels))
             try:
-                analysed.append(AnalysedFrame(video_id, view, frame_features(image, labels, spacing, nyquist)))
+                values = frame_features(image, labels, spacing, nyquist)
+                analysed.append(AnalysedFrame(video_id, view, dict(zip(FEATURE_NAMES, values, strict=True))))
             except FeatureError:
                 failed_frames += 1
     return StudyAnalysis(meta["study_id"], STUDY_FEATURE_NAMES, study_features(analysed), len(analysed),

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from rhd.runtime.settings import Settings
-from rhd.runtime.stack import STAGES
+from rhd.runtime.topics import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from rhd.runtime.settings import Settings
-from rhd.runtime.stack import STAGES
-from rhd.runtime.topics import all_topic_names
+from rhd.runtime.topics import STAGES, all_topic_names
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"

@@ -17,16 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rhd.cli import main
-from rhd.runtime.broker import free_port
-from rhd.runtime.http import TFS_METRICS_PATH
-from rhd.runtime.model_client import (
-    ModelClient,
-    ModelRequestError,
-    ModelUnavailableError,
-    from_tensor_proto,
-    to_tensor_proto,
-)
-from rhd.runtime.model_server import (
+from rhd.local.broker import free_port
+from rhd.local.stack import ServiceProcess
+from rhd.model_server.server import (
     BatchingOptions,
     BatchScheduler,
     ServingError,
@@ -38,8 +31,15 @@ from rhd.runtime.model_server import (
     start_rest,
     start_server,
 )
-from rhd.runtime.stack import ServiceProcess
-from rhd.runtime.watch import parse_samples
+from rhd.runtime.http import TFS_METRICS_PATH
+from rhd.runtime.model_client import (
+    ModelClient,
+    ModelRequestError,
+    ModelUnavailableError,
+    from_tensor_proto,
+    to_tensor_proto,
+)
+from rhd.watch.figures import parse_samples
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rhd.model_server.server  # noqa: F401  (registers the embedded model server's; imports TensorFlow)
 import rhd.runtime.metrics  # noqa: F401  (registers the services' metrics)
-import rhd.runtime.model_server  # noqa: F401  (registers the embedded model server's; imports TensorFlow)
 import yaml
 from prometheus_client import REGISTRY
-from rhd.runtime.stack import STAGES
+from rhd.runtime.topics import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "compose" / "prometheus"

@@ -9,8 +9,8 @@ import pytest
 import rhd
 from aiokafka import ConsumerRecord
 from prometheus_client import REGISTRY
-from rhd.runtime.broker import free_port
-from rhd.runtime.model_server import start_server
+from rhd.local.broker import free_port
+from rhd.model_server.server import start_server
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import StageRunner
 from rhd.runtime.topics import FRAMES_DONE, FRAMES_SEGMENTED, FRAMES_VIEWED, dlq

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rhd.features.ops import FEATURE_NAMES
-from rhd.runtime.broker import EmbeddedBroker, free_port
-from rhd.runtime.stack import ServiceProcess
+from rhd.local.broker import EmbeddedBroker, free_port
+from rhd.local.stack import ServiceProcess
 from rhd.runtime.topics import FRAMES_DONE, STUDIES_FEATURES
 from rhd.v1 import rhd_pb2 as pb
 

@@ -12,16 +12,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
-from rhd.demo import corrupt_one_video
+from rhd.local.broker import free_port
+from rhd.local.demo import corrupt_one_video
+from rhd.local.publish import publish_uploads, upload_from_dir
+from rhd.local.stack import EmbeddedStack
 from rhd.runtime.blobs import BlobStore
-from rhd.runtime.broker import free_port
-from rhd.runtime.publish import publish_uploads, upload_from_dir
 from rhd.runtime.settings import Settings
-from rhd.runtime.stack import STAGES, EmbeddedStack
-from rhd.runtime.topics import FRAMES_DECODED, STUDIES_UPLOADED
-from rhd.runtime.watch import Progress, follow, read_targets, scrape_all, total
+from rhd.runtime.topics import FRAMES_DECODED, STAGES, STUDIES_UPLOADED
 from rhd.synth.generator import SynthConfig, synth_studies
 from rhd.v1 import rhd_pb2 as pb
+from rhd.watch.figures import Progress, follow, read_targets, scrape_all, total
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -87,7 +87,7 @@ def test_failed_frames_are_reported():
 
 
 def _frame(video: str, view: str, jet: float) -> AnalysedFrame:
-    return AnalysedFrame(video, view, [jet if n == "jet_length_mm" else 0.0 for n in FEATURE_NAMES])
+    return AnalysedFrame(video, view, {n: jet if n == "jet_length_mm" else 0.0 for n in FEATURE_NAMES})
 
 
 def test_study_features_follow_the_largest_jet_and_plax():

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from rhd.imaging.codec import frame_image, frame_pixels
+from rhd.local.publish import upload_from_dir
 from rhd.runtime.blobs import BlobStore
-from rhd.runtime.publish import upload_from_dir
-from rhd.runtime.records import dead_letter, frame_image, frame_key_of, frame_pixels, frame_result
+from rhd.runtime.records import dead_letter, frame_key_of, frame_result
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DONE
 from rhd.synth.generator import SynthConfig, synth_studies

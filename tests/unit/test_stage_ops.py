@@ -3,18 +3,13 @@ MP4 frames (what the services see), plus the edge cases that must end in a clear
 
 import numpy as np
 import pytest
-from rhd.features.ops import (
-    FEATURE_NAMES,
-    FeatureError,
-    decode_velocity,
-    find_colour_bar,
-    frame_features,
-    unalias,
-)
+from rhd.features.ops import FEATURE_NAMES, FeatureError, frame_features, unalias
+from rhd.imaging.codec import decode_png, encode_png
+from rhd.imaging.colour import AWAY, MOSAIC, TOWARD, decode_velocity, find_colour_bar
 from rhd.inspect.ops import ANATOMICAL, DOPPLER, NO_IMAGE, NOT_ECHO, inspect
 from rhd.labels import VIEWS
-from rhd.segment.ops import AWAY, MOSAIC, TOWARD, segment
-from rhd.split.ops import VideoDecodeError, decode_png, decode_video, encode_png
+from rhd.segment.ops import segment
+from rhd.split.ops import VideoDecodeError, decode_video
 from rhd.synth.generator import SynthConfig, load_frame_truth, load_truth, synth_studies
 from rhd.synth.render import JetScene, Scene, render_frame
 

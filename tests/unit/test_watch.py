@@ -10,10 +10,11 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from rhd.cli import main
-from rhd.demo import plain_text
+from rhd.watch.console import plain_text
+from rhd.local.stack import EmbeddedStack, ServiceProcess
 from rhd.runtime.settings import Settings
-from rhd.runtime.stack import STAGES, EmbeddedStack, ServiceProcess
-from rhd.runtime.watch import (
+from rhd.runtime.topics import STAGES
+from rhd.watch.figures import (
     Samples,
     Scrape,
     Target,

@@ -5,13 +5,11 @@
 """
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from rhd.features.ops import FEATURE_NAMES
-from rhd.runtime.records import now
 from rhd.v1 import rhd_pb2 as pb
 
 STUDY_FEATURE_SET = "study-v3"  # v3: per-video views, the share of the cycle with a jet, the jet in a second view
@@ -20,7 +18,9 @@ STUDY_FEATURE_SET = "study-v3"  # v3: per-video views, the share of the cycle wi
 JET_MIN_MM = 10.0
 LONG_JET_MM = 20.0  # WHF 2012's length for pathological MR
 JET_MIN_FRAMES = 2  # a video shows a jet when at least this many of its frames do: one frame may be noise
-_IDX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+# The frame features (by the names each FeatureVector carries) that the study's are made of.
+FRAME_FEATURES_USED = ("jet_length_mm", "mosaic_area_mm2", "velocity_peak_cm_s", "velocity_mean_cm_s",
+                       "flow_area_mm2", "grey_mean", "glcm_contrast_d1", "glcm_homogeneity_d1")
 
 # How a cardiologist reads a study's colour Doppler, as numbers (docs/study-features.md):
 STUDY_FEATURE_NAMES: tuple[str, ...] = (
@@ -43,7 +43,7 @@ STUDY_FEATURE_NAMES: tuple[str, ...] = (
 class AnalysedFrame:
     video_id: str
     view: str  # the view model's label for this frame
-    values: Sequence[float]  # in features.ops.FEATURE_NAMES order
+    features: Mapping[str, float]  # the frame's features by name
 
 
 def _video_view(views: np.ndarray) -> str:
@@ -56,8 +56,10 @@ def study_features(frames: Sequence[AnalysedFrame]) -> list[float]:
     """Aggregate a study's analysed frames in STUDY_FEATURE_NAMES order; all zero without any."""
     if not frames:
         return [0.0] * len(STUDY_FEATURE_NAMES)
-    matrix = np.array([f.values for f in frames], np.float64)
-    column = {name: matrix[:, i] for name, i in _IDX.items()}
+    missing = sorted({name for f in frames for name in FRAME_FEATURES_USED if name not in f.features})
+    if missing:
+        raise ValueError(f"frame features lack {', '.join(missing)}")
+    column = {name: np.array([f.features[name] for f in frames], np.float64) for name in FRAME_FEATURES_USED}
     jets = column["jet_length_mm"]
     videos = np.array([f.video_id for f in frames])
     frame_views = np.array([f.view for f in frames])
@@ -195,7 +197,7 @@ def assemble_study(
         failed=status.count(pb.FRAME_STATUS_FAILED),
         missing=len(expected) - len(results),
     )
-    analysed = [AnalysedFrame(r.key.video_id, r.view.label, list(r.features.values))
+    analysed = [AnalysedFrame(r.key.video_id, r.view.label, dict(zip(r.features.names, r.features.values, strict=True)))
                 for r in results if r.status == pb.FRAME_STATUS_ANALYSED]
     failed_videos = [v for v in manifest.videos if v.status == pb.VIDEO_STATUS_FAILED] if manifest else []
     reasons = [v.error for v in failed_videos]
@@ -217,9 +219,15 @@ def assemble_study(
         completeness = pb.COMPLETENESS_COMPLETE
     features = pb.FeatureVector(feature_set=STUDY_FEATURE_SET, names=STUDY_FEATURE_NAMES,
                                 values=study_features(analysed))
-    return pb.StudyFeatures(
+    study = pb.StudyFeatures(
         study_id=study_id, completeness=completeness, reason="; ".join(reasons), frames=counts,
         features=features, videos_expected=len(manifest.videos) if manifest else 0,
-        videos_failed=len(failed_videos),
-        uploaded_at=manifest.uploaded_at if manifest else None, assembled_at=now(),
+        videos_failed=len(failed_videos), uploaded_at=manifest.uploaded_at if manifest else None,
     )
+    study.assembled_at.GetCurrentTime()
+    return study
+
+
+def study_of(done: pb.FrameDone) -> str:
+    """The study a frames.done.v1 record belongs to (a manifest, or a frame's terminal result)."""
+    return done.manifest.study_id if done.HasField("manifest") else done.result.key.study_id

@@ -9,7 +9,7 @@ import numpy as np
 import skops.io as sio
 from sklearn.pipeline import Pipeline
 
-from rhd.runtime.modelstore import read_manifest, version_dir
+from rhd.modelstore import read_manifest, version_dir
 
 MODEL_NAME = "study"
 MODEL_FILE = "model.skops"

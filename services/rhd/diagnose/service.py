@@ -1,13 +1,11 @@
 """diagnose: studies.features.v1 -> studies.diagnosed.v1 (z-score + classifier, with evidence)."""
 
-import time
-
 from rhd.diagnose.ops import diagnose, load_study_model
 from rhd.labels import CLASSES
 from rhd.runtime import metrics
 from rhd.runtime.records import Output, now
 from rhd.runtime.settings import Settings
-from rhd.runtime.stage import StageService
+from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import STUDIES_DIAGNOSED, STUDIES_FEATURES
 from rhd.v1 import rhd_pb2 as pb
 
@@ -26,7 +24,7 @@ class Diagnose(StageService):
     def validate(self, study: pb.StudyFeatures) -> str | None:
         return None if study.study_id else "study features without study_id"
 
-    def handle(self, study: pb.StudyFeatures) -> list[Output]:
+    def handle(self, study: pb.StudyFeatures, at: Position) -> list[Output]:
         diagnosis = pb.Diagnosis(
             study_id=study.study_id, model_version=self.model.version, completeness=study.completeness,
             reason=study.reason, frames=study.frames, uploaded_at=study.uploaded_at, diagnosed_at=now(),
@@ -37,9 +35,7 @@ class Diagnose(StageService):
             diagnosis.probabilities.update(result.probabilities)
             for name, value, contribution in result.evidence:
                 diagnosis.evidence.add(name=name, value=value, contribution=contribution)
-        if study.HasField("uploaded_at"):
-            latency = time.time() - study.uploaded_at.ToMicroseconds() / 1e6
-            metrics.STUDY_LATENCY.labels(self.name).observe(max(0.0, latency))
+        metrics.observe_study_latency(self.name, study.uploaded_at if study.HasField("uploaded_at") else None)
         return [Output(STUDIES_DIAGNOSED, study.study_id, diagnosis)]
 
     def failed(self, study: pb.StudyFeatures, reason: str) -> list[Output]:

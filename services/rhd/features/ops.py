@@ -8,16 +8,13 @@ level of aliasing is undone where red meets blue through the bright ends of the 
 through zero). Mosaic pixels carry variance, not a readable velocity: they count as aliased flow.
 """
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 from scipy import stats
-from scipy.spatial import cKDTree
 from skimage.feature import graycomatrix, graycoprops
 
-from rhd.inspect.ops import colour_pixels, fan_mask
-from rhd.segment.ops import AWAY, MOSAIC, TOWARD
+from rhd.imaging.colour import AWAY, MOSAIC, TOWARD, ColourBarError, decode_velocity, find_colour_bar
+from rhd.imaging.sector import fan_mask
 
 FEATURE_SET = "frame-v2"
 GLCM_LEVELS = 32
@@ -25,9 +22,6 @@ GLCM_DISTANCES = (1, 3, 5)
 GLCM_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
 GLCM_PROPS = ("contrast", "homogeneity", "energy", "correlation", "dissimilarity")
 PERCENTILES = (10, 50, 90)
-BAR_MIN_HEIGHT = 0.2  # of the frame height
-BAR_MAX_WIDTH = 24  # px
-BAR_MIN_ROWS = 20  # distinct colours a readable bar must have
 ALIAS_EDGE = 0.6  # share of Nyquist both sides of a red-blue seam must reach for it to be aliasing
 
 FIRST_ORDER = ("mean", "var", "skewness", "kurtosis", "entropy", *(f"p{p}" for p in PERCENTILES))
@@ -44,13 +38,6 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 class FeatureError(ValueError):
     """A frame whose features cannot be measured, with the reason (the frame ends FAILED, never silently 0)."""
-
-
-@dataclass(frozen=True)
-class ColourBar:
-    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
-    colours: np.ndarray  # float32 rows x 3 BGR, from the red end to the blue end
-    velocities: np.ndarray  # float32 rows, +Nyquist .. -Nyquist (cm/s)
 
 
 def first_order(values: np.ndarray, prefix: str) -> dict[str, float]:
@@ -83,46 +70,6 @@ def texture(grey: np.ndarray) -> dict[str, float]:
         for d, value in zip(GLCM_DISTANCES, per_distance, strict=True):
             out[f"glcm_{prop}_d{d}"] = float(value)
     return out
-
-
-def find_colour_bar(bgr: np.ndarray, nyquist_cm_s: float, fan: np.ndarray | None = None) -> ColourBar:
-    """Locate the velocity colour bar outside the fan and read its colours; FeatureError when there is none."""
-    if nyquist_cm_s <= 0:
-        raise FeatureError("Nyquist limit unknown: velocities cannot be read from the colour bar")
-    h = bgr.shape[0]
-    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
-    fan = fan_mask(bgr) if fan is None else fan
-    colour = colour_pixels(hsv) & ~cv2.dilate(fan.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    columns = np.flatnonzero(colour.sum(axis=0) >= BAR_MIN_HEIGHT * h)
-    if columns.size == 0:
-        raise FeatureError("no colour bar found beside the image: velocities cannot be read")
-    # The widest run of adjacent bar-like columns.
-    runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
-    run = max(runs, key=len)
-    if len(run) > BAR_MAX_WIDTH:
-        raise FeatureError(f"colour bar unreadable: a colour strip {len(run)} px wide is not a bar")
-    x0, x1 = int(run[0]), int(run[-1]) + 1
-    rows = np.flatnonzero(colour[:, x0:x1].any(axis=1))
-    y0, y1 = int(rows[0]), int(rows[-1]) + 1
-    if y1 - y0 < BAR_MIN_ROWS:
-        raise FeatureError(f"colour bar unreadable: {y1 - y0} rows")
-    inner = slice(x0 + 1, x1 - 1) if x1 - x0 > 2 else slice(x0, x1)  # compression blurs the bar's sides
-    colours = bgr[y0:y1, inner].astype(np.float32).mean(axis=1)
-    top, bottom = colours[: len(colours) // 4].mean(axis=0), colours[-len(colours) // 4:].mean(axis=0)
-    # Towards the probe is red (BGR index 2); some scanners draw the bar with blue on top.
-    sign = 1.0 if top[2] - top[0] >= bottom[2] - bottom[0] else -1.0
-    velocities = sign * np.linspace(nyquist_cm_s, -nyquist_cm_s, y1 - y0, dtype=np.float32)
-    return ColourBar((x0, y0, x1, y1), colours, velocities)
-
-
-def decode_velocity(bgr: np.ndarray, laminar: np.ndarray, bar: ColourBar) -> np.ndarray:
-    """Velocity along the beam (cm/s) of each laminar pixel: that of its nearest colour on the bar (aliased,
-    as the scanner shows it)."""
-    pixels = bgr[laminar].astype(np.float32)
-    if pixels.size == 0:
-        return np.zeros(0, np.float32)
-    _, nearest = cKDTree(bar.colours).query(pixels)
-    return bar.velocities[nearest]
 
 
 def unalias(aliased_cm_s: np.ndarray, laminar: np.ndarray, nyquist_cm_s: float) -> np.ndarray:
@@ -175,7 +122,10 @@ def flow(bgr: np.ndarray, labels: np.ndarray, spacing_mm: float, nyquist_cm_s: f
     toward, away, mosaic = labels == TOWARD, labels == AWAY, labels == MOSAIC
     laminar = toward | away
     flow_pixels = int((labels > 0).sum())
-    bar = find_colour_bar(bgr, nyquist_cm_s, fan)
+    try:
+        bar = find_colour_bar(bgr, nyquist_cm_s, fan)
+    except ColourBarError as exc:
+        raise FeatureError(str(exc)) from exc
     velocity = unalias(decode_velocity(bgr, laminar, bar), laminar, nyquist_cm_s) if laminar.any() else np.zeros(0)
     speed = np.abs(velocity)
     full = np.zeros(labels.shape, np.float32)

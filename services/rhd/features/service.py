@@ -1,10 +1,10 @@
 """features: frames.viewed.v1 -> frames.done.v1 (the analysed frame's terminal record with its features)."""
 
 from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, FeatureError, frame_features
-from rhd.runtime.records import Output, frame_image, frame_result
-from rhd.runtime.stage import StageService
+from rhd.imaging.codec import decode_png, frame_image
+from rhd.runtime.records import Output, frame_result
+from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_VIEWED
-from rhd.split.ops import decode_png
 from rhd.v1 import rhd_pb2 as pb
 
 
@@ -13,7 +13,7 @@ class Features(StageService):
     input_topic = FRAMES_VIEWED
     input_type = pb.ViewedFrame
 
-    def handle(self, viewed: pb.ViewedFrame) -> list[Output]:
+    def handle(self, viewed: pb.ViewedFrame, at: Position) -> list[Output]:
         frame = viewed.segmented.frame
         try:
             values = frame_features(

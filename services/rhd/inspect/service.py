@@ -1,8 +1,9 @@
 """inspect: frames.decoded.v1 -> frames.doppler.v1 (colour Doppler); anatomical frames end as skipped."""
 
+from rhd.imaging.codec import frame_image
 from rhd.inspect.ops import NOT_ECHO, inspect
-from rhd.runtime.records import Output, frame_image, frame_result
-from rhd.runtime.stage import StageService
+from rhd.runtime.records import Output, frame_result
+from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_DECODED, FRAMES_DOPPLER
 from rhd.v1 import rhd_pb2 as pb
 
@@ -12,7 +13,7 @@ class Inspect(StageService):
     input_topic = FRAMES_DECODED
     input_type = pb.Frame
 
-    def handle(self, frame: pb.Frame) -> list[Output]:
+    def handle(self, frame: pb.Frame, at: Position) -> list[Output]:
         result = inspect(frame_image(frame))
         if result.doppler:
             doppler = pb.DopplerFrame(frame=frame, colour_fraction=result.colour_fraction)

@@ -1,5 +1,8 @@
 """Prometheus metrics with the same names and labels in every service."""
 
+import time
+
+from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 import rhd
@@ -55,3 +58,9 @@ def declare_stage(stage: str, input_topic: str) -> None:
 
 def set_build_info(stage: str, **extra: str) -> None:
     BUILD.info({"version": rhd.__version__, "stage": stage, **extra})
+
+
+def observe_study_latency(stage: str, uploaded_at: Timestamp | None) -> None:
+    """Upload to now, for a study record leaving `stage` (nothing when the upload time is unknown)."""
+    if uploaded_at is not None:
+        STUDY_LATENCY.labels(stage).observe(max(0.0, time.time() - uploaded_at.ToMicroseconds() / 1e6))

@@ -1,41 +1,10 @@
-"""Builders for the records every stage writes alike (frames, terminal frame results, dead letters), and the
-frame codec."""
+"""Builders for the records every stage writes alike: terminal frame results and dead letters."""
 
-import cv2
-import numpy as np
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from rhd.runtime.topics import FRAMES_DONE
-from rhd.split.ops import decode_png, encode_png
+from rhd.runtime.topics import FRAMES_DONE, dlq
 from rhd.v1 import rhd_pb2 as pb
-
-# Room left in a frame message for everything but its pixels (a segmented frame adds its mask PNG).
-FRAME_ENVELOPE_BYTES = 65_536
-
-
-def frame_pixels(image: np.ndarray, codec: str, max_message_bytes: int = 1_000_000) -> dict[str, bytes]:
-    """The Frame fields that carry an image: {"bgr": raw bytes} or {"png": PNG bytes}. A raw image too large
-    for a message (frames bigger than 240 x 320 soon are) goes as PNG instead."""
-    if codec not in ("raw", "png"):
-        raise ValueError(f"unknown frame codec {codec!r} (raw or png)")
-    if codec == "raw" and image.nbytes <= max_message_bytes - FRAME_ENVELOPE_BYTES:
-        return {"bgr": np.ascontiguousarray(image, np.uint8).tobytes()}
-    return {"png": encode_png(image)}
-
-
-def frame_image(frame: pb.Frame) -> np.ndarray:
-    """The frame's BGR image, whichever way it travels; a malformed one raises ValueError (the frame fails)."""
-    which = frame.WhichOneof("pixels")
-    if which == "bgr":
-        expected = frame.height * frame.width * 3
-        if frame.height <= 0 or frame.width <= 0 or len(frame.bgr) != expected:
-            raise ValueError(f"raw frame of {len(frame.bgr)} bytes is not {frame.height} x {frame.width} x 3")
-        # A copy: the buffer is the message's, read-only, and the stage functions may work in place.
-        return np.frombuffer(frame.bgr, np.uint8).reshape(frame.height, frame.width, 3).copy()
-    if which == "png":
-        return decode_png(frame.png, cv2.IMREAD_COLOR)
-    raise ValueError("frame without pixels")
 
 
 def now() -> Timestamp:
@@ -111,3 +80,9 @@ def dead_letter(
     else:
         letter.original_bytes = original
     return letter
+
+
+def dead_letter_output(source_topic: str, stage: str, reason: str, *, key: str, **fields: object) -> Output:
+    """A dead letter for `<source_topic>.dlq`, keyed as its original record was (fields: those of dead_letter)."""
+    letter = dead_letter(source_topic, stage, reason, key=key.encode(), **fields)  # type: ignore[arg-type]
+    return Output(dlq(source_topic), key, letter)

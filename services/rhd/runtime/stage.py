@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from google.protobuf.message import DecodeError, Message
 
-from rhd.runtime import metrics
+from rhd.runtime import kafka, metrics
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.http import start_http
 from rhd.runtime.records import Output, dead_letter, frame_key_of, frame_result
@@ -25,10 +25,6 @@ from rhd.runtime.topics import DLQ_SUFFIX, dlq
 from rhd.v1 import rhd_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-# Records larger than a message may still arrive from foreign producers; fetch them so they can be
-# dead-lettered rather than stall the partition.
-MAX_FETCH_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -43,11 +39,13 @@ class Position:
 class StageService:
     """A stage: what it reads, its logic (`handle`), and what a failure leaves behind (`failed`).
 
-    `handle` is either a plain function, run in the worker pool, or a coroutine function, awaited on
-    the loop (for I/O-bound stages such as the model client, or cheap stateful ones). A stage whose
-    `wants_position` is true gets `handle(message, position)`. A stateful stage keeps its state in its input
-    topic: `committable` holds the committed offset back to the oldest record its state still needs, and
-    the partition hooks rebuild or drop state as partitions move between replicas.
+    `handle(message, at)` is either a plain function, run in the worker pool, or a coroutine function, awaited
+    on the loop (for I/O-bound stages such as the model client, or cheap stateful ones); `at` says where the
+    record was read. A stateful stage keeps its state in its input topic: `committable` holds the committed
+    offset back to the oldest record its state still needs, and the partition hooks rebuild or drop state as
+    partitions move between replicas. A stage that must not write a key twice names its output topic as
+    `written_topic`: before each assignment the runner reads back the keys written there in the last
+    `written_window_s` seconds and hands them to `partitions_assigned`.
     """
 
     name: str
@@ -55,9 +53,10 @@ class StageService:
     input_type: type[Message]
     concurrent: bool = True  # may the records of one batch be handled at once?
     tick_seconds: float = 0.0  # > 0: `tick` is called that often (deadlines)
-    wants_position: bool = False
+    written_topic: str = ""
+    written_window_s: float = 0.0
 
-    def handle(self, message: Any) -> list[Output]:
+    def handle(self, message: Any, at: Position) -> list[Output]:
         raise NotImplementedError
 
     def validate(self, message: Any) -> str | None:
@@ -81,8 +80,9 @@ class StageService:
         """The offset to commit for a partition whose records up to next_offset are handled."""
         return next_offset
 
-    async def partitions_assigned(self, partitions: set[int]) -> None:
-        """Called when this replica starts reading these partitions (at start and at every rebalance)."""
+    async def partitions_assigned(self, partitions: set[int], written: list[str]) -> None:
+        """Called when this replica starts reading these partitions (at start and at every rebalance), before any
+        of their records is handled; `written`: the keys read back from `written_topic` (oldest first)."""
 
     async def partitions_revoked(self, partitions: set[int]) -> None:
         """Called before these partitions go to another replica, after the last commit of their records."""
@@ -119,28 +119,11 @@ class StageRunner:
         metrics.set_build_info(svc.name)
         metrics.declare_stage(svc.name, svc.input_topic)
         http_runner, self.http_port = await start_http(s.http_host, s.http_port, self.ready)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=svc.name,
-            acks="all",
-            enable_idempotence=False,  # at-least-once; the embedded broker has no idempotent producer
-            max_request_size=s.max_message_bytes,
-            linger_ms=2,
-        )
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            group_id=svc.name,
-            client_id=svc.name,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=s.heartbeat_interval_ms,
-            max_partition_fetch_bytes=MAX_FETCH_BYTES,
-            fetch_max_bytes=MAX_FETCH_BYTES,
-        )
+        self.producer = kafka.producer(s, svc.name, linger_ms=2)
+        self.consumer = kafka.consumer(s, svc.name, svc.name)
         await svc.start(s)
         await self.producer.start()
-        self.consumer.subscribe([svc.input_topic], listener=_PartitionListener(svc, self._hooks))
+        self.consumer.subscribe([svc.input_topic], listener=_PartitionListener(svc, s, self._hooks))
         await self.consumer.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -203,11 +186,11 @@ class StageRunner:
     def _encode(out: Output) -> tuple[str, str, bytes]:
         return out.topic, out.key, out.message.SerializeToString()
 
-    def _timed_handle(self, message: Message) -> list[Output]:
+    def _timed_handle(self, message: Message, at: Position) -> list[Output]:
         # Timed in the worker so the histogram shows the work, not the wait for a free worker.
         started = time.perf_counter()
         try:
-            return self.service.handle(message)
+            return self.service.handle(message, at)
         finally:
             metrics.STAGE_SECONDS.labels(self.service.name).observe(time.perf_counter() - started)
 
@@ -227,15 +210,11 @@ class StageRunner:
             problem = svc.validate(message)
             if problem:
                 raise _Rejected(f"invalid {svc.input_type.DESCRIPTOR.full_name}: {problem}")
-            if svc.wants_position:
-                position = Position(record.partition, record.offset, record.timestamp / 1000)
-                # Coroutine functions here (the base class types handle as the plain one).
-                outputs = await svc.handle(message, position)  # type: ignore[call-arg,misc]
-            elif self._is_async:
-                outputs = await svc.handle(message)  # type: ignore[misc]
+            at = Position(record.partition, record.offset, record.timestamp / 1000)
+            if self._is_async:
+                outputs = await svc.handle(message, at)  # type: ignore[misc]  # typed as the plain one
             else:
-                loop = asyncio.get_running_loop()
-                outputs = await loop.run_in_executor(self.pool, self._timed_handle, message)
+                outputs = await asyncio.get_running_loop().run_in_executor(self.pool, self._timed_handle, message, at)
             encoded = [self._encode(out) for out in outputs]
             for topic, _, data in encoded:
                 if len(data) > limit and not topic.endswith(".dlq"):
@@ -295,8 +274,8 @@ class StageRunner:
 class _PartitionListener(ConsumerRebalanceListener):
     """Tells the stage which partitions of its input it now reads (aiokafka awaits these during a rebalance)."""
 
-    def __init__(self, service: StageService, hooks: asyncio.Lock) -> None:
-        self.service, self.hooks = service, hooks
+    def __init__(self, service: StageService, settings: Settings, hooks: asyncio.Lock) -> None:
+        self.service, self.settings, self.hooks = service, settings, hooks
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
@@ -306,7 +285,14 @@ class _PartitionListener(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if assigned:
             async with self.hooks:
-                await self.service.partitions_assigned({tp.partition for tp in assigned})
+                svc, written = self.service, []
+                if svc.written_topic:
+                    started = time.monotonic()
+                    since = time.time() - svc.written_window_s
+                    written = await kafka.read_keys(self.settings, svc.written_topic, since, f"{svc.name}-recovery")
+                    log.info("%s read %d keys written to %s back in %.2f s", svc.name, len(written),
+                             svc.written_topic, time.monotonic() - started)
+                await svc.partitions_assigned({tp.partition for tp in assigned}, written)
 
 
 class _Rejected(Exception):

@@ -1,4 +1,4 @@
-"""Every topic of the data path, in one place: names, message types, and their creation at start."""
+"""Every stage and topic of the data path, in one place: names, message types, and their creation at start."""
 
 import logging
 from dataclasses import dataclass
@@ -20,6 +20,9 @@ STUDIES_FEATURES = "studies.features.v1"
 STUDIES_DIAGNOSED = "studies.diagnosed.v1"
 
 TOPIC_ALREADY_EXISTS = 36
+
+# The stages in data-path order: the one name of each (folder, `rhd serve` argument, consumer group, metric label).
+STAGES: tuple[str, ...] = ("split", "inspect", "segment", "view", "features", "assemble", "diagnose")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,10 @@
 """Colour segmentation: k-means (OpenCV, seeded) on the flow pixels, clusters named by their hue.
 
-Labels: 0 background (grey image, and faint colour bled by video compression), 1 laminar flow towards the
-probe (red to orange), 2 laminar flow away (blue to light blue), 3 turbulent mosaic (the green, yellow and
-cyan that a jet's velocity variance adds). Flow pixels are the strongly saturated ones inside the fan
-(`rhd.inspect.ops.flow_mask`). k = 4 clusters on hue (as cos / sin) and saturation: red, blue, and two for
-the variance colours (yellow-green and cyan), each cluster named by its centre's hue. With k = 3 the mosaic
-cluster was swallowed by the slow chamber flow (jet Dice 0.83-0.87 against 0.93-1.00 with k = 4).
+Labels are those of `rhd.imaging.colour` (background, towards, away, mosaic). Flow pixels are the strongly
+saturated ones inside the fan (`rhd.imaging.sector.flow_mask`). k = 4 clusters on hue (as cos / sin) and
+saturation: red, blue, and two for the variance colours (yellow-green and cyan), each cluster named by its centre's
+hue. With k = 3 the mosaic cluster was swallowed by the slow chamber flow (jet Dice 0.83-0.87 against 0.93-1.00
+with k = 4).
 """
 
 from dataclasses import dataclass
@@ -13,9 +12,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from rhd.inspect.ops import flow_mask
+from rhd.imaging.colour import MOSAIC, name_hue
+from rhd.imaging.sector import flow_mask
 
-BACKGROUND, TOWARD, AWAY, MOSAIC = 0, 1, 2, 3
 CLUSTERS = 4
 KMEANS_SEED = 1234
 # Mosaic is a texture, not a colour: isolated red or blue pixels inside it belong to it too.
@@ -27,14 +26,6 @@ class Segmentation:
     labels: np.ndarray  # uint8 H x W, values BACKGROUND..MOSAIC
     flow_pixels: int
     mosaic_pixels: int
-
-
-def name_hue(hue: np.ndarray) -> np.ndarray:
-    """OpenCV hue (0-179) -> label. The laminar map runs from red (0) to orange (~18) towards the probe and
-    from blue (120) to light blue (~100) away; variance green moves turbulent colours in between."""
-    hue = np.asarray(hue, np.float64)
-    return np.where((hue < 22) | (hue > 165), TOWARD, np.where((hue >= 97) & (hue <= 135), AWAY, MOSAIC)).astype(
-        np.uint8)
 
 
 def segment(bgr: np.ndarray) -> Segmentation:

@@ -1,10 +1,10 @@
 """segment: frames.doppler.v1 -> frames.segmented.v1 (frame + flow mask from k-means colour clustering)."""
 
-from rhd.runtime.records import Output, frame_image
-from rhd.runtime.stage import StageService
+from rhd.imaging.codec import encode_png, frame_image
+from rhd.runtime.records import Output
+from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_DOPPLER, FRAMES_SEGMENTED
 from rhd.segment.ops import segment
-from rhd.split.ops import encode_png
 from rhd.v1 import rhd_pb2 as pb
 
 
@@ -13,7 +13,7 @@ class Segment(StageService):
     input_topic = FRAMES_DOPPLER
     input_type = pb.DopplerFrame
 
-    def handle(self, doppler: pb.DopplerFrame) -> list[Output]:
+    def handle(self, doppler: pb.DopplerFrame, at: Position) -> list[Output]:
         result = segment(frame_image(doppler.frame))
         mask = pb.Mask(png=encode_png(result.labels), flow_pixels=result.flow_pixels,
                        mosaic_pixels=result.mosaic_pixels)

@@ -1,11 +1,16 @@
-"""Frame splitting: decode a video's bytes into frames (OpenCV) and encode frames losslessly (PNG)."""
+"""Frame splitting: decode a video's bytes into frames (OpenCV), and what of an upload's metadata the analysis
+may use (the rest, identifying, stays behind)."""
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+# Metadata the analysis may use; identifying fields stay behind.
+CLINICAL_FIELDS = frozenset({"pixel_spacing_mm", "nyquist_cm_s", "fps", "device"})
 
 
 class VideoDecodeError(ValueError):
@@ -17,6 +22,28 @@ class DecodedVideo:
     frames: list[np.ndarray]  # BGR uint8, H x W x 3
     fps: float
     declared_frame_count: int
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """What the scanner says of how the study was recorded, as the analysis needs it (0 = unknown)."""
+
+    pixel_spacing_mm: float
+    nyquist_cm_s: float
+    clinical: dict[str, str]  # the metadata that travels on with the study
+
+
+def _number(metadata: Mapping[str, str], name: str) -> float:
+    try:
+        return float(metadata.get(name, 0.0))
+    except ValueError:
+        return 0.0
+
+
+def acquisition(metadata: Mapping[str, str]) -> Acquisition:
+    """The upload's metadata reduced to what the analysis may use: CLINICAL_FIELDS and no other."""
+    clinical = {k: v for k, v in metadata.items() if k in CLINICAL_FIELDS}
+    return Acquisition(_number(metadata, "pixel_spacing_mm"), _number(metadata, "nyquist_cm_s"), clinical)
 
 
 def decode_video(data: bytes) -> DecodedVideo:
@@ -51,15 +78,3 @@ def decode_video(data: bytes) -> DecodedVideo:
     return DecodedVideo(frames=frames, fps=fps, declared_frame_count=declared)
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def decode_png(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if image is None:
-        raise ValueError(f"not a PNG image ({len(data)} bytes)")
-    return image

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rhd.runtime.modelstore import version_dir
+from rhd.modelstore import version_dir
 from rhd.view.ops import prediction_from_outputs
 
 BATCH = 256

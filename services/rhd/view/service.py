@@ -4,11 +4,12 @@ Frames from concurrent messages are micro-batched by the client into one Predict
 model server is down, frames wait and retry; after `RHD_MODEL_RETRY_FOR_S` they are dead-lettered.
 """
 
+from rhd.imaging.codec import frame_image
 from rhd.runtime import metrics
 from rhd.runtime.model_client import ModelClient
-from rhd.runtime.records import Output, frame_image
+from rhd.runtime.records import Output
 from rhd.runtime.settings import Settings
-from rhd.runtime.stage import StageService
+from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_SEGMENTED, FRAMES_VIEWED
 from rhd.v1 import rhd_pb2 as pb
 from rhd.view.ops import prediction_from_outputs
@@ -34,7 +35,7 @@ class View(StageService):
     async def ready(self) -> bool:
         return await self.client.ready()
 
-    async def handle(self, segmented: pb.SegmentedFrame) -> list[Output]:
+    async def handle(self, segmented: pb.SegmentedFrame, at: Position) -> list[Output]:
         image = frame_image(segmented.frame)
         outputs = await self.client.predict(image)
         if not self.model_version:

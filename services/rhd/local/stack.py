@@ -14,15 +14,13 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rhd.runtime.broker import EmbeddedBroker, free_port
+from rhd.local.broker import EmbeddedBroker, free_port
 from rhd.runtime.http import TFS_METRICS_PATH
 from rhd.runtime.settings import Settings
-from rhd.runtime.watch import MODEL_SERVER_JOB, Target, fetch_samples, file_sd, total
+from rhd.runtime.topics import STAGES
+from rhd.watch.figures import MODEL_SERVER_JOB, Target, fetch_samples, file_sd, total
 
 log = logging.getLogger(__name__)
-
-STAGES: tuple[str, ...] = ("split", "inspect", "segment", "view", "features", "assemble", "diagnose")
-
 
 async def stage_seconds(http: aiohttp.ClientSession, port: int, stage: str | None = None,
                         path: str = "/metrics") -> tuple[float, float]:

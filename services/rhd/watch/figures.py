@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
+from rhd.runtime import kafka
 from rhd.runtime.http import TFS_METRICS_PATH
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DONE, STUDIES_DIAGNOSED, TOPICS, dlq
@@ -57,12 +57,9 @@ async def follow(
     """Read frames.done, diagnoses and every dead-letter topic from the beginning until `until` holds
     (then `settle_s` more seconds, to catch anything duplicated) or the timeout passes."""
     topics = [FRAMES_DONE, STUDIES_DIAGNOSED, *(dlq(t.name) for t in TOPICS)]
-    consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=settings.bootstrap_servers, group_id=f"watch-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest", enable_auto_commit=False,
-        session_timeout_ms=settings.session_timeout_ms, heartbeat_interval_ms=settings.heartbeat_interval_ms,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-    )
+    group = f"watch-{uuid.uuid4().hex[:8]}"
+    consumer = kafka.consumer(settings, group, group)
+    consumer.subscribe(topics)
     await consumer.start()
     progress = Progress()
     deadline = time.monotonic() + timeout_s

@@ -1,24 +1,20 @@
-"""`rhd demo` and `rhd watch`: the whole line on one machine, shown to a person."""
+"""`rhd watch`: the monitoring dashboard's figures in a terminal (scraped from every service's /metrics), or each
+diagnosis as it arrives."""
 
 import asyncio
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import aiohttp
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from rhd.labels import CLASSES
-from rhd.runtime.blobs import BlobStore
-from rhd.runtime.publish import publish_uploads, upload_from_dir
 from rhd.runtime.settings import Settings
-from rhd.runtime.stack import STAGES, EmbeddedStack, ServiceProcess, stage_seconds
-from rhd.runtime.watch import Figures, Progress, Target, figures, follow, scrape_all, window
+from rhd.runtime.topics import STAGES
 from rhd.v1 import rhd_pb2 as pb
+from rhd.watch.figures import Figures, Progress, Target, figures, follow, scrape_all, window
 
 
 def label_name(label: int) -> str:
@@ -29,123 +25,7 @@ def completeness_name(value: int) -> str:
     return pb.Completeness.Name(value).removeprefix("COMPLETENESS_")
 
 
-def corrupt_one_video(study_dir: Path) -> str:
-    """Truncate one video to half its bytes: the bad input the line must survive. A B-mode video is
-    chosen where there is one, so the study keeps colour Doppler frames and ends INCOMPLETE, not FAILED."""
-    from rhd.synth.generator import load_truth
-
-    videos = load_truth(study_dir)["videos"]
-    chosen = next((v for v in videos if not v["doppler"]), videos[-1])
-    video = study_dir / f"{chosen['video_id']}.mp4"
-    data = video.read_bytes()
-    video.write_bytes(data[: len(data) // 2])
-    return str(chosen["video_id"])
-
-
-def print_progress(progress: Progress, n_studies: int) -> None:
-    expected = sum(progress.expected_frames.values())
-    print(f"  frames accounted {progress.frames_accounted():5d}/{expected:<5d} "
-          f"studies diagnosed {len(progress.diagnoses)}/{n_studies}  dead letters {len(progress.dead_letters)}",
-          flush=True)
-
-
-def diagnosis_table(progress: Progress, truths: dict[str, str]) -> str:
-    header = f"{'study':<12} {'truth':<10} {'diagnosis':<10} " + " ".join(f"{c[:5]:>6}" for c in CLASSES)
-    header += f"  {'status':<10} {'frames a/s/f of n':<18} reason"
-    lines = [header, "-" * len(header)]
-    for study_id in sorted(truths):
-        for d in progress.diagnoses.get(study_id, []):
-            probs = " ".join(f"{d.probabilities.get(c, 0.0):6.2f}" for c in CLASSES)
-            f = d.frames
-            counts = f"{f.analysed}/{f.skipped}/{f.failed} of {f.expected}"
-            lines.append(f"{study_id:<12} {truths[study_id]:<10} {label_name(d.label):<10} {probs}  "
-                         f"{completeness_name(d.completeness):<10} {counts:<18} {d.reason[:70]}")
-        if study_id not in progress.diagnoses:
-            lines.append(f"{study_id:<12} {truths[study_id]:<10} (no diagnosis)")
-    return "\n".join(lines)
-
-
-async def stage_figures(services: list[ServiceProcess]) -> dict[str, tuple[float, float]]:
-    """Per stage: messages handled and busy seconds, scraped from each service's /metrics."""
-    figures: dict[str, tuple[float, float]] = {}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
-        for service in services:
-            if not service.http_port:
-                continue
-            count, seconds = await stage_seconds(http, service.http_port, path=service.metrics_path)
-            old = figures.get(service.name, (0.0, 0.0))
-            figures[service.name] = (old[0] + count, old[1] + seconds)
-    return figures
-
-
-async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path) -> int:
-    from rhd.synth.generator import SynthConfig, load_truth, synth_studies
-
-    started = time.monotonic()
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)  # noqa: ASYNC240 - before anything runs
-    settings = settings.model_copy(update={"blob_dir": workdir / "blobs", "study_deadline_s": 120.0,
-                                           "model_retry_for_s": 30.0})
-    print(f"generating {n_studies} synthetic studies (seed {seed})", flush=True)
-    # The screening protocol's first 10 videos of 1-2 s: every view, B-mode and colour, in a demo of minutes.
-    config = SynthConfig(videos_per_study=10, duration_s=(1.0, 2.0))
-    study_dirs = synth_studies(seed, n_studies, workdir / "studies", config, balanced=True)
-    truths = {d.name: load_truth(d)["label"] for d in study_dirs}
-    bad_video = corrupt_one_video(study_dirs[-1])
-    print(f"  video {bad_video} truncated on purpose (bad input); study {study_dirs[0].name} "
-          "will be published twice (redelivery)", flush=True)
-
-    stack = EmbeddedStack(workdir, settings)
-    print("starting broker, model server and 7 stages as separate processes ...", flush=True)
-    try:
-        live = await stack.start()
-        print(f"  ready in {time.monotonic() - started:.1f} s (broker {live.bootstrap_servers})", flush=True)
-        blobs = BlobStore(live.blob_dir)
-        uploads = [upload_from_dir(d, blobs, live.max_message_bytes) for d in study_dirs]
-        uploads.append(upload_from_dir(study_dirs[0], blobs, live.max_message_bytes))
-        published = time.monotonic()
-        await publish_uploads(live, uploads)
-        print(f"published {len(uploads)} uploads of {n_studies} studies", flush=True)
-
-        last_print = [0.0]
-
-        def show(progress: Progress) -> None:
-            if time.monotonic() - last_print[0] >= 2.0:
-                last_print[0] = time.monotonic()
-                print_progress(progress, n_studies)
-
-        def finished(progress: Progress) -> bool:
-            expected = sum(progress.expected_frames.values())
-            return (len(progress.diagnoses) == n_studies and len(progress.expected_frames) == n_studies
-                    and progress.frames_accounted() == expected)
-
-        progress = await follow(live, finished, timeout_s=600, on_update=show, settle_s=3.0)
-        line_seconds = time.monotonic() - published
-        print_progress(progress, n_studies)
-        figures = await stage_figures(stack.services)
-    finally:
-        codes = stack.stop()
-    print()
-    print(diagnosis_table(progress, truths))
-    print()
-    for letter in progress.dead_letters:
-        print(f"dead letter [{letter.source_topic}.dlq] {letter.stage}: {letter.reason}")
-    frames = progress.frames_accounted()
-    print(f"\nline: {frames} frames of {n_studies} studies in {line_seconds:.1f} s "
-          f"= {frames / line_seconds:.1f} frames/s end to end; demo wall time {time.monotonic() - started:.1f} s")
-    for stage, (count, seconds) in figures.items():
-        if count:
-            print(f"  {stage:<9} {int(count):5d} messages, {1000 * seconds / count:7.2f} ms each "
-                  f"= {count / seconds:8.1f} messages/s per busy worker")
-    once = all(len(v) == 1 for v in progress.diagnoses.values())
-    ok = finished(progress) and once and stack.all_stopped()
-    print(f"\nevery study diagnosed once: {once and len(progress.diagnoses) == n_studies}; "
-          f"every frame accounted: {frames == sum(progress.expected_frames.values())}; "
-          f"all processes stopped: {stack.all_stopped()} (exit codes {codes})")
-    return 0 if ok else 1
-
-
-async def watch(settings: Settings, seconds: float) -> None:
+async def watch_diagnoses(settings: Settings, seconds: float) -> None:
     seen: set[str] = set()
 
     def show(progress: Progress) -> None:

@@ -6,8 +6,7 @@ import json
 import uuid
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
-
+from rhd.runtime import kafka
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import now
 from rhd.runtime.settings import Settings
@@ -40,8 +39,7 @@ def upload_from_dir(study_dir: Path, blobs: BlobStore, max_message_bytes: int) -
 
 
 async def publish_uploads(settings: Settings, uploads: list[pb.StudyUpload]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
-                                enable_idempotence=False, max_request_size=settings.max_message_bytes)
+    producer = kafka.producer(settings, "publish")
     await producer.start()
     try:
         for upload in uploads:

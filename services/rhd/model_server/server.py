@@ -33,8 +33,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from rhd.modelstore import versions
 from rhd.runtime.http import TFS_METRICS_PATH, start_http
-from rhd.runtime.modelstore import versions
 from rhd.v1 import tfs_config_pb2
 
 log = logging.getLogger(__name__)

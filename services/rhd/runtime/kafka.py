@@ -1,0 +1,66 @@
+"""Kafka clients configured one way for every service: producers, consumers, and reading a topic's keys back."""
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from rhd.runtime.settings import Settings
+
+# Records larger than a message may still arrive from foreign producers; fetch them so they can be
+# dead-lettered rather than stall the partition.
+MAX_FETCH_BYTES = 16 * 1024 * 1024
+
+
+def producer(settings: Settings, client_id: str, linger_ms: int = 0) -> AIOKafkaProducer:
+    """At least once: acks from every in-sync replica, no idempotence (the embedded broker has none); messages
+    capped at RHD_MAX_MESSAGE_BYTES (the embedded broker enforces no size of its own)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        max_request_size=settings.max_message_bytes,
+        linger_ms=linger_ms,
+    )
+
+
+def consumer(settings: Settings, group_id: str | None, client_id: str, **overrides: object) -> AIOKafkaConsumer:
+    """Offsets committed by hand (after the outputs are acknowledged), from the earliest record of a new group."""
+    config: dict[str, object] = dict(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        max_partition_fetch_bytes=MAX_FETCH_BYTES,
+        fetch_max_bytes=MAX_FETCH_BYTES,
+    )
+    config.update(overrides)
+    return AIOKafkaConsumer(**config)
+
+
+async def read_keys(settings: Settings, topic: str, since: float, client_id: str) -> list[str]:
+    """The keys of the records written to `topic` since `since` (epoch seconds), oldest first per partition."""
+    reader = consumer(settings, None, client_id)
+    await reader.start()
+    try:
+        await reader.topics()  # metadata
+        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or set())]
+        if not tps:
+            return []
+        reader.assign(tps)
+        ends = await reader.end_offsets(tps)
+        starts = await reader.offsets_for_times({tp: int(since * 1000) for tp in tps})
+        for tp in tps:
+            found = starts.get(tp)
+            reader.seek(tp, found.offset if found is not None else ends[tp])
+        keys: list[str] = []
+        # Read to the end offsets, then once more: the embedded broker's end offsets can lag behind.
+        while True:
+            batch = await reader.getmany(timeout_ms=300)
+            for records in batch.values():
+                keys += [(r.key or b"").decode(errors="replace") for r in records]
+            if not batch and all([await reader.position(tp) >= ends[tp] for tp in tps]):
+                return keys
+    finally:
+        await reader.stop()
