@@ -77,8 +77,12 @@ TOPICS: dict[str, tuple[str, str | None]] = {
 SYNTH = SynthConfig(videos_per_study=6, duration_s=(1.0, 1.0))
 # The view the features input carries: features copies it into its result and does not otherwise read it.
 NOWHERE = Position(-1, -1, 0.0)  # the stage functions called directly, not on a record read from Kafka
-FIXED_VIEW = pb.ViewPrediction(label="a4c", probabilities={c: (0.8 if c == "a4c" else 0.05) for c in VIEW_CLASSES},
-                               model_name="view", model_version=1)
+FIXED_VIEW = pb.ViewPrediction(
+    label="a4c",
+    probabilities={c: (0.8 if c == "a4c" else 0.05) for c in VIEW_CLASSES},
+    model_name="view",
+    model_version=1,
+)
 POLL_S = 0.05
 MAX_FETCH_BYTES = 16 * 1024 * 1024
 
@@ -90,6 +94,7 @@ def say(text: str) -> None:
 
 
 # -- inputs, built in-process with the stage functions the services call -------------------------------------------
+
 
 @dataclass
 class Inputs:
@@ -104,8 +109,9 @@ def _records(outputs: list[Output]) -> list[Record]:
     return [(o.topic, o.key.encode(), o.message.SerializeToString()) for o in outputs]
 
 
-def build_inputs(settings: Settings, workdir: Path, stages: list[str], n_frames: int, n_uploads: int,
-                 seed: int) -> Inputs:
+def build_inputs(
+    settings: Settings, workdir: Path, stages: list[str], n_frames: int, n_uploads: int, seed: int
+) -> Inputs:
     started = time.perf_counter()
     deepest = max(BENCH_STAGES.index(s) for s in stages)
     need_doppler = deepest >= BENCH_STAGES.index("segment")
@@ -141,8 +147,9 @@ def build_inputs(settings: Settings, workdir: Path, stages: list[str], n_frames:
     inputs.studies = len(uploads)
     inputs.doppler_share = len(doppler) / inspected if inspected else 1.0
     if "split" in stages:
-        inputs.records["split"] = [(STUDIES_UPLOADED, u.study_id.encode(), u.SerializeToString())
-                                   for u in uploads[:n_uploads]]
+        inputs.records["split"] = [
+            (STUDIES_UPLOADED, u.study_id.encode(), u.SerializeToString()) for u in uploads[:n_uploads]
+        ]
     if "inspect" in stages:
         inputs.records["inspect"] = _records(frames[:n_frames])
     doppler = doppler[:n_frames]
@@ -153,14 +160,15 @@ def build_inputs(settings: Settings, workdir: Path, stages: list[str], n_frames:
         if "view" in stages:
             inputs.records["view"] = _records(segmented)
         if "features" in stages:
-            inputs.records["features"] = _records([
-                Output(FRAMES_VIEWED, s.key, pb.ViewedFrame(segmented=s.message, view=FIXED_VIEW)) for s in segmented
-            ])
+            inputs.records["features"] = _records(
+                [Output(FRAMES_VIEWED, s.key, pb.ViewedFrame(segmented=s.message, view=FIXED_VIEW)) for s in segmented]
+            )
     inputs.seconds = time.perf_counter() - started
     return inputs
 
 
 # -- one stage through the broker ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Tally:
@@ -228,8 +236,13 @@ async def watch_service(port: int, stage: str, timeline: Timeline) -> None:
 
 async def produce(bootstrap: str, settings: Settings, records: list[Record]) -> float:
     started = time.perf_counter()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
-                                max_request_size=settings.max_message_bytes, linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=False,
+        max_request_size=settings.max_message_bytes,
+        linger_ms=5,
+    )
     await producer.start()
     try:
         pending = [await producer.send(topic, value, key=key) for topic, key, value in records]
@@ -240,9 +253,15 @@ async def produce(bootstrap: str, settings: Settings, records: list[Record]) -> 
 
 
 async def output_consumer(bootstrap: str, topics: list[str], partitions: int) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=50,
-                                max_partition_fetch_bytes=MAX_FETCH_BYTES, fetch_max_bytes=4 * MAX_FETCH_BYTES)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=MAX_FETCH_BYTES,
+        fetch_max_bytes=4 * MAX_FETCH_BYTES,
+    )
     await consumer.start()
     consumer.assign([TopicPartition(t, p) for t in topics for p in range(partitions)])
     await consumer.seek_to_beginning()
@@ -258,17 +277,19 @@ class Bench:
     def env(self, bootstrap: str, model_port: int, **extra: str) -> dict[str, str]:
         s = self.settings
         env = dict(os.environ)
-        env.update({
-            "RHD_BOOTSTRAP_SERVERS": bootstrap,
-            "RHD_MODEL_SERVER": f"127.0.0.1:{model_port}",
-            "RHD_BLOB_DIR": str(s.blob_dir.resolve()),
-            "RHD_MODELS_DIR": str(self.models_dir.resolve()),
-            "RHD_PARTITIONS": str(s.partitions),
-            "RHD_WORKERS": str(s.workers),
-            "RHD_MAX_MESSAGE_BYTES": str(s.max_message_bytes),
-            "RHD_LOG_LEVEL": s.log_level,
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "RHD_BOOTSTRAP_SERVERS": bootstrap,
+                "RHD_MODEL_SERVER": f"127.0.0.1:{model_port}",
+                "RHD_BLOB_DIR": str(s.blob_dir.resolve()),
+                "RHD_MODELS_DIR": str(self.models_dir.resolve()),
+                "RHD_PARTITIONS": str(s.partitions),
+                "RHD_WORKERS": str(s.workers),
+                "RHD_MAX_MESSAGE_BYTES": str(s.max_message_bytes),
+                "RHD_LOG_LEVEL": s.log_level,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(extra)
         return env
 
@@ -287,8 +308,12 @@ class Bench:
             bootstrap = broker.bootstrap_servers
             server = None
             if stage == "view":  # loads TensorFlow and the model while the input is produced
-                server = ServiceProcess("model-server", [*rhd, "model-server", "--port", str(model_port)],
-                                        self.env(bootstrap, model_port), self.logs / "model-server.log")
+                server = ServiceProcess(
+                    "model-server",
+                    [*rhd, "model-server", "--port", str(model_port)],
+                    self.env(bootstrap, model_port),
+                    self.logs / "model-server.log",
+                )
                 server.start()
                 processes.append(server)
             consumer = await output_consumer(bootstrap, out_topics, self.settings.partitions)
@@ -297,9 +322,13 @@ class Bench:
             if server is not None:
                 result["model_server_s"] = await wait_serving(model_port, server, 180.0)
             port = free_port()
-            service = ServiceProcess(stage, [*rhd, "serve", stage], self.env(bootstrap, model_port,
-                                                                               RHD_HTTP_PORT=str(port)),
-                                     self.logs / f"{stage}.log", http_port=port)
+            service = ServiceProcess(
+                stage,
+                [*rhd, "serve", stage],
+                self.env(bootstrap, model_port, RHD_HTTP_PORT=str(port)),
+                self.logs / f"{stage}.log",
+                http_port=port,
+            )
             timeline = Timeline(started=time.time())
             service.start()
             processes.append(service)
@@ -308,8 +337,10 @@ class Bench:
             deadline = time.monotonic() + self.timeout_s
             while not tally.done():
                 if not service.alive():
-                    raise RuntimeError(f"{stage} exited with code {service.process.returncode}"  # type: ignore
-                                       f"\n{log_tail(service.log_path)}")
+                    raise RuntimeError(
+                        f"{stage} exited with code {service.process.returncode}"  # type: ignore
+                        f"\n{log_tail(service.log_path)}"
+                    )
                 if time.monotonic() > deadline:
                     break
                 for partition_records in (await consumer.getmany(timeout_ms=100)).values():
@@ -376,6 +407,7 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 # -- the report --------------------------------------------------------------------------------------------------
 
+
 def _f(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -407,9 +439,11 @@ def report(results: list[dict[str, Any]], settings: Settings, inputs: Inputs) ->
         if "frames" not in r:
             lines.append(head + f"FAILED: {r.get('error', '?')}")
             continue
-        line = (f"{head}{describe_outputs(r):<34}{_f(r['ready_s'], '6.1f')}{_f(r['first_in_s'], '7.1f')}"
-                f"{_f(r['work_s'], '8.2f')}{_f(r['frames_per_s'], '10.0f')}{_f(r['total_s'], '9.1f')}"
-                f"{_f(r['frames_per_s_from_start'], '12.0f')}{_f(r['handle_ms'], '10.1f')}")
+        line = (
+            f"{head}{describe_outputs(r):<34}{_f(r['ready_s'], '6.1f')}{_f(r['first_in_s'], '7.1f')}"
+            f"{_f(r['work_s'], '8.2f')}{_f(r['frames_per_s'], '10.0f')}{_f(r['total_s'], '9.1f')}"
+            f"{_f(r['frames_per_s_from_start'], '12.0f')}{_f(r['handle_ms'], '10.1f')}"
+        )
         if r["stage"] == "split":
             line += f"   ({_f(r['uploads_per_s'], '.2f')} uploads/s, {_f(r['frames_per_s'], '.0f')} frames/s)"
         if not r["complete"]:
@@ -417,8 +451,10 @@ def report(results: list[dict[str, Any]], settings: Settings, inputs: Inputs) ->
         if r.get("error"):
             line += f"   ERROR: {r['error']}"
         lines.append(line)
-    lines.append("  ready: start to /readyz (imports, group join); 1st in: start to the first input picked up; "
-                 "work s: first input to last output, frames/s over it; incl. start: over total s")
+    lines.append(
+        "  ready: start to /readyz (imports, group join); 1st in: start to the first input picked up; "
+        "work s: first input to last output, frames/s over it; incl. start: over total s"
+    )
     lines += capacity(results, inputs)
     return "\n".join(lines)
 
@@ -430,8 +466,10 @@ def capacity(results: list[dict[str, Any]], inputs: Inputs) -> list[str]:
         return []
     share = {s: 1.0 if s in ("split", "inspect") else inputs.doppler_share for s in BENCH_STAGES}
     line_rate = {s: rate / share[s] for s, rate in rates.items()}
-    lines = [f"capacity of one process, in split frames/s (segment, view and features see the "
-             f"{100 * inputs.doppler_share:.0f}% colour Doppler share of them):"]
+    lines = [
+        f"capacity of one process, in split frames/s (segment, view and features see the "
+        f"{100 * inputs.doppler_share:.0f}% colour Doppler share of them):"
+    ]
     split_rate = rates.get("split")
     for stage, rate in line_rate.items():
         text = f"  {stage:<9}{rate:8.0f} frames/s"
@@ -439,12 +477,15 @@ def capacity(results: list[dict[str, Any]], inputs: Inputs) -> list[str]:
             text += f"   {math.ceil(split_rate / rate - 1e-9)} replica(s) per split process"
         lines.append(text)
     slowest = min(line_rate, key=line_rate.__getitem__)
-    lines.append(f"limits the line: {slowest} ({line_rate[slowest]:.0f} split frames/s per process; replicas need "
-                 "cores: each process uses up to RHD_WORKERS of them)")
+    lines.append(
+        f"limits the line: {slowest} ({line_rate[slowest]:.0f} split frames/s per process; replicas need "
+        "cores: each process uses up to RHD_WORKERS of them)"
+    )
     return lines
 
 
 # -- main ---------------------------------------------------------------------------------------------------------
+
 
 async def run_benches(bench: Bench, inputs: Inputs, stages: list[str]) -> list[dict[str, Any]]:
     results = []
@@ -459,8 +500,10 @@ async def run_benches(bench: Bench, inputs: Inputs, stages: list[str]) -> list[d
         if result.get("error"):
             say(f"[{stage}] {result['error']}")
         else:
-            say(f"[{stage}] {describe_outputs(result)} in {_f(result['work_s'], '.2f')} s of work, "
-                f"{_f(result['total_s'], '.1f')} s from start")
+            say(
+                f"[{stage}] {describe_outputs(result)} in {_f(result['work_s'], '.2f')} s of work, "
+                f"{_f(result['total_s'], '.1f')} s from start"
+            )
         results.append(result)
     return results
 
@@ -488,8 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="rhd-bench-services-"))
     models_dir = base.models_dir if "RHD_MODELS_DIR" in os.environ else ROOT / "models"
-    settings = base.model_copy(update={"workers": args.workers, "blob_dir": workdir / "blobs",
-                                       "models_dir": models_dir})
+    settings = base.model_copy(
+        update={"workers": args.workers, "blob_dir": workdir / "blobs", "models_dir": models_dir}
+    )
     try:
         say(f"building inputs in-process ({args.uploads} uploads, {args.frames} frames) under {workdir}")
         inputs = build_inputs(settings, workdir, stages, args.frames, args.uploads, args.seed)
@@ -500,11 +544,22 @@ def main(argv: list[str] | None = None) -> int:
         print(report(results, settings, inputs))
         print(f"total run {total:.0f} s (inputs built in {inputs.seconds:.0f} s)")
         if args.json:
-            args.json.write_text(json.dumps({
-                "workers": settings.workers, "cores": os.cpu_count(), "partitions": settings.partitions,
-                "fetch_max_records": settings.fetch_max_records, "frames": args.frames, "uploads": args.uploads,
-                "doppler_share": inputs.doppler_share, "total_s": total, "stages": results,
-            }, indent=2))
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "workers": settings.workers,
+                        "cores": os.cpu_count(),
+                        "partitions": settings.partitions,
+                        "fetch_max_records": settings.fetch_max_records,
+                        "frames": args.frames,
+                        "uploads": args.uploads,
+                        "doppler_share": inputs.doppler_share,
+                        "total_s": total,
+                        "stages": results,
+                    },
+                    indent=2,
+                )
+            )
         return 0 if all(r.get("complete") and not r.get("error") for r in results) else 1
     except KeyboardInterrupt:
         say("interrupted")

@@ -16,7 +16,7 @@ from rhd.synth.generator import synth_studies
 from rhd.v1 import rhd_pb2 as pb
 
 
-def per_frame_ms(fn, items) -> float:  # noqa: ANN001
+def per_frame_ms(fn, items) -> float:
     started = time.perf_counter()
     for item in items:
         fn(item)
@@ -32,10 +32,12 @@ def main(n_studies: int = 2) -> None:
         videos = [p.read_bytes() for s in studies for p in sorted(s.glob("*.mp4"))]
         truth_bytes = sum(p.stat().st_size for p in (Path(tmp) / "truth").rglob("*") if p.is_file())
     generated = sum(len(decode_video(v).frames) for v in videos)
-    print(f"generator (rhd synth, default knobs): {n_studies} studies, {generated} frames in {seconds:.1f} s = "
-          f"{n_studies / seconds:.2f} studies/s, {generated / seconds:.0f} frames/s; "
-          f"{sum(map(len, videos)) / n_studies / 1e6:.1f} MB of MP4 + {truth_bytes / n_studies / 1e6:.2f} MB of "
-          "ground truth per study")
+    print(
+        f"generator (rhd synth, default knobs): {n_studies} studies, {generated} frames in {seconds:.1f} s = "
+        f"{n_studies / seconds:.2f} studies/s, {generated / seconds:.0f} frames/s; "
+        f"{sum(map(len, videos)) / n_studies / 1e6:.1f} MB of MP4 + {truth_bytes / n_studies / 1e6:.2f} MB of "
+        "ground truth per study"
+    )
     frames = [f for v in videos for f in decode_video(v).frames]
     colour = [f for f in frames if inspect(f).doppler]
     masks = [segment(f).labels for f in colour]
@@ -45,25 +47,33 @@ def main(n_studies: int = 2) -> None:
     rows = [
         ("raw OpenCV decode (VideoCapture)", 1000 * _time(lambda: [decode_video(v) for v in videos]) / n_frames),
         ("raw HSV conversion", per_frame_ms(lambda f: cv2.cvtColor(f, cv2.COLOR_BGR2HSV), frames)),
-        ("split: decode + raw frame (default)", 1000 * _time(lambda: [frame_pixels(f, "raw") for v in videos
-                                                                       for f in decode_video(v).frames]) / n_frames),
-        ("split: decode + PNG (RHD_FRAME_CODEC=png)", 1000 * _time(lambda: [frame_pixels(f, "png") for v in videos
-                                                                          for f in decode_video(v).frames]) / n_frames),
+        (
+            "split: decode + raw frame (default)",
+            1000 * _time(lambda: [frame_pixels(f, "raw") for v in videos for f in decode_video(v).frames]) / n_frames,
+        ),
+        (
+            "split: decode + PNG (RHD_FRAME_CODEC=png)",
+            1000 * _time(lambda: [frame_pixels(f, "png") for v in videos for f in decode_video(v).frames]) / n_frames,
+        ),
         ("inspect: raw frame + fan + colour", per_frame_ms(lambda r: inspect(frame_image(r)), raws)),
         ("inspect: PNG decode + fan + colour", per_frame_ms(lambda p: inspect(frame_image(p)), pngs)),
         ("segment: k-means on colour pixels", per_frame_ms(segment, colour)),
-        ("features: texture + bar + velocity", per_frame_ms(lambda i: frame_features(colour[i], masks[i], 0.6, 60.0),
-                                                  range(len(colour)))),
+        (
+            "features: texture + bar + velocity",
+            per_frame_ms(lambda i: frame_features(colour[i], masks[i], 0.6, 60.0), range(len(colour))),
+        ),
     ]
     print(f"{n_frames} frames ({len(colour)} colour Doppler) of {len(videos)} videos, one core")
     for name, ms in rows:
         print(f"  {name:<44} {ms:7.3f} ms/frame  {1000 / ms:8.0f} frames/s")
     decode_ms, raw_ms, png_ms = rows[0][1], rows[2][1], rows[3][1]
-    print(f"frame splitting vs raw OpenCV decode: {decode_ms / raw_ms:.2f}x with raw frames, "
-          f"{decode_ms / png_ms:.2f}x with PNG (goal >= 0.7x)")
+    print(
+        f"frame splitting vs raw OpenCV decode: {decode_ms / raw_ms:.2f}x with raw frames, "
+        f"{decode_ms / png_ms:.2f}x with PNG (goal >= 0.7x)"
+    )
 
 
-def _time(fn) -> float:  # noqa: ANN001
+def _time(fn) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started

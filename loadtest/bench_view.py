@@ -82,13 +82,18 @@ async def served_one_at_a_time(target: str, frames: np.ndarray) -> dict[str, Any
         seconds = time.perf_counter() - started
     finally:
         await client.close()
-    return {"frames": len(frames), "seconds": seconds, "frames_per_s": len(frames) / seconds,
-            "latency_ms_p50": 1000 * statistics.median(latencies),
-            "latency_ms_p95": 1000 * float(np.percentile(latencies, 95))}
+    return {
+        "frames": len(frames),
+        "seconds": seconds,
+        "frames_per_s": len(frames) / seconds,
+        "latency_ms_p50": 1000 * statistics.median(latencies),
+        "latency_ms_p95": 1000 * float(np.percentile(latencies, 95)),
+    }
 
 
-async def served_concurrently(target: str, frames: np.ndarray, max_batch: int, max_wait_ms: float,
-                              in_flight: int) -> dict[str, Any]:
+async def served_concurrently(
+    target: str, frames: np.ndarray, max_batch: int, max_wait_ms: float, in_flight: int
+) -> dict[str, Any]:
     """Every frame asked for by its own caller, at most in_flight at once, as the view service's messages do."""
     from rhd.runtime.model_client import ModelClient
 
@@ -106,18 +111,27 @@ async def served_concurrently(target: str, frames: np.ndarray, max_batch: int, m
         seconds = time.perf_counter() - started
     finally:
         await client.close()
-    return {"frames": len(frames), "seconds": seconds, "frames_per_s": len(frames) / seconds,
-            "client_max_batch": max_batch, "in_flight": in_flight}
+    return {
+        "frames": len(frames),
+        "seconds": seconds,
+        "frames_per_s": len(frames) / seconds,
+        "client_max_batch": max_batch,
+        "in_flight": in_flight,
+    }
 
 
-async def with_model_server(models_dir: Path, logs: Path, extra: list[str], work):  # noqa: ANN001, ANN201
+async def with_model_server(models_dir: Path, logs: Path, extra: list[str], work):
     from rhd.local.broker import free_port
     from rhd.local.stack import ServiceProcess, wait_serving
 
     port = free_port()
     env = {**os.environ, "RHD_MODELS_DIR": str(models_dir), "PYTHONUNBUFFERED": "1"}
-    server = ServiceProcess("model-server", [sys.executable, "-m", "rhd.cli", "model-server", "--port", str(port),
-                                             *extra], env, logs / f"model-server-{len(extra)}.log")
+    server = ServiceProcess(
+        "model-server",
+        [sys.executable, "-m", "rhd.cli", "model-server", "--port", str(port), *extra],
+        env,
+        logs / f"model-server-{len(extra)}.log",
+    )
     server.start()
     try:
         await wait_serving(port, server, 180.0)
@@ -138,16 +152,20 @@ def device() -> str:
     return f"{backend}, default device"
 
 
-async def served_rows(models_dir: Path, frames: np.ndarray, logs: Path, max_batch: int,
-                      in_flight: int) -> dict[str, Any]:
+async def served_rows(
+    models_dir: Path, frames: np.ndarray, logs: Path, max_batch: int, in_flight: int
+) -> dict[str, Any]:
     rows: dict[str, Any] = {}
-    rows["batch 1"] = await with_model_server(models_dir, logs, [],
-                                              lambda target: served_one_at_a_time(target, frames))
+    rows["batch 1"] = await with_model_server(models_dir, logs, [], lambda target: served_one_at_a_time(target, frames))
     rows["micro-batched"] = await with_model_server(
-        models_dir, logs, [], lambda target: served_concurrently(target, frames, max_batch, 5.0, in_flight))
+        models_dir, logs, [], lambda target: served_concurrently(target, frames, max_batch, 5.0, in_flight)
+    )
     rows["server batching"] = await with_model_server(
-        models_dir, logs, ["--enable-batching", "--batching-parameters-file", str(BATCHING_FILE)],
-        lambda target: served_concurrently(target, frames, 1, 0.0, in_flight))
+        models_dir,
+        logs,
+        ["--enable-batching", "--batching-parameters-file", str(BATCHING_FILE)],
+        lambda target: served_concurrently(target, frames, 1, 0.0, in_flight),
+    )
     return rows
 
 
@@ -160,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=512)
     parser.add_argument("--batches", default="1,64,512", help="bare Keras batch sizes")
-    parser.add_argument("--max-batch", type=int, default=settings.model_max_batch,
-                        help="the client's micro-batch (RHD_MODEL_MAX_BATCH)")
+    parser.add_argument(
+        "--max-batch", type=int, default=settings.model_max_batch, help="the client's micro-batch (RHD_MODEL_MAX_BATCH)"
+    )
     parser.add_argument("--in-flight", type=int, default=64, help="frames asked for at once by the served rows")
     parser.add_argument("--only-bare", action="store_true", help="bare Keras only (e.g. on a GPU machine)")
     parser.add_argument("--json", type=Path)
@@ -172,8 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         say(f"generating {args.frames} frames")
         frames = generated_frames(args.frames, workdir)
-        results: dict[str, Any] = {"model": str(version.relative_to(models_dir)), "device": device(),
-                                   "cores": os.cpu_count(), "frames": len(frames), "bare": {}, "served": {}}
+        results: dict[str, Any] = {
+            "model": str(version.relative_to(models_dir)),
+            "device": device(),
+            "cores": os.cpu_count(),
+            "frames": len(frames),
+            "bare": {},
+            "served": {},
+        }
         # Served first: once TensorFlow has run in this process its idle threads still take CPU from the server.
         if not args.only_bare:
             say("served: batch 1, micro-batched, server batching")
@@ -190,20 +215,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(results: dict[str, Any], max_batch: int) -> str:
-    lines = [f"view model {results['model']} on {results['device']}, {results['frames']} generated frames "
-             f"240x320x3 uint8"]
+    lines = [
+        f"view model {results['model']} on {results['device']}, {results['frames']} generated frames 240x320x3 uint8"
+    ]
     for batch, row in results["bare"].items():
         lines.append(f"  bare Keras in-process, batch {batch:<4}          {row['frames_per_s']:8.0f} frames/s")
     served = results["served"]
     if served:
         one = served["batch 1"]
-        lines.append(f"  served (gRPC), batch 1, one at a time     {one['frames_per_s']:8.0f} frames/s   "
-                     f"latency p50 {one['latency_ms_p50']:.1f} ms, p95 {one['latency_ms_p95']:.1f} ms")
+        lines.append(
+            f"  served (gRPC), batch 1, one at a time     {one['frames_per_s']:8.0f} frames/s   "
+            f"latency p50 {one['latency_ms_p50']:.1f} ms, p95 {one['latency_ms_p95']:.1f} ms"
+        )
         in_flight = served["micro-batched"]["in_flight"]
-        lines.append(f"  served, client micro-batch {max_batch:<4}            "
-                     f"{served['micro-batched']['frames_per_s']:8.0f} frames/s   {in_flight} frames in flight")
-        lines.append(f"  served, batch 1 requests, server batching  "
-                     f"{served['server batching']['frames_per_s']:8.0f} frames/s   {in_flight} requests in flight")
+        lines.append(
+            f"  served, client micro-batch {max_batch:<4}            "
+            f"{served['micro-batched']['frames_per_s']:8.0f} frames/s   {in_flight} frames in flight"
+        )
+        lines.append(
+            f"  served, batch 1 requests, server batching  "
+            f"{served['server batching']['frames_per_s']:8.0f} frames/s   {in_flight} requests in flight"
+        )
         bare = results["bare"][max_batch]["frames_per_s"]
         ratio = served["micro-batched"]["frames_per_s"] / bare
         lines.append(f"served/bare ratio (micro-batch {max_batch} vs bare batch {max_batch}): {ratio:.2f}")

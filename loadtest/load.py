@@ -62,6 +62,7 @@ def say(text: str) -> None:
 
 # -- the study pool and its arrivals ----------------------------------------------------------------------------
 
+
 def study_pool(workdir: Path, n: int, seed: int, blobs: BlobStore, max_message_bytes: int) -> list[pb.StudyUpload]:
     dirs = synth_studies(seed, n, workdir / "pool", SYNTH, balanced=True)
     return [upload_from_dir(d, blobs, max_message_bytes) for d in dirs]
@@ -82,6 +83,7 @@ def arrival(template: pb.StudyUpload, tag: str, due: float) -> pb.StudyUpload:
 
 # -- reading diagnoses and stage metrics ------------------------------------------------------------------------
 
+
 class Diagnoses:
     """Every diagnosis of the run, from the topic's end at start: study id -> (uploaded, diagnosed, completeness)."""
 
@@ -94,8 +96,9 @@ class Diagnoses:
 
     async def start(self) -> None:
         # Assigned, not subscribed: no group to join, so nothing is missed while a join waits.
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False,
-                                          group_id=None)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False, group_id=None
+        )
         await self._consumer.start()
         self._consumer.assign([TopicPartition(STUDIES_DIAGNOSED, p) for p in range(self.settings.partitions)])
         await self._consumer.seek_to_end()
@@ -111,8 +114,11 @@ class Diagnoses:
                     if d.study_id in self.seen:
                         self.duplicates += 1
                         continue
-                    self.seen[d.study_id] = (d.uploaded_at.ToNanoseconds() / 1e9, d.diagnosed_at.ToNanoseconds() / 1e9,
-                                             d.completeness)
+                    self.seen[d.study_id] = (
+                        d.uploaded_at.ToNanoseconds() / 1e9,
+                        d.diagnosed_at.ToNanoseconds() / 1e9,
+                        d.completeness,
+                    )
 
     async def stop(self) -> None:
         if self._task:
@@ -158,6 +164,7 @@ def cpu_seconds(processes: dict[str, list[int]]) -> dict[str, float]:
 
 # -- one open-loop step ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class Step:
     name: str
@@ -181,8 +188,13 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {}
     p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(max(values)),
-            "mean": float(statistics.fmean(values))}
+    return {
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "max": float(max(values)),
+        "mean": float(statistics.fmean(values)),
+    }
 
 
 def completion_rate(finished: Sequence[float]) -> float:
@@ -206,15 +218,21 @@ def keeps_up(step: Step, points: list[tuple[float, float]]) -> bool:
     return statistics.median(ordered[-third:]) <= KEEPS_UP_LATENCY_GROWTH * statistics.median(ordered[:third])
 
 
-async def run_step(line: "Line", name: str, pool: list[pb.StudyUpload], rate: float, duration_s: float,
-                   drain_s: float) -> Step:
+async def run_step(
+    line: "Line", name: str, pool: list[pb.StudyUpload], rate: float, duration_s: float, drain_s: float
+) -> Step:
     """Publish at `rate` studies/s for `duration_s` (open loop), then wait up to `drain_s` for every diagnosis."""
     settings, diagnoses, services = line.settings, line.diagnoses, line.services
     assert diagnoses is not None
     step = Step(name, rate, duration_s, dict(line.replicas))
     n = max(1, round(rate * duration_s))
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=False,
-                                max_request_size=settings.max_message_bytes, linger_ms=0)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=False,
+        max_request_size=settings.max_message_bytes,
+        linger_ms=0,
+    )
     await producer.start()
     ids: list[str] = []
     peak: dict[str, float] = {s: 0.0 for s in STAGES}
@@ -239,8 +257,9 @@ async def run_step(line: "Line", name: str, pool: list[pb.StudyUpload], rate: fl
                 step.publish_late_s_max = max(step.publish_late_s_max, time.time() - due)
                 upload = arrival(pool[i % len(pool)], f"{name}-{i}", due)
                 ids.append(upload.study_id)
-                acks.append(await producer.send(STUDIES_UPLOADED, upload.SerializeToString(),
-                                                key=upload.study_id.encode()))
+                acks.append(
+                    await producer.send(STUDIES_UPLOADED, upload.SerializeToString(), key=upload.study_id.encode())
+                )
             await asyncio.gather(*acks)
         finally:
             await producer.stop()
@@ -261,11 +280,14 @@ async def run_step(line: "Line", name: str, pool: list[pb.StudyUpload], rate: fl
     step.stage_peak_lag = peak
     late = f", publisher up to {step.publish_late_s_max:.2f} s late" if step.publish_late_s_max > 0.5 else ""
     lat = step.latency_s
-    say(f"  {name:<14} offered {rate:.3f}/s for {duration_s:.0f} s: {step.diagnosed}/{step.sent} diagnosed, "
+    say(
+        f"  {name:<14} offered {rate:.3f}/s for {duration_s:.0f} s: {step.diagnosed}/{step.sent} diagnosed, "
         f"{step.throughput_per_s:.3f}/s; latency p50 {lat.get('p50', float('nan')):.1f} s, "
         f"p95 {lat.get('p95', float('nan')):.1f} s, p99 {lat.get('p99', float('nan')):.1f} s; "
         f"{'keeps up' if step.kept_up else 'FALLS BEHIND'}; peak lag "
-        + ", ".join(f"{s} {int(v)}" for s, v in peak.items() if v) + late)
+        + ", ".join(f"{s} {int(v)}" for s, v in peak.items() if v)
+        + late
+    )
     return step
 
 
@@ -286,6 +308,7 @@ def bottleneck(step: Step) -> str:
 
 
 # -- single study, burst, the in-process reference ---------------------------------------------------------------
+
 
 async def single_study_latency(line: "Line", pool: list[pb.StudyUpload], repeats: int) -> list[float]:
     """One study at a time into an idle line: the latency a study has with nothing else to wait for."""
@@ -331,6 +354,7 @@ def reference_loop_seconds(study_dirs: list[Path], models_dir: Path, processes: 
 
 # -- the PNG ----------------------------------------------------------------------------------------------------
 
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -348,12 +372,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
     left.set(xlabel="arrival time in the step (s)", ylabel="upload to diagnosis (s)", title="Latency over time")
     left.legend(fontsize=7)
     offered = sorted((s for s in steps if s["name"].startswith(("rate", "half"))), key=lambda s: s["offered_per_s"])
-    right.plot([s["offered_per_s"] for s in offered], [s["throughput_per_s"] for s in offered], "o-",
-               label="1 replica each")
+    right.plot(
+        [s["offered_per_s"] for s in offered], [s["throughput_per_s"] for s in offered], "o-", label="1 replica each"
+    )
     two = [s for s in steps if s["name"].startswith("replicas")]
     if two:
-        right.plot([s["offered_per_s"] for s in two], [s["throughput_per_s"] for s in two], "s", ms=9,
-                   label=f"2 x {results.get('bottleneck')}")
+        right.plot(
+            [s["offered_per_s"] for s in two],
+            [s["throughput_per_s"] for s in two],
+            "s",
+            ms=9,
+            label=f"2 x {results.get('bottleneck')}",
+        )
     top = max([s["offered_per_s"] for s in steps] + [0.01])
     right.plot([0, top], [0, top], color="grey", ls=":", lw=1, label="throughput = offered")
     if results.get("in_process_per_s"):
@@ -366,6 +396,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 # -- runs ------------------------------------------------------------------------------------------------------
+
 
 class Line:
     """The line under load: the embedded stack started here (with replicas), or one already on a broker."""
@@ -411,8 +442,10 @@ class Line:
 async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> None:
     blobs = BlobStore(workdir / "blobs")
     pool = study_pool(workdir, args.pool, args.seed, blobs, Settings().max_message_bytes)
-    say(f"pool: {len(pool)} generated studies ({SYNTH.videos_per_study} videos of {SYNTH.duration_s[0]:g}-"
-        f"{SYNTH.duration_s[1]:g} s), published again and again under fresh ids")
+    say(
+        f"pool: {len(pool)} generated studies ({SYNTH.videos_per_study} videos of {SYNTH.duration_s[0]:g}-"
+        f"{SYNTH.duration_s[1]:g} s), published again and again under fresh ids"
+    )
     steps: list[Step] = []
     async with Line(args, workdir, {}) as line:
         alone = await single_study_latency(line, pool, args.alone)
@@ -436,10 +469,13 @@ async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any
         capacity = max(s.throughput_per_s for s in steps)
         overloaded = next((s for s in steps if not s.kept_up), steps[-1])
         neck = bottleneck(overloaded)
-        results.update(saturation_per_s=saturation, capacity_per_s=capacity, bottleneck=neck,
-                       overloaded_step=overloaded.name)
-        say(f"saturation: {saturation:.3f} studies/s kept up; capacity {capacity:.3f} studies/s; bottleneck {neck} "
-            f"(peak lag {int(overloaded.stage_peak_lag[neck])} records at {overloaded.offered_per_s:.3f}/s)")
+        results.update(
+            saturation_per_s=saturation, capacity_per_s=capacity, bottleneck=neck, overloaded_step=overloaded.name
+        )
+        say(
+            f"saturation: {saturation:.3f} studies/s kept up; capacity {capacity:.3f} studies/s; bottleneck {neck} "
+            f"(peak lag {int(overloaded.stage_peak_lag[neck])} records at {overloaded.offered_per_s:.3f}/s)"
+        )
         say(f"  CPU at {overloaded.offered_per_s:.3f}/s: {cpu_profile(overloaded)}")
         half_rate = (saturation or capacity) / 2
         duration = max(args.duration, args.min_arrivals / half_rate)
@@ -447,8 +483,9 @@ async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any
         steps.append(half)
     replicas = {neck: 2}
     async with Line(args, workdir, replicas) as line:
-        again = await run_step(line, f"replicas-2x{neck}", pool, overloaded.offered_per_s, overloaded.duration_s,
-                               args.drain)
+        again = await run_step(
+            line, f"replicas-2x{neck}", pool, overloaded.offered_per_s, overloaded.duration_s, args.drain
+        )
         steps.append(again)
         results["bottleneck_with_2_replicas"] = bottleneck(again)
         say(f"  with 2 x {neck}: bottleneck {bottleneck(again)}; CPU {cpu_profile(again)}")
@@ -462,8 +499,10 @@ def reference(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) 
     n = len(dirs) * args.reference_repeats
     results["in_process_per_s"] = n / loop_s
     results["in_process"] = {"studies": n, "processes": processes, "loop_s": loop_s, "wall_s_with_model_load": wall_s}
-    say(f"in-process reference: {n} studies in {loop_s:.1f} s over {processes} processes = "
-        f"{n / loop_s:.3f} studies/s, about {processes * loop_s / n:.1f} CPU s per study")
+    say(
+        f"in-process reference: {n} studies in {loop_s:.1f} s over {processes} processes = "
+        f"{n / loop_s:.3f} studies/s, about {processes * loop_s / n:.1f} CPU s per study"
+    )
 
 
 def goals(results: dict[str, Any]) -> list[str]:
@@ -479,8 +518,10 @@ def goals(results: dict[str, Any]) -> list[str]:
     alone = results.get("single_study_latency_s", {}).get("p50")
     if half and alone and half["latency_s"]:
         p95 = half["latency_s"]["p95"]
-        lines.append(f"p95 study latency at half saturation {p95:.1f} s vs one study alone {alone:.1f} s: "
-                     f"{p95 / alone:.2f}x (goal <= 2x: {'met' if p95 <= 2 * alone else 'missed'})")
+        lines.append(
+            f"p95 study latency at half saturation {p95:.1f} s vs one study alone {alone:.1f} s: "
+            f"{p95 / alone:.2f}x (goal <= 2x: {'met' if p95 <= 2 * alone else 'missed'})"
+        )
     return lines
 
 
@@ -510,13 +551,21 @@ async def fixed_rates(args: argparse.Namespace, workdir: Path, results: dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--search", action="store_true", help="find the saturation rate and the bottleneck")
-    parser.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[],
-                        help="offered studies/s, one step each (without --search)")
+    parser.add_argument(
+        "--rates",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[],
+        help="offered studies/s, one step each (without --search)",
+    )
     parser.add_argument("--duration", type=float, default=90.0, help="seconds of arrivals per step (at least)")
     parser.add_argument("--min-arrivals", type=int, default=6, help="a step lasts long enough for this many")
     parser.add_argument("--drain", type=float, default=300.0, help="seconds to wait for a step's last diagnoses")
-    parser.add_argument("--factors", type=lambda v: [float(x) for x in v.split(",")], default=[0.7, 0.9, 1.1, 1.3],
-                        help="--search: offered rates as multiples of the burst estimate")
+    parser.add_argument(
+        "--factors",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[0.7, 0.9, 1.1, 1.3],
+        help="--search: offered rates as multiples of the burst estimate",
+    )
     parser.add_argument("--burst", type=int, default=8)
     parser.add_argument("--alone", type=int, default=3, help="single studies for the baseline latency")
     parser.add_argument("--pool", type=int, default=6)
@@ -534,8 +583,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = out / "work"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    results: dict[str, Any] = {"cores": os.cpu_count(), "synth": asdict(SYNTH), "args": vars(args),
-                               "started": now().ToJsonString()}
+    results: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "synth": asdict(SYNTH),
+        "args": vars(args),
+        "started": now().ToJsonString(),
+    }
     if args.search:
         asyncio.run(search(args, workdir, results))
         reference(args, workdir, results)

@@ -63,9 +63,17 @@ def cmd_model_server(args: argparse.Namespace) -> int:
         logging.getLogger("rhd.model_server").warning("--monitoring-config-file without --rest-api-port: no metrics")
 
     async def run() -> None:
-        task = asyncio.ensure_future(serve(Path(args.models_dir or settings.models_dir), args.host, args.port,
-                                           model_config=model_config, batching=batching,
-                                           rest_api_port=args.rest_api_port, metrics=metrics_path(monitoring)))
+        task = asyncio.ensure_future(
+            serve(
+                Path(args.models_dir or settings.models_dir),
+                args.host,
+                args.port,
+                model_config=model_config,
+                batching=batching,
+                rest_api_port=args.rest_api_port,
+                metrics=metrics_path(monitoring),
+            )
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
         try:
@@ -142,8 +150,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     paths = synth_studies(args.seed, args.studies, Path(args.out), config, balanced=args.balanced, counts=counts)
     elapsed = time.perf_counter() - started
-    print(f"{len(paths)} studies written under {args.out} in {elapsed:.1f} s "
-          f"(ground truth apart, in {Path(args.out) / 'truth'})")
+    print(
+        f"{len(paths)} studies written under {args.out} in {elapsed:.1f} s "
+        f"(ground truth apart, in {Path(args.out) / 'truth'})"
+    )
     return 0
 
 
@@ -157,8 +167,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     asyncio.run(publish_uploads(settings, uploads))
     for upload in uploads:
         inline = sum(v.HasField("inline_data") for v in upload.videos)
-        print(f"published {upload.study_id}: {len(upload.videos)} videos ({inline} inline), "
-              f"{upload.ByteSize()} bytes")
+        print(f"published {upload.study_id}: {len(upload.videos)} videos ({inline} inline), {upload.ByteSize()} bytes")
     return 0
 
 
@@ -201,9 +210,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model in ("study", "all"):
         from rhd.training.study import train_study_model
 
-        out = train_study_model(models_dir, seed=args.seed, n_studies=args.studies, workers=args.workers,
-                                held_out_per_class=args.held_out_per_class,
-                                report_dir=Path(args.report_dir) if args.report_dir else None)
+        out = train_study_model(
+            models_dir,
+            seed=args.seed,
+            n_studies=args.studies,
+            workers=args.workers,
+            held_out_per_class=args.held_out_per_class,
+            report_dir=Path(args.report_dir) if args.report_dir else None,
+        )
         print(f"study model: {out} (report: {out / 'report.md'})")
     return 0
 
@@ -225,22 +239,46 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("model-server", help="the embedded TensorFlow Serving gRPC API over models/")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8500)
-    p.add_argument("--models-dir", default=None, help="where models/<name>/<version>/ live (RHD_MODELS_DIR); "
-                   "relative base_paths of --model-config-file are under it")
-    p.add_argument("--model-config-file", default=None, metavar="PATH",
-                   help="TF Serving's --model_config_file: text-format ModelServerConfig (names, base paths, version "
-                   "policies); without it every version of every model in the models dir is served")
-    p.add_argument("--enable-batching", action="store_true", help="TF Serving's --enable_batching: merge concurrent "
-                   "Predict requests into one signature call")
-    p.add_argument("--batching-parameters-file", default=None, metavar="PATH",
-                   help="TF Serving's --batching_parameters_file: text-format BatchingParameters")
-    p.add_argument("--rest-api-port", type=int, default=0, metavar="PORT",
-                   help="TF Serving's --rest_api_port (0, the default: none): HTTP with the Prometheus metrics, "
-                   "/healthz and /readyz (no REST inference API)")
-    p.add_argument("--monitoring-config-file", default=None, metavar="PATH",
-                   help="TF Serving's --monitoring_config_file: text-format MonitoringConfig, e.g. prometheus_config "
-                   '{ enable: true path: "/monitoring/prometheus/metrics" }. Without it the REST port still serves '
-                   "the metrics at /monitoring/prometheus/metrics (tensorflow/serving serves none)")
+    p.add_argument(
+        "--models-dir",
+        default=None,
+        help="where models/<name>/<version>/ live (RHD_MODELS_DIR); "
+        "relative base_paths of --model-config-file are under it",
+    )
+    p.add_argument(
+        "--model-config-file",
+        default=None,
+        metavar="PATH",
+        help="TF Serving's --model_config_file: text-format ModelServerConfig (names, base paths, version "
+        "policies); without it every version of every model in the models dir is served",
+    )
+    p.add_argument(
+        "--enable-batching",
+        action="store_true",
+        help="TF Serving's --enable_batching: merge concurrent Predict requests into one signature call",
+    )
+    p.add_argument(
+        "--batching-parameters-file",
+        default=None,
+        metavar="PATH",
+        help="TF Serving's --batching_parameters_file: text-format BatchingParameters",
+    )
+    p.add_argument(
+        "--rest-api-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="TF Serving's --rest_api_port (0, the default: none): HTTP with the Prometheus metrics, "
+        "/healthz and /readyz (no REST inference API)",
+    )
+    p.add_argument(
+        "--monitoring-config-file",
+        default=None,
+        metavar="PATH",
+        help="TF Serving's --monitoring_config_file: text-format MonitoringConfig, e.g. prometheus_config "
+        '{ enable: true path: "/monitoring/prometheus/metrics" }. Without it the REST port still serves '
+        "the metrics at /monitoring/prometheus/metrics (tensorflow/serving serves none)",
+    )
     p.set_defaults(func=cmd_model_server)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) with every topic")
@@ -258,33 +296,64 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--balanced", action="store_true", help="equal classes instead of PROVAR prevalence")
     p.add_argument("--counts", help="stratified: exact studies per class, e.g. normal=100,borderline=100,definite=100")
     p.add_argument("--config", help="JSON file of knob overrides (see docs/synth.md)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="one knob, e.g. noise=1.6 or "
-                   "nyquist_cm_s=[40,50] or disease.near_threshold_share=0.6; repeatable")
-    p.add_argument("--preview", nargs="?", const="synth-preview.png", metavar="PNG",
-                   help="write a contact sheet (one frame per view, B-mode and Doppler, each class) and stop")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="one knob, e.g. noise=1.6 or nyquist_cm_s=[40,50] or disease.near_threshold_share=0.6; repeatable",
+    )
+    p.add_argument(
+        "--preview",
+        nargs="?",
+        const="synth-preview.png",
+        metavar="PNG",
+        help="write a contact sheet (one frame per view, B-mode and Doppler, each class) and stop",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("publish", help="publish study folders to studies.uploaded.v1")
     p.add_argument("study_dirs", nargs="+")
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("watch", help="the monitoring dashboard's figures live in the terminal, scraped from each "
-                       "service's metrics; or, with --diagnoses, each diagnosis as it arrives")
-    p.add_argument("--targets-file", default=None, metavar="PATH",
-                   help="Prometheus file_sd JSON of the services' metrics endpoints; default "
-                   f"{DEMO_WORKDIR}/targets.json (written by the embedded stack) unless --target is given")
-    p.add_argument("--target", action="append", metavar="JOB=HOST:PORT[/PATH]",
-                   help="one endpoint, e.g. view=10.0.0.5:8080 or model-server=tf-serving:8501 (path "
-                   "/monitoring/prometheus/metrics for model-server, /metrics otherwise); repeatable, replicas of a "
-                   "job are summed")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between scrapes; rates and quantiles are "
-                   "over the last interval")
-    p.add_argument("--once", action="store_true", help="print one snapshot as plain text (two scrapes an interval "
-                   "apart) and exit; 1 when no target answered")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C; "
-                   "--diagnoses: 3600)")
-    p.add_argument("--diagnoses", action="store_true", help="instead, follow the broker and print each diagnosis "
-                   "as it arrives (RHD_BOOTSTRAP_SERVERS)")
+    p = sub.add_parser(
+        "watch",
+        help="the monitoring dashboard's figures live in the terminal, scraped from each "
+        "service's metrics; or, with --diagnoses, each diagnosis as it arrives",
+    )
+    p.add_argument(
+        "--targets-file",
+        default=None,
+        metavar="PATH",
+        help="Prometheus file_sd JSON of the services' metrics endpoints; default "
+        f"{DEMO_WORKDIR}/targets.json (written by the embedded stack) unless --target is given",
+    )
+    p.add_argument(
+        "--target",
+        action="append",
+        metavar="JOB=HOST:PORT[/PATH]",
+        help="one endpoint, e.g. view=10.0.0.5:8080 or model-server=tf-serving:8501 (path "
+        "/monitoring/prometheus/metrics for model-server, /metrics otherwise); repeatable, replicas of a "
+        "job are summed",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        help="seconds between scrapes; rates and quantiles are over the last interval",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="print one snapshot as plain text (two scrapes an interval apart) and exit; 1 when no target answered",
+    )
+    p.add_argument(
+        "--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C; --diagnoses: 3600)"
+    )
+    p.add_argument(
+        "--diagnoses",
+        action="store_true",
+        help="instead, follow the broker and print each diagnosis as it arrives (RHD_BOOTSTRAP_SERVERS)",
+    )
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("train", help="train the models (deterministic) into models/")
@@ -292,8 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models-dir", default=None)
     p.add_argument("--seed", type=int, default=11, help="study model: training set seed (held-out: seed + 1000)")
     p.add_argument("--studies", type=int, default=90, help="study model: balanced training studies")
-    p.add_argument("--held-out-per-class", type=int, default=10,
-                   help="study model: held-out studies of each class for the report (issue 7's targets: >= 100)")
+    p.add_argument(
+        "--held-out-per-class",
+        type=int,
+        default=10,
+        help="study model: held-out studies of each class for the report (issue 7's targets: >= 100)",
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes computing features")
     p.add_argument("--report-dir", default=None, help="also write the report (Markdown + PNG) here")
     p.set_defaults(func=cmd_train)

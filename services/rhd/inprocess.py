@@ -63,5 +63,12 @@ def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysi
                 analysed.append(AnalysedFrame(video_id, view, dict(zip(FEATURE_NAMES, values, strict=True))))
             except FeatureError:
                 failed_frames += 1
-    return StudyAnalysis(meta["study_id"], STUDY_FEATURE_NAMES, study_features(analysed), len(analysed),
-                         skipped, failed_videos, failed_frames)
+    return StudyAnalysis(
+        meta["study_id"],
+        STUDY_FEATURE_NAMES,
+        study_features(analysed),
+        len(analysed),
+        skipped,
+        failed_videos,
+        failed_frames,
+    )

@@ -113,8 +113,9 @@ def frames(values: list[int], height: int = 240, width: int = 320) -> np.ndarray
     return np.stack([np.full((height, width, 3), v, np.uint8) for v in values])
 
 
-def predict_request(batch: np.ndarray, name: str = "view", version: int = 0,
-                    signature: str = "") -> predict_pb2.PredictRequest:
+def predict_request(
+    batch: np.ndarray, name: str = "view", version: int = 0, signature: str = ""
+) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = name
     request.model_spec.signature_name = signature
@@ -171,23 +172,51 @@ async def test_predict_answers_with_the_latest_version_and_tf_serving_tensors(ch
 @pytest.mark.parametrize(
     ("mutate", "code", "message"),
     [
-        (lambda r: setattr(r.model_spec.version, "value", 7), grpc.StatusCode.NOT_FOUND,
-         "Servable not found for request: Specific(view, 7)"),
-        (lambda r: setattr(r.model_spec, "name", "nope"), grpc.StatusCode.NOT_FOUND,
-         "Servable not found for request: Latest(nope)"),
-        (lambda r: r.inputs["frames"].CopyFrom(to_tensor_proto(np.zeros((1, 10, 10, 3), np.uint8))),
-         grpc.StatusCode.INVALID_ARGUMENT, "expects shape [None, 240, 320, 3], got [1, 10, 10, 3]"),
-        (lambda r: r.inputs["frames"].CopyFrom(to_tensor_proto(np.zeros((1, 240, 320, 3), np.float32))),
-         grpc.StatusCode.INVALID_ARGUMENT, "expects uint8 but float32 is provided"),
-        (lambda r: r.inputs["images"].CopyFrom(to_tensor_proto(frames([0]))), grpc.StatusCode.INVALID_ARGUMENT,
-         "sent extra ['images'], missing but required []"),
-        (lambda r: setattr(r.model_spec, "signature_name", "classify"), grpc.StatusCode.INVALID_ARGUMENT,
-         'Serving signature name: "classify" not found'),
-        (lambda r: r.output_filter.append("logits"), grpc.StatusCode.INVALID_ARGUMENT,
-         "output tensor alias not found in signature: logits"),
+        (
+            lambda r: setattr(r.model_spec.version, "value", 7),
+            grpc.StatusCode.NOT_FOUND,
+            "Servable not found for request: Specific(view, 7)",
+        ),
+        (
+            lambda r: setattr(r.model_spec, "name", "nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "Servable not found for request: Latest(nope)",
+        ),
+        (
+            lambda r: r.inputs["frames"].CopyFrom(to_tensor_proto(np.zeros((1, 10, 10, 3), np.uint8))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "expects shape [None, 240, 320, 3], got [1, 10, 10, 3]",
+        ),
+        (
+            lambda r: r.inputs["frames"].CopyFrom(to_tensor_proto(np.zeros((1, 240, 320, 3), np.float32))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "expects uint8 but float32 is provided",
+        ),
+        (
+            lambda r: r.inputs["images"].CopyFrom(to_tensor_proto(frames([0]))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "sent extra ['images'], missing but required []",
+        ),
+        (
+            lambda r: setattr(r.model_spec, "signature_name", "classify"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            'Serving signature name: "classify" not found',
+        ),
+        (
+            lambda r: r.output_filter.append("logits"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "output tensor alias not found in signature: logits",
+        ),
     ],
-    ids=["unknown-version", "unknown-model", "bad-shape", "bad-dtype", "bad-input-name", "bad-signature",
-         "bad-output-filter"],
+    ids=[
+        "unknown-version",
+        "unknown-model",
+        "bad-shape",
+        "bad-dtype",
+        "bad-input-name",
+        "bad-signature",
+        "bad-output-filter",
+    ],
 )
 async def test_predict_refuses_bad_requests_with_tf_serving_status_codes(channel, mutate, code, message):
     request = predict_request(frames([0]))
@@ -231,7 +260,9 @@ async def test_model_status_lists_every_loaded_version_available(channel):
     request.model_spec.name = "view"
     status = await stub.GetModelStatus(request)
     assert [(s.version, s.state, s.status.error_code) for s in status.model_version_status] == [
-        (2, AVAILABLE, 0), (1, AVAILABLE, 0)]
+        (2, AVAILABLE, 0),
+        (1, AVAILABLE, 0),
+    ]
 
     request.model_spec.version.value = 1
     assert [s.version for s in (await stub.GetModelStatus(request)).model_version_status] == [1]
@@ -299,8 +330,9 @@ async def test_batching_does_not_merge_requests_of_different_frame_shapes(models
     async with serving(models_dir, batching=BatchingOptions(max_batch_size=8, batch_timeout_micros=50_000)) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         calls_before, rows_before = served_batches()
-        answers = await asyncio.gather(*(stub.Predict(predict_request(batch, signature="any_size"))
-                                         for batch in (small, large)))
+        answers = await asyncio.gather(
+            *(stub.Predict(predict_request(batch, signature="any_size")) for batch in (small, large))
+        )
         calls, sent = served_batches()
     assert [means(a) for a in answers] == [pytest.approx([40 / 255, 80 / 255]), pytest.approx([120 / 255, 160 / 255])]
     assert (calls - calls_before, sent - rows_before) == (2, 4)
@@ -327,8 +359,9 @@ async def test_batching_runs_alone_a_signature_whose_output_has_no_batch_axis(mo
     async with serving(models_dir, batching=options) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         calls_before, _ = served_batches()
-        answers = await asyncio.gather(*(stub.Predict(predict_request(frames(batch), signature="overall"))
-                                         for batch in ([51], [102, 204])))
+        answers = await asyncio.gather(
+            *(stub.Predict(predict_request(frames(batch), signature="overall")) for batch in ([51], [102, 204]))
+        )
         assert served_batches()[0] - calls_before == 2
     assert [float(tf.make_ndarray(a.outputs["mean"])) for a in answers] == pytest.approx([0.2, 0.6])
 
@@ -350,8 +383,10 @@ async def test_a_full_batch_queue_refuses_tasks_unavailable_and_queues_are_per_k
     with pytest.raises(ServingError) as err:
         scheduler.submit("key", 1, "view", "d")  # would need a second enqueued batch
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
-    assert err.value.message == ("The batch scheduling queue to which this task was submitted is full; "
-                                 "currently 1 batches enqueued and max_enqueued_batches is 1")
+    assert err.value.message == (
+        "The batch scheduling queue to which this task was submitted is full; "
+        "currently 1 batches enqueued and max_enqueued_batches is 1"
+    )
     elsewhere = scheduler.submit("other key", 1, "view", "e")
     release.set()
     assert await asyncio.gather(running, *waiting, elsewhere) == ["answer a", "answer b", "answer c", "answer e"]
@@ -362,7 +397,8 @@ def test_batching_parameters_file_reads_tf_servings_text_format(tmp_path):
     path = tmp_path / "batching_parameters.txt"
     path.write_text("# a comment\nmax_batch_size { value: 8 }\nbatch_timeout_micros { value: 50000 }\n")
     assert read_batching_parameters(path) == BatchingOptions(
-        max_batch_size=8, batch_timeout_micros=50_000, max_enqueued_batches=10, num_batch_threads=os.cpu_count())
+        max_batch_size=8, batch_timeout_micros=50_000, max_enqueued_batches=10, num_batch_threads=os.cpu_count()
+    )
     for text, message in [
         ("allowed_batch_sizes: 8", "allowed_batch_sizes: understood by tensorflow/serving"),
         ("num_batch_threads { value: 0 }", "num_batch_threads must be positive; was 0"),
@@ -375,7 +411,8 @@ def test_batching_parameters_file_reads_tf_servings_text_format(tmp_path):
 
 def test_the_shipped_tfserving_files_parse_and_serve_view_at_its_two_newest_versions():
     assert read_batching_parameters(TFSERVING / "batching_parameters.txt") == BatchingOptions(
-        max_batch_size=64, batch_timeout_micros=2000, num_batch_threads=4, max_enqueued_batches=100)
+        max_batch_size=64, batch_timeout_micros=2000, num_batch_threads=4, max_enqueued_batches=100
+    )
     config = read_model_config(TFSERVING / "models.config")
     [view] = config.model_config_list.config
     assert (view.name, view.base_path, view.model_platform) == ("view", "/models/view", "tensorflow")
@@ -386,8 +423,9 @@ def test_the_shipped_tfserving_files_parse_and_serve_view_at_its_two_newest_vers
 
 
 def requests_timed(samples: dict, model: str, method: str, code: str) -> float:
-    return samples.get(("rhd_model_server_request_seconds_count", (("code", code), ("method", method),
-                                                                    ("model", model))), 0.0)
+    return samples.get(
+        ("rhd_model_server_request_seconds_count", (("code", code), ("method", method), ("model", model))), 0.0
+    )
 
 
 def registry_samples() -> dict:
@@ -423,14 +461,21 @@ async def test_the_rest_port_serves_prometheus_metrics_with_every_request_timed_
             async with http.get(path) as response:
                 assert response.status == expected, path
     families = {family.name for family in text_string_to_metric_families(text)}
-    assert {"rhd_model_server_request_seconds", "rhd_model_server_batch_size",
-            "rhd_model_server_batch_wait_seconds"} <= families
+    assert {
+        "rhd_model_server_request_seconds",
+        "rhd_model_server_batch_size",
+        "rhd_model_server_batch_wait_seconds",
+    } <= families
     after = parse_samples(text)
-    for model, method, code in [("view", "Predict", "OK"), ("nope", "Predict", "NOT_FOUND"),
-                                ("view", "GetModelStatus", "OK")]:
+    for model, method, code in [
+        ("view", "Predict", "OK"),
+        ("nope", "Predict", "NOT_FOUND"),
+        ("view", "GetModelStatus", "OK"),
+    ]:
         assert requests_timed(after, model, method, code) - requests_timed(before, model, method, code) == 1, code
-    assert requests_timed(after, "view", "Predict", "NOT_FOUND") == requests_timed(before, "view", "Predict",
-                                                                                   "NOT_FOUND")
+    assert requests_timed(after, "view", "Predict", "NOT_FOUND") == requests_timed(
+        before, "view", "Predict", "NOT_FOUND"
+    )
 
 
 async def test_a_monitoring_config_that_leaves_prometheus_off_serves_no_metrics():
@@ -453,8 +498,11 @@ def test_the_monitoring_config_decides_where_the_metrics_answer(tmp_path):
     ]:
         path.write_text(text)
         assert metrics_path(read_monitoring_config(path)) == expected, text
-    for text in ('prometheus_config { enable: true path: "metrics" }', 'prometheus_config { path: "/readyz" }',
-                 "prometheus { enable: true }"):
+    for text in (
+        'prometheus_config { enable: true path: "metrics" }',
+        'prometheus_config { path: "/readyz" }',
+        "prometheus { enable: true }",
+    ):
         path.write_text(text)
         with pytest.raises(ValueError, match=str(path)):
             read_monitoring_config(path)
@@ -464,10 +512,25 @@ async def test_rhd_model_server_serves_metrics_on_its_rest_port_at_the_monitorin
     config = tmp_path / "monitoring.config"
     config.write_text('prometheus_config { enable: true path: "/custom/metrics" }')
     grpc_port, rest = free_port(), free_port()
-    server = ServiceProcess("model-server", [
-        sys.executable, "-m", "rhd.cli", "model-server", "--port", str(grpc_port), "--rest-api-port", str(rest),
-        "--models-dir", str(models_dir), "--monitoring-config-file", str(config)], dict(os.environ),
-        tmp_path / "model-server.log")
+    server = ServiceProcess(
+        "model-server",
+        [
+            sys.executable,
+            "-m",
+            "rhd.cli",
+            "model-server",
+            "--port",
+            str(grpc_port),
+            "--rest-api-port",
+            str(rest),
+            "--models-dir",
+            str(models_dir),
+            "--monitoring-config-file",
+            str(config),
+        ],
+        dict(os.environ),
+        tmp_path / "model-server.log",
+    )
     server.start()
     try:
         async with aiohttp.ClientSession(f"http://127.0.0.1:{rest}", timeout=aiohttp.ClientTimeout(total=5)) as http:
@@ -508,8 +571,9 @@ async def test_rhd_model_server_serves_metrics_on_its_rest_port_at_the_monitorin
 async def test_the_model_config_version_policy_decides_which_versions_serve(models_dir, tmp_path, policy, served):
     path = tmp_path / "models.config"
     # A relative base_path is read under the models dir.
-    path.write_text(f'model_config_list {{ config {{ name: "view" base_path: "view" model_platform: "tensorflow" '
-                    f"{policy} }} }}")
+    path.write_text(
+        f'model_config_list {{ config {{ name: "view" base_path: "view" model_platform: "tensorflow" {policy} }} }}'
+    )
     async with serving(models_dir, model_config=read_model_config(path)) as channel:
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = "view"
@@ -519,8 +583,9 @@ async def test_the_model_config_version_policy_decides_which_versions_serve(mode
         assert (await stub.Predict(predict_request(frames([0])))).model_spec.version.value == max(served)
         for version in (1, 2):
             if version in served:
-                assert (await stub.Predict(predict_request(frames([0]), version=version))).model_spec.version.value \
-                    == version
+                assert (
+                    await stub.Predict(predict_request(frames([0]), version=version))
+                ).model_spec.version.value == version
                 continue
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.Predict(predict_request(frames([0]), version=version))
@@ -530,11 +595,14 @@ async def test_the_model_config_version_policy_decides_which_versions_serve(mode
 
 async def test_an_absolute_base_path_is_used_as_is_under_the_configured_name(models_dir, tmp_path):
     path = tmp_path / "models.config"
-    path.write_text(f'model_config_list {{ config {{ name: "echo" base_path: "{models_dir / "view"}" '
-                    'model_platform: "tensorflow" } }')
+    path.write_text(
+        f'model_config_list {{ config {{ name: "echo" base_path: "{models_dir / "view"}" '
+        'model_platform: "tensorflow" } }'
+    )
     async with serving(tmp_path, model_config=read_model_config(path)) as channel:
         answer = await prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-            predict_request(frames([51]), name="echo"))
+            predict_request(frames([51]), name="echo")
+        )
     assert (answer.model_spec.name, answer.model_spec.version.value) == ("echo", 2)
     assert means(answer) == pytest.approx([0.2])
 
@@ -542,15 +610,29 @@ async def test_an_absolute_base_path_is_used_as_is_under_the_configured_name(mod
 @pytest.mark.parametrize(
     ("config", "error", "message"),
     [
-        ('config { name: "view" base_path: "missing" model_platform: "tensorflow" }', FileNotFoundError,
-         r"model 'view': no SavedModel version under .*missing for version policy latest 1 \(default\)"),
-        ('config { name: "study" base_path: "study" model_platform: "tensorflow" }', FileNotFoundError,
-         "model 'study': no SavedModel version"),
-        ('config { name: "view" base_path: "view" model_platform: "tensorflow" '
-         "model_version_policy { specific { versions: 7 } } }", FileNotFoundError, r"versions there: \[1, 2\]"),
+        (
+            'config { name: "view" base_path: "missing" model_platform: "tensorflow" }',
+            FileNotFoundError,
+            r"model 'view': no SavedModel version under .*missing for version policy latest 1 \(default\)",
+        ),
+        (
+            'config { name: "study" base_path: "study" model_platform: "tensorflow" }',
+            FileNotFoundError,
+            "model 'study': no SavedModel version",
+        ),
+        (
+            'config { name: "view" base_path: "view" model_platform: "tensorflow" '
+            "model_version_policy { specific { versions: 7 } } }",
+            FileNotFoundError,
+            r"versions there: \[1, 2\]",
+        ),
         ('config { name: "view" base_path: "view" }', ValueError, "model_platform ''"),
-        ('config { name: "view" base_path: "view" model_platform: "tensorflow" } '
-         'config { name: "view" base_path: "view" model_platform: "tensorflow" }', ValueError, "named twice"),
+        (
+            'config { name: "view" base_path: "view" model_platform: "tensorflow" } '
+            'config { name: "view" base_path: "view" model_platform: "tensorflow" }',
+            ValueError,
+            "named twice",
+        ),
         ("", ValueError, "names no model"),
     ],
     ids=["missing-folder", "no-savedmodel", "specific-version-absent", "no-platform", "duplicate", "empty"],
@@ -569,8 +651,20 @@ def test_the_cli_refuses_what_tensorflow_serving_refuses(models_dir, tmp_path):
     config = tmp_path / "models.config"
     config.write_text('model_config_list { config { name: "view" base_path: "nowhere" model_platform: "tensorflow" } }')
     with pytest.raises(SystemExit, match="rhd model-server: model 'view': no SavedModel version"):
-        main(["model-server", "--port", "0", "--models-dir", str(models_dir), "--model-config-file", str(config),
-              "--enable-batching", "--batching-parameters-file", str(parameters)])
+        main(
+            [
+                "model-server",
+                "--port",
+                "0",
+                "--models-dir",
+                str(models_dir),
+                "--model-config-file",
+                str(config),
+                "--enable-batching",
+                "--batching-parameters-file",
+                str(parameters),
+            ]
+        )
 
 
 def test_client_decodes_the_repeated_field_encoding_too():

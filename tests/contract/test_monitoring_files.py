@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import rhd.model_server.server  # noqa: F401  (registers the embedded model server's; imports TensorFlow)
+import rhd.model_server.server  # registers the embedded model server's metrics (imports TensorFlow)
 import rhd.runtime.metrics  # noqa: F401  (registers the services' metrics)
 import yaml
 from prometheus_client import REGISTRY
@@ -58,8 +58,21 @@ def dashboard_exprs() -> list[str]:
 
 # --- names in PromQL -----------------------------------------------------------------------------------------------
 
-_PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-                    "offset", "inf", "nan"}
+_PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -70,7 +83,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\$\w+", " ", expr)
     names = set()
     for match in re.finditer(r"(?<![\w.:])[A-Za-z_:][\w:]*", expr):
-        if not expr[match.end():].lstrip().startswith("(") and match[0].lower() not in _PROMQL_KEYWORDS:
+        if not expr[match.end() :].lstrip().startswith("(") and match[0].lower() not in _PROMQL_KEYWORDS:
             names.add(match[0])
     return names
 
@@ -78,7 +91,7 @@ def metric_names(expr: str) -> set[str]:
 def test_metric_names_finds_selectors_only():
     assert metric_names(
         'histogram_quantile(0.95, sum by (model, le) (rate(rhd_x_bucket{code!="OK", a=~"b.*"}[$__rate_interval])))'
-        " / on (model) group_left sum without (le) (a:b:c offset 5m) > bool 1e3 and absent(up{job=\"x\"} == 1)"
+        ' / on (model) group_left sum without (le) (a:b:c offset 5m) > bool 1e3 and absent(up{job="x"} == 1)'
     ) == {"rhd_x_bucket", "a:b:c", "up"}
 
 
@@ -107,16 +120,21 @@ def exposed() -> dict[str, set[str]]:
 def test_rules_and_dashboard_name_only_recorded_or_exposed_metrics(exposed):
     known = RECORDED | PROMETHEUS_SERIES | set().union(*exposed.values())
     queries = [(rule.get("record") or rule["alert"], rule["expr"]) for rule in RECORDING_RULES + ALERT_RULES]
-    queries += [(f"dashboard panel {panel['title']!r}", target["expr"])
-                for panel in dashboard_panels() for target in panel["targets"]]
+    queries += [
+        (f"dashboard panel {panel['title']!r}", target["expr"])
+        for panel in dashboard_panels()
+        for target in panel["targets"]
+    ]
     unknown = {where: sorted(metric_names(expr) - known) for where, expr in queries if metric_names(expr) - known}
     assert not unknown, f"names neither recorded nor exposed by any service: {unknown}"
     assert all(metric_names(expr) for _, expr in queries)
 
 
 def test_every_service_metric_is_recorded_or_charted(exposed):
-    used = set().union(*(metric_names(rule["expr"]) for rule in RECORDING_RULES + ALERT_RULES),
-                       *(metric_names(expr) for expr in dashboard_exprs()))
+    used = set().union(
+        *(metric_names(rule["expr"]) for rule in RECORDING_RULES + ALERT_RULES),
+        *(metric_names(expr) for expr in dashboard_exprs()),
+    )
     unused = sorted(family for family, series in exposed.items() if not series & used)
     assert not unused, f"metrics on no dashboard panel and in no rule: {unused}"
 
@@ -127,8 +145,9 @@ def test_recording_rules_are_named_level_metric_operations():
 
 
 def test_every_alert_waits_has_a_severity_texts_and_a_unit_test():
-    tested = set(re.findall(r"alertname: *(\w+)", "".join(
-        path.read_text() for path in (PROMETHEUS / "tests").glob("*.yml"))))
+    tested = set(
+        re.findall(r"alertname: *(\w+)", "".join(path.read_text() for path in (PROMETHEUS / "tests").glob("*.yml")))
+    )
     assert ALERT_RULES
     for rule in ALERT_RULES:
         assert re.fullmatch(r"\d+[smh]", rule.get("for") or ""), rule["alert"]
@@ -138,8 +157,9 @@ def test_every_alert_waits_has_a_severity_texts_and_a_unit_test():
 
 
 def test_every_stage_has_a_no_consumer_alert():
-    no_consumers = {rule["labels"]["stage"]: rule["expr"] for rule in ALERT_RULES
-                    if rule["alert"] == "RhdStageNoConsumers"}
+    no_consumers = {
+        rule["labels"]["stage"]: rule["expr"] for rule in ALERT_RULES if rule["alert"] == "RhdStageNoConsumers"
+    }
     assert no_consumers == {stage: f'absent(up{{job="{stage}"}} == 1)' for stage in STAGES}
 
 
@@ -193,6 +213,7 @@ def test_the_dashboard_charts_what_the_alerts_watch():
 
 # --- promtool ------------------------------------------------------------------------------------------------------
 
+
 def promtool() -> str:
     found = shutil.which("promtool") or shutil.which("promtool", path=str(Path(sys.executable).parent))
     if not found:
@@ -228,8 +249,14 @@ def test_promtool_unit_tests_of_the_rules_pass():
 def test_promtool_parses_every_dashboard_query(tmp_path):
     # Grafana's interval variables are not PromQL; any duration stands in for them.
     exprs = [re.sub(r"\$__\w+", "1m", expr) for expr in dashboard_exprs()]
-    groups = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard_query_{number}", "expr": expr} for number, expr in enumerate(exprs)]}]}
+    groups = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard_query_{number}", "expr": expr} for number, expr in enumerate(exprs)],
+            }
+        ]
+    }
     path = tmp_path / "dashboard.yml"
     path.write_text(json.dumps(groups))  # JSON is YAML
     output = run_promtool("check", "rules", path)

@@ -13,8 +13,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_generated_code_matches_the_proto_files(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}", f"--python_out={tmp_path}",
-         str(ROOT / "protos/rhd/v1/rhd.proto")],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'protos'}",
+            f"--python_out={tmp_path}",
+            str(ROOT / "protos/rhd/v1/rhd.proto"),
+        ],
         check=True,
     )
     fresh = (tmp_path / "rhd/v1/rhd_pb2.py").read_text()
@@ -33,8 +39,10 @@ def test_every_topic_is_versioned_and_has_a_dead_letter_topic():
 def test_frame_round_trip_keeps_identity_and_pixels():
     key = pb.FrameKey(study_id="S1", video_id="S1-V00", frame_index=7, video_frame_count=24)
     frame = pb.Frame(key=key, png=b"\x89PNG...", height=240, width=320, fps=24.0, pixel_spacing_mm=0.6)
-    viewed = pb.ViewedFrame(segmented=pb.SegmentedFrame(frame=frame, mask=pb.Mask(flow_pixels=3)),
-                            view=pb.ViewPrediction(label="plax", probabilities={"plax": 0.9}))
+    viewed = pb.ViewedFrame(
+        segmented=pb.SegmentedFrame(frame=frame, mask=pb.Mask(flow_pixels=3)),
+        view=pb.ViewPrediction(label="plax", probabilities={"plax": 0.9}),
+    )
     back = pb.ViewedFrame.FromString(viewed.SerializeToString())
     assert back == viewed
     assert back.segmented.frame.key.frame_index == 7

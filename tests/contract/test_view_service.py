@@ -23,17 +23,36 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 
 def segmented(view: str, index: int) -> ConsumerRecord:
     image, _ = render_frame(Scene(view=view, colour=True), 0.3, np.random.default_rng(index))
-    frame = pb.Frame(key=pb.FrameKey(study_id="s1", video_id=f"s1-{view}", frame_index=index, video_frame_count=8),
-                     png=cv2.imencode(".png", image)[1].tobytes(), height=image.shape[0], width=image.shape[1])
+    frame = pb.Frame(
+        key=pb.FrameKey(study_id="s1", video_id=f"s1-{view}", frame_index=index, video_frame_count=8),
+        png=cv2.imencode(".png", image)[1].tobytes(),
+        height=image.shape[0],
+        width=image.shape[1],
+    )
     value = pb.SegmentedFrame(frame=frame).SerializeToString()
-    return ConsumerRecord(topic=FRAMES_SEGMENTED, partition=0, offset=index, timestamp=0, timestamp_type=0,
-                          key=frame.key.video_id.encode(), value=value, checksum=None, serialized_key_size=0,
-                          serialized_value_size=len(value), headers=())
+    return ConsumerRecord(
+        topic=FRAMES_SEGMENTED,
+        partition=0,
+        offset=index,
+        timestamp=0,
+        timestamp_type=0,
+        key=frame.key.video_id.encode(),
+        value=value,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=len(value),
+        headers=(),
+    )
 
 
 async def runner(tmp_path: Path, model_server: str, retry_for_s: float) -> StageRunner:
-    settings = Settings(model_server=model_server, model_retry_for_s=retry_for_s, model_timeout_s=1.0,
-                        blob_dir=tmp_path / "blobs", models_dir=MODELS)
+    settings = Settings(
+        model_server=model_server,
+        model_retry_for_s=retry_for_s,
+        model_timeout_s=1.0,
+        blob_dir=tmp_path / "blobs",
+        models_dir=MODELS,
+    )
     view = View()
     await view.start(settings)
     return StageRunner(view, settings)
@@ -54,10 +73,16 @@ async def test_frames_get_their_view_through_the_model_server(tmp_path):
             assert sum(viewed.view.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
             assert viewed.segmented.frame.key.frame_index == index  # the frame travels on unchanged
         # One Predict a frame here (each waited alone), timed by the client; the model version is in build info.
-        assert REGISTRY.get_sample_value("rhd_model_request_seconds_count", {"model": "view", "code": "OK"}) \
+        assert (
+            REGISTRY.get_sample_value("rhd_model_request_seconds_count", {"model": "view", "code": "OK"})
             == calls_before + 4
-        assert REGISTRY.get_sample_value("rhd_build_info", {"version": rhd.__version__, "stage": "view",
-                                                            "view_model": "view/1"}) == 1.0
+        )
+        assert (
+            REGISTRY.get_sample_value(
+                "rhd_build_info", {"version": rhd.__version__, "stage": "view", "view_model": "view/1"}
+            )
+            == 1.0
+        )
     finally:
         await stage.service.stop()
         await server.stop(0)

@@ -20,17 +20,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def manifest(study: str, frames: int) -> pb.FrameDone:
-    return pb.FrameDone(manifest=pb.StudyManifest(study_id=study, videos=[
-        pb.VideoManifest(video_id=f"{study}-V0", status=pb.VIDEO_STATUS_DECODED, frame_count=frames)]))
+    return pb.FrameDone(
+        manifest=pb.StudyManifest(
+            study_id=study,
+            videos=[pb.VideoManifest(video_id=f"{study}-V0", status=pb.VIDEO_STATUS_DECODED, frame_count=frames)],
+        )
+    )
 
 
 def result(study: str, index: int, jet_mm: float) -> pb.FrameDone:
     values = [jet_mm if name == "jet_length_mm" else 1.0 for name in FEATURE_NAMES]
-    return pb.FrameDone(result=pb.FrameResult(
-        key=pb.FrameKey(study_id=study, video_id=f"{study}-V0", frame_index=index),
-        status=pb.FRAME_STATUS_ANALYSED, stage="features",
-        view=pb.ViewPrediction(label="plax", model_name="view", model_version=1),
-        features=pb.FeatureVector(feature_set="frame-v2", names=FEATURE_NAMES, values=values)))
+    return pb.FrameDone(
+        result=pb.FrameResult(
+            key=pb.FrameKey(study_id=study, video_id=f"{study}-V0", frame_index=index),
+            status=pb.FRAME_STATUS_ANALYSED,
+            stage="features",
+            view=pb.ViewPrediction(label="plax", model_name="view", model_version=1),
+            features=pb.FeatureVector(feature_set="frame-v2", names=FEATURE_NAMES, values=values),
+        )
+    )
 
 
 async def produce(bootstrap: str, records: list[pb.FrameDone]) -> None:
@@ -80,12 +88,12 @@ async def handled(port: int) -> float:
             text = await response.text()
     total = 0.0
     for line in text.splitlines():
-        if line.startswith('rhd_messages_total{') and 'stage="assemble"' in line and 'outcome="ok"' in line:
+        if line.startswith("rhd_messages_total{") and 'stage="assemble"' in line and 'outcome="ok"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 
 
-async def until(check, timeout_s: float = 60.0):  # noqa: ANN001, ANN201
+async def until(check, timeout_s: float = 60.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -103,17 +111,32 @@ def test_a_killed_assemble_rebuilds_its_open_studies_and_re_emits_none(tmp_path)
 
     def assemble(name: str, port: int) -> ServiceProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RHD_")}
-        env.update(RHD_BOOTSTRAP_SERVERS=broker.bootstrap_servers, RHD_HTTP_PORT=str(port), RHD_PARTITIONS="4",
-                   RHD_STUDY_DEADLINE_S="120", RHD_BLOB_DIR=str(tmp_path / "blobs"), PYTHONUNBUFFERED="1")
-        return ServiceProcess(name, [sys.executable, "-m", "rhd.cli", "serve", "assemble"], env,
-                              tmp_path / f"{name}.log", http_port=port)
+        env.update(
+            RHD_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+            RHD_HTTP_PORT=str(port),
+            RHD_PARTITIONS="4",
+            RHD_STUDY_DEADLINE_S="120",
+            RHD_BLOB_DIR=str(tmp_path / "blobs"),
+            PYTHONUNBUFFERED="1",
+        )
+        return ServiceProcess(
+            name, [sys.executable, "-m", "rhd.cli", "serve", "assemble"], env, tmp_path / f"{name}.log", http_port=port
+        )
 
     async def run() -> list[pb.StudyFeatures]:
         await broker.start(4)
         bootstrap = broker.bootstrap_servers
         # Study A is open when assemble dies (3 of its 6 frames seen); study B closes before.
-        await produce(bootstrap, [manifest("A", 6), *(result("A", i, 25.0) for i in range(3)),
-                                  manifest("B", 2), result("B", 0, 0.0), result("B", 1, 0.0)])
+        await produce(
+            bootstrap,
+            [
+                manifest("A", 6),
+                *(result("A", i, 25.0) for i in range(3)),
+                manifest("B", 2),
+                result("B", 0, 0.0),
+                result("B", 1, 0.0),
+            ],
+        )
         first = assemble("assemble-1", free_port())
         first.start()
         try:
@@ -124,8 +147,9 @@ def test_a_killed_assemble_rebuilds_its_open_studies_and_re_emits_none(tmp_path)
         finally:
             first.stop(signal.SIGKILL)
         # Assemble is down: the rest of A arrives, with redeliveries of A and B.
-        await produce(bootstrap, [*(result("A", i, 25.0) for i in range(3, 6)), result("A", 0, 25.0),
-                                  result("B", 1, 0.0)])
+        await produce(
+            bootstrap, [*(result("A", i, 25.0) for i in range(3, 6)), result("A", 0, 25.0), result("B", 1, 0.0)]
+        )
         second = assemble("assemble-2", free_port())
         second.start()
         try:

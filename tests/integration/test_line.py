@@ -28,9 +28,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _expected_done(progress: Progress, studies: list[str]) -> bool:
-    return (all(s in progress.diagnoses for s in studies)
-            and all(s in progress.expected_frames for s in studies)
-            and all(len(progress.frame_records.get(s, ())) == progress.expected_frames[s] for s in studies))
+    return (
+        all(s in progress.diagnoses for s in studies)
+        and all(s in progress.expected_frames for s in studies)
+        and all(len(progress.frame_records.get(s, ())) == progress.expected_frames[s] for s in studies)
+    )
 
 
 class Prometheus:
@@ -46,15 +48,23 @@ class Prometheus:
         if not self.binary:
             return
         rules = sorted(str(path) for path in (ROOT / "compose" / "prometheus" / "rules").glob("*.yml"))
-        config = {"global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"},
-                  "rule_files": rules,
-                  "scrape_configs": [{"job_name": "rhd", "file_sd_configs": [{"files": [str(self.targets)]}]}]}
+        config = {
+            "global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"},
+            "rule_files": rules,
+            "scrape_configs": [{"job_name": "rhd", "file_sd_configs": [{"files": [str(self.targets)]}]}],
+        }
         (self.workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         with open(self.workdir / "prometheus.log", "wb") as log:
             self.process = subprocess.Popen(
-                [self.binary, f"--config.file={self.workdir / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={self.workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    self.binary,
+                    f"--config.file={self.workdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     async def scraping(self, jobs: int, timeout_s: float = 60.0) -> None:
         """Wait until every job has been scraped once, so the counters are seen before the studies move them."""
@@ -95,8 +105,8 @@ PROMQL = {
     # Figures the dashboard shows, from the recording rules, at their highest during the run.
     "inspect_rate": 'max_over_time(stage:rhd_messages:rate1m{stage="inspect"}[5m])',
     "split_dead_letters": 'max_over_time(stage_topic:rhd_dead_letters:rate1m{stage="split"}[5m])',
-    "latency_p95": 'max_over_time(stage_quantile:rhd_study_latency_seconds:histogram_quantile5m'
-                   '{stage="diagnose", quantile="0.95"}[5m])',
+    "latency_p95": "max_over_time(stage_quantile:rhd_study_latency_seconds:histogram_quantile5m"
+    '{stage="diagnose", quantile="0.95"}[5m])',
     "model_batch": "max_over_time(model:rhd_model_batch_size:mean1m[5m])",
     # Alerts that must not fire on a healthy line: every stage has its consumer, the model server is up.
     "firing": 'ALERTS{alertname=~"RhdStageNoConsumers|RhdModelServerDown|RhdTargetDown"}',
@@ -106,10 +116,12 @@ PROMQL = {
 @pytest.fixture(scope="module")
 def line(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("line")
-    settings = Settings(blob_dir=workdir / "blobs", models_dir=ROOT / "models", study_deadline_s=90.0,
-                        model_retry_for_s=20.0)
-    studies = synth_studies(5, 4, workdir / "studies", SynthConfig(videos_per_study=4, duration_s=(1.0, 1.0)),
-                            balanced=True)
+    settings = Settings(
+        blob_dir=workdir / "blobs", models_dir=ROOT / "models", study_deadline_s=90.0, model_retry_for_s=20.0
+    )
+    studies = synth_studies(
+        5, 4, workdir / "studies", SynthConfig(videos_per_study=4, duration_s=(1.0, 1.0)), balanced=True
+    )
     # A study whose last video is truncated, and one whose only video is not a video at all.
     corrupt_one_video(studies[2])
     not_video = workdir / "studies" / "S9999-0000"
@@ -151,9 +163,16 @@ def line(tmp_path_factory):
     finally:
         prometheus.stop()
         codes = stack.stop()
-    yield {"progress": progress, "alive": alive, "studies": [d.name for d in studies], "codes": codes,
-           "stack": stack, "dirs": studies, "metrics": scraped,
-           "prometheus": prometheus_answers}
+    yield {
+        "progress": progress,
+        "alive": alive,
+        "studies": [d.name for d in studies],
+        "codes": codes,
+        "stack": stack,
+        "dirs": studies,
+        "metrics": scraped,
+        "prometheus": prometheus_answers,
+    }
 
 
 def test_every_study_gets_exactly_one_diagnosis(line):
@@ -264,8 +283,12 @@ def test_every_service_exposes_what_happened_on_its_metrics_endpoint(line):
     frames = total(by_job["view"], "rhd_model_batch_size_sum", model="view")
     assert frames == total(by_job["view"], "rhd_messages_total", stage="view", outcome="ok") > 0
     calls = total(by_job["view"], "rhd_model_request_seconds_count", model="view", code="OK")
-    assert total(by_job["model-server"], "rhd_model_server_request_seconds_count", model="view", method="Predict",
-                 code="OK") == calls
+    assert (
+        total(
+            by_job["model-server"], "rhd_model_server_request_seconds_count", model="view", method="Predict", code="OK"
+        )
+        == calls
+    )
     assert total(by_job["view"], "rhd_build_info", stage="view", view_model="view/1") == 1
     for stage in STAGES:
         assert total(by_job[stage], "rhd_build_info", stage=stage) == 1

@@ -18,10 +18,16 @@ def manifest(study_id="S1", frames=(3, 2), failed=()):
 def result(video, index, status=pb.FRAME_STATUS_ANALYSED, jet=0.0, view="plax", study_id="S1"):
     values = [0.0] * len(FEATURE_NAMES)
     values[FEATURE_NAMES.index("jet_length_mm")] = jet
-    return pb.FrameDone(result=pb.FrameResult(
-        key=pb.FrameKey(study_id=study_id, video_id=video, frame_index=index), status=status,
-        view=pb.ViewPrediction(label=view), features=pb.FeatureVector(names=FEATURE_NAMES, values=values),
-        stage="features", reason="x" if status == pb.FRAME_STATUS_FAILED else ""))
+    return pb.FrameDone(
+        result=pb.FrameResult(
+            key=pb.FrameKey(study_id=study_id, video_id=video, frame_index=index),
+            status=status,
+            view=pb.ViewPrediction(label=view),
+            features=pb.FeatureVector(names=FEATURE_NAMES, values=values),
+            stage="features",
+            reason="x" if status == pb.FRAME_STATUS_FAILED else "",
+        )
+    )
 
 
 def all_results():
@@ -91,8 +97,15 @@ def _frame(video: str, view: str, jet: float) -> AnalysedFrame:
 
 
 def test_study_features_follow_the_largest_jet_and_plax():
-    frames = [_frame("V0", "plax", 12.0), _frame("V0", "plax", 12.5), _frame("V1", "a4c", 25.0),
-              _frame("V1", "a4c", 24.0), _frame("V1", "a4c", 1.0), _frame("V2", "psax", 9.0), _frame("V2", "psax", 9.5)]
+    frames = [
+        _frame("V0", "plax", 12.0),
+        _frame("V0", "plax", 12.5),
+        _frame("V1", "a4c", 25.0),
+        _frame("V1", "a4c", 24.0),
+        _frame("V1", "a4c", 1.0),
+        _frame("V2", "psax", 9.0),
+        _frame("V2", "psax", 9.5),
+    ]
     features = dict(zip(STUDY_FEATURE_NAMES, study_features(frames), strict=True))
     assert features["jet_length_mm_max"] == 25.0
     assert features["plax_jet_length_mm_max"] == 12.5

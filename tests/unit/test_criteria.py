@@ -35,26 +35,32 @@ def routes(v: Valves) -> list[str]:
     return [f.split(":")[0] for f in findings(v) if f.startswith(("Definite", "Borderline"))]
 
 
-@pytest.mark.parametrize(("change", "pathological"), [
-    ({}, True),  # every criterion exactly at its threshold
-    ({"jet_length_mm": 19.9}, False),
-    ({"peak_velocity_m_s": 2.99}, False),
-    ({"views_seen": 1}, False),
-    ({"duration_fraction": 0.89}, False),
-])
+@pytest.mark.parametrize(
+    ("change", "pathological"),
+    [
+        ({}, True),  # every criterion exactly at its threshold
+        ({"jet_length_mm": 19.9}, False),
+        ({"peak_velocity_m_s": 2.99}, False),
+        ({"views_seen": 1}, False),
+        ({"duration_fraction": 0.89}, False),
+    ],
+)
 def test_pathological_mr_needs_all_four_criteria(change, pathological):
     mr = dataclasses.replace(MR, **change)
     assert mr.pathological_mr() is pathological
     assert whf_label(valves(mr=mr)) == ("borderline" if pathological else "normal")
 
 
-@pytest.mark.parametrize(("change", "pathological"), [
-    ({}, True),
-    ({"jet_length_mm": 9.9}, False),
-    ({"peak_velocity_m_s": 2.99}, False),
-    ({"views_seen": 1}, False),
-    ({"duration_fraction": 0.89}, False),
-])
+@pytest.mark.parametrize(
+    ("change", "pathological"),
+    [
+        ({}, True),
+        ({"jet_length_mm": 9.9}, False),
+        ({"peak_velocity_m_s": 2.99}, False),
+        ({"views_seen": 1}, False),
+        ({"duration_fraction": 0.89}, False),
+    ],
+)
 def test_pathological_ar_needs_all_four_criteria_with_a_one_centimetre_jet(change, pathological):
     ar = dataclasses.replace(AR, **change)
     assert ar.pathological_ar() is pathological
@@ -77,32 +83,38 @@ def test_mitral_stenosis_gradient_of_four_mmhg_is_definite_b(gradient, label):
     assert whf_label(valves(ms=gradient)) == label
 
 
-@pytest.mark.parametrize(("study", "label", "expected_routes"), [
-    (valves(mr=MR, mitral=TWO_MV), "definite", ["Definite A"]),
-    (valves(ms=4.0, mitral=TWO_MV), "definite", ["Definite B"]),  # MS rules out Borderline A
-    (valves(ar=AR, aortic=TWO_AV), "definite", ["Definite C"]),
-    (valves(mr=MR, ar=AR), "definite", ["Definite D"]),  # pathological MR and pathological AR
-    (valves(ar=AR, mitral=TWO_MV), "definite", ["Definite D"]),  # >= 2 MV features and pathological AR
-    (valves(mr=MR, mitral=TWO_MV, ar=AR, aortic=TWO_AV), "definite", ["Definite A", "Definite C", "Definite D"]),
-    (valves(mitral=TWO_MV), "borderline", ["Borderline A"]),
-    (valves(mr=MR, mitral=MitralMorphology(2.0, chordal_thickening=True)), "borderline", ["Borderline B"]),
-    (valves(ar=AR, aortic=AorticMorphology(prolapse=True)), "borderline", ["Borderline C"]),
-])
+@pytest.mark.parametrize(
+    ("study", "label", "expected_routes"),
+    [
+        (valves(mr=MR, mitral=TWO_MV), "definite", ["Definite A"]),
+        (valves(ms=4.0, mitral=TWO_MV), "definite", ["Definite B"]),  # MS rules out Borderline A
+        (valves(ar=AR, aortic=TWO_AV), "definite", ["Definite C"]),
+        (valves(mr=MR, ar=AR), "definite", ["Definite D"]),  # pathological MR and pathological AR
+        (valves(ar=AR, mitral=TWO_MV), "definite", ["Definite D"]),  # >= 2 MV features and pathological AR
+        (valves(mr=MR, mitral=TWO_MV, ar=AR, aortic=TWO_AV), "definite", ["Definite A", "Definite C", "Definite D"]),
+        (valves(mitral=TWO_MV), "borderline", ["Borderline A"]),
+        (valves(mr=MR, mitral=MitralMorphology(2.0, chordal_thickening=True)), "borderline", ["Borderline B"]),
+        (valves(ar=AR, aortic=AorticMorphology(prolapse=True)), "borderline", ["Borderline C"]),
+    ],
+)
 def test_each_definite_and_borderline_route(study, label, expected_routes):
     assert whf_label(study) == label
     assert routes(study) == expected_routes
 
 
-@pytest.mark.parametrize("study", [
-    valves(mitral=MitralMorphology(3.5)),
-    valves(mitral=MitralMorphology(2.0, chordal_thickening=True)),
-    valves(mitral=MitralMorphology(2.0, restricted_motion=True)),
-    valves(mitral=MitralMorphology(2.0, excessive_tip_motion=True)),
-    valves(aortic=AorticMorphology(True, True, True, True)),  # aortic features without pathological AR
-    valves(mr=Regurgitation(3, 35.0, 4.5, 0.5)),  # long, fast, in 3 views, but not pan-systolic
-    valves(mr=Regurgitation(1, 30.0, 4.5, 1.0), mitral=MitralMorphology(3.2)),  # seen in one view only
-    valves(mr=Regurgitation(2, 19.9, 4.5, 1.0), ar=Regurgitation(2, 9.9, 4.0, 1.0)),  # both just short
-])
+@pytest.mark.parametrize(
+    "study",
+    [
+        valves(mitral=MitralMorphology(3.5)),
+        valves(mitral=MitralMorphology(2.0, chordal_thickening=True)),
+        valves(mitral=MitralMorphology(2.0, restricted_motion=True)),
+        valves(mitral=MitralMorphology(2.0, excessive_tip_motion=True)),
+        valves(aortic=AorticMorphology(True, True, True, True)),  # aortic features without pathological AR
+        valves(mr=Regurgitation(3, 35.0, 4.5, 0.5)),  # long, fast, in 3 views, but not pan-systolic
+        valves(mr=Regurgitation(1, 30.0, 4.5, 1.0), mitral=MitralMorphology(3.2)),  # seen in one view only
+        valves(mr=Regurgitation(2, 19.9, 4.5, 1.0), ar=Regurgitation(2, 9.9, 4.0, 1.0)),  # both just short
+    ],
+)
 def test_normal_isolated_features_and_physiological_jets(study):
     assert whf_label(study) == "normal"
     assert routes(study) == []
@@ -111,16 +123,27 @@ def test_normal_isolated_features_and_physiological_jets(study):
 def test_findings_read_as_a_report():
     assert findings(valves()) == []
     assert findings(valves(mr=MR, mitral=MitralMorphology(3.2, chordal_thickening=True))) == [
-        "pathological MR", "2 mitral morphological features", "Definite A: pathological MR + >= 2 MV features"]
+        "pathological MR",
+        "2 mitral morphological features",
+        "Definite A: pathological MR + >= 2 MV features",
+    ]
     assert findings(valves(ar=AR, aortic=AorticMorphology(prolapse=True))) == [
-        "pathological AR", "1 aortic morphological feature", "Borderline C: pathological AR"]
+        "pathological AR",
+        "1 aortic morphological feature",
+        "Borderline C: pathological AR",
+    ]
     assert findings(valves(mitral=MitralMorphology(3.1))) == ["1 mitral morphological feature"]
     assert findings(valves(ms=5.0))[-1] == "Definite B: MS mean gradient >= 4 mmHg"
 
 
 def test_as_dict_is_json_ready_rounded_and_ordered():
-    v = Valves(Regurgitation(np.int64(2), np.float64(19.996), 3.004, 0.9), NO_JET,
-               MitralMorphology(np.float64(2.5), np.bool_(True)), AorticMorphology(prolapse=True), 4.256)
+    v = Valves(
+        Regurgitation(np.int64(2), np.float64(19.996), 3.004, 0.9),
+        NO_JET,
+        MitralMorphology(np.float64(2.5), np.bool_(True)),
+        AorticMorphology(prolapse=True),
+        4.256,
+    )
     d = v.as_dict()
     assert list(d) == ["mr", "ar", "mitral", "aortic", "ms_mean_gradient_mmhg"]
     assert list(d["mr"]) == ["views_seen", "jet_length_mm", "peak_velocity_m_s", "duration_fraction"]
@@ -159,10 +182,13 @@ def test_route_mix_per_class():
 
 def narrow_miss(jet: Regurgitation, min_jet: float) -> bool:
     """Meets three of the four criteria and misses the fourth by about 15% or less (or by one view)."""
-    misses = [jet.views_seen < 2, jet.jet_length_mm < min_jet, jet.peak_velocity_m_s < 3.0,
-              jet.duration_fraction < 0.9]
-    return sum(misses) == 1 and (jet.views_seen == 1 or 0.85 * min_jet <= jet.jet_length_mm < min_jet
-                                 or 2.55 <= jet.peak_velocity_m_s < 3.0 or 0.75 <= jet.duration_fraction < 0.9)
+    misses = [jet.views_seen < 2, jet.jet_length_mm < min_jet, jet.peak_velocity_m_s < 3.0, jet.duration_fraction < 0.9]
+    return sum(misses) == 1 and (
+        jet.views_seen == 1
+        or 0.85 * min_jet <= jet.jet_length_mm < min_jet
+        or 2.55 <= jet.peak_velocity_m_s < 3.0
+        or 0.75 <= jet.duration_fraction < 0.9
+    )
 
 
 def test_classes_overlap_near_the_thresholds():

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "loadtest"))
-import load  # noqa: E402
-from rhd.v1 import rhd_pb2 as pb  # noqa: E402
+import load
+from rhd.v1 import rhd_pb2 as pb
 
 
 def template() -> pb.StudyUpload:
@@ -34,16 +34,20 @@ def step(sent: int, latencies: list[float], pace: float) -> tuple[load.Step, lis
     return s, [(float(i), lat) for i, lat in enumerate(latencies)]
 
 
-@pytest.mark.parametrize(("sent", "latencies", "pace", "expected"), [
-    (6, [10, 11, 10, 12, 11, 10], 0.1, True),      # flat latency, all diagnosed at the offered pace
-    (6, [10, 11, 10, 12, 11, 10], 0.085, False),   # diagnoses leave slower than studies arrive
-    (6, [10, 11, 14, 18, 24, 30], 0.1, False),     # a queue builds: the last third waits 2.5x longer
-    (7, [10, 11, 10, 12, 11, 10], 0.1, False),     # one arrival never diagnosed
-    (2, [10, 30], 0.1, True),                      # too few to see a trend, all diagnosed
-    (0, [], 0.0, False),                           # nothing sent is not keeping up
-])
+@pytest.mark.parametrize(
+    ("sent", "latencies", "pace", "expected"),
+    [
+        (6, [10, 11, 10, 12, 11, 10], 0.1, True),  # flat latency, all diagnosed at the offered pace
+        (6, [10, 11, 10, 12, 11, 10], 0.085, False),  # diagnoses leave slower than studies arrive
+        (6, [10, 11, 14, 18, 24, 30], 0.1, False),  # a queue builds: the last third waits 2.5x longer
+        (7, [10, 11, 10, 12, 11, 10], 0.1, False),  # one arrival never diagnosed
+        (2, [10, 30], 0.1, True),  # too few to see a trend, all diagnosed
+        (0, [], 0.0, False),  # nothing sent is not keeping up
+    ],
+)
 def test_a_step_keeps_up_when_everything_is_diagnosed_at_the_pace_offered_and_no_queue_builds(
-        sent, latencies, pace, expected):
+    sent, latencies, pace, expected
+):
     s, points = step(sent, latencies, pace)
     assert load.keeps_up(s, points) is expected
 

@@ -63,8 +63,7 @@ def test_upload_inlines_videos_while_under_the_limit_and_references_the_rest(tmp
 
 
 def _frame(image, codec, max_message_bytes=1_000_000):
-    return pb.Frame(height=image.shape[0], width=image.shape[1],
-                    **frame_pixels(image, codec, max_message_bytes))
+    return pb.Frame(height=image.shape[0], width=image.shape[1], **frame_pixels(image, codec, max_message_bytes))
 
 
 def test_frames_travel_raw_or_as_png_and_read_back_identical():
@@ -114,8 +113,9 @@ def test_consumer_lag_is_reported_for_owned_partitions_only(tmp_path):
         name, input_topic, input_type = "lagprobe", "frames.in.v1", pb.Frame
 
     def lag(partition):
-        return REGISTRY.get_sample_value("rhd_consumer_lag", {"stage": "lagprobe", "topic": "frames.in.v1",
-                                                              "partition": str(partition)})
+        return REGISTRY.get_sample_value(
+            "rhd_consumer_lag", {"stage": "lagprobe", "topic": "frames.in.v1", "partition": str(partition)}
+        )
 
     runner = StageRunner(Probe(), Settings(blob_dir=tmp_path))
     p0, p1 = TopicPartition("frames.in.v1", 0), TopicPartition("frames.in.v1", 1)

@@ -16,8 +16,15 @@ from rhd.synth.render import JetScene, Scene, render_frame
 TEXT = (("phi", "Hospital Santa Rita"), ("phi", "Maria Silva Costa"))
 # The hard cases on purpose: low gain, colour bar and yellow text on most B-mode videos, many off-axis and
 # poor-window videos; 9 studies x 10 videos x 24 frames = 2,160 frames.
-HARD = SynthConfig(videos_per_study=10, duration_s=(1.0, 1.0), gain=(0.5, 1.3), bmode_colour_bar_rate=0.7,
-                   coloured_text_rate=0.7, off_axis_rate=0.1, poor_quality_rate=0.15)
+HARD = SynthConfig(
+    videos_per_study=10,
+    duration_s=(1.0, 1.0),
+    gain=(0.5, 1.3),
+    bmode_colour_bar_rate=0.7,
+    coloured_text_rate=0.7,
+    off_axis_rate=0.1,
+    poor_quality_rate=0.15,
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +115,9 @@ def test_segment_names_the_mosaic_of_a_jet_and_not_fast_laminar_flow():
 def test_masks_travel_compactly():
     sizes = []
     for phase in np.linspace(0, 1, 8, endpoint=False):
-        image, _ = render_frame(Scene("plax", colour=True, mr=JetScene(30.0, 1.0, False, 450.0)), float(phase),
-                                np.random.default_rng(1))
+        image, _ = render_frame(
+            Scene("plax", colour=True, mr=JetScene(30.0, 1.0, False, 450.0)), float(phase), np.random.default_rng(1)
+        )
         labels = segment(image).labels
         data = encode_png(labels)
         assert np.array_equal(decode_png(data), labels)
@@ -117,21 +125,26 @@ def test_masks_travel_compactly():
     assert max(sizes) < 4_000  # bytes: a label PNG, against ~230 kB for the frame
 
 
-@pytest.mark.parametrize(("image", "kind"), [
-    (np.zeros((240, 320, 3), np.uint8), NO_IMAGE),
-    (np.full((240, 320, 3), (0, 0, 200), np.uint8), NOT_ECHO),
-])
+@pytest.mark.parametrize(
+    ("image", "kind"),
+    [
+        (np.zeros((240, 320, 3), np.uint8), NO_IMAGE),
+        (np.full((240, 320, 3), (0, 0, 200), np.uint8), NOT_ECHO),
+    ],
+)
 def test_inspect_gives_a_reason_for_frames_that_are_not_echo_images(image, kind):
     result = inspect(image)
     assert result.kind == kind and not result.doppler and result.reason
 
 
 def test_inspect_calls_b_mode_with_overlays_anatomical_and_a_tiny_jet_doppler():
-    bmode, _ = render_frame(Scene("plax", colour_bar=True, text_lines=TEXT, text_colour=(60, 230, 230)), 0.3,
-                            np.random.default_rng(0))
+    bmode, _ = render_frame(
+        Scene("plax", colour_bar=True, text_lines=TEXT, text_colour=(60, 230, 230)), 0.3, np.random.default_rng(0)
+    )
     assert inspect(bmode).kind == ANATOMICAL
-    tiny = Scene("a4c", colour=True, chamber_flow=0.0, inflow_cm_s=0.0, outflow_cm_s=0.0,
-                 mr=JetScene(4.0, 1.0, False, 300.0))
+    tiny = Scene(
+        "a4c", colour=True, chamber_flow=0.0, inflow_cm_s=0.0, outflow_cm_s=0.0, mr=JetScene(4.0, 1.0, False, 300.0)
+    )
     image, truth = render_frame(tiny, 0.2, np.random.default_rng(0))
     assert 0 < truth.flow_mask.sum() < 150
     assert inspect(image).kind == DOPPLER
@@ -143,8 +156,9 @@ def test_inspect_rejects_a_grey_single_channel_frame():
 
 
 def doppler_frame():
-    return render_frame(Scene("a4c", colour=True, mr=JetScene(25.0, 1.0, False, 450.0), text_lines=TEXT), 0.2,
-                        np.random.default_rng(3))[0]
+    return render_frame(
+        Scene("a4c", colour=True, mr=JetScene(25.0, 1.0, False, 450.0), text_lines=TEXT), 0.2, np.random.default_rng(3)
+    )[0]
 
 
 def test_a_frame_without_a_colour_bar_fails_with_the_reason():

@@ -31,8 +31,11 @@ TEXT = (("phi", "Hospital Santa Rita"), ("phi", "Maria Silva Costa"), ("phi", "I
 
 
 def digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def colour_pixels(image: np.ndarray) -> np.ndarray:
@@ -46,7 +49,7 @@ def box_mask(shape: tuple[int, int], elements: list[dict], kinds: set[str] | Non
     for e in elements:
         if kinds is None or e["kind"] in kinds:
             x0, y0, x1, y1 = e["box"]
-            mask[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = True
+            mask[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True
     return mask
 
 
@@ -70,8 +73,19 @@ def test_study_folder_is_what_a_hospital_exports_and_the_truth_lives_apart(writt
     out, dirs = written
     for study in dirs:
         meta = json.loads((study / "study.json").read_text())
-        for key in ("patient_name", "patient_id", "birth_date", "sex", "study_date", "hospital", "operator", "device",
-                    "pixel_spacing_mm", "nyquist_cm_s", "fps"):
+        for key in (
+            "patient_name",
+            "patient_id",
+            "birth_date",
+            "sex",
+            "study_date",
+            "hospital",
+            "operator",
+            "device",
+            "pixel_spacing_mm",
+            "nyquist_cm_s",
+            "fps",
+        ):
             assert meta[key] not in ("", None), key
         published = sorted(["study.json", *(v["filename"] for v in meta["videos"])])
         assert sorted(p.name for p in study.iterdir()) == published
@@ -117,8 +131,15 @@ def test_written_masks_cover_the_coloured_flow_of_the_decoded_video(written):
 
 
 def scene(**changes) -> Scene:
-    base = dict(view="plax", colour=True, target="mitral", nyquist_cm_s=60.0, text_lines=TEXT,
-                device_lines=("Vscan Extend R2", "24 Hz"), mr=JetScene(30.0, 1.0, False, 450.0))
+    base = dict(
+        view="plax",
+        colour=True,
+        target="mitral",
+        nyquist_cm_s=60.0,
+        text_lines=TEXT,
+        device_lines=("Vscan Extend R2", "24 Hz"),
+        mr=JetScene(30.0, 1.0, False, 450.0),
+    )
     return Scene(**{**base, **changes})
 
 
@@ -186,8 +207,9 @@ def test_everything_drawn_outside_the_fan_is_an_overlay_in_the_sidecar():
 
 def test_text_content_is_a_knob():
     config = SynthConfig.from_overrides({"text_lines": ["{hospital_id} / {sex}"]}, SMALL)
-    study = make_study("S1", "normal", np.random.default_rng(0), config.replace(videos_per_study=1,
-                                                                                duration_s=(0.1, 0.1)))
+    study = make_study(
+        "S1", "normal", np.random.default_rng(0), config.replace(videos_per_study=1, duration_s=(0.1, 0.1))
+    )
     (phi,) = [e for e in study.videos[0].truths[0].overlays if e["kind"] == "phi"]
     assert phi["text"] == f"{study.metadata['hospital_id']} / {study.metadata['sex']}"
 
@@ -206,8 +228,11 @@ def test_mr_jet_is_drawn_at_its_length_in_systole_only():
 
 
 def test_a_short_jet_lasts_only_its_share_of_systole():
-    shown = [render_frame(scene(mr=JetScene(25.0, 0.4, False, 400.0)), float(p), np.random.default_rng(0))[1]
-             .mr_length_mm > 0 for p in np.linspace(0, SYSTOLE_END, 40, endpoint=False)]
+    shown = [
+        render_frame(scene(mr=JetScene(25.0, 0.4, False, 400.0)), float(p), np.random.default_rng(0))[1].mr_length_mm
+        > 0
+        for p in np.linspace(0, SYSTOLE_END, 40, endpoint=False)
+    ]
     assert 0.3 <= np.mean(shown) <= 0.5 and shown[0] and not shown[-1]
 
 
@@ -221,13 +246,15 @@ def test_b_mode_frames_have_no_flow_and_off_axis_frames_are_other():
 
 def test_views_differ_and_a_poor_window_blurs_the_detail():
     def grey(**changes) -> np.ndarray:
-        image, _ = render_frame(scene(colour=False, ecg=False, text_lines=(), device_lines=(), **changes), 0.6,
-                                np.random.default_rng(0))
+        image, _ = render_frame(
+            scene(colour=False, ecg=False, text_lines=(), device_lines=(), **changes), 0.6, np.random.default_rng(0)
+        )
         return cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (40, 30), interpolation=cv2.INTER_AREA)
 
     small = {view: grey(view=view).astype(float) for view in VIEWS}
     for view in VIEWS:
         assert min(np.abs(small[view] - small[o]).mean() for o in VIEWS if o != view) > 4.0
+
     def detail(quality: str) -> float:
         image, _ = render_frame(scene(colour=False, quality=quality), 0.6, np.random.default_rng(0))
         return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.CV_64F)[sector_mask(240, 320)].var())
@@ -261,13 +288,13 @@ def test_prevalence_balanced_and_stratified_labels():
 
 
 def test_knobs_override_by_name_and_unknown_knobs_are_refused():
-    config = SynthConfig.from_overrides({"noise": 1.6, "nyquist_cm_s": [40, 45],
-                                         "disease.near_threshold_share": 0.9})
+    config = SynthConfig.from_overrides({"noise": 1.6, "nyquist_cm_s": [40, 45], "disease.near_threshold_share": 0.9})
     assert config.noise == 1.6 and config.nyquist_cm_s == (40, 45) and config.disease.near_threshold_share == 0.9
     with pytest.raises(ValueError, match="unknown synth knob"):
         SynthConfig.from_overrides({"noize": 2})
-    study = make_study("S1", "normal", np.random.default_rng(0), config.replace(videos_per_study=1,
-                                                                                duration_s=(0.1, 0.1)))
+    study = make_study(
+        "S1", "normal", np.random.default_rng(0), config.replace(videos_per_study=1, duration_s=(0.1, 0.1))
+    )
     assert 40 <= study.metadata["nyquist_cm_s"] <= 45
 
 
@@ -275,14 +302,30 @@ def test_contact_sheet_shows_every_view_and_class():
     sheet = contact_sheet(seed=1, config=SMALL)
     assert sheet.shape == (5 * (240 + CAPTION_PX), 4 * 320, 3)
     fan = sector_mask(240, 320)
-    tiles = [sheet[r * 258:r * 258 + 240, c * 320:(c + 1) * 320] for r in range(4) for c in range(4)]
+    tiles = [sheet[r * 258 : r * 258 + 240, c * 320 : (c + 1) * 320] for r in range(4) for c in range(4)]
     assert all(not (colour_pixels(t) & fan).any() for t in tiles[0::4])  # B-mode column: a grey fan
     assert all((colour_pixels(t) & fan).sum() > 50 for i, t in enumerate(tiles) if i % 4)
 
 
 def test_cli_writes_studies_and_a_preview(tmp_path, capsys):
-    assert main(["synth", "--seed", "9", "--studies", "1", "--out", str(tmp_path / "out"),
-                 "--set", "videos_per_study=2", "--set", "duration_s=[0.5,0.5]"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--seed",
+                "9",
+                "--studies",
+                "1",
+                "--out",
+                str(tmp_path / "out"),
+                "--set",
+                "videos_per_study=2",
+                "--set",
+                "duration_s=[0.5,0.5]",
+            ]
+        )
+        == 0
+    )
     (study,) = [p for p in (tmp_path / "out").iterdir() if p.name != "truth"]
     assert len(json.loads((study / "study.json").read_text())["videos"]) == 2
     assert main(["synth", "--preview", str(tmp_path / "sheet.png")]) == 0

@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from rhd.cli import main
-from rhd.watch.console import plain_text
 from rhd.local.stack import EmbeddedStack, ServiceProcess
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import STAGES
+from rhd.watch.console import plain_text
 from rhd.watch.figures import (
     Samples,
     Scrape,
@@ -41,9 +41,9 @@ def test_a_counter_increase_is_the_difference_and_a_reset_counts_from_zero():
 @pytest.mark.parametrize(
     ("q", "expected"),
     [
-        (0.5, 0.3),    # rank 20: halfway through (0.1, 0.5], which holds ranks 10-30
-        (0.95, 0.9),   # rank 38: 8 of the 10 in (0.5, 1.0]
-        (0.1, 0.04),   # rank 4 in the first bucket, which starts at 0
+        (0.5, 0.3),  # rank 20: halfway through (0.1, 0.5], which holds ranks 10-30
+        (0.95, 0.9),  # rank 38: 8 of the 10 in (0.5, 1.0]
+        (0.1, 0.04),  # rank 4 in the first bucket, which starts at 0
         (0.0, 0.0),
         (1.0, 1.0),
     ],
@@ -80,34 +80,46 @@ def test_quantile_of_a_real_histograms_exposition():
     assert quantile(samples, 0.5, "rhd_stage_seconds", stage="segment") is None
 
 
-def exposition(messages: dict[tuple[str, str], float], buckets: dict[float, float] | None = None,
-               lag: dict[int, float] | None = None) -> Samples:
+def exposition(
+    messages: dict[tuple[str, str], float],
+    buckets: dict[float, float] | None = None,
+    lag: dict[int, float] | None = None,
+) -> Samples:
     """Samples as a stage service exposes them: messages by (stage, outcome), split's cumulative buckets, lag."""
-    samples: Samples = {("rhd_messages_total", (("outcome", outcome), ("stage", stage))): value
-                        for (stage, outcome), value in messages.items()}
+    samples: Samples = {
+        ("rhd_messages_total", (("outcome", outcome), ("stage", stage))): value
+        for (stage, outcome), value in messages.items()
+    }
     for bound, count in (buckets or {}).items():
         samples[("rhd_stage_seconds_bucket", (("le", str(bound)), ("stage", "split")))] = count
     for partition, value in (lag or {}).items():
-        samples[("rhd_consumer_lag", (("partition", str(partition)), ("stage", "split"),
-                                      ("topic", "studies.uploaded.v1")))] = value
+        samples[
+            ("rhd_consumer_lag", (("partition", str(partition)), ("stage", "split"), ("topic", "studies.uploaded.v1")))
+        ] = value
     return samples
 
 
 def test_the_window_sums_replicas_after_taking_each_ones_increase_so_a_restart_subtracts_nothing():
     first, second, third = (Target("split", f"127.0.0.1:{port}") for port in (1, 2, 3))
     down = Target("view", "127.0.0.1:4")
-    before = Scrape(10.0, {
-        first: exposition({("split", "ok"): 10}),
-        second: exposition({("split", "ok"): 50}),
-        third: None,
-        down: exposition({("view", "ok"): 3}),
-    })
-    after = Scrape(12.0, {
-        first: exposition({("split", "ok"): 30, ("split", "dead_letter"): 2}),  # a series born in the window
-        second: exposition({("split", "ok"): 5}),  # restarted: 5 since
-        third: exposition({("split", "ok"): 100}),  # up only now: nothing known of its window
-        down: None,
-    })
+    before = Scrape(
+        10.0,
+        {
+            first: exposition({("split", "ok"): 10}),
+            second: exposition({("split", "ok"): 50}),
+            third: None,
+            down: exposition({("view", "ok"): 3}),
+        },
+    )
+    after = Scrape(
+        12.0,
+        {
+            first: exposition({("split", "ok"): 30, ("split", "dead_letter"): 2}),  # a series born in the window
+            second: exposition({("split", "ok"): 5}),  # restarted: 5 since
+            third: exposition({("split", "ok"): 100}),  # up only now: nothing known of its window
+            down: None,
+        },
+    )
     w = window(before, after)
     assert w.seconds == 2.0
     assert w.rate("rhd_messages_total", stage="split", outcome="ok") == pytest.approx((20 + 5) / 2)
@@ -137,13 +149,18 @@ def test_processing_time_quantiles_are_of_the_window_not_of_all_time_and_lag_is_
 
 
 def test_targets_round_trip_through_prometheus_file_sd(tmp_path):
-    targets = [Target("split", "127.0.0.1:1"), Target("split", "127.0.0.1:2"),
-               Target("model-server", "127.0.0.1:3", "/monitoring/prometheus/metrics")]
+    targets = [
+        Target("split", "127.0.0.1:1"),
+        Target("split", "127.0.0.1:2"),
+        Target("model-server", "127.0.0.1:3", "/monitoring/prometheus/metrics"),
+    ]
     entries = file_sd(targets)
     assert entries == [
         {"targets": ["127.0.0.1:1", "127.0.0.1:2"], "labels": {"job": "split"}},
-        {"targets": ["127.0.0.1:3"], "labels": {"job": "model-server", "__metrics_path__":
-                                                "/monitoring/prometheus/metrics"}},
+        {
+            "targets": ["127.0.0.1:3"],
+            "labels": {"job": "model-server", "__metrics_path__": "/monitoring/prometheus/metrics"},
+        },
     ]
     path = tmp_path / "targets.json"
     path.write_text(json.dumps(entries))
@@ -165,8 +182,9 @@ def test_a_target_on_the_command_line():
 def test_the_embedded_stack_lists_every_replica_and_the_model_servers_path(tmp_path):
     stack = EmbeddedStack(tmp_path, Settings())
     stack.services = [
-        ServiceProcess("model-server", [], {}, tmp_path / "m.log", http_port=8501,
-                       metrics_path="/monitoring/prometheus/metrics"),
+        ServiceProcess(
+            "model-server", [], {}, tmp_path / "m.log", http_port=8501, metrics_path="/monitoring/prometheus/metrics"
+        ),
         ServiceProcess("split", [], {}, tmp_path / "s0.log", http_port=9001),
         ServiceProcess("view", [], {}, tmp_path / "v.log", http_port=9002),
     ]
@@ -174,8 +192,10 @@ def test_the_embedded_stack_lists_every_replica_and_the_model_servers_path(tmp_p
     stack.services.append(ServiceProcess("split", [], {}, tmp_path / "s1.log", http_port=9003))
     stack.write_targets()  # as start_stage does for a replica started later
     assert json.loads((tmp_path / "targets.json").read_text()) == [
-        {"targets": ["127.0.0.1:8501"], "labels": {"job": "model-server",
-                                                   "__metrics_path__": "/monitoring/prometheus/metrics"}},
+        {
+            "targets": ["127.0.0.1:8501"],
+            "labels": {"job": "model-server", "__metrics_path__": "/monitoring/prometheus/metrics"},
+        },
         {"targets": ["127.0.0.1:9001", "127.0.0.1:9003"], "labels": {"job": "split"}},
         {"targets": ["127.0.0.1:9002"], "labels": {"job": "view"}},
     ]
@@ -185,19 +205,24 @@ class Replica:
     """A service's metrics endpoint whose registry moves one step between scrapes: the first scrape sees the state
     before, every later one the state after, so a snapshot's rates are known exactly in counts."""
 
-    def __init__(self, index: int, before, step) -> None:  # noqa: ANN001
+    def __init__(self, index: int, before, step) -> None:
         self.index = index
         self.registry = CollectorRegistry()
         self.messages = Counter("rhd_messages_total", "", ["stage", "outcome"], registry=self.registry)
         self.outputs = Counter("rhd_outputs_total", "", ["stage", "topic"], registry=self.registry)
-        self.seconds = Histogram("rhd_stage_seconds", "", ["stage"], registry=self.registry,
-                                 buckets=(0.01, 0.1, 1.0))
+        self.seconds = Histogram("rhd_stage_seconds", "", ["stage"], registry=self.registry, buckets=(0.01, 0.1, 1.0))
         self.lag = Gauge("rhd_consumer_lag", "", ["stage", "topic", "partition"], registry=self.registry)
-        self.requests = Histogram("rhd_model_request_seconds", "", ["model", "code"], registry=self.registry,
-                                  buckets=(0.01, 0.1, 1.0))
+        self.requests = Histogram(
+            "rhd_model_request_seconds", "", ["model", "code"], registry=self.registry, buckets=(0.01, 0.1, 1.0)
+        )
         self.frames = Histogram("rhd_model_batch_size", "", ["model"], registry=self.registry, buckets=(1, 8, 32))
-        self.served = Histogram("rhd_model_server_request_seconds", "", ["model", "method", "code"],
-                                registry=self.registry, buckets=(0.01, 0.1, 1.0))
+        self.served = Histogram(
+            "rhd_model_server_request_seconds",
+            "",
+            ["model", "method", "code"],
+            registry=self.registry,
+            buckets=(0.01, 0.1, 1.0),
+        )
         self.rows = Histogram("rhd_model_server_batch_size", "", ["model"], registry=self.registry, buckets=(16, 64))
         before(self)
         self.step, self.scrapes = step, 0
@@ -245,8 +270,12 @@ def server_step(r: Replica) -> None:
 async def replicas():
     """Two split replicas, one view and the model server, each a tiny aiohttp server on a free port."""
     runners, addresses = [], []
-    services = [("split", split_before, split_step), ("split", split_before, split_step),
-                ("view", view_before, view_step), ("model-server", lambda _: None, server_step)]
+    services = [
+        ("split", split_before, split_step),
+        ("split", split_before, split_step),
+        ("view", view_before, view_step),
+        ("model-server", lambda _: None, server_step),
+    ]
     for index, (job, before, step) in enumerate(services):
         app = web.Application()
         path = "/monitoring/prometheus/metrics" if job == "model-server" else "/metrics"  # as --target assumes
@@ -271,8 +300,14 @@ def row(output: str, panel: str, first: str) -> list[str]:
 
 async def test_once_prints_each_stages_rates_summed_over_replicas_and_shows_a_dead_target_down(replicas, capsys):
     interval = 0.5
-    argv = ["watch", "--once", "--interval", str(interval), *(f"--target={a}" for a in replicas),
-            "--target=inspect=127.0.0.1:1"]
+    argv = [
+        "watch",
+        "--once",
+        "--interval",
+        str(interval),
+        *(f"--target={a}" for a in replicas),
+        "--target=inspect=127.0.0.1:1",
+    ]
     assert await asyncio.to_thread(main, argv) == 0
     output = capsys.readouterr().out
     stage, up, ok, dlq, dup, out, p50, p95, lag, lag_max, dead = row(output, "stages", "split")
@@ -288,7 +323,8 @@ async def test_once_prints_each_stages_rates_summed_over_replicas_and_shows_a_de
     assert row(output, "stages", "inspect")[1:4] == ["0/1", "-", "-"]
     assert re.search(r"4/5 targets up; down: inspect 127\.0\.0\.1:1", output)
     _, requests, failed, p95_ms, frames_per_request, served, served_p95_ms, server_batch, _ = row(
-        output, "model", "view")
+        output, "model", "view"
+    )
     assert float(requests) == pytest.approx(4 / seconds, rel=0.02)
     assert (failed, frames_per_request, server_batch) == ("0.0", "16.0", "32.0")
     assert float(p95_ms) == float(served_p95_ms) == pytest.approx(10 + 90 * 0.95)

@@ -19,23 +19,36 @@ JET_MIN_MM = 10.0
 LONG_JET_MM = 20.0  # WHF 2012's length for pathological MR
 JET_MIN_FRAMES = 2  # a video shows a jet when at least this many of its frames do: one frame may be noise
 # The frame features (by the names each FeatureVector carries) that the study's are made of.
-FRAME_FEATURES_USED = ("jet_length_mm", "mosaic_area_mm2", "velocity_peak_cm_s", "velocity_mean_cm_s",
-                       "flow_area_mm2", "grey_mean", "glcm_contrast_d1", "glcm_homogeneity_d1")
+FRAME_FEATURES_USED = (
+    "jet_length_mm",
+    "mosaic_area_mm2",
+    "velocity_peak_cm_s",
+    "velocity_mean_cm_s",
+    "flow_area_mm2",
+    "grey_mean",
+    "glcm_contrast_d1",
+    "glcm_homogeneity_d1",
+)
 
 # How a cardiologist reads a study's colour Doppler, as numbers (docs/study-features.md):
 STUDY_FEATURE_NAMES: tuple[str, ...] = (
-    "jet_length_mm_max",            # the largest jet, any view
-    "plax_jet_length_mm_max",       # the largest jet in PLAX, where rheumatic MR is judged
-    "jet_length_mm_p75",            # how large the jets are across the study's colour frames
-    "second_view_jet_length_mm",    # the largest jet in a second view (WHF: seen in 2 views)
-    "views_with_jet",               # distinct views with a video showing a jet (>= 10 mm in >= 2 frames)
-    "views_with_long_jet",          # ... with a jet >= 20 mm
-    "jet_cycle_fraction_max",       # per colour video, the share of its frames with a jet: for how much of the cycle
+    "jet_length_mm_max",  # the largest jet, any view
+    "plax_jet_length_mm_max",  # the largest jet in PLAX, where rheumatic MR is judged
+    "jet_length_mm_p75",  # how large the jets are across the study's colour frames
+    "second_view_jet_length_mm",  # the largest jet in a second view (WHF: seen in 2 views)
+    "views_with_jet",  # distinct views with a video showing a jet (>= 10 mm in >= 2 frames)
+    "views_with_long_jet",  # ... with a jet >= 20 mm
+    "jet_cycle_fraction_max",  # per colour video, the share of its frames with a jet: for how much of the cycle
     "plax_jet_cycle_fraction_max",  # ... in PLAX videos
-    "mosaic_area_mm2_max", "mosaic_area_mm2_mean",
-    "aliased_frame_fraction",       # share of colour frames with aliasing/variance mosaic
-    "velocity_peak_cm_s_max", "velocity_mean_cm_s_mean", "flow_area_mm2_mean",
-    "grey_mean_mean", "glcm_contrast_d1_mean", "glcm_homogeneity_d1_mean",
+    "mosaic_area_mm2_max",
+    "mosaic_area_mm2_mean",
+    "aliased_frame_fraction",  # share of colour frames with aliasing/variance mosaic
+    "velocity_peak_cm_s_max",
+    "velocity_mean_cm_s_mean",
+    "flow_area_mm2_mean",
+    "grey_mean_mean",
+    "glcm_contrast_d1_mean",
+    "glcm_homogeneity_d1_mean",
 )
 
 
@@ -67,9 +80,14 @@ def study_features(frames: Sequence[AnalysedFrame]) -> list[float]:
     per_video = []
     for video in np.unique(videos):
         mine = jets[videos == video]
-        per_video.append((_video_view(frame_views[videos == video]), float((mine >= JET_MIN_MM).mean()),
-                          int((mine >= JET_MIN_MM).sum()) >= JET_MIN_FRAMES,
-                          int((mine >= LONG_JET_MM).sum()) >= JET_MIN_FRAMES))
+        per_video.append(
+            (
+                _video_view(frame_views[videos == video]),
+                float((mine >= JET_MIN_MM).mean()),
+                int((mine >= JET_MIN_MM).sum()) >= JET_MIN_FRAMES,
+                int((mine >= LONG_JET_MM).sum()) >= JET_MIN_FRAMES,
+            )
+        )
     plax = jets[frame_views == "plax"]
     per_view_max = sorted((float(jets[frame_views == v].max()) for v in np.unique(frame_views)), reverse=True)
     values = {
@@ -118,8 +136,9 @@ class Assembler:
         self.remember_closed = remember_closed
         self.duplicates = 0
 
-    def add(self, study_id: str, done: pb.FrameDone, at: float, partition: int = -1,
-            offset: int = -1) -> pb.StudyFeatures | None:
+    def add(
+        self, study_id: str, done: pb.FrameDone, at: float, partition: int = -1, offset: int = -1
+    ) -> pb.StudyFeatures | None:
         if study_id in self.closed:
             self.duplicates += 1
             return None
@@ -166,7 +185,6 @@ class Assembler:
         self._remember(study_id)
         return assemble_study(study_id, study.manifest, list(study.results.values()), deadline_passed)
 
-
     def _remember(self, study_id: str) -> None:
         self.closed[study_id] = None
         self.closed.move_to_end(study_id)
@@ -175,8 +193,9 @@ class Assembler:
 
 
 def _expected(manifest: pb.StudyManifest) -> set[tuple[str, int]]:
-    return {(v.video_id, i) for v in manifest.videos if v.status == pb.VIDEO_STATUS_DECODED
-            for i in range(v.frame_count)}
+    return {
+        (v.video_id, i) for v in manifest.videos if v.status == pb.VIDEO_STATUS_DECODED for i in range(v.frame_count)
+    }
 
 
 def _missing(study: _Study) -> set[tuple[str, int]]:
@@ -197,8 +216,11 @@ def assemble_study(
         failed=status.count(pb.FRAME_STATUS_FAILED),
         missing=len(expected) - len(results),
     )
-    analysed = [AnalysedFrame(r.key.video_id, r.view.label, dict(zip(r.features.names, r.features.values, strict=True)))
-                for r in results if r.status == pb.FRAME_STATUS_ANALYSED]
+    analysed = [
+        AnalysedFrame(r.key.video_id, r.view.label, dict(zip(r.features.names, r.features.values, strict=True)))
+        for r in results
+        if r.status == pb.FRAME_STATUS_ANALYSED
+    ]
     failed_videos = [v for v in manifest.videos if v.status == pb.VIDEO_STATUS_FAILED] if manifest else []
     reasons = [v.error for v in failed_videos]
     if manifest is None:
@@ -217,12 +239,18 @@ def assemble_study(
         completeness = pb.COMPLETENESS_INCOMPLETE
     else:
         completeness = pb.COMPLETENESS_COMPLETE
-    features = pb.FeatureVector(feature_set=STUDY_FEATURE_SET, names=STUDY_FEATURE_NAMES,
-                                values=study_features(analysed))
+    features = pb.FeatureVector(
+        feature_set=STUDY_FEATURE_SET, names=STUDY_FEATURE_NAMES, values=study_features(analysed)
+    )
     study = pb.StudyFeatures(
-        study_id=study_id, completeness=completeness, reason="; ".join(reasons), frames=counts,
-        features=features, videos_expected=len(manifest.videos) if manifest else 0,
-        videos_failed=len(failed_videos), uploaded_at=manifest.uploaded_at if manifest else None,
+        study_id=study_id,
+        completeness=completeness,
+        reason="; ".join(reasons),
+        frames=counts,
+        features=features,
+        videos_expected=len(manifest.videos) if manifest else 0,
+        videos_failed=len(failed_videos),
+        uploaded_at=manifest.uploaded_at if manifest else None,
     )
     study.assembled_at.GetCurrentTime()
     return study

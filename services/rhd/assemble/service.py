@@ -1,13 +1,8 @@
 """assemble: frames.done.v1 -> studies.features.v1, once every frame is accounted for or at the deadline.
 
-The state survives a restart without a store of its own: frames.done.v1 is its log. A partition's committed
-offset never passes the first record of a study still open there, so a restarted (or newly assigned) replica
-re-reads exactly the records of the open studies; the studies already emitted are read back by the runner from
-studies.features.v1 (the last RHD_ASSEMBLE_REMEMBER_S of it), so replayed records of closed studies are dropped
-as duplicates and no study is emitted twice.
+Its state is rebuilt from frames.done.v1 after a restart (the commit is held at the oldest open study's first
+record) and from the studies it already emitted, read back from studies.features.v1 (RHD_ASSEMBLE_REMEMBER_S).
 """
-
-import logging
 
 from rhd.assemble.ops import Assembler, study_of
 from rhd.runtime import metrics
@@ -17,16 +12,11 @@ from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_DONE, STUDIES_FEATURES
 from rhd.v1 import rhd_pb2 as pb
 
-log = logging.getLogger(__name__)
 
-
-class Assemble(StageService):
-    name = "assemble"
-    input_topic = FRAMES_DONE
-    input_type = pb.FrameDone
+class Assemble(StageService, name="assemble", input_topic=FRAMES_DONE, input_type=pb.FrameDone):
     concurrent = False  # one state machine: records are applied in order
-    tick_seconds = 1.0
-    written_topic = STUDIES_FEATURES
+    tick_seconds = 1.0  # deadlines
+    written_topic = STUDIES_FEATURES  # read back before each assignment: the studies already emitted
 
     async def start(self, settings: Settings) -> None:
         self.assembler = Assembler(settings.study_deadline_s)
@@ -48,7 +38,7 @@ class Assemble(StageService):
 
     def _emitted(self, studies: list[pb.StudyFeatures]) -> list[Output]:
         for study in studies:
-            metrics.observe_study_latency(self.name, study.uploaded_at if study.HasField("uploaded_at") else None)
+            metrics.observe_study_latency(self.name, study)
         return [Output(STUDIES_FEATURES, study.study_id, study) for study in studies]
 
     def committable(self, partition: int, next_offset: int) -> int:
@@ -56,12 +46,9 @@ class Assemble(StageService):
 
     async def partitions_assigned(self, partitions: set[int], written: list[str]) -> None:
         self.assembler.mark_closed(written)
-        log.info("assemble reads partitions %s; %d studies already emitted", sorted(partitions), len(written))
 
     async def partitions_revoked(self, partitions: set[int]) -> None:
-        dropped = self.assembler.drop_partitions(partitions)
-        log.info("assemble gives up partitions %s with %d open studies (their new reader rebuilds them)",
-                 sorted(partitions), dropped)
+        self.assembler.drop_partitions(partitions)  # their open studies: their new reader rebuilds them
 
 
 def build() -> StageService:

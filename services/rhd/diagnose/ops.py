@@ -14,12 +14,18 @@ from rhd.modelstore import read_manifest, version_dir
 MODEL_NAME = "study"
 MODEL_FILE = "model.skops"
 # Types a study model file may contain; anything else is refused rather than unpickled.
-TRUSTED_TYPES = frozenset({
-    "sklearn.pipeline.Pipeline",
-    "sklearn.preprocessing._data.StandardScaler",
-    "sklearn.linear_model._logistic.LogisticRegression",
-    "numpy.ndarray", "numpy.dtype", "numpy.float64", "numpy.int64", "builtins.str",
-})
+TRUSTED_TYPES = frozenset(
+    {
+        "sklearn.pipeline.Pipeline",
+        "sklearn.preprocessing._data.StandardScaler",
+        "sklearn.linear_model._logistic.LogisticRegression",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.float64",
+        "numpy.int64",
+        "builtins.str",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -57,18 +63,26 @@ def load_study_model(models_dir: Path, version: int = 0) -> StudyModel:
     path = version_dir(models_dir, MODEL_NAME, version)
     found = set(sio.get_untrusted_types(file=path / MODEL_FILE))
     if found - TRUSTED_TYPES:
-        raise ValueError(f"refusing {path / MODEL_FILE}: it contains types outside the allow-list: "
-                         f"{sorted(found - TRUSTED_TYPES)}")
+        raise ValueError(
+            f"refusing {path / MODEL_FILE}: it contains types outside the allow-list: {sorted(found - TRUSTED_TYPES)}"
+        )
     pipeline = sio.load(path / MODEL_FILE, trusted=sorted(found))
     manifest = read_manifest(path)
-    return StudyModel(pipeline, f"{MODEL_NAME}/{path.name}", tuple(manifest["feature_names"]),
-                      tuple(manifest["classes"]), {k: float(v) for k, v in manifest.get("thresholds", {}).items()})
+    return StudyModel(
+        pipeline,
+        f"{MODEL_NAME}/{path.name}",
+        tuple(manifest["feature_names"]),
+        tuple(manifest["classes"]),
+        {k: float(v) for k, v in manifest.get("thresholds", {}).items()},
+    )
 
 
 def diagnose(model: StudyModel, names: Sequence[str], values: Sequence[float], top: int = 5) -> Result:
     if tuple(names) != model.feature_names:
-        raise ValueError(f"feature names differ from the model's ({len(names)} given, "
-                         f"{len(model.feature_names)} expected): retrain or upgrade assemble")
+        raise ValueError(
+            f"feature names differ from the model's ({len(names)} given, "
+            f"{len(model.feature_names)} expected): retrain or upgrade assemble"
+        )
     x = np.asarray(values, np.float64).reshape(1, -1)
     if not np.isfinite(x).all():
         raise ValueError("feature vector holds NaN or infinity")

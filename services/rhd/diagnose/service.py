@@ -12,11 +12,7 @@ from rhd.v1 import rhd_pb2 as pb
 LABELS = {name: pb.Label.Value(f"LABEL_{name.upper()}") for name in CLASSES}
 
 
-class Diagnose(StageService):
-    name = "diagnose"
-    input_topic = STUDIES_FEATURES
-    input_type = pb.StudyFeatures
-
+class Diagnose(StageService, name="diagnose", input_topic=STUDIES_FEATURES, input_type=pb.StudyFeatures):
     async def start(self, settings: Settings) -> None:
         self.model = load_study_model(settings.models_dir)
         metrics.set_build_info(self.name, study_model=self.model.version)
@@ -26,8 +22,13 @@ class Diagnose(StageService):
 
     def handle(self, study: pb.StudyFeatures, at: Position) -> list[Output]:
         diagnosis = pb.Diagnosis(
-            study_id=study.study_id, model_version=self.model.version, completeness=study.completeness,
-            reason=study.reason, frames=study.frames, uploaded_at=study.uploaded_at, diagnosed_at=now(),
+            study_id=study.study_id,
+            model_version=self.model.version,
+            completeness=study.completeness,
+            reason=study.reason,
+            frames=study.frames,
+            uploaded_at=study.uploaded_at,
+            diagnosed_at=now(),
         )
         if study.completeness != pb.COMPLETENESS_FAILED:
             result = diagnose(self.model, study.features.names, study.features.values)
@@ -35,14 +36,18 @@ class Diagnose(StageService):
             diagnosis.probabilities.update(result.probabilities)
             for name, value, contribution in result.evidence:
                 diagnosis.evidence.add(name=name, value=value, contribution=contribution)
-        metrics.observe_study_latency(self.name, study.uploaded_at if study.HasField("uploaded_at") else None)
+        metrics.observe_study_latency(self.name, study)
         return [Output(STUDIES_DIAGNOSED, study.study_id, diagnosis)]
 
     def failed(self, study: pb.StudyFeatures, reason: str) -> list[Output]:
         # A study whose features cannot be classified still gets its one diagnosis: FAILED, with why.
         diagnosis = pb.Diagnosis(
-            study_id=study.study_id, completeness=pb.COMPLETENESS_FAILED, frames=study.frames,
-            reason=f"diagnose failed: {reason}", uploaded_at=study.uploaded_at, diagnosed_at=now(),
+            study_id=study.study_id,
+            completeness=pb.COMPLETENESS_FAILED,
+            frames=study.frames,
+            reason=f"diagnose failed: {reason}",
+            uploaded_at=study.uploaded_at,
+            diagnosed_at=now(),
         )
         return [Output(STUDIES_DIAGNOSED, study.study_id, diagnosis)]
 

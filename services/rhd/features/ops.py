@@ -29,10 +29,19 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"grey_{s}" for s in FIRST_ORDER),
     *(f"flow_grey_{s}" for s in FIRST_ORDER),
     *(f"glcm_{p}_d{d}" for p in GLCM_PROPS for d in GLCM_DISTANCES),
-    "flow_area_mm2", "toward_area_mm2", "away_area_mm2", "mosaic_area_mm2", "mosaic_fraction",
+    "flow_area_mm2",
+    "toward_area_mm2",
+    "away_area_mm2",
+    "mosaic_area_mm2",
+    "mosaic_fraction",
     "jet_length_mm",
-    "velocity_peak_cm_s", "velocity_mean_cm_s", "toward_peak_cm_s", "away_peak_cm_s",
-    "aliased_fraction", "unwrapped_fraction", "nyquist_cm_s",
+    "velocity_peak_cm_s",
+    "velocity_mean_cm_s",
+    "toward_peak_cm_s",
+    "away_peak_cm_s",
+    "aliased_fraction",
+    "unwrapped_fraction",
+    "nyquist_cm_s",
 )
 
 
@@ -115,8 +124,9 @@ def jet_length_px(mosaic: np.ndarray) -> float:
     return float(max(w, h))
 
 
-def flow(bgr: np.ndarray, labels: np.ndarray, spacing_mm: float, nyquist_cm_s: float,
-         fan: np.ndarray | None = None) -> dict[str, float]:
+def flow(
+    bgr: np.ndarray, labels: np.ndarray, spacing_mm: float, nyquist_cm_s: float, fan: np.ndarray | None = None
+) -> dict[str, float]:
     """Flow size and velocity of a segmented frame."""
     pixel_mm2 = spacing_mm * spacing_mm
     toward, away, mosaic = labels == TOWARD, labels == AWAY, labels == MOSAIC

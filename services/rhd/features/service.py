@@ -8,17 +8,15 @@ from rhd.runtime.topics import FRAMES_VIEWED
 from rhd.v1 import rhd_pb2 as pb
 
 
-class Features(StageService):
-    name = "features"
-    input_topic = FRAMES_VIEWED
-    input_type = pb.ViewedFrame
-
+class Features(StageService, name="features", input_topic=FRAMES_VIEWED, input_type=pb.ViewedFrame):
     def handle(self, viewed: pb.ViewedFrame, at: Position) -> list[Output]:
         frame = viewed.segmented.frame
         try:
             values = frame_features(
-                frame_image(frame), decode_png(viewed.segmented.mask.png),
-                frame.pixel_spacing_mm, frame.nyquist_cm_s,
+                frame_image(frame),
+                decode_png(viewed.segmented.mask.png),
+                frame.pixel_spacing_mm,
+                frame.nyquist_cm_s,
             )
         except FeatureError as exc:  # e.g. no colour bar: the frame is accounted for, as failed, with why
             return [frame_result(frame.key, pb.FRAME_STATUS_FAILED, self.name, str(exc), view=viewed.view)]

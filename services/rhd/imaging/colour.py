@@ -37,7 +37,8 @@ def name_hue(hue: np.ndarray) -> np.ndarray:
     from blue (120) to light blue (~100) away; variance green moves turbulent colours in between."""
     hue = np.asarray(hue, np.float64)
     return np.where((hue < 22) | (hue > 165), TOWARD, np.where((hue >= 97) & (hue <= 135), AWAY, MOSAIC)).astype(
-        np.uint8)
+        np.uint8
+    )
 
 
 def find_colour_bar(bgr: np.ndarray, nyquist_cm_s: float, fan: np.ndarray | None = None) -> ColourBar:
@@ -65,7 +66,7 @@ def find_colour_bar(bgr: np.ndarray, nyquist_cm_s: float, fan: np.ndarray | None
         raise ColourBarError(f"colour bar unreadable: {y1 - y0} rows")
     inner = slice(x0 + 1, x1 - 1) if x1 - x0 > 2 else slice(x0, x1)  # compression blurs the bar's sides
     colours = bgr[y0:y1, inner].astype(np.float32).mean(axis=1)
-    top, bottom = colours[: len(colours) // 4].mean(axis=0), colours[-len(colours) // 4:].mean(axis=0)
+    top, bottom = colours[: len(colours) // 4].mean(axis=0), colours[-len(colours) // 4 :].mean(axis=0)
     # Towards the probe is red (BGR index 2); some scanners draw the bar with blue on top.
     sign = 1.0 if top[2] - top[0] >= bottom[2] - bottom[0] else -1.0
     velocities = sign * np.linspace(nyquist_cm_s, -nyquist_cm_s, y1 - y0, dtype=np.float32)

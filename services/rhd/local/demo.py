@@ -30,9 +30,11 @@ def corrupt_one_video(study_dir: Path) -> str:
 
 def print_progress(progress: Progress, n_studies: int) -> None:
     expected = sum(progress.expected_frames.values())
-    print(f"  frames accounted {progress.frames_accounted():5d}/{expected:<5d} "
-          f"studies diagnosed {len(progress.diagnoses)}/{n_studies}  dead letters {len(progress.dead_letters)}",
-          flush=True)
+    print(
+        f"  frames accounted {progress.frames_accounted():5d}/{expected:<5d} "
+        f"studies diagnosed {len(progress.diagnoses)}/{n_studies}  dead letters {len(progress.dead_letters)}",
+        flush=True,
+    )
 
 
 def diagnosis_table(progress: Progress, truths: dict[str, str]) -> str:
@@ -44,8 +46,10 @@ def diagnosis_table(progress: Progress, truths: dict[str, str]) -> str:
             probs = " ".join(f"{d.probabilities.get(c, 0.0):6.2f}" for c in CLASSES)
             f = d.frames
             counts = f"{f.analysed}/{f.skipped}/{f.failed} of {f.expected}"
-            lines.append(f"{study_id:<12} {truths[study_id]:<10} {label_name(d.label):<10} {probs}  "
-                         f"{completeness_name(d.completeness):<10} {counts:<18} {d.reason[:70]}")
+            lines.append(
+                f"{study_id:<12} {truths[study_id]:<10} {label_name(d.label):<10} {probs}  "
+                f"{completeness_name(d.completeness):<10} {counts:<18} {d.reason[:70]}"
+            )
         if study_id not in progress.diagnoses:
             lines.append(f"{study_id:<12} {truths[study_id]:<10} (no diagnosis)")
     return "\n".join(lines)
@@ -70,16 +74,20 @@ async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path)
     started = time.monotonic()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)  # noqa: ASYNC240 - before anything runs
-    settings = settings.model_copy(update={"blob_dir": workdir / "blobs", "study_deadline_s": 120.0,
-                                           "model_retry_for_s": 30.0})
+    settings = settings.model_copy(
+        update={"blob_dir": workdir / "blobs", "study_deadline_s": 120.0, "model_retry_for_s": 30.0}
+    )
     print(f"generating {n_studies} synthetic studies (seed {seed})", flush=True)
     # The screening protocol's first 10 videos of 1-2 s: every view, B-mode and colour, in a demo of minutes.
     config = SynthConfig(videos_per_study=10, duration_s=(1.0, 2.0))
     study_dirs = synth_studies(seed, n_studies, workdir / "studies", config, balanced=True)
     truths = {d.name: load_truth(d)["label"] for d in study_dirs}
     bad_video = corrupt_one_video(study_dirs[-1])
-    print(f"  video {bad_video} truncated on purpose (bad input); study {study_dirs[0].name} "
-          "will be published twice (redelivery)", flush=True)
+    print(
+        f"  video {bad_video} truncated on purpose (bad input); study {study_dirs[0].name} "
+        "will be published twice (redelivery)",
+        flush=True,
+    )
 
     stack = EmbeddedStack(workdir, settings)
     print("starting broker, model server and 7 stages as separate processes ...", flush=True)
@@ -102,8 +110,11 @@ async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path)
 
         def finished(progress: Progress) -> bool:
             expected = sum(progress.expected_frames.values())
-            return (len(progress.diagnoses) == n_studies and len(progress.expected_frames) == n_studies
-                    and progress.frames_accounted() == expected)
+            return (
+                len(progress.diagnoses) == n_studies
+                and len(progress.expected_frames) == n_studies
+                and progress.frames_accounted() == expected
+            )
 
         progress = await follow(live, finished, timeout_s=600, on_update=show, settle_s=3.0)
         line_seconds = time.monotonic() - published
@@ -117,15 +128,21 @@ async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path)
     for letter in progress.dead_letters:
         print(f"dead letter [{letter.source_topic}.dlq] {letter.stage}: {letter.reason}")
     frames = progress.frames_accounted()
-    print(f"\nline: {frames} frames of {n_studies} studies in {line_seconds:.1f} s "
-          f"= {frames / line_seconds:.1f} frames/s end to end; demo wall time {time.monotonic() - started:.1f} s")
+    print(
+        f"\nline: {frames} frames of {n_studies} studies in {line_seconds:.1f} s "
+        f"= {frames / line_seconds:.1f} frames/s end to end; demo wall time {time.monotonic() - started:.1f} s"
+    )
     for stage, (count, seconds) in figures.items():
         if count:
-            print(f"  {stage:<9} {int(count):5d} messages, {1000 * seconds / count:7.2f} ms each "
-                  f"= {count / seconds:8.1f} messages/s per busy worker")
+            print(
+                f"  {stage:<9} {int(count):5d} messages, {1000 * seconds / count:7.2f} ms each "
+                f"= {count / seconds:8.1f} messages/s per busy worker"
+            )
     once = all(len(v) == 1 for v in progress.diagnoses.values())
     ok = finished(progress) and once and stack.all_stopped()
-    print(f"\nevery study diagnosed once: {once and len(progress.diagnoses) == n_studies}; "
-          f"every frame accounted: {frames == sum(progress.expected_frames.values())}; "
-          f"all processes stopped: {stack.all_stopped()} (exit codes {codes})")
+    print(
+        f"\nevery study diagnosed once: {once and len(progress.diagnoses) == n_studies}; "
+        f"every frame accounted: {frames == sum(progress.expected_frames.values())}; "
+        f"all processes stopped: {stack.all_stopped()} (exit codes {codes})"
+    )
     return 0 if ok else 1

@@ -21,15 +21,22 @@ def upload_from_dir(study_dir: Path, blobs: BlobStore, max_message_bytes: int) -
     """Read study.json and its videos; inline each video while the upload stays under the limit."""
     meta = json.loads((study_dir / "study.json").read_text())
     upload = pb.StudyUpload(
-        schema="rhd.v1.StudyUpload", study_id=meta["study_id"], upload_id=uuid.uuid4().hex,
-        hospital_id=str(meta.get("hospital_id", "")), uploaded_at=now(),
+        schema="rhd.v1.StudyUpload",
+        study_id=meta["study_id"],
+        upload_id=uuid.uuid4().hex,
+        hospital_id=str(meta.get("hospital_id", "")),
+        uploaded_at=now(),
         metadata={k: str(v) for k, v in meta.items() if k != "videos"},
     )
     budget = max_message_bytes - ENVELOPE_BYTES
     for video in meta["videos"]:
         data = (study_dir / video["filename"]).read_bytes()
-        ref = upload.videos.add(video_id=video["video_id"], filename=video["filename"],
-                                sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+        ref = upload.videos.add(
+            video_id=video["video_id"],
+            filename=video["filename"],
+            sha256=hashlib.sha256(data).hexdigest(),
+            size_bytes=len(data),
+        )
         if len(data) <= budget:
             ref.inline_data = data
             budget -= len(data)
@@ -43,7 +50,6 @@ async def publish_uploads(settings: Settings, uploads: list[pb.StudyUpload]) -> 
     await producer.start()
     try:
         for upload in uploads:
-            await producer.send_and_wait(STUDIES_UPLOADED, upload.SerializeToString(),
-                                         key=upload.study_id.encode())
+            await producer.send_and_wait(STUDIES_UPLOADED, upload.SerializeToString(), key=upload.study_id.encode())
     finally:
         await producer.stop()

@@ -22,8 +22,10 @@ from rhd.watch.figures import MODEL_SERVER_JOB, Target, fetch_samples, file_sd, 
 
 log = logging.getLogger(__name__)
 
-async def stage_seconds(http: aiohttp.ClientSession, port: int, stage: str | None = None,
-                        path: str = "/metrics") -> tuple[float, float]:
+
+async def stage_seconds(
+    http: aiohttp.ClientSession, port: int, stage: str | None = None, path: str = "/metrics"
+) -> tuple[float, float]:
     """(messages handled, seconds in the stage logic) from a service's rhd_stage_seconds histogram, for one stage
     or, with stage None, summed over every stage the process serves; (0, 0) from a process that has none."""
     samples = await fetch_samples(http, f"http://127.0.0.1:{port}{path}")
@@ -32,8 +34,15 @@ async def stage_seconds(http: aiohttp.ClientSession, port: int, stage: str | Non
 
 
 class ServiceProcess:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, http_port: int = 0,
-                 metrics_path: str = "/metrics"):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        http_port: int = 0,
+        metrics_path: str = "/metrics",
+    ):
         self.name, self.argv, self.env, self.log_path, self.http_port = name, argv, env, log_path, http_port
         self.metrics_path = metrics_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -42,8 +51,9 @@ class ServiceProcess:
     def start(self) -> None:
         self._sent.clear()
         with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def send_once(self, sig: int = signal.SIGTERM) -> None:
         """Send a signal once: a second SIGTERM would kill a service while it shuts down gracefully."""
@@ -104,34 +114,41 @@ class EmbeddedStack:
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RHD_")}
-        env.update({
-            "RHD_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
-            "RHD_MODEL_SERVER": f"127.0.0.1:{self.model_port}",
-            "RHD_BLOB_DIR": str(self.base.blob_dir.resolve()),
-            "RHD_MODELS_DIR": str(self.base.models_dir.resolve()),
-            "RHD_PARTITIONS": str(self.base.partitions),
-            "RHD_STUDY_DEADLINE_S": str(self.base.study_deadline_s),
-            "RHD_MODEL_RETRY_FOR_S": str(self.base.model_retry_for_s),
-            "RHD_WORKERS": str(self.base.workers),
-            "RHD_LOG_LEVEL": self.base.log_level,
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "RHD_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
+                "RHD_MODEL_SERVER": f"127.0.0.1:{self.model_port}",
+                "RHD_BLOB_DIR": str(self.base.blob_dir.resolve()),
+                "RHD_MODELS_DIR": str(self.base.models_dir.resolve()),
+                "RHD_PARTITIONS": str(self.base.partitions),
+                "RHD_STUDY_DEADLINE_S": str(self.base.study_deadline_s),
+                "RHD_MODEL_RETRY_FOR_S": str(self.base.model_retry_for_s),
+                "RHD_WORKERS": str(self.base.workers),
+                "RHD_LOG_LEVEL": self.base.log_level,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(extra)
         return env
 
     async def start(self, timeout_s: float = 180.0) -> Settings:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         await self.broker.start(self.base.partitions)
-        self.settings = self.base.model_copy(update={
-            "bootstrap_servers": self.broker.bootstrap_servers,
-            "model_server": f"127.0.0.1:{self.model_port}",
-        })
+        self.settings = self.base.model_copy(
+            update={
+                "bootstrap_servers": self.broker.bootstrap_servers,
+                "model_server": f"127.0.0.1:{self.model_port}",
+            }
+        )
         rhd = [sys.executable, "-m", "rhd.cli"]
         rest_port = free_port()  # its metrics, and /readyz once the models are loaded
         server = ServiceProcess(
             MODEL_SERVER_JOB,
             [*rhd, "model-server", "--port", str(self.model_port), "--rest-api-port", str(rest_port)],
-            self._env(), self.workdir / "logs" / "model-server.log", http_port=rest_port, metrics_path=TFS_METRICS_PATH,
+            self._env(),
+            self.workdir / "logs" / "model-server.log",
+            http_port=rest_port,
+            metrics_path=TFS_METRICS_PATH,
         )
         server.start()
         self.services.append(server)
@@ -145,8 +162,11 @@ class EmbeddedStack:
     def start_stage(self, stage: str, replica: int = 0) -> ServiceProcess:
         port = free_port()
         service = ServiceProcess(
-            stage, [sys.executable, "-m", "rhd.cli", "serve", stage], self._env(RHD_HTTP_PORT=str(port)),
-            self.workdir / "logs" / f"{stage}-{replica}.log", http_port=port,
+            stage,
+            [sys.executable, "-m", "rhd.cli", "serve", stage],
+            self._env(RHD_HTTP_PORT=str(port)),
+            self.workdir / "logs" / f"{stage}-{replica}.log",
+            http_port=port,
         )
         service.start()
         self.services.append(service)

@@ -47,19 +47,22 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 PREDICT_BATCH = Histogram(
     "rhd_model_server_batch_size",
     "Rows in each signature call of the embedded model server (with batching on, the merged batch), by model.",
-    ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 BATCH_WAIT = Histogram(
     "rhd_model_server_batch_wait_seconds",
     "How long each Predict request waited in the batch queue before its batch ran, by model.",
-    ["model"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+    ["model"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
 )
 
 REQUEST_SECONDS = Histogram(
     "rhd_model_server_request_seconds",
     "Requests the embedded model server answered, from arrival to answer, by the model asked for, method (Predict, "
     "GetModelMetadata, GetModelStatus) and gRPC status (OK, NOT_FOUND, ...).",
-    ["model", "method", "code"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    ["model", "method", "code"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
 # TensorFlow's error codes are gRPC's status codes, number for number.
@@ -127,8 +130,9 @@ def read_monitoring_config(path: Path) -> tfs_config_pb2.MonitoringConfig:
     config = _read_text_proto(path, tfs_config_pb2.MonitoringConfig())
     metrics = config.prometheus_config.path
     if metrics and (not metrics.startswith("/") or metrics in ("/healthz", "/readyz")):
-        raise ValueError(f"{path}: prometheus_config path {metrics!r}: expected an absolute path other than "
-                         "/healthz and /readyz")
+        raise ValueError(
+            f"{path}: prometheus_config path {metrics!r}: expected an absolute path other than /healthz and /readyz"
+        )
     return config
 
 
@@ -194,11 +198,12 @@ def policy_versions(model: model_server_config_pb2.ModelConfig, loadable: list[i
         return loadable
     if choice == "specific":
         return [v for v in loadable if v in policy.specific.versions]
-    return loadable[-max(policy.latest.num_versions, 1):]  # TF Serving reads num_versions 0 as 1
+    return loadable[-max(policy.latest.num_versions, 1) :]  # TF Serving reads num_versions 0 as 1
 
 
-def load_configured_models(config: model_server_config_pb2.ModelServerConfig,
-                           models_dir: Path) -> dict[str, dict[int, Servable]]:
+def load_configured_models(
+    config: model_server_config_pb2.ModelServerConfig, models_dir: Path
+) -> dict[str, dict[int, Servable]]:
     """The models of a model config, each at the versions its policy picks; a relative base_path is under models_dir.
     A model with nothing to serve stops the start: serving part of a configuration would hide the mistake."""
     models = config.model_config_list.config
@@ -207,20 +212,25 @@ def load_configured_models(config: model_server_config_pb2.ModelServerConfig,
     servables: dict[str, dict[int, Servable]] = {}
     for model in models:
         if not model.name or not model.base_path:
-            raise ValueError(f"model config {text_format.MessageToString(model, as_one_line=True)}: "
-                             "name and base_path are required")
+            raise ValueError(
+                f"model config {text_format.MessageToString(model, as_one_line=True)}: name and base_path are required"
+            )
         if model.name in servables:
             raise ValueError(f"model {model.name!r} is named twice in the model config")
         if model.model_platform != "tensorflow":
-            raise ValueError(f"model {model.name!r}: model_platform {model.model_platform!r}; "
-                             'rhd model-server serves "tensorflow" SavedModels only')
+            raise ValueError(
+                f"model {model.name!r}: model_platform {model.model_platform!r}; "
+                'rhd model-server serves "tensorflow" SavedModels only'
+            )
         base = Path(models_dir) / model.base_path  # an absolute base_path replaces models_dir
         loadable = _loadable(base)
         chosen = policy_versions(model, loadable)
         if not chosen:
             policy = text_format.MessageToString(model.model_version_policy, as_one_line=True) or "latest 1 (default)"
-            raise FileNotFoundError(f"model {model.name!r}: no SavedModel version under {base} for version policy "
-                                    f"{policy}; SavedModel versions there: {loadable}")
+            raise FileNotFoundError(
+                f"model {model.name!r}: no SavedModel version under {base} for version policy "
+                f"{policy}; SavedModel versions there: {loadable}"
+            )
         servables[model.name] = {v: Servable(model.name, v, base / str(v)) for v in chosen}
         log.info("loaded model %s versions %s from %s", model.name, chosen, base)
     return servables
@@ -231,8 +241,9 @@ def _requested_version(spec: model_pb2.ModelSpec) -> int:
     if not spec.name:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
     if spec.WhichOneof("version_choice") == "version_label":
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"Unrecognized servable version label: {spec.version_label}")
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}"
+        )
     return spec.version.value if spec.HasField("version") else 0
 
 
@@ -257,26 +268,33 @@ def _dtype_name(enum: int) -> str:
         return f"unknown dtype {enum}"
 
 
-def _inputs(signature: tf.types.experimental.ConcreteFunction, name: str,
-            tensors: Mapping[str, tensor_pb2.TensorProto]) -> dict[str, np.ndarray]:
+def _inputs(
+    signature: tf.types.experimental.ConcreteFunction, name: str, tensors: Mapping[str, tensor_pb2.TensorProto]
+) -> dict[str, np.ndarray]:
     specs = signature.structured_input_signature[1]
     if set(tensors) != set(specs):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"inputs do not match signature {name}: sent extra {sorted(set(tensors) - set(specs))}, "
-                           f"missing but required {sorted(set(specs) - set(tensors))}")
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"inputs do not match signature {name}: sent extra {sorted(set(tensors) - set(specs))}, "
+            f"missing but required {sorted(set(specs) - set(tensors))}",
+        )
     inputs = {}
     for key, spec in specs.items():
         proto = tensors[key]
         if proto.dtype != spec.dtype.as_datatype_enum:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {key}: expects {spec.dtype.name} but {_dtype_name(proto.dtype)} is provided")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {key}: expects {spec.dtype.name} but {_dtype_name(proto.dtype)} is provided",
+            )
         try:
             array = tf.make_ndarray(proto)
         except (TypeError, ValueError) as exc:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: malformed tensor: {exc}") from None
         if not spec.shape.is_compatible_with(array.shape):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {key}: expects shape {spec.shape.as_list()}, got {list(array.shape)}")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {key}: expects shape {spec.shape.as_list()}, got {list(array.shape)}",
+            )
         inputs[key] = array
     return inputs
 
@@ -299,8 +317,9 @@ class _Call:
         """Rows along the batch axis, which every input must agree on to be batched (as in TF Serving)."""
         counts = {array.shape[0] for array in self.inputs.values()}
         if len(counts) != 1:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "Batching Run() input tensors must have equal 0th-dimension size")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, "Batching Run() input tensors must have equal 0th-dimension size"
+            )
         return counts.pop()
 
     @property
@@ -314,16 +333,19 @@ def _prepare(servable: Servable, request: predict_pb2.PredictRequest) -> _Call:
     """Check a request against its signature and decode its tensors; blocking, so it runs in a worker thread."""
     name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     if name not in servable.model.signatures:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f'Serving signature name: "{name}" not found in signature def')
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature name: "{name}" not found in signature def'
+        )
     signature = servable.model.signatures[name]
     inputs = _inputs(signature, name, request.inputs)
     known = sorted(signature.structured_outputs)
     wanted = list(request.output_filter) or known
     for key in wanted:
         if key not in known:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"output tensor alias not found in signature: {key}; outputs are {known}")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"output tensor alias not found in signature: {key}; outputs are {known}",
+            )
     return _Call(servable, name, inputs, wanted)
 
 
@@ -331,9 +353,11 @@ def _split(outputs: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, np
     """Each request's rows of every output of a merged call."""
     for array in outputs.values():
         if array.ndim == 0 or array.shape[0] != sum(rows):
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                               "Batched output tensor's 0th dimension does not equal the sum of the 0th dimension "
-                               "sizes of the input tensors")
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "Batched output tensor's 0th dimension does not equal the sum of the 0th dimension "
+                "sizes of the input tensors",
+            )
     bounds = np.cumsum([0, *rows])
     spans = zip(bounds[:-1], bounds[1:], strict=True)
     return [{key: array[start:stop] for key, array in outputs.items()} for start, stop in spans]
@@ -415,16 +439,19 @@ class BatchScheduler:
         """Queue a task of `rows` rows; the future answers with its own result, or its batch's error."""
         limit = self.options.max_batch_size
         if rows > limit:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Task size {rows} is larger than maximum input batch size {limit}")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"Task size {rows} is larger than maximum input batch size {limit}"
+            )
         queue = self._queues.setdefault(key, _Queue())
         batch = queue.open
         if batch is not None and batch.rows + rows > limit:
             if len(queue.waiting) >= self.options.max_enqueued_batches:
-                raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                                   "The batch scheduling queue to which this task was submitted is full; currently "
-                                   f"{len(queue.waiting)} batches enqueued and max_enqueued_batches is "
-                                   f"{self.options.max_enqueued_batches}")
+                raise ServingError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "The batch scheduling queue to which this task was submitted is full; currently "
+                    f"{len(queue.waiting)} batches enqueued and max_enqueued_batches is "
+                    f"{self.options.max_enqueued_batches}",
+                )
             batch.full.set()
             batch = None
         loop = asyncio.get_running_loop()
@@ -460,8 +487,9 @@ class BatchScheduler:
                 return
             try:
                 results = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.run, [task.payload for task in live])
-            except Exception as exc:  # noqa: BLE001 - every request of the batch gets the batch's error
+                    self._executor, self.run, [task.payload for task in live]
+                )
+            except Exception as exc:
                 for task in live:
                     if not task.future.done():
                         task.future.set_exception(exc)
@@ -471,8 +499,9 @@ class BatchScheduler:
                     task.future.set_result(result)
 
 
-async def _answer(method: str, spec: model_pb2.ModelSpec, context: grpc.aio.ServicerContext,
-                  work: Callable[[], Awaitable[_R]]) -> _R:
+async def _answer(
+    method: str, spec: model_pb2.ModelSpec, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[_R]]
+) -> _R:
     """Run one request's work, answer a ServingError with its gRPC status, and time the request by its outcome."""
     started = time.perf_counter()
     code = grpc.StatusCode.UNKNOWN  # what grpc.aio answers for an exception that escapes a method
@@ -498,12 +527,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, repo: ModelRepository, batching: BatchScheduler | None = None) -> None:
         self.repo, self.batching = repo, batching
 
-    async def Predict(  # noqa: N802 - the gRPC method name
+    async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
         return await _answer("Predict", request.model_spec, context, lambda: self._predict(request))
 
-    async def GetModelMetadata(  # noqa: N802
+    async def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         return await _answer("GetModelMetadata", request.model_spec, context, lambda: self._metadata(request))
@@ -522,8 +551,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         servable = self.repo.find(request.model_spec)
         if not request.metadata_field:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "GetModelMetadataRequest must specify at least one metadata_field")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, "GetModelMetadataRequest must specify at least one metadata_field"
+            )
         for field_name in request.metadata_field:
             if field_name != "signature_def":
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field_name} is not supported")
@@ -542,7 +572,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, repo: ModelRepository) -> None:
         self.repo = repo
 
-    async def GetModelStatus(  # noqa: N802
+    async def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:
         return await _answer("GetModelStatus", request.model_spec, context, lambda: self._status(request.model_spec))
@@ -562,9 +592,15 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-async def start_server(models_dir: Path, host: str, port: int, model_names: list[str] | None = None, *,
-                       model_config: model_server_config_pb2.ModelServerConfig | None = None,
-                       batching: BatchingOptions | None = None) -> tuple[grpc.aio.Server, int]:
+async def start_server(
+    models_dir: Path,
+    host: str,
+    port: int,
+    model_names: list[str] | None = None,
+    *,
+    model_config: model_server_config_pb2.ModelServerConfig | None = None,
+    batching: BatchingOptions | None = None,
+) -> tuple[grpc.aio.Server, int]:
     """Load the models (those of model_config when given), then listen; returns the server and its bound port
     (port 0 picks a free one). batching None runs each request alone, as TF Serving without --enable_batching."""
     if model_config is not None:
@@ -572,12 +608,14 @@ async def start_server(models_dir: Path, host: str, port: int, model_names: list
     else:
         servables = await asyncio.to_thread(load_models, models_dir, model_names)
     repo = ModelRepository(servables)
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        # Without this a second server on a busy port would silently share its traffic instead of failing.
-        ("grpc.so_reuseport", 0),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Without this a second server on a busy port would silently share its traffic instead of failing.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     scheduler = BatchScheduler(batching, _run) if batching is not None else None
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(repo, scheduler), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(repo), server)
@@ -587,8 +625,13 @@ async def start_server(models_dir: Path, host: str, port: int, model_names: list
     await server.start()
     for service in HEALTH_SERVICES:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("model server listening on %s:%d, serving %s, batching %s", host, bound,
-             {name: sorted(loaded) for name, loaded in repo.servables.items()}, batching or "off")
+    log.info(
+        "model server listening on %s:%d, serving %s, batching %s",
+        host,
+        bound,
+        {name: sorted(loaded) for name, loaded in repo.servables.items()},
+        batching or "off",
+    )
     return server, bound
 
 
@@ -596,16 +639,24 @@ async def start_rest(host: str, port: int, metrics: str | None = TFS_METRICS_PAT
     """TF Serving's REST port as far as this server has one: Prometheus metrics at `metrics` (none when None), and
     /healthz and /readyz as every service of the line answers. Started once the models are loaded, as
     tensorflow/serving opens its REST port, so it is ready whenever it answers."""
+
     async def ready() -> bool:
         return True
 
     return await start_http(host, port, ready, metrics)
 
 
-async def serve(models_dir: Path, host: str, port: int, model_names: list[str] | None = None, *,
-                model_config: model_server_config_pb2.ModelServerConfig | None = None,
-                batching: BatchingOptions | None = None, rest_api_port: int = 0,
-                metrics: str | None = TFS_METRICS_PATH) -> None:
+async def serve(
+    models_dir: Path,
+    host: str,
+    port: int,
+    model_names: list[str] | None = None,
+    *,
+    model_config: model_server_config_pb2.ModelServerConfig | None = None,
+    batching: BatchingOptions | None = None,
+    rest_api_port: int = 0,
+    metrics: str | None = TFS_METRICS_PATH,
+) -> None:
     """Run until cancelled; in-flight requests get a few seconds to finish. rest_api_port 0 opens no REST port,
     as TF Serving's --rest_api_port=0."""
     server, _ = await start_server(models_dir, host, port, model_names, model_config=model_config, batching=batching)

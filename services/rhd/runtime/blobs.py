@@ -25,7 +25,7 @@ class BlobStore:
     def get(self, uri: str) -> bytes:
         if not uri.startswith(SCHEME):
             raise ValueError(f"unknown blob reference {uri!r}")
-        digest = uri[len(SCHEME):]
+        digest = uri[len(SCHEME) :]
         try:
             data = self._path(digest).read_bytes()
         except FileNotFoundError:

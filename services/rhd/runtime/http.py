@@ -18,6 +18,7 @@ async def start_http(
 ) -> tuple[web.AppRunner, int]:
     """Listen on host:port (0 picks a free one); return the runner and the bound port. The model server puts its
     metrics where TF Serving's monitoring config says (metrics_path), or serves none (None), as tensorflow/serving."""
+
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 

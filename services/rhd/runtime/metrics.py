@@ -2,20 +2,19 @@
 
 import time
 
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.message import Message
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 import rhd
 
-MESSAGES = Counter(
-    "rhd_messages_total", "Input messages handled, by outcome (ok, dead_letter).", ["stage", "outcome"]
-)
+MESSAGES = Counter("rhd_messages_total", "Input messages handled, by outcome (ok, dead_letter).", ["stage", "outcome"])
 DUPLICATES = Counter(
     "rhd_duplicates_total", "Input records already seen (redeliveries), dropped; among the ok messages.", ["stage"]
 )
 OUTPUTS = Counter("rhd_outputs_total", "Records produced, by topic.", ["stage", "topic"])
 DEAD_LETTERS = Counter(
-    "rhd_dead_letters_total", "Dead letters written, by the topic their record came from (<topic>.dlq).",
+    "rhd_dead_letters_total",
+    "Dead letters written, by the topic their record came from (<topic>.dlq).",
     ["stage", "topic"],
 )
 STAGE_SECONDS = Histogram(
@@ -40,7 +39,9 @@ MODEL_REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 MODEL_BATCH_SIZE = Histogram(
-    "rhd_model_batch_size", "Frames in each Predict request the client sends, by model.", ["model"],
+    "rhd_model_batch_size",
+    "Frames in each Predict request the client sends, by model.",
+    ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 BUILD = Info("rhd_build", "Version of the running service.")
@@ -60,7 +61,8 @@ def set_build_info(stage: str, **extra: str) -> None:
     BUILD.info({"version": rhd.__version__, "stage": stage, **extra})
 
 
-def observe_study_latency(stage: str, uploaded_at: Timestamp | None) -> None:
-    """Upload to now, for a study record leaving `stage` (nothing when the upload time is unknown)."""
-    if uploaded_at is not None:
-        STUDY_LATENCY.labels(stage).observe(max(0.0, time.time() - uploaded_at.ToMicroseconds() / 1e6))
+def observe_study_latency(stage: str, study: Message) -> None:
+    """Upload to now, for a study record (with an `uploaded_at`) leaving `stage`; nothing when that time is unset."""
+    if study.HasField("uploaded_at"):
+        uploaded = study.uploaded_at.ToMicroseconds() / 1e6  # type: ignore[attr-defined]
+        STUDY_LATENCY.labels(stage).observe(max(0.0, time.time() - uploaded))

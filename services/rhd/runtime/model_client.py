@@ -18,6 +18,7 @@ from tensorflow_serving.apis import (
 )
 
 from rhd.runtime import metrics
+from rhd.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,31 @@ class ModelClient:
     """One model of one server. `predict` queues a frame; a batcher sends up to max_batch queued frames at once,
     waiting at most max_wait_ms for company, so concurrent callers share requests."""
 
-    def __init__(self, target: str, model_name: str, version: int = 0, signature: str = "serving_default",
-                 timeout_s: float = 10.0, max_batch: int = 32, max_wait_ms: float = 5.0,
-                 retry_for_s: float = 60.0, input_name: str = "frames") -> None:
+    @classmethod
+    def from_settings(cls, settings: Settings, model_name: str, version: int = 0) -> "ModelClient":
+        """A client of RHD_MODEL_SERVER with the RHD_MODEL_* deadline, micro-batching and retry settings."""
+        return cls(
+            settings.model_server,
+            model_name,
+            version=version,
+            timeout_s=settings.model_timeout_s,
+            max_batch=settings.model_max_batch,
+            max_wait_ms=settings.model_max_wait_ms,
+            retry_for_s=settings.model_retry_for_s,
+        )
+
+    def __init__(
+        self,
+        target: str,
+        model_name: str,
+        version: int = 0,
+        signature: str = "serving_default",
+        timeout_s: float = 10.0,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        retry_for_s: float = 60.0,
+        input_name: str = "frames",
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.target, self.model_name, self.version, self.signature = target, model_name, version, signature
@@ -171,8 +194,9 @@ class ModelClient:
         outputs = {key: from_tensor_proto(tensor) for key, tensor in response.outputs.items()}
         for key, values in outputs.items():
             if values.ndim == 0 or len(values) != len(frames):
-                raise ModelRequestError(f"output {key!r} has shape {list(values.shape)}, not one row per frame "
-                                        f"({len(frames)})")
+                raise ModelRequestError(
+                    f"output {key!r} has shape {list(values.shape)}, not one row per frame ({len(frames)})"
+                )
         return outputs
 
     async def ready(self) -> bool:
@@ -184,8 +208,10 @@ class ModelClient:
         except grpc.aio.AioRpcError:
             return False
         available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-        return any(s.state == available and (not self.version or s.version == self.version)
-                   for s in response.model_version_status)
+        return any(
+            s.state == available and (not self.version or s.version == self.version)
+            for s in response.model_version_status
+        )
 
     async def metadata(self) -> int:
         """The version the server answers with, after checking it has our signature and input."""
@@ -199,7 +225,8 @@ class ModelClient:
             raise ModelRequestError(
                 f"model {self.model_name} version {response.model_spec.version.value} on {self.target} has no "
                 f"signature {self.signature!r} with input {self.input_name!r} "
-                f"(signatures: {sorted(signatures.signature_def)})")
+                f"(signatures: {sorted(signatures.signature_def)})"
+            )
         return response.model_spec.version.value
 
     async def close(self) -> None:
@@ -214,12 +241,12 @@ class ModelClient:
                 future.set_exception(ModelRequestError(f"model client for {self.target} closed"))
         await self._channel.close()
 
-    def _set_spec(self, spec) -> None:  # noqa: ANN001 - tensorflow_serving's ModelSpec message
+    def _set_spec(self, spec) -> None:
         spec.name = self.model_name
         if self.version:
             spec.version.value = self.version
 
-    async def _call(self, method, request, timed: bool = False):  # noqa: ANN001, ANN202 - any unary stub method
+    async def _call(self, method, request, timed: bool = False):
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.retry_for_s
         delay = FIRST_BACKOFF_S
@@ -233,16 +260,19 @@ class ModelClient:
             except grpc.aio.AioRpcError as err:
                 if timed:
                     metrics.MODEL_REQUEST_SECONDS.labels(self.model_name, err.code().name).observe(
-                        time.perf_counter() - started)
+                        time.perf_counter() - started
+                    )
                 status = f"{err.code().name}: {err.details()}"
                 if err.code() not in RETRYABLE:
                     raise ModelRequestError(f"model server {self.target}, model {self.model_name}: {status}") from None
                 if loop.time() >= give_up:
                     raise ModelUnavailableError(
                         f"model server {self.target} (model {self.model_name}) gave no answer for "
-                        f"{self.retry_for_s:g} s; last status {status}") from None
+                        f"{self.retry_for_s:g} s; last status {status}"
+                    ) from None
                 # One warning per call: a down server would otherwise log every backoff of every batch.
                 (log.warning if delay == FIRST_BACKOFF_S else log.debug)(
-                    "model server %s: %s; retrying for up to %.0f s", self.target, status, give_up - loop.time())
+                    "model server %s: %s; retrying for up to %.0f s", self.target, status, give_up - loop.time()
+                )
                 await asyncio.sleep(min(delay, max(0.0, give_up - loop.time())))
                 delay = min(2 * delay, MAX_BACKOFF_S)

@@ -52,6 +52,16 @@ class StageService:
     input_topic: str
     input_type: type[Message]
     concurrent: bool = True  # may the records of one batch be handled at once?
+
+    def __init_subclass__(cls, **declared: Any) -> None:
+        """A stage says what it is in its class line: `class Segment(StageService, name="segment", input_topic=...,
+        input_type=...)`, and optionally concurrent, tick_seconds, written_topic."""
+        super().__init_subclass__()
+        for attribute, value in declared.items():
+            if attribute not in ("name", "input_topic", "input_type", "concurrent", "tick_seconds", "written_topic"):
+                raise TypeError(f"{cls.__name__}: a stage does not declare {attribute!r}")
+            setattr(cls, attribute, value)
+
     tick_seconds: float = 0.0  # > 0: `tick` is called that often (deadlines)
     written_topic: str = ""
     written_window_s: float = 0.0
@@ -227,8 +237,9 @@ class StageRunner:
             if not isinstance(exc, _Rejected):
                 log.exception("%s failed on %s[%d]@%d", svc.name, record.topic, record.partition, record.offset)
             else:
-                log.warning("%s dead-letters %s[%d]@%d: %s", svc.name, record.topic, record.partition,
-                            record.offset, reason)
+                log.warning(
+                    "%s dead-letters %s[%d]@%d: %s", svc.name, record.topic, record.partition, record.offset, reason
+                )
             metrics.MESSAGES.labels(svc.name, "dead_letter").inc()
             return [self._encode(out) for out in self._dead_letter(record, message, reason, error_type)]
         finally:
@@ -245,9 +256,17 @@ class StageRunner:
         if len(value) > self.settings.max_message_bytes // 2:
             original = {"original_blob_uri": self.blobs.put(value)}
         letter = dead_letter(
-            record.topic, self.service.name, reason, error_type=error_type, key=record.key or b"",
-            partition=record.partition, offset=record.offset, study_id=study_id,
-            video_id=key.video_id if key else "", frame_index=key.frame_index if key else -1, **original,
+            record.topic,
+            self.service.name,
+            reason,
+            error_type=error_type,
+            key=record.key or b"",
+            partition=record.partition,
+            offset=record.offset,
+            study_id=study_id,
+            video_id=key.video_id if key else "",
+            frame_index=key.frame_index if key else -1,
+            **original,
         )
         outputs = [Output(dlq(record.topic), (record.key or b"").decode(errors="replace"), letter)]
         if message is not None:
@@ -279,6 +298,7 @@ class _PartitionListener(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
+            log.info("%s gives up partitions %s", self.service.name, sorted(tp.partition for tp in revoked))
             async with self.hooks:
                 await self.service.partitions_revoked({tp.partition for tp in revoked})
 
@@ -290,8 +310,14 @@ class _PartitionListener(ConsumerRebalanceListener):
                     started = time.monotonic()
                     since = time.time() - svc.written_window_s
                     written = await kafka.read_keys(self.settings, svc.written_topic, since, f"{svc.name}-recovery")
-                    log.info("%s read %d keys written to %s back in %.2f s", svc.name, len(written),
-                             svc.written_topic, time.monotonic() - started)
+                    log.info(
+                        "%s read %d keys written to %s back in %.2f s",
+                        svc.name,
+                        len(written),
+                        svc.written_topic,
+                        time.monotonic() - started,
+                    )
+                log.info("%s reads partitions %s", svc.name, sorted(tp.partition for tp in assigned))
                 await svc.partitions_assigned({tp.partition for tp in assigned}, written)
 
 

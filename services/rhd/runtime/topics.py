@@ -72,8 +72,12 @@ async def ensure_topics(bootstrap_servers: str, partitions: int, replication_fac
                 created.append(name)
             elif code != TOPIC_ALREADY_EXISTS:
                 raise RuntimeError(f"cannot create topic {name}: error {code} {message}")
-        log.info("topics ready (%d created, %d partitions and %d replicas each)", len(created), partitions,
-                 replication_factor)
+        log.info(
+            "topics ready (%d created, %d partitions and %d replicas each)",
+            len(created),
+            partitions,
+            replication_factor,
+        )
         return created
     finally:
         await admin.close()

@@ -8,15 +8,12 @@ from rhd.segment.ops import segment
 from rhd.v1 import rhd_pb2 as pb
 
 
-class Segment(StageService):
-    name = "segment"
-    input_topic = FRAMES_DOPPLER
-    input_type = pb.DopplerFrame
-
+class Segment(StageService, name="segment", input_topic=FRAMES_DOPPLER, input_type=pb.DopplerFrame):
     def handle(self, doppler: pb.DopplerFrame, at: Position) -> list[Output]:
         result = segment(frame_image(doppler.frame))
-        mask = pb.Mask(png=encode_png(result.labels), flow_pixels=result.flow_pixels,
-                       mosaic_pixels=result.mosaic_pixels)
+        mask = pb.Mask(
+            png=encode_png(result.labels), flow_pixels=result.flow_pixels, mosaic_pixels=result.mosaic_pixels
+        )
         segmented = pb.SegmentedFrame(frame=doppler.frame, colour_fraction=doppler.colour_fraction, mask=mask)
         return [Output(FRAMES_SEGMENTED, doppler.frame.key.video_id, segmented)]
 

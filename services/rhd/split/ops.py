@@ -1,13 +1,15 @@
-"""Frame splitting: decode a video's bytes into frames (OpenCV), and what of an upload's metadata the analysis
-may use (the rest, identifying, stays behind)."""
+"""Frame splitting: decode a video's bytes into frames (OpenCV), one Frame message each, and what of an upload's
+metadata the analysis may use (the rest, identifying, stays behind)."""
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from rhd.v1 import rhd_pb2 as pb
 
 # Metadata the analysis may use; identifying fields stay behind.
 CLINICAL_FIELDS = frozenset({"pixel_spacing_mm", "nyquist_cm_s", "fps", "device"})
@@ -78,3 +80,32 @@ def decode_video(data: bytes) -> DecodedVideo:
     return DecodedVideo(frames=frames, fps=fps, declared_frame_count=declared)
 
 
+def video_frames(
+    upload: pb.StudyUpload,
+    video_id: str,
+    decoded: DecodedVideo,
+    scan: Acquisition,
+    pixels: Callable[[np.ndarray], dict[str, bytes]],
+) -> list[pb.Frame]:
+    """One Frame per decoded frame, keyed for frame accounting, its pixels packed by `pixels` (raw or PNG)."""
+    frames = []
+    for index, image in enumerate(decoded.frames):
+        key = pb.FrameKey(
+            study_id=upload.study_id,
+            video_id=video_id,
+            frame_index=index,
+            video_frame_count=len(decoded.frames),
+            uploaded_at=upload.uploaded_at,
+        )
+        frame = pb.Frame(
+            key=key,
+            height=image.shape[0],
+            width=image.shape[1],
+            fps=decoded.fps,
+            pixel_spacing_mm=scan.pixel_spacing_mm,
+            nyquist_cm_s=scan.nyquist_cm_s,
+            **pixels(image),
+        )
+        frame.decoded_at.GetCurrentTime()
+        frames.append(frame)
+    return frames

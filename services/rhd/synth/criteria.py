@@ -38,8 +38,12 @@ class Regurgitation:
     duration_fraction: float  # fraction of systole (MR) or diastole (AR) the jet lasts, 0..1
 
     def _meets_all(self, min_jet_mm: float) -> bool:
-        return (self.views_seen >= MIN_VIEWS and self.jet_length_mm >= min_jet_mm
-                and self.peak_velocity_m_s >= MIN_VELOCITY_M_S and self.duration_fraction >= PAN_FRACTION)
+        return (
+            self.views_seen >= MIN_VIEWS
+            and self.jet_length_mm >= min_jet_mm
+            and self.peak_velocity_m_s >= MIN_VELOCITY_M_S
+            and self.duration_fraction >= PAN_FRACTION
+        )
 
     def pathological_mr(self) -> bool:
         """All four: >= 2 views, jet >= 2 cm, >= 3 m/s, pan-systolic."""
@@ -64,8 +68,12 @@ class MitralMorphology:
 
     def count(self) -> int:
         """Features present, 0-4; AMVL thickness >= AMVL_THICK_MM counts as one."""
-        return (int(self.amvl_thickness_mm >= AMVL_THICK_MM) + int(self.chordal_thickening)
-                + int(self.restricted_motion) + int(self.excessive_tip_motion))
+        return (
+            int(self.amvl_thickness_mm >= AMVL_THICK_MM)
+            + int(self.chordal_thickening)
+            + int(self.restricted_motion)
+            + int(self.excessive_tip_motion)
+        )
 
 
 @dataclass(frozen=True)
@@ -79,8 +87,12 @@ class AorticMorphology:
 
     def count(self) -> int:
         """Features present, 0-4."""
-        return (int(self.irregular_thickening) + int(self.coaptation_defect) + int(self.restricted_motion)
-                + int(self.prolapse))
+        return (
+            int(self.irregular_thickening)
+            + int(self.coaptation_defect)
+            + int(self.restricted_motion)
+            + int(self.prolapse)
+        )
 
 
 def _plain(part: Any) -> dict:
@@ -108,15 +120,24 @@ class Valves:
 
     def as_dict(self) -> dict:
         """JSON-ready nested dict, floats rounded to 2 decimals, keys in field order."""
-        return {"mr": _plain(self.mr), "ar": _plain(self.ar), "mitral": _plain(self.mitral),
-                "aortic": _plain(self.aortic), "ms_mean_gradient_mmhg": round(float(self.ms_mean_gradient_mmhg), 2)}
+        return {
+            "mr": _plain(self.mr),
+            "ar": _plain(self.ar),
+            "mitral": _plain(self.mitral),
+            "aortic": _plain(self.aortic),
+            "ms_mean_gradient_mmhg": round(float(self.ms_mean_gradient_mmhg), 2),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Valves":
         """Inverse of as_dict."""
-        return cls(_typed(Regurgitation, d["mr"]), _typed(Regurgitation, d["ar"]),
-                   _typed(MitralMorphology, d["mitral"]), _typed(AorticMorphology, d["aortic"]),
-                   float(d.get("ms_mean_gradient_mmhg", 0.0)))
+        return cls(
+            _typed(Regurgitation, d["mr"]),
+            _typed(Regurgitation, d["ar"]),
+            _typed(MitralMorphology, d["mitral"]),
+            _typed(AorticMorphology, d["aortic"]),
+            float(d.get("ms_mean_gradient_mmhg", 0.0)),
+        )
 
 
 def _routes(v: Valves) -> tuple[list[str], list[str]]:
@@ -146,7 +167,7 @@ def _routes(v: Valves) -> tuple[list[str], list[str]]:
 
 
 def whf_label(v: Valves) -> str:
-    """"normal" | "borderline" | "definite" by the WHF 2012 criteria for age <= 20."""
+    """ "normal" | "borderline" | "definite" by the WHF 2012 criteria for age <= 20."""
     definite, borderline = _routes(v)
     return "definite" if definite else "borderline" if borderline else "normal"
 
@@ -200,18 +221,25 @@ def _between(rng: np.random.Generator, lo: int, hi: int) -> int:
     return int(rng.integers(lo, hi + 1))
 
 
-def _pathological(rng: np.random.Generator, min_jet: float, max_jet: float, max_views: int,
-                  near: bool = False) -> Regurgitation:
+def _pathological(
+    rng: np.random.Generator, min_jet: float, max_jet: float, max_views: int, near: bool = False
+) -> Regurgitation:
     """A jet meeting all four criteria; near: just over each line (2 views, within 15% on length and velocity)."""
     if near:
-        return Regurgitation(MIN_VIEWS, _u(rng, min_jet, min_jet * (1 + _NEAR)),
-                             _u(rng, MIN_VELOCITY_M_S, MIN_VELOCITY_M_S * (1 + _NEAR)), _u(rng, PAN_FRACTION, 1.0))
-    return Regurgitation(_between(rng, MIN_VIEWS, max_views), _u(rng, min_jet, max_jet), _u(rng, 3.0, 5.5),
-                         _u(rng, PAN_FRACTION, 1.0))
+        return Regurgitation(
+            MIN_VIEWS,
+            _u(rng, min_jet, min_jet * (1 + _NEAR)),
+            _u(rng, MIN_VELOCITY_M_S, MIN_VELOCITY_M_S * (1 + _NEAR)),
+            _u(rng, PAN_FRACTION, 1.0),
+        )
+    return Regurgitation(
+        _between(rng, MIN_VIEWS, max_views), _u(rng, min_jet, max_jet), _u(rng, 3.0, 5.5), _u(rng, PAN_FRACTION, 1.0)
+    )
 
 
-def _physiological(rng: np.random.Generator, min_jet: float, short_from: float, long_to: float, max_views: int,
-                   near: bool) -> Regurgitation:
+def _physiological(
+    rng: np.random.Generator, min_jet: float, short_from: float, long_to: float, max_views: int, near: bool
+) -> Regurgitation:
     """A jet failing at least one criterion.
 
     Near: meets three criteria and misses the fourth narrowly (one view only, or within 15% on length, velocity
@@ -233,11 +261,13 @@ def _physiological(rng: np.random.Generator, min_jet: float, short_from: float, 
         return Regurgitation(views, length, velocity, duration)
     kind = rng.choice(3, p=(0.6, 0.25, 0.15))  # short, long but brief, long but slow
     if kind == 0:
-        return Regurgitation(_between(rng, 1, 2), _u(rng, short_from, 0.8 * min_jet), _u(rng, 1.5, 4.5),
-                             _u(rng, 0.2, 1.0))
+        return Regurgitation(
+            _between(rng, 1, 2), _u(rng, short_from, 0.8 * min_jet), _u(rng, 1.5, 4.5), _u(rng, 0.2, 1.0)
+        )
     if kind == 1:
-        return Regurgitation(_between(rng, 1, max_views), _u(rng, min_jet, long_to), _u(rng, 2.0, 4.5),
-                             _u(rng, 0.2, 0.7))
+        return Regurgitation(
+            _between(rng, 1, max_views), _u(rng, min_jet, long_to), _u(rng, 2.0, 4.5), _u(rng, 0.2, 0.7)
+        )
     return Regurgitation(_between(rng, 1, max_views), _u(rng, min_jet, long_to), _u(rng, 1.5, 2.5), _u(rng, 0.3, 1.0))
 
 
@@ -298,20 +328,37 @@ def _definite(rng: np.random.Generator, knobs: DiseaseKnobs) -> Valves:
     route = rng.choice(4, p=(0.65, 0.05, 0.15, 0.15))
     if route == 0:  # A
         ar = _trivial_ar(rng, False) if rng.random() < knobs.physiological_ar_rate else NO_JET
-        return Valves(_pathological(rng, MR_MIN_JET_MM, 45.0, _MR_MAX_VIEWS), ar,
-                      _mitral(rng, _between(rng, 2, 4)), _aortic(rng, _between(rng, 0, 1)))
+        return Valves(
+            _pathological(rng, MR_MIN_JET_MM, 45.0, _MR_MAX_VIEWS),
+            ar,
+            _mitral(rng, _between(rng, 2, 4)),
+            _aortic(rng, _between(rng, 0, 1)),
+        )
     if route == 1:  # B: a stenotic valve is thick and restricted; any MR stays physiological
         mr = _trivial_mr(rng, False) if rng.random() < 0.5 else NO_JET
-        return Valves(mr, NO_JET, _mitral(rng, _between(rng, 1, 4)), _aortic(rng, _between(rng, 0, 1)),
-                      _u(rng, MS_MEAN_GRADIENT_MMHG, 12.0))
+        return Valves(
+            mr,
+            NO_JET,
+            _mitral(rng, _between(rng, 1, 4)),
+            _aortic(rng, _between(rng, 0, 1)),
+            _u(rng, MS_MEAN_GRADIENT_MMHG, 12.0),
+        )
     if route == 2:  # C
         mr = _trivial_mr(rng, False) if rng.random() < knobs.physiological_mr_rate else NO_JET
-        return Valves(mr, _pathological(rng, AR_MIN_JET_MM, 30.0, _AR_MAX_VIEWS), _mitral(rng, _between(rng, 0, 1)),
-                      _aortic(rng, _between(rng, 2, 4)))
+        return Valves(
+            mr,
+            _pathological(rng, AR_MIN_JET_MM, 30.0, _AR_MAX_VIEWS),
+            _mitral(rng, _between(rng, 0, 1)),
+            _aortic(rng, _between(rng, 2, 4)),
+        )
     ar = _pathological(rng, AR_MIN_JET_MM, 25.0, _AR_MAX_VIEWS)  # D
     if rng.random() < 0.5:  # pathological MR and pathological AR
-        return Valves(_pathological(rng, MR_MIN_JET_MM, 35.0, _MR_MAX_VIEWS), ar, _mitral(rng, _between(rng, 0, 1)),
-                      _aortic(rng, _between(rng, 0, 1)))
+        return Valves(
+            _pathological(rng, MR_MIN_JET_MM, 35.0, _MR_MAX_VIEWS),
+            ar,
+            _mitral(rng, _between(rng, 0, 1)),
+            _aortic(rng, _between(rng, 0, 1)),
+        )
     mr = _trivial_mr(rng, False) if rng.random() < knobs.physiological_mr_rate else NO_JET
     return Valves(mr, ar, _mitral(rng, _between(rng, 2, 3)), _aortic(rng, _between(rng, 0, 1)))  # MV features + AR
 

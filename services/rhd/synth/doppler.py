@@ -75,6 +75,11 @@ def draw_colour_bar(image: np.ndarray, nyquist_cm_s: float) -> list[dict]:
         (tw, th), descent = cv2.getTextSize(text, font, scale, 1)
         org = (x0 - 3 - tw, baseline)
         cv2.putText(image, text, org, font, scale, (255, 255, 255), 1, cv2.LINE_AA)
-        elements.append({"kind": "nyquist", "text": text,
-                         "box": [org[0], baseline - th - 1, org[0] + tw + 1, baseline + descent + 1]})
+        elements.append(
+            {
+                "kind": "nyquist",
+                "text": text,
+                "box": [org[0], baseline - th - 1, org[0] + tw + 1, baseline + descent + 1],
+            }
+        )
     return elements

@@ -28,22 +28,89 @@ assert tuple(VIEW_GEOMETRY) == VIEWS, "the renderer draws exactly the standard v
 PROVAR_PREVALENCE = (0.951, 0.042, 0.007)  # normal, borderline, definite
 # The screening protocol in order of priority: a study with fewer videos keeps the first ones.
 PROTOCOL: tuple[tuple[str, bool, str], ...] = (
-    ("plax", True, "mitral"), ("a4c", True, "mitral"), ("plax", False, "mitral"), ("psax", True, "mitral"),
-    ("a5c", True, "aortic"), ("plax", True, "aortic"), ("a4c", False, "mitral"), ("psax", False, "mitral"),
-    ("a5c", False, "mitral"), ("a5c", True, "mitral"),
+    ("plax", True, "mitral"),
+    ("a4c", True, "mitral"),
+    ("plax", False, "mitral"),
+    ("psax", True, "mitral"),
+    ("a5c", True, "aortic"),
+    ("plax", True, "aortic"),
+    ("a4c", False, "mitral"),
+    ("psax", False, "mitral"),
+    ("a5c", False, "mitral"),
+    ("a5c", True, "mitral"),
 )
 MR_VIEWS = ("plax", "a4c", "psax", "a5c")  # views whose colour box over the mitral valve can show MR
 AR_VIEWS = ("plax", "a5c")  # views with the aortic valve in plane
 DEVICES = ("Vscan Extend R2", "Vivid iq", "Lumify S4-1", "SonoSite M-Turbo")
-FIRST_NAMES_F = ("Ana", "Maria", "Júlia", "Beatriz", "Larissa", "Gabriela", "Fernanda", "Camila", "Letícia",
-                 "Isabela", "Mariana", "Vitória", "Yasmin", "Luana", "Rafaela", "Sofia")
-FIRST_NAMES_M = ("João", "Pedro", "Lucas", "Gabriel", "Rafael", "Mateus", "Gustavo", "Felipe", "Thiago",
-                 "Davi", "Enzo", "Miguel", "Arthur", "Samuel", "Vinícius", "Caio")
-SURNAMES = ("Silva", "Santos", "Oliveira", "Souza", "Pereira", "Costa", "Almeida", "Ferreira", "Lima", "Gomes",
-            "Ribeiro", "Carvalho", "Rodrigues", "Martins", "Araújo", "Barbosa", "Rocha", "Teixeira", "Moreira",
-            "Nascimento", "Cardoso", "Mendes", "Conceição", "Batista")
-HOSPITALS = ("Hospital Regional do Norte de Minas", "Policlínica Municipal Vale do Jequitinhonha",
-             "UBS Jardim das Acácias", "Hospital Municipal Santa Rita", "Centro de Saúde São Vicente")
+FIRST_NAMES_F = (
+    "Ana",
+    "Maria",
+    "Júlia",
+    "Beatriz",
+    "Larissa",
+    "Gabriela",
+    "Fernanda",
+    "Camila",
+    "Letícia",
+    "Isabela",
+    "Mariana",
+    "Vitória",
+    "Yasmin",
+    "Luana",
+    "Rafaela",
+    "Sofia",
+)
+FIRST_NAMES_M = (
+    "João",
+    "Pedro",
+    "Lucas",
+    "Gabriel",
+    "Rafael",
+    "Mateus",
+    "Gustavo",
+    "Felipe",
+    "Thiago",
+    "Davi",
+    "Enzo",
+    "Miguel",
+    "Arthur",
+    "Samuel",
+    "Vinícius",
+    "Caio",
+)
+SURNAMES = (
+    "Silva",
+    "Santos",
+    "Oliveira",
+    "Souza",
+    "Pereira",
+    "Costa",
+    "Almeida",
+    "Ferreira",
+    "Lima",
+    "Gomes",
+    "Ribeiro",
+    "Carvalho",
+    "Rodrigues",
+    "Martins",
+    "Araújo",
+    "Barbosa",
+    "Rocha",
+    "Teixeira",
+    "Moreira",
+    "Nascimento",
+    "Cardoso",
+    "Mendes",
+    "Conceição",
+    "Batista",
+)
+HOSPITALS = (
+    "Hospital Regional do Norte de Minas",
+    "Policlínica Municipal Vale do Jequitinhonha",
+    "UBS Jardim das Acácias",
+    "Hospital Municipal Santa Rita",
+    "Centro de Saúde São Vicente",
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +163,8 @@ class SynthConfig:
         top = {k: v for k, v in overrides.items() if not k.startswith("disease.")}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(top) - names) + sorted(
-            f"disease.{k}" for k in set(disease) - {f.name for f in dataclasses.fields(DiseaseKnobs)})
+            f"disease.{k}" for k in set(disease) - {f.name for f in dataclasses.fields(DiseaseKnobs)}
+        )
         if unknown:
             raise ValueError(f"unknown synth knob(s): {', '.join(unknown)}")
         typed = {k: tuple(v) if isinstance(v, list) else v for k, v in top.items()}
@@ -179,16 +247,21 @@ def _jet_views(rng: np.random.Generator, views_seen: int, candidates: tuple[str,
     return [candidates[0], *rest][:views_seen]
 
 
-def _jet_in_view(jet_params, views: list[str], view: str, rng: np.random.Generator, config: SynthConfig,
-                 late: bool) -> JetScene | None:
+def _jet_in_view(
+    jet_params, views: list[str], view: str, rng: np.random.Generator, config: SynthConfig, late: bool
+) -> JetScene | None:
     """The jet as it appears in one video: longest in the first view, shorter elsewhere, with measurement noise."""
     if view not in views:
         return None
     share = 1.0 if view == views[0] else float(rng.uniform(0.6, 0.95))
     noise = float(np.clip(rng.normal(1.0, config.measurement_noise), 0.7, 1.3))
     duration = float(np.clip(jet_params.duration_fraction + rng.normal(0.0, 0.03), 0.05, 1.0))
-    return JetScene(round(jet_params.jet_length_mm * share * noise, 2), round(duration, 3), late,
-                    round(jet_params.peak_velocity_m_s * 100.0, 1))
+    return JetScene(
+        round(jet_params.jet_length_mm * share * noise, 2),
+        round(duration, 3),
+        late,
+        round(jet_params.peak_velocity_m_s * 100.0, 1),
+    )
 
 
 def make_study(study_id: str, label: str, rng: np.random.Generator, config: SynthConfig = SynthConfig()) -> Study:
@@ -225,29 +298,56 @@ def make_study(study_id: str, label: str, rng: np.random.Generator, config: Synt
         elif roll < config.off_axis_rate + config.poor_quality_rate:
             quality = "poor"
         if quality == "off_axis":
-            pose = Pose(float(rng.uniform(-25, 25)), float(rng.uniform(-5, 25)),
-                        float(rng.choice([-1, 1]) * rng.uniform(14, 24)), float(rng.uniform(0.78, 0.9)))
+            pose = Pose(
+                float(rng.uniform(-25, 25)),
+                float(rng.uniform(-5, 25)),
+                float(rng.choice([-1, 1]) * rng.uniform(14, 24)),
+                float(rng.uniform(0.78, 0.9)),
+            )
         else:
-            pose = Pose(float(rng.uniform(-1, 1) * config.jitter_px), float(rng.uniform(-1, 1) * config.jitter_px),
-                        float(rng.uniform(-1, 1) * config.jitter_deg), float(rng.uniform(0.95, 1.05)))
+            pose = Pose(
+                float(rng.uniform(-1, 1) * config.jitter_px),
+                float(rng.uniform(-1, 1) * config.jitter_px),
+                float(rng.uniform(-1, 1) * config.jitter_deg),
+                float(rng.uniform(0.95, 1.05)),
+            )
         gain = acquisition["gain"] * float(rng.uniform(0.9, 1.1)) * (0.55 if quality == "poor" else 1.0)
         mr = _jet_in_view(valves.mr, acquisition["mr_views"], view, rng, config, acquisition["mr_late"])
         ar = _jet_in_view(valves.ar, acquisition["ar_views"], view, rng, config, acquisition["ar_late"])
         scene = Scene(
-            view=view, colour=colour, target=target, quality=quality, pose=pose, gain=round(gain, 3),
-            contrast=acquisition["contrast"], noise=config.noise, pixel_spacing_mm=config.pixel_spacing_mm,
-            nyquist_cm_s=acquisition["nyquist_cm_s"], wall_filter=config.wall_filter,
+            view=view,
+            colour=colour,
+            target=target,
+            quality=quality,
+            pose=pose,
+            gain=round(gain, 3),
+            contrast=acquisition["contrast"],
+            noise=config.noise,
+            pixel_spacing_mm=config.pixel_spacing_mm,
+            nyquist_cm_s=acquisition["nyquist_cm_s"],
+            wall_filter=config.wall_filter,
             chamber_flow=config.chamber_flow,
             colour_bar=bool(not colour and rng.random() < config.bmode_colour_bar_rate),
-            leaflet_mm=mitral.amvl_thickness_mm, mitral_restricted=mitral.restricted_motion,
-            mitral_tip_excess=mitral.excessive_tip_motion, chordal_thickening=mitral.chordal_thickening,
-            aortic_thick=aortic.irregular_thickening, aortic_restricted=aortic.restricted_motion,
-            aortic_prolapse=aortic.prolapse, inflow_cm_s=acquisition["inflow_cm_s"],
+            leaflet_mm=mitral.amvl_thickness_mm,
+            mitral_restricted=mitral.restricted_motion,
+            mitral_tip_excess=mitral.excessive_tip_motion,
+            chordal_thickening=mitral.chordal_thickening,
+            aortic_thick=aortic.irregular_thickening,
+            aortic_restricted=aortic.restricted_motion,
+            aortic_prolapse=aortic.prolapse,
+            inflow_cm_s=acquisition["inflow_cm_s"],
             outflow_cm_s=acquisition["outflow_cm_s"],
-            mr=mr if colour and target == "mitral" else None, ar=ar if colour and target == "aortic" else None,
-            heart_rate_bpm=acquisition["heart_rate_bpm"], text_lines=text, device_lines=device,
-            text_colour=text_colour, ecg=config.ecg, depth_marks=config.depth_marks,
-            height=config.height, width=config.width)
+            mr=mr if colour and target == "mitral" else None,
+            ar=ar if colour and target == "aortic" else None,
+            heart_rate_bpm=acquisition["heart_rate_bpm"],
+            text_lines=text,
+            device_lines=device,
+            text_colour=text_colour,
+            ecg=config.ecg,
+            depth_marks=config.depth_marks,
+            height=config.height,
+            width=config.width,
+        )
         n_frames = max(2, int(round(_uniform(rng, config.duration_s) * config.fps)))
         start = float(rng.random())
         step = acquisition["heart_rate_bpm"] / 60.0 / config.fps
@@ -275,8 +375,11 @@ def load_frame_truth(study_dir: Path, video_id: str) -> dict[str, np.ndarray]:
     with np.load(truth_dir(study_dir) / f"{video_id}.npz") as data:
         shape = tuple(int(x) for x in data["shape"])
         unpack = lambda a: np.unpackbits(a, axis=-1, count=shape[2]).astype(bool)  # noqa: E731
-        return {"flow": unpack(data["flow"]), "jet": unpack(data["jet"]),
-                "velocity_cm_s": data["velocity_dmm_s"].astype(np.float32) / 10.0}
+        return {
+            "flow": unpack(data["flow"]),
+            "jet": unpack(data["jet"]),
+            "velocity_cm_s": data["velocity_dmm_s"].astype(np.float32) / 10.0,
+        }
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -293,9 +396,13 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def _frame_record(truth: FrameTruth, phase: float) -> dict:
     v = np.abs(truth.velocity_cm_s[truth.flow_mask])
     return {
-        "phase": round(phase % 1.0, 4), "systole": bool(phase % 1.0 < SYSTOLE_END), "doppler": truth.doppler,
-        "flow_pixels": int(truth.flow_mask.sum()), "jet_pixels": int(truth.jet_mask.sum()),
-        "mr_length_mm": truth.mr_length_mm, "ar_length_mm": truth.ar_length_mm,
+        "phase": round(phase % 1.0, 4),
+        "systole": bool(phase % 1.0 < SYSTOLE_END),
+        "doppler": truth.doppler,
+        "flow_pixels": int(truth.flow_mask.sum()),
+        "jet_pixels": int(truth.jet_mask.sum()),
+        "mr_length_mm": truth.mr_length_mm,
+        "ar_length_mm": truth.ar_length_mm,
         "peak_velocity_cm_s": round(float(v.max()), 1) if v.size else 0.0,
         "mean_velocity_cm_s": round(float(v.mean()), 1) if v.size else 0.0,
     }
@@ -304,11 +411,19 @@ def _frame_record(truth: FrameTruth, phase: float) -> dict:
 def _video_truth(video: Video, step: float) -> dict:
     scene = video.scene
     return {
-        "video_id": video.video_id, "view": scene.view, "view_class": scene.view_class, "quality": scene.quality,
-        "doppler": scene.colour, "colour_box": scene.target if scene.colour else None,
-        "frame_count": len(video.frames), "start_phase": video.start_phase,
-        "pose": asdict(scene.pose), "gain": scene.gain, "colour_bar": scene.colour or scene.colour_bar,
-        "mr": asdict(scene.mr) if scene.mr else None, "ar": asdict(scene.ar) if scene.ar else None,
+        "video_id": video.video_id,
+        "view": scene.view,
+        "view_class": scene.view_class,
+        "quality": scene.quality,
+        "doppler": scene.colour,
+        "colour_box": scene.target if scene.colour else None,
+        "frame_count": len(video.frames),
+        "start_phase": video.start_phase,
+        "pose": asdict(scene.pose),
+        "gain": scene.gain,
+        "colour_bar": scene.colour or scene.colour_bar,
+        "mr": asdict(scene.mr) if scene.mr else None,
+        "ar": asdict(scene.ar) if scene.ar else None,
         "jet_length_mm": max((t.jet_length_mm for t in video.truths), default=0.0),
         "overlays": video.truths[0].overlays if video.truths else [],
         "frames": [_frame_record(t, video.start_phase + k * step) for k, t in enumerate(video.truths)],
@@ -326,8 +441,9 @@ def write_study(study: Study, out_dir: Path) -> Path:
     entries = []
     for video in study.videos:
         filename = f"{video.video_id}.mp4"
-        writer = cv2.VideoWriter(str(folder / filename), cv2.VideoWriter_fourcc(*"mp4v"), config.fps,
-                                 (config.width, config.height))
+        writer = cv2.VideoWriter(
+            str(folder / filename), cv2.VideoWriter_fourcc(*"mp4v"), config.fps, (config.width, config.height)
+        )
         if not writer.isOpened():
             raise OSError(f"cannot open an mp4v writer for {folder / filename}")
         try:
@@ -337,12 +453,15 @@ def write_study(study: Study, out_dir: Path) -> Path:
             writer.release()
         entries.append({"video_id": video.video_id, "filename": filename})
         if video.scene.colour:
-            _write_npz(truth_folder / f"{video.video_id}.npz", {
-                "shape": np.array([len(video.frames), config.height, config.width]),
-                "flow": np.packbits(np.stack([t.flow_mask for t in video.truths]), axis=-1),
-                "jet": np.packbits(np.stack([t.jet_mask for t in video.truths]), axis=-1),
-                "velocity_dmm_s": np.round(np.stack([t.velocity_cm_s for t in video.truths]) * 10).astype(np.int16),
-            })
+            _write_npz(
+                truth_folder / f"{video.video_id}.npz",
+                {
+                    "shape": np.array([len(video.frames), config.height, config.width]),
+                    "flow": np.packbits(np.stack([t.flow_mask for t in video.truths]), axis=-1),
+                    "jet": np.packbits(np.stack([t.jet_mask for t in video.truths]), axis=-1),
+                    "velocity_dmm_s": np.round(np.stack([t.velocity_cm_s for t in video.truths]) * 10).astype(np.int16),
+                },
+            )
     (folder / "study.json").write_text(json.dumps({**study.metadata, "videos": entries}, indent=2) + "\n")
     step = study.acquisition["heart_rate_bpm"] / 60.0 / config.fps
     truth = {
@@ -358,8 +477,13 @@ def write_study(study: Study, out_dir: Path) -> Path:
     return folder
 
 
-def study_labels(seed: int, n_studies: int, config: SynthConfig = SynthConfig(), mix: str = "prevalence",
-                 counts: dict[str, int] | None = None) -> list[str]:
+def study_labels(
+    seed: int,
+    n_studies: int,
+    config: SynthConfig = SynthConfig(),
+    mix: str = "prevalence",
+    counts: dict[str, int] | None = None,
+) -> list[str]:
     """Labels of studies 0..n-1: drawn at config.prevalence, cycled ("balanced"), or exactly `counts` per class
     in a seeded order ("stratified", for evaluating the rare classes)."""
     if counts:
@@ -383,8 +507,14 @@ def generate(seed: int, labels: list[str], config: SynthConfig = SynthConfig()) 
         yield make_study(f"S{seed:04d}-{i:04d}", label, np.random.default_rng(child), config)
 
 
-def synth_studies(seed: int, n_studies: int, out_dir: Path, config: SynthConfig = SynthConfig(),
-                  balanced: bool = False, counts: dict[str, int] | None = None) -> list[Path]:
+def synth_studies(
+    seed: int,
+    n_studies: int,
+    out_dir: Path,
+    config: SynthConfig = SynthConfig(),
+    balanced: bool = False,
+    counts: dict[str, int] | None = None,
+) -> list[Path]:
     """Write n studies (or sum(counts)) under out_dir; returns the study folders in order."""
     labels = study_labels(seed, n_studies, config, "balanced" if balanced else "prevalence", counts)
     return [write_study(study, out_dir) for study in generate(seed, labels, config)]

@@ -16,8 +16,14 @@ def ascii_fold(text: str) -> str:
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
 
-def draw_text_block(image: np.ndarray, lines: list[tuple[str, str]], origin: tuple[int, int], colour: tuple,
-                    align_right: bool = False, max_chars: int = 24) -> list[dict]:
+def draw_text_block(
+    image: np.ndarray,
+    lines: list[tuple[str, str]],
+    origin: tuple[int, int],
+    colour: tuple,
+    align_right: bool = False,
+    max_chars: int = 24,
+) -> list[dict]:
     """Lines of (kind, text) from origin (top-left, or top-right when align_right); returns their boxes."""
     s = image.shape[0] / 240.0
     scale, step = 0.32 * s, round(11 * s)
@@ -66,8 +72,9 @@ def draw_ecg(image: np.ndarray, phase: float, beats_on_screen: float, colour: tu
     return {"kind": "ecg", "text": "", "box": [x0 - 1, max(0, top), x1 + 1, min(h, baseline + round(4 * s) + 1)]}
 
 
-def draw_depth_marks(image: np.ndarray, apex: tuple[float, float], half_angle_deg: float, radius_px: float,
-                     spacing_mm: float) -> dict:
+def draw_depth_marks(
+    image: np.ndarray, apex: tuple[float, float], half_angle_deg: float, radius_px: float, spacing_mm: float
+) -> dict:
     """Dots every centimetre just outside the fan's right edge, numbers every 5 cm, as scanners mark depth."""
     h = image.shape[0]
     s = h / 240.0
@@ -78,13 +85,15 @@ def draw_depth_marks(image: np.ndarray, apex: tuple[float, float], half_angle_de
         r = cm * 10.0 / spacing_mm
         x, y = (np.array(apex) + r * direction).round().astype(int)
         size = 2 if cm % 5 == 0 else 1
-        cv2.rectangle(image, (int(x) - size // 2, int(y) - size // 2), (int(x) + size // 2, int(y) + size // 2),
-                      WHITE, -1)
+        cv2.rectangle(
+            image, (int(x) - size // 2, int(y) - size // 2), (int(x) + size // 2, int(y) + size // 2), WHITE, -1
+        )
         xs += [x - 1, x + 2]
         ys += [y - 1, y + 2]
         if cm % 5 == 0:
-            cv2.putText(image, str(cm), (int(x) + round(3 * s), int(y) + round(3 * s)), FONT, 0.28 * s, WHITE, 1,
-                        cv2.LINE_AA)
+            cv2.putText(
+                image, str(cm), (int(x) + round(3 * s), int(y) + round(3 * s)), FONT, 0.28 * s, WHITE, 1, cv2.LINE_AA
+            )
             xs.append(x + round(14 * s))
             ys += [y - round(4 * s), y + round(5 * s)]
     return {"kind": "depth_marks", "text": "", "box": [int(min(xs)), int(min(ys)), int(max(xs)), int(max(ys))]}

@@ -45,20 +45,24 @@ def contact_sheet(seed: int = 1, config: SynthConfig = DEFAULT) -> np.ndarray:
         for label in CLASSES:
             video = _find(studies[label].videos, view, True, target)
             image, truth = render_frame(video.scene, phase, rng)
-            jet = f"MR {truth.mr_length_mm:.0f} mm" if truth.mr_length_mm else (
-                f"AR {truth.ar_length_mm:.0f} mm" if truth.ar_length_mm else "no jet")
+            jet = (
+                f"MR {truth.mr_length_mm:.0f} mm"
+                if truth.mr_length_mm
+                else (f"AR {truth.ar_length_mm:.0f} mm" if truth.ar_length_mm else "no jet")
+            )
             tiles.append(_caption(image, f"{view.upper()} colour, {label}: {jet}"))
         rows.append(np.hstack(tiles))
     normal = studies["normal"].videos
     other = []
-    for quality, view, colour, pose in (("off_axis", "plax", False, Pose(18, 14, 20, 0.84)),
-                                        ("poor", "a4c", False, Pose()),
-                                        ("off_axis", "a4c", True, Pose(-20, 10, -18, 0.82)),
-                                        ("poor", "plax", True, Pose())):
+    for quality, view, colour, pose in (
+        ("off_axis", "plax", False, Pose(18, 14, 20, 0.84)),
+        ("poor", "a4c", False, Pose()),
+        ("off_axis", "a4c", True, Pose(-20, 10, -18, 0.82)),
+        ("poor", "plax", True, Pose()),
+    ):
         scene = dataclasses.replace(_find(normal, view, colour, "mitral").scene, quality=quality, pose=pose)
         image, _ = render_frame(scene, SYSTOLIC, rng)
-        other.append(_caption(image, f"other: {view.upper()} {quality.replace('_', '-')}"
-                                     f"{' colour' if colour else ''}"))
+        other.append(_caption(image, f"other: {view.upper()} {quality.replace('_', '-')}{' colour' if colour else ''}"))
     rows.append(np.hstack(other))
     return np.vstack(rows)
 

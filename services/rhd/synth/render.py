@@ -38,9 +38,13 @@ VIEW_GEOMETRY: dict[str, dict] = {
             ("ellipse", BLOOD, (236, 196), (8, 8), 0, "-"),  # descending aorta
             ("ellipse", BRIGHT, (150, 192), (95, 7), -6, "-"),  # pericardium
         ],
-        "mitral": ((180, 128), (198, 146)), "mr_dir": (0.6, 0.8), "chords_to": (120, 136),
-        "aortic": ((192, 95), (196, 116)), "ar_dir": (-0.97, 0.25),
-        "inflow": (18, 16, 10), "outflow": ((176, 110), (14, 6), -10, (0.97, -0.25)),
+        "mitral": ((180, 128), (198, 146)),
+        "mr_dir": (0.6, 0.8),
+        "chords_to": (120, 136),
+        "aortic": ((192, 95), (196, 116)),
+        "ar_dir": (-0.97, 0.25),
+        "inflow": (18, 16, 10),
+        "outflow": ((176, 110), (14, 6), -10, (0.97, -0.25)),
     },
     "psax": {
         "shapes": [
@@ -51,8 +55,11 @@ VIEW_GEOMETRY: dict[str, dict] = {
             ("ellipse", TISSUE, (136, 154), (7, 6), 0, "v"),  # papillary muscles
             ("ellipse", TISSUE, (184, 154), (7, 6), 0, "v"),
         ],
-        "mitral": ((134, 128), (186, 128)), "mr_dir": (0.25, 0.97), "fish_mouth": True,
-        "inflow": (0, 20, 6), "outflow": ((160, 104), (16, 8), 0, (0.0, -1.0)),
+        "mitral": ((134, 128), (186, 128)),
+        "mr_dir": (0.25, 0.97),
+        "fish_mouth": True,
+        "inflow": (0, 20, 6),
+        "outflow": ((160, 104), (16, 8), 0, (0.0, -1.0)),
     },
     "a4c": {
         "shapes": [
@@ -61,8 +68,11 @@ VIEW_GEOMETRY: dict[str, dict] = {
             ("ellipse", BLOOD, (125, 166), (26, 24), 0, "a"),  # right atrium
             ("ellipse", BLOOD, (196, 168), (29, 26), 0, "a"),  # left atrium
         ],
-        "mitral": ((174, 138), (220, 138)), "mr_dir": (0.05, 1.0), "chords_to": (204, 70),
-        "inflow": (22, 22, 12), "outflow": ((178, 110), (7, 18), -20, (-0.3, 0.95)),
+        "mitral": ((174, 138), (220, 138)),
+        "mr_dir": (0.05, 1.0),
+        "chords_to": (204, 70),
+        "inflow": (22, 22, 12),
+        "outflow": ((178, 110), (7, 18), -20, (-0.3, 0.95)),
     },
     "a5c": {
         "shapes": [
@@ -72,9 +82,13 @@ VIEW_GEOMETRY: dict[str, dict] = {
             ("ellipse", BLOOD, (204, 178), (26, 22), 0, "a"),  # left atrium
             ("tube", BLOOD, (172, 122), (160, 182), 17, "-"),  # outflow tract and aortic root: the fifth chamber
         ],
-        "mitral": ((186, 148), (222, 148)), "mr_dir": (0.1, 1.0), "chords_to": (198, 74),
-        "aortic": ((162, 134), (180, 138)), "ar_dir": (0.2, -0.98),
-        "inflow": (22, 20, 11), "outflow": ((172, 116), (7, 16), -12, (-0.2, 0.98)),
+        "mitral": ((186, 148), (222, 148)),
+        "mr_dir": (0.1, 1.0),
+        "chords_to": (198, 74),
+        "aortic": ((162, 134), (180, 138)),
+        "ar_dir": (0.2, -0.98),
+        "inflow": (22, 20, 11),
+        "outflow": ((172, 116), (7, 16), -12, (-0.2, 0.98)),
     },
 }
 VIEWS = tuple(VIEW_GEOMETRY)
@@ -234,8 +248,14 @@ def _fixed(p: np.ndarray | tuple[float, float]) -> tuple[int, int]:
     return int(round(p[0] * SHIFT_SCALE)), int(round(p[1] * SHIFT_SCALE))
 
 
-def _ellipse(canvas: np.ndarray, centre: np.ndarray, axes: tuple[float, float], angle_deg: float,
-             value: float, thickness: int = -1) -> None:
+def _ellipse(
+    canvas: np.ndarray,
+    centre: np.ndarray,
+    axes: tuple[float, float],
+    angle_deg: float,
+    value: float,
+    thickness: int = -1,
+) -> None:
     axes_fixed = (max(1, int(round(axes[0] * SHIFT_SCALE))), max(1, int(round(axes[1] * SHIFT_SCALE))))
     cv2.ellipse(canvas, _fixed(centre), axes_fixed, angle_deg, 0, 360, value, thickness, cv2.LINE_8, SHIFT)
 
@@ -280,8 +300,7 @@ def _draw_anatomy(scene: Scene, phase: float, place: _Placer) -> tuple[np.ndarra
     for kind, value, a, b, c, group in geometry["shapes"]:
         k = sizes[group]
         if kind == "ellipse":
-            _ellipse(echo, place.point(a), (place.length(b[0] * k), place.length(b[1] * k)), c + place.angle_deg,
-                     value)
+            _ellipse(echo, place.point(a), (place.length(b[0] * k), place.length(b[1] * k)), c + place.angle_deg, value)
         else:
             _line(echo, place.point(a), place.point(b), value, int(place.length(c * k)))
     blood = echo < 0.5 * TISSUE
@@ -308,8 +327,13 @@ def _draw_anatomy(scene: Scene, phase: float, place: _Placer) -> tuple[np.ndarra
         if "chords_to" in geometry:
             papillary = place.point(geometry["chords_to"])
             for tip in tips:
-                _line(echo, tip, papillary, BRIGHT if scene.chordal_thickening else 0.9 * BRIGHT,
-                      2 if scene.chordal_thickening else 1)
+                _line(
+                    echo,
+                    tip,
+                    papillary,
+                    BRIGHT if scene.chordal_thickening else 0.9 * BRIGHT,
+                    2 if scene.chordal_thickening else 1,
+                )
     if "aortic" in geometry:
         a, b = place.point(geometry["aortic"][0]), place.point(geometry["aortic"][1])
         into_lv = place.direction(geometry["ar_dir"])
@@ -342,8 +366,9 @@ def _grey(scene: Scene, echo: np.ndarray, rng: np.random.Generator, place: _Plac
     return grey.astype(np.uint8)
 
 
-def _ellipse_coords(centre: np.ndarray, half_axes: tuple[float, float], u: np.ndarray,
-                    ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ellipse_coords(
+    centre: np.ndarray, half_axes: tuple[float, float], u: np.ndarray, ys: np.ndarray, xs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalised coordinates (along u, across u) of pixels relative to an ellipse: inside where a^2 + c^2 <= 1."""
     dx, dy = xs - centre[0], ys - centre[1]
     along = (dx * u[0] + dy * u[1]) / half_axes[0]
@@ -368,8 +393,9 @@ def _colour_box(scene: Scene, place: _Placer) -> np.ndarray:
     return (np.abs(radius - r_c) <= half_depth) & (np.abs(angle - a_c) <= half_angle) & _sector(h, w)
 
 
-def _flows(scene: Scene, phase: float, place: _Placer, blood: np.ndarray, inner: np.ndarray,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _flows(
+    scene: Scene, phase: float, place: _Placer, blood: np.ndarray, inner: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Velocity along the beam (cm/s, NaN where no flow), turbulence (0..1), MR and AR jet regions."""
     h, w = scene.height, scene.width
     geometry = VIEW_GEOMETRY[scene.view]
@@ -402,8 +428,7 @@ def _flows(scene: Scene, phase: float, place: _Placer, blood: np.ndarray, inner:
     else:  # systolic ejection towards the aortic valve
         centre, axes, tilt, flow_dir = geometry["outflow"]
         d = place.direction(flow_dir)
-        along, across = _ellipse_coords(place.point(centre), (place.length(axes[1]), place.length(axes[0])), d,
-                                        ys, xs)
+        along, across = _ellipse_coords(place.point(centre), (place.length(axes[1]), place.length(axes[0])), d, ys, xs)
         del tilt  # the ellipse is aligned with the flow direction
         r2 = along**2 + across**2
         region = (r2 <= 1.0) & blood & inner
@@ -414,14 +439,18 @@ def _flows(scene: Scene, phase: float, place: _Placer, blood: np.ndarray, inner:
     # under the wall filter.
     if scene.chamber_flow > 0:
         rest = blood & inner & np.isnan(velocity)
-        swirl = 0.5 * (np.sin(2 * np.pi * ((xs / 70 + ys / 130) / s + phase))
-                       + np.sin(2 * np.pi * ((ys / 60 - xs / 110) / s - 0.7 * phase)))
+        swirl = 0.5 * (
+            np.sin(2 * np.pi * ((xs / 70 + ys / 130) / s + phase))
+            + np.sin(2 * np.pi * ((ys / 60 - xs / 110) / s - 0.7 * phase))
+        )
         slow = scene.chamber_flow * scene.nyquist_cm_s * swirl + estimate_noise
         velocity[rest] = slow[rest]
 
     jets = {}
-    for name, jet, systolic, hinges_key, dir_key in (("mr", scene.mr, True, "mitral", "mr_dir"),
-                                                      ("ar", scene.ar, False, "aortic", "ar_dir")):
+    for name, jet, systolic, hinges_key, dir_key in (
+        ("mr", scene.mr, True, "mitral", "mr_dir"),
+        ("ar", scene.ar, False, "aortic", "ar_dir"),
+    ):
         activity = _jet_activity(jet, phase, systolic)
         region = np.zeros((h, w), bool)
         if activity > 0 and hinges_key in geometry:
@@ -476,29 +505,46 @@ def render_frame(scene: Scene, phase: float, rng: np.random.Generator) -> tuple[
         finite = np.isfinite(v)
         shown = np.zeros((h, w), bool)
         shown[finite] = (np.abs(doppler.wrap(v[finite], nyquist)) >= scene.wall_filter * nyquist) | (
-            turbulence[finite] > 0.2)
+            turbulence[finite] > 0.2
+        )
         image[shown] = doppler.add_variance(doppler.colourise(v[shown], nyquist), turbulence[shown])
         flow, jet = shown, shown & (mr_region | ar_region)
         velocity[shown] = v[shown]
         geometry = VIEW_GEOMETRY[scene.view]
         if mr_region.any():
             hinges = geometry["mitral"]
-            mr_mm = _extent_mm(shown & mr_region, (place.point(hinges[0]) + place.point(hinges[1])) / 2,
-                               place.direction(geometry["mr_dir"]), scene.pixel_spacing_mm)
+            mr_mm = _extent_mm(
+                shown & mr_region,
+                (place.point(hinges[0]) + place.point(hinges[1])) / 2,
+                place.direction(geometry["mr_dir"]),
+                scene.pixel_spacing_mm,
+            )
         if ar_region.any():
             hinges = geometry["aortic"]
-            ar_mm = _extent_mm(shown & ar_region, (place.point(hinges[0]) + place.point(hinges[1])) / 2,
-                               place.direction(geometry["ar_dir"]), scene.pixel_spacing_mm)
+            ar_mm = _extent_mm(
+                shown & ar_region,
+                (place.point(hinges[0]) + place.point(hinges[1])) / 2,
+                place.direction(geometry["ar_dir"]),
+                scene.pixel_spacing_mm,
+            )
     if scene.colour or scene.colour_bar:
         drawn += doppler.draw_colour_bar(image, scene.nyquist_cm_s)
     if scene.depth_marks:
-        drawn.append(overlays.draw_depth_marks(image, apex(h, w), SECTOR_HALF_ANGLE_DEG,
-                                               SECTOR_RADIUS * _scale(h), scene.pixel_spacing_mm))
+        drawn.append(
+            overlays.draw_depth_marks(
+                image, apex(h, w), SECTOR_HALF_ANGLE_DEG, SECTOR_RADIUS * _scale(h), scene.pixel_spacing_mm
+            )
+        )
     if scene.text_lines:
         drawn += overlays.draw_text_block(image, list(scene.text_lines), (round(4 * _scale(h)), 0), scene.text_colour)
     if scene.device_lines:
-        drawn += overlays.draw_text_block(image, [("device", t) for t in scene.device_lines],
-                                          (w - round(4 * _scale(h)), 0), overlays.WHITE, align_right=True)
+        drawn += overlays.draw_text_block(
+            image,
+            [("device", t) for t in scene.device_lines],
+            (w - round(4 * _scale(h)), 0),
+            overlays.WHITE,
+            align_right=True,
+        )
     if scene.ecg:
         beats_on_screen = 2.5 * scene.heart_rate_bpm / 60.0  # a 2.5 s sweep
         drawn.append(overlays.draw_ecg(image, sweep, beats_on_screen))

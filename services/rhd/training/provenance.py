@@ -15,8 +15,14 @@ import rhd
 def code_version() -> str:
     """rhd's version and the git commit of the source tree; the bare version outside a checkout."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, check=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return rhd.__version__
     return f"{rhd.__version__}+{commit}"
@@ -43,8 +49,15 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: 
     fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2, 1.0 * len(labels) + 1.6), dpi=110)
     ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for (row, col), count in np.ndenumerate(matrix):
-        ax.text(col, row, f"{count}\n{shares[row, col]:.0%}", ha="center", va="center", fontsize=8,
-                color="white" if shares[row, col] > 0.6 else "black")
+        ax.text(
+            col,
+            row,
+            f"{count}\n{shares[row, col]:.0%}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if shares[row, col] > 0.6 else "black",
+        )
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")

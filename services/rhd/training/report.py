@@ -24,8 +24,9 @@ PROVAR_PREVALENCE = {"normal": 0.951, "borderline": 0.042, "definite": 0.006}
 BOOTSTRAP = 1000
 
 
-def _point(y: np.ndarray, proba: np.ndarray, predicted: np.ndarray, classes: Sequence[str],
-           prevalence: Mapping[str, float]) -> dict[str, float]:
+def _point(
+    y: np.ndarray, proba: np.ndarray, predicted: np.ndarray, classes: Sequence[str], prevalence: Mapping[str, float]
+) -> dict[str, float]:
     """Every figure of one (re)sample, flat: recall.<c>, precision.<c>, precision_at_prevalence.<c>, ..."""
     labels = list(classes)
     matrix = confusion_matrix(y, predicted, labels=labels).astype(np.float64)
@@ -50,9 +51,15 @@ def _point(y: np.ndarray, proba: np.ndarray, predicted: np.ndarray, classes: Seq
     return out
 
 
-def evaluate(y: Sequence[str], proba: np.ndarray, predicted: Sequence[str], classes: Sequence[str],
-             seed: int = 0, prevalence: Mapping[str, float] = PROVAR_PREVALENCE,
-             rounds: int = BOOTSTRAP) -> dict[str, Any]:
+def evaluate(
+    y: Sequence[str],
+    proba: np.ndarray,
+    predicted: Sequence[str],
+    classes: Sequence[str],
+    seed: int = 0,
+    prevalence: Mapping[str, float] = PROVAR_PREVALENCE,
+    rounds: int = BOOTSTRAP,
+) -> dict[str, Any]:
     """Point figures and their bootstrap 95% intervals (studies resampled within each class, `rounds` times)."""
     y, predicted, proba = np.asarray(y), np.asarray(predicted), np.asarray(proba, np.float64)
     point = _point(y, proba, predicted, classes, prevalence)
@@ -63,9 +70,13 @@ def evaluate(y: Sequence[str], proba: np.ndarray, predicted: Sequence[str], clas
         index = np.concatenate([rng.choice(m, size=len(m), replace=True) for m in members if len(m)])
         for key, value in _point(y[index], proba[index], predicted[index], classes, prevalence).items():
             samples[key].append(value)
-    figures = {key: {"value": value, "ci95": [float(np.percentile(samples[key], 2.5)),
-                                              float(np.percentile(samples[key], 97.5))]}
-               for key, value in point.items()}
+    figures = {
+        key: {
+            "value": value,
+            "ci95": [float(np.percentile(samples[key], 2.5)), float(np.percentile(samples[key], 97.5))],
+        }
+        for key, value in point.items()
+    }
     return {
         "studies": int(len(y)),
         "per_class": {c: int((y == c).sum()) for c in classes},
@@ -73,8 +84,10 @@ def evaluate(y: Sequence[str], proba: np.ndarray, predicted: Sequence[str], clas
         # The manifest's headline, keyed by class name.
         "recall": {c: point[f"recall.{c}"] for c in classes},
         "precision": {c: point[f"precision.{c}"] for c in classes},
-        "confusion_matrix": {"labels": list(classes),
-                             "rows_truth": confusion_matrix(y, predicted, labels=list(classes)).tolist()},
+        "confusion_matrix": {
+            "labels": list(classes),
+            "rows_truth": confusion_matrix(y, predicted, labels=list(classes)).tolist(),
+        },
         "prevalence": dict(prevalence),
         "bootstrap_rounds": rounds,
     }
@@ -113,32 +126,55 @@ def _ci(figure: Mapping[str, Any]) -> str:
     return f"{figure['value']:.3f} ({low:.3f}-{high:.3f})"
 
 
-def write_report(out_dir: Path, name: str, title: str, metrics: Mapping[str, Any], y: Sequence[str],
-                 proba: np.ndarray, predicted: Sequence[str], classes: Sequence[str],
-                 targets: Mapping[str, float], notes: Sequence[str] = ()) -> Path:
+def write_report(
+    out_dir: Path,
+    name: str,
+    title: str,
+    metrics: Mapping[str, Any],
+    y: Sequence[str],
+    proba: np.ndarray,
+    predicted: Sequence[str],
+    classes: Sequence[str],
+    targets: Mapping[str, float],
+    notes: Sequence[str] = (),
+) -> Path:
     """<name>.md with <name>-confusion.png and <name>-curves.png beside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     y_arr = np.asarray(y)
-    plot_confusion(np.array(metrics["confusion_matrix"]["rows_truth"]), classes, title,
-                   out_dir / f"{name}-confusion.png")
+    plot_confusion(
+        np.array(metrics["confusion_matrix"]["rows_truth"]), classes, title, out_dir / f"{name}-confusion.png"
+    )
     _plot_curves(y_arr, np.asarray(proba), classes, out_dir / f"{name}-curves.png", title)
     f = metrics["figures"]
-    lines = [f"# {title}", "", f"{metrics['studies']} studies: "
-             + ", ".join(f"{n} {c}" for c, n in metrics["per_class"].items())
-             + f". Intervals: bootstrap 95% ({metrics['bootstrap_rounds']} rounds, studies resampled within class).",
-             "",
-             "| class | recall | target | precision (this set) | precision at PROVAR prevalence | ROC AUC | PR AUC |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        f"{metrics['studies']} studies: "
+        + ", ".join(f"{n} {c}" for c, n in metrics["per_class"].items())
+        + f". Intervals: bootstrap 95% ({metrics['bootstrap_rounds']} rounds, studies resampled within class).",
+        "",
+        "| class | recall | target | precision (this set) | precision at PROVAR prevalence | ROC AUC | PR AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in classes:
         target = f">= {targets[c]:.2f}" if c in targets else ""
         met = "" if c not in targets else (" met" if f[f"recall.{c}"]["value"] >= targets[c] else " **missed**")
-        lines.append(f"| {c} | {_ci(f[f'recall.{c}'])} | {target}{met} | {_ci(f[f'precision.{c}'])} | "
-                     f"{_ci(f[f'precision_at_prevalence.{c}'])} ({100 * metrics['prevalence'][c]:.1f}%) | "
-                     f"{_ci(f[f'roc_auc.{c}']) if f'roc_auc.{c}' in f else '-'} | "
-                     f"{_ci(f[f'pr_auc.{c}']) if f'pr_auc.{c}' in f else '-'} |")
-    lines += ["", f"Balanced accuracy {_ci(f['balanced_accuracy'])}; macro-F1 {_ci(f['macro_f1'])}; "
-              f"accuracy {_ci(f['accuracy'])}.", "",
-              f"![confusion matrix]({name}-confusion.png)", "", f"![ROC and PR curves]({name}-curves.png)", ""]
+        lines.append(
+            f"| {c} | {_ci(f[f'recall.{c}'])} | {target}{met} | {_ci(f[f'precision.{c}'])} | "
+            f"{_ci(f[f'precision_at_prevalence.{c}'])} ({100 * metrics['prevalence'][c]:.1f}%) | "
+            f"{_ci(f[f'roc_auc.{c}']) if f'roc_auc.{c}' in f else '-'} | "
+            f"{_ci(f[f'pr_auc.{c}']) if f'pr_auc.{c}' in f else '-'} |"
+        )
+    lines += [
+        "",
+        f"Balanced accuracy {_ci(f['balanced_accuracy'])}; macro-F1 {_ci(f['macro_f1'])}; "
+        f"accuracy {_ci(f['accuracy'])}.",
+        "",
+        f"![confusion matrix]({name}-confusion.png)",
+        "",
+        f"![ROC and PR curves]({name}-curves.png)",
+        "",
+    ]
     lines += list(notes)
     path = out_dir / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")

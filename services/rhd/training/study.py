@@ -64,11 +64,14 @@ def _study_row(task: tuple[int, int, int, str, str]) -> tuple[str, str, list[flo
     return study.study_id, label, analysis.values
 
 
-def build_features(models_dir: Path, seed: int, labels: list[str], workers: int,
-                   desc: str = "studies") -> tuple[np.ndarray, np.ndarray]:
+def build_features(
+    models_dir: Path, seed: int, labels: list[str], workers: int, desc: str = "studies"
+) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows and labels of the generated studies `labels`, in order; the same inputs give the same rows."""
-    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(
-            workers, initializer=_init_worker, initargs=(str(models_dir),)) as pool:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(models_dir),)) as pool,
+    ):
         tasks = [(seed, i, len(labels), label, tmp) for i, label in enumerate(labels)]
         rows = list(tqdm(pool.map(_study_row, tasks), total=len(tasks), desc=desc, unit="study"))
     return np.array([values for _, _, values in rows], np.float64), np.array([label for _, label, _ in rows])
@@ -110,26 +113,36 @@ def parameters_hash(pipeline: Pipeline, thresholds: dict[str, float]) -> str:
 
 
 def make_pipeline() -> Pipeline:
-    return Pipeline([
-        ("zscore", StandardScaler()),
-        # Class weights balance the classes whatever the training mix; the thresholds then trade for recall.
-        ("classifier", LogisticRegression(class_weight="balanced", max_iter=5000, C=1.0)),
-    ])
+    return Pipeline(
+        [
+            ("zscore", StandardScaler()),
+            # Class weights balance the classes whatever the training mix; the thresholds then trade for recall.
+            ("classifier", LogisticRegression(class_weight="balanced", max_iter=5000, C=1.0)),
+        ]
+    )
 
 
 def _data_hash(x: np.ndarray, y: np.ndarray) -> str:
     return hashlib.sha256(x.tobytes() + "|".join(y).encode()).hexdigest()
 
 
-def train_study_model(models_dir: Path, seed: int = 11, n_studies: int = 90, version: int = 1, workers: int = 2,
-                      held_out_per_class: int = 10, report_dir: Path | None = None) -> Path:
+def train_study_model(
+    models_dir: Path,
+    seed: int = 11,
+    n_studies: int = 90,
+    version: int = 1,
+    workers: int = 2,
+    held_out_per_class: int = 10,
+    report_dir: Path | None = None,
+) -> Path:
     """Train on n_studies balanced generated studies, cross-validate, choose thresholds, fit, and measure on
     held_out_per_class studies of each class from another seed; write models/study/<version>/ with manifest.json
     and report.md (+ PNGs), and the same report under report_dir when given."""
     started = time.monotonic()
     classes = list(CLASSES)
-    x, y = build_features(models_dir, seed, study_labels(seed, n_studies, TRAINING_CONFIG, "balanced"), workers,
-                          "training studies")
+    x, y = build_features(
+        models_dir, seed, study_labels(seed, n_studies, TRAINING_CONFIG, "balanced"), workers, "training studies"
+    )
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
     # scikit-learn orders probability columns by sorted class name; here they follow CLASSES.
     columns = [sorted(classes).index(c) for c in classes]
@@ -145,27 +158,42 @@ def train_study_model(models_dir: Path, seed: int = 11, n_studies: int = 90, ver
     held_seed = seed + HELD_OUT_SEED_OFFSET
     counts = {c: held_out_per_class for c in classes}
     if held_out_per_class:
-        hx, hy = build_features(models_dir, held_seed, study_labels(held_seed, 0, TRAINING_CONFIG, counts=counts),
-                                workers, "held-out studies")
+        hx, hy = build_features(
+            models_dir,
+            held_seed,
+            study_labels(held_seed, 0, TRAINING_CONFIG, counts=counts),
+            workers,
+            "held-out studies",
+        )
         h_proba = pipeline.predict_proba(hx)[:, columns]
         h_predicted = decisions(h_proba, classes, thresholds)
         metrics["held_out"] = evaluate(hy, h_proba, h_predicted, classes, seed=held_seed)
     headline = metrics.get("held_out", metrics["cv"])
     manifest = {
-        "model": MODEL_NAME, "version": version, "feature_set": STUDY_FEATURE_SET,
-        "feature_names": list(STUDY_FEATURE_NAMES), "classes": [str(c) for c in pipeline.classes_],
+        "model": MODEL_NAME,
+        "version": version,
+        "feature_set": STUDY_FEATURE_SET,
+        "feature_names": list(STUDY_FEATURE_NAMES),
+        "classes": [str(c) for c in pipeline.classes_],
         "thresholds": thresholds,
         "decision": "definite if P(definite) >= thresholds.definite, else borderline if P(borderline) >= "
-                    "thresholds.borderline, else normal",
-        "data": {"generator": "rhd.synth", "config": asdict(TRAINING_CONFIG),
-                 "training": {"seed": seed, "studies": n_studies, "mix": "balanced", "sha256": _data_hash(x, y)},
-                 "held_out": {"seed": held_seed, "per_class": held_out_per_class}},
+        "thresholds.borderline, else normal",
+        "data": {
+            "generator": "rhd.synth",
+            "config": asdict(TRAINING_CONFIG),
+            "training": {"seed": seed, "studies": n_studies, "mix": "balanced", "sha256": _data_hash(x, y)},
+            "held_out": {"seed": held_seed, "per_class": held_out_per_class},
+        },
         **environment(("scikit-learn", "numpy", "tensorflow", "skops", "opencv-python-headless", "scikit-image")),
         # The skops file is a zip with timestamps; the fitted parameters and thresholds are what must repeat.
         "parameters_sha256": parameters_hash(pipeline, thresholds),
         "seconds": round(time.monotonic() - started, 1),
-        "metrics": {"recall": headline["recall"], "precision": headline["precision"],
-                    "evaluated_on": "held_out" if "held_out" in metrics else "cv", **metrics},
+        "metrics": {
+            "recall": headline["recall"],
+            "precision": headline["precision"],
+            "evaluated_on": "held_out" if "held_out" in metrics else "cv",
+            **metrics,
+        },
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     if "held_out" in metrics:
@@ -174,21 +202,43 @@ def train_study_model(models_dir: Path, seed: int = 11, n_studies: int = 90, ver
     return out
 
 
-def _report(folder: Path, version: int, metrics: dict[str, Any], y: np.ndarray, proba: np.ndarray,
-            predicted: np.ndarray, thresholds: dict[str, float], n_studies: int, held_seed: int) -> None:
+def _report(
+    folder: Path,
+    version: int,
+    metrics: dict[str, Any],
+    y: np.ndarray,
+    proba: np.ndarray,
+    predicted: np.ndarray,
+    thresholds: dict[str, float],
+    n_studies: int,
+    held_seed: int,
+) -> None:
     cv = metrics["cv"]["figures"]
     notes = [
-        "## How it was made", "",
+        "## How it was made",
+        "",
         f"Trained on {n_studies} balanced generated studies ({TRAINING_CONFIG.videos_per_study} videos of 1 s); "
         f"thresholds chosen on 5-fold cross-validated probabilities for recall >= "
         f"{TARGET_RECALL['definite']} (definite) and >= {TARGET_RECALL['borderline']} (borderline), but never taking "
         f"more than {MAX_NORMAL_TAKEN:.0%} of the Normal studies: "
         + ", ".join(f"P({c}) >= {t:.3f}" for c, t in thresholds.items())
         + " (cross-validated recall: "
-        + ", ".join(f"{c} {cv[f'recall.{c}']['value']:.2f}" for c in CLASSES) + "). "
+        + ", ".join(f"{c} {cv[f'recall.{c}']['value']:.2f}" for c in CLASSES)
+        + "). "
         f"Held-out set: seed {held_seed}, stratified. Cross-validated balanced accuracy "
         f"{cv['balanced_accuracy']['value']:.3f}.",
-        "", "Feature set and how each feature is read: docs/study-features.md.",
+        "",
+        "Feature set and how each feature is read: docs/study-features.md.",
     ]
-    write_report(folder, "report", f"study model {version}: held-out generated studies", metrics["held_out"], y,
-                 proba, predicted, list(CLASSES), TARGET_RECALL, notes)
+    write_report(
+        folder,
+        "report",
+        f"study model {version}: held-out generated studies",
+        metrics["held_out"],
+        y,
+        proba,
+        predicted,
+        list(CLASSES),
+        TARGET_RECALL,
+        notes,
+    )

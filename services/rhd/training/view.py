@@ -29,8 +29,9 @@ CONFUSION_FILE = "confusion.png"
 EVERY = 3  # neighbouring frames of a video are near copies: every third one is enough
 # Shorter studies than the screening default, with more colour Doppler (all the view stage sees) and more
 # off-axis and poor-quality videos, so the rare "other" class has enough examples.
-TRAINING_CONFIG = SynthConfig(videos_per_study=10, duration_s=(1.0, 1.0), colour_share=0.75, off_axis_rate=0.1,
-                              poor_quality_rate=0.1)
+TRAINING_CONFIG = SynthConfig(
+    videos_per_study=10, duration_s=(1.0, 1.0), colour_share=0.75, off_axis_rate=0.1, poor_quality_rate=0.1
+)
 EPOCHS, BATCH_SIZE, LEARNING_RATE = 14, 64, 2e-3
 
 
@@ -58,8 +59,9 @@ def _frames(studies: list[Path]) -> FrameSet:
             views.append(labels)
             doppler.append(np.full(len(decoded), bool(video["doppler"])))
     if not xs:
-        return FrameSet(np.zeros((0, *INPUT_SHAPE), np.float32), np.zeros(0, np.int64), np.zeros(0, bool),
-                        digest.hexdigest())
+        return FrameSet(
+            np.zeros((0, *INPUT_SHAPE), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), digest.hexdigest()
+        )
     return FrameSet(np.concatenate(xs), np.concatenate(views), np.concatenate(doppler), digest.hexdigest())
 
 
@@ -74,8 +76,9 @@ def generated_frames(seed: int, n_studies: int, held_out: int = 0) -> tuple[Fram
 def build_model(seed: int) -> keras.Model:
     """The classifier (preprocessed frames -> probabilities), compiled for training."""
     model = classifier(seed)
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     return model
 
 
@@ -130,8 +133,9 @@ def evaluate(model: keras.Model, held: FrameSet) -> dict:
     }
 
 
-def train_view_model(models_dir: Path, seed: int = 7, version: int = 1, n_studies: int = 40,
-                     held_out: int = 10, epochs: int = EPOCHS) -> Path:
+def train_view_model(
+    models_dir: Path, seed: int = 7, version: int = 1, n_studies: int = 40, held_out: int = 10, epochs: int = EPOCHS
+) -> Path:
     """Train, evaluate on held-out studies, export to <models_dir>/view/<version>/ with its manifest.json."""
     if held_out < 1:
         raise ValueError(f"held_out must be at least 1 study to measure the model, got {held_out}")
@@ -139,17 +143,30 @@ def train_view_model(models_dir: Path, seed: int = 7, version: int = 1, n_studie
     model, train, held = fit(seed, n_studies, epochs, held_out)
     metrics = evaluate(model, held)
     manifest = {
-        "model": MODEL_NAME, "version": version, "signature": SIGNATURE,
+        "model": MODEL_NAME,
+        "version": version,
+        "signature": SIGNATURE,
         "inputs": {INPUT_NAME: f"uint8 [batch, {', '.join(map(str, FRAME_SHAPE))}] BGR"},
         "outputs": {PROBABILITIES: f"float32 [batch, {len(VIEW_CLASSES)}]", VIEW_INDEX: "int64 [batch]"},
         "classes": list(VIEW_CLASSES),
-        "data": {"generator": "rhd.synth", "seed": seed, "studies": n_studies, "held_out_studies": held_out,
-                 "config": dataclasses.asdict(TRAINING_CONFIG), "every_nth_frame": EVERY, "frames": len(train.views),
-                 "sha256": train.sha256},
-        "training": {"epochs": epochs, "batch_size": BATCH_SIZE, "optimizer": f"adam {LEARNING_RATE:g}",
-                     "seconds": round(time.monotonic() - started, 1)},
+        "data": {
+            "generator": "rhd.synth",
+            "seed": seed,
+            "studies": n_studies,
+            "held_out_studies": held_out,
+            "config": dataclasses.asdict(TRAINING_CONFIG),
+            "every_nth_frame": EVERY,
+            "frames": len(train.views),
+            "sha256": train.sha256,
+        },
+        "training": {
+            "epochs": epochs,
+            "batch_size": BATCH_SIZE,
+            "optimizer": f"adam {LEARNING_RATE:g}",
+            "seconds": round(time.monotonic() - started, 1),
+        },
         "preprocessing": "in the graph: BGR to grey, crop to the sector, 4 x 4 area downscale, / 255 "
-                         f"-> {list(INPUT_SHAPE)}",
+        f"-> {list(INPUT_SHAPE)}",
         "weights_sha256": weights_hash(model),
         **environment(("tensorflow", "keras", "numpy", "opencv-python-headless")),
         "metrics": metrics,
@@ -162,9 +179,12 @@ def train_view_model(models_dir: Path, seed: int = 7, version: int = 1, n_studie
     shutil.rmtree(staging, ignore_errors=True)
     export(model, staging)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    plot_confusion(np.array(metrics["confusion_matrix"]["rows_truth"]), VIEW_CLASSES,
-                   f"view model {version}: accuracy {metrics['accuracy']:.3f} on {metrics['held_out_frames']} "
-                   f"held-out frames", staging / CONFUSION_FILE)
+    plot_confusion(
+        np.array(metrics["confusion_matrix"]["rows_truth"]),
+        VIEW_CLASSES,
+        f"view model {version}: accuracy {metrics['accuracy']:.3f} on {metrics['held_out_frames']} held-out frames",
+        staging / CONFUSION_FILE,
+    )
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out

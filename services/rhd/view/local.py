@@ -23,7 +23,7 @@ class LocalViewModel:
     def __call__(self, frames: np.ndarray) -> Sequence[str]:
         labels: list[str] = []
         for start in range(0, len(frames), BATCH):
-            outputs = self._signature(frames=self._tf.constant(frames[start:start + BATCH]))
+            outputs = self._signature(frames=self._tf.constant(frames[start : start + BATCH]))
             arrays = {k: v.numpy() for k, v in outputs.items()}
             for row in range(len(arrays["probabilities"])):
                 labels.append(prediction_from_outputs({k: v[row] for k, v in arrays.items()}, self.version).label)

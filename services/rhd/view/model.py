@@ -30,7 +30,7 @@ FILTERS = (16, 32, 64, 64)
 class BgrToGrey(keras.layers.Layer):
     """uint8 BGR [..., 3] -> float32 luma [..., 1], with OpenCV's weights (0.114 B + 0.587 G + 0.299 R)."""
 
-    def call(self, frames):  # noqa: ANN001, ANN201 - backend tensors
+    def call(self, frames):
         weights = ops.convert_to_tensor([0.114, 0.587, 0.299], dtype="float32")
         return ops.sum(ops.cast(frames, "float32") * weights, axis=-1, keepdims=True)
 

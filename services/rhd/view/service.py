@@ -15,18 +15,10 @@ from rhd.v1 import rhd_pb2 as pb
 from rhd.view.ops import prediction_from_outputs
 
 
-class View(StageService):
-    name = "view"
-    input_topic = FRAMES_SEGMENTED
-    input_type = pb.SegmentedFrame
-
+class View(StageService, name="view", input_topic=FRAMES_SEGMENTED, input_type=pb.SegmentedFrame):
     async def start(self, settings: Settings) -> None:
         self.model_name = settings.view_model_name
-        self.client = ModelClient(
-            settings.model_server, settings.view_model_name, version=settings.view_model_version,
-            timeout_s=settings.model_timeout_s, max_batch=settings.model_max_batch,
-            max_wait_ms=settings.model_max_wait_ms, retry_for_s=settings.model_retry_for_s,
-        )
+        self.client = ModelClient.from_settings(settings, settings.view_model_name, settings.view_model_version)
         self.model_version = 0
 
     async def stop(self) -> None:
@@ -42,8 +34,12 @@ class View(StageService):
             self.model_version = await self.client.metadata()
             metrics.set_build_info(self.name, view_model=f"{self.model_name}/{self.model_version}")
         result = prediction_from_outputs(outputs, self.model_version)
-        view = pb.ViewPrediction(label=result.label, probabilities=result.probabilities,
-                                 model_name=self.model_name, model_version=result.model_version)
+        view = pb.ViewPrediction(
+            label=result.label,
+            probabilities=result.probabilities,
+            model_name=self.model_name,
+            model_version=result.model_version,
+        )
         return [Output(FRAMES_VIEWED, segmented.frame.key.video_id, pb.ViewedFrame(segmented=segmented, view=view))]
 
 

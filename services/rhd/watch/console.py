@@ -34,8 +34,10 @@ async def watch_diagnoses(settings: Settings, seconds: float) -> None:
                 seen.add(study_id)
                 d = diagnoses[0]
                 probs = ", ".join(f"{k} {v:.2f}" for k, v in d.probabilities.items())
-                print(f"{study_id}: {label_name(d.label)} ({probs}) {completeness_name(d.completeness)} "
-                      f"{d.reason}", flush=True)
+                print(
+                    f"{study_id}: {label_name(d.label)} ({probs}) {completeness_name(d.completeness)} {d.reason}",
+                    flush=True,
+                )
 
     await follow(settings, lambda _: False, timeout_s=seconds, on_update=show)
 
@@ -51,35 +53,77 @@ def figure_tables(f: Figures) -> list[Panel]:
     """The dashboard's panels as tables of text, for the terminal (rich) and for plain output alike."""
     stages = []
     for s in f.stages:
-        cells = [_num(s.in_per_s["ok"]), _num(s.in_per_s["dead_letter"]), _num(s.duplicates_per_s),
-                 _num(s.out_per_s), _num(s.p50_s, 1, 1000), _num(s.p95_s, 1, 1000),
-                 _num(s.lag, 0), _num(s.lag_max_partition, 0), _num(s.dead_letters, 0)]
+        cells = [
+            _num(s.in_per_s["ok"]),
+            _num(s.in_per_s["dead_letter"]),
+            _num(s.duplicates_per_s),
+            _num(s.out_per_s),
+            _num(s.p50_s, 1, 1000),
+            _num(s.p95_s, 1, 1000),
+            _num(s.lag, 0),
+            _num(s.lag_max_partition, 0),
+            _num(s.dead_letters, 0),
+        ]
         if s.replicas[1] and not s.replicas[0]:
             cells = ["-"] * len(cells)  # every replica down: zeros would read as an idle stage
         stages.append([s.stage, f"{s.replicas[0]}/{s.replicas[1]}" if s.replicas[1] else "-", *cells])
-    tables: list[Panel] = [(
-        f"stages: messages/s over the last {f.seconds:.1f} s; lag and dead letters now",
-        ["stage", "up", "in ok/s", "dlq/s", "dup/s", "out/s", "p50 ms", "p95 ms", "lag", "lag max", "dead letters"],
-        stages,
-    ), (
-        "studies diagnosed: upload to diagnosis",
-        ["studies", "diagnosed", "per s", *(f"p{round(q * 100)} s" for q in (0.5, 0.95, 0.99))],
-        [[s.label, _num(s.diagnosed, 0), _num(s.per_s, 2), *(_num(v) for v in s.latency_s.values())]
-         for s in f.studies],
-    )]
+    tables: list[Panel] = [
+        (
+            f"stages: messages/s over the last {f.seconds:.1f} s; lag and dead letters now",
+            ["stage", "up", "in ok/s", "dlq/s", "dup/s", "out/s", "p50 ms", "p95 ms", "lag", "lag max", "dead letters"],
+            stages,
+        ),
+        (
+            "studies diagnosed: upload to diagnosis",
+            ["studies", "diagnosed", "per s", *(f"p{round(q * 100)} s" for q in (0.5, 0.95, 0.99))],
+            [
+                [s.label, _num(s.diagnosed, 0), _num(s.per_s, 2), *(_num(v) for v in s.latency_s.values())]
+                for s in f.studies
+            ],
+        ),
+    ]
     if f.models:
-        tables.append((
-            "model: client (view) and server (model-server)",
-            ["model", "req/s", "failed/s", "p95 ms", "frames/req", "server req/s", "server p95 ms", "server batch",
-             "queue p95 ms"],
-            [[m.model, _num(m.requests_per_s), _num(m.failed_per_s), _num(m.p95_s, 1, 1000),
-              _num(m.frames_per_request), _num(m.server_requests_per_s), _num(m.server_p95_s, 1, 1000),
-              _num(m.server_batch), _num(m.server_wait_p95_s, 1, 1000)] for m in f.models],
-        ))
+        tables.append(
+            (
+                "model: client (view) and server (model-server)",
+                [
+                    "model",
+                    "req/s",
+                    "failed/s",
+                    "p95 ms",
+                    "frames/req",
+                    "server req/s",
+                    "server p95 ms",
+                    "server batch",
+                    "queue p95 ms",
+                ],
+                [
+                    [
+                        m.model,
+                        _num(m.requests_per_s),
+                        _num(m.failed_per_s),
+                        _num(m.p95_s, 1, 1000),
+                        _num(m.frames_per_request),
+                        _num(m.server_requests_per_s),
+                        _num(m.server_p95_s, 1, 1000),
+                        _num(m.server_batch),
+                        _num(m.server_wait_p95_s, 1, 1000),
+                    ]
+                    for m in f.models
+                ],
+            )
+        )
     if f.dead_letters:
-        tables.append(("dead letters by input topic (to <topic>.dlq)", ["stage", "topic", "per s", "since start"],
-                       [[stage, topic, _num(rate, 2), _num(count, 0)]
-                        for (stage, topic), (rate, count) in f.dead_letters.items()]))
+        tables.append(
+            (
+                "dead letters by input topic (to <topic>.dlq)",
+                ["stage", "topic", "per s", "since start"],
+                [
+                    [stage, topic, _num(rate, 2), _num(count, 0)]
+                    for (stage, topic), (rate, count) in f.dead_letters.items()
+                ],
+            )
+        )
     return tables
 
 
@@ -99,8 +143,9 @@ def plain_text(f: Figures) -> str:
         widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
         lines += ["", title]
         for row in [headers, *rows]:
-            cells = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths,
-                                                                                               strict=True))]
+            cells = [
+                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ]
             lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -117,12 +162,14 @@ def rich_view(f: Figures) -> Group:
     return Group(watch_title(f), *tables)
 
 
-async def watch_metrics(load_targets: Callable[[], list[Target]], interval: float, once: bool = False,
-                        seconds: float | None = None) -> int:
+async def watch_metrics(
+    load_targets: Callable[[], list[Target]], interval: float, once: bool = False, seconds: float | None = None
+) -> int:
     """Scrape every target each interval and show the dashboard's figures over the last interval: a live table on a
     terminal, plain text otherwise. `once`: one snapshot from two scrapes an interval apart; 1 if nothing answered.
     The targets are read again at each scrape, so replicas started later appear; load_targets raises ValueError
     when it cannot read them."""
+
     def targets() -> list[Target]:
         """A snapshot needs its targets; a live view waits for a stack that is not up yet."""
         try:

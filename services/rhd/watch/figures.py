@@ -22,9 +22,9 @@ from rhd.v1 import rhd_pb2 as pb
 
 @dataclass
 class Progress:
-    expected_frames: dict[str, int] = field(default_factory=dict)        # study -> frames in its manifest
+    expected_frames: dict[str, int] = field(default_factory=dict)  # study -> frames in its manifest
     frame_records: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # distinct frames ended
-    terminal_records: int = 0                                            # including duplicates
+    terminal_records: int = 0  # including duplicates
     diagnoses: dict[str, list[pb.Diagnosis]] = field(default_factory=dict)
     dead_letters: list[pb.DeadLetter] = field(default_factory=list)
 
@@ -121,9 +121,15 @@ def read_targets(path: Path) -> list[Target]:
     """The targets of a file_sd JSON file (what EmbeddedStack writes, or one written for a real Prometheus)."""
     try:
         entries = json.loads(Path(path).read_text())
-        return [Target(entry.get("labels", {}).get("job", ""), address,
-                       entry.get("labels", {}).get("__metrics_path__", "/metrics"))
-                for entry in entries for address in entry["targets"]]
+        return [
+            Target(
+                entry.get("labels", {}).get("job", ""),
+                address,
+                entry.get("labels", {}).get("__metrics_path__", "/metrics"),
+            )
+            for entry in entries
+            for address in entry["targets"]
+        ]
     except (AttributeError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a Prometheus file_sd list of {{targets, labels}}: {exc}") from None
 
@@ -295,28 +301,28 @@ STUDY_QUANTILES = (0.5, 0.95, 0.99)
 @dataclass(frozen=True)
 class StageFigures:
     stage: str
-    replicas: tuple[int, int]            # up, targets
-    in_per_s: dict[str, float]           # input messages by outcome
-    duplicates_per_s: float              # redeliveries dropped (assemble), among the ok ones
+    replicas: tuple[int, int]  # up, targets
+    in_per_s: dict[str, float]  # input messages by outcome
+    duplicates_per_s: float  # redeliveries dropped (assemble), among the ok ones
     out_per_s: float
-    p50_s: float | None                  # stage logic per message, over the window
+    p50_s: float | None  # stage logic per message, over the window
     p95_s: float | None
-    lag: float | None                    # records behind, summed over partitions; None: no partition assigned
+    lag: float | None  # records behind, summed over partitions; None: no partition assigned
     lag_max_partition: float | None
-    dead_letters: float                  # since the replicas up now started
+    dead_letters: float  # since the replicas up now started
 
 
 @dataclass(frozen=True)
 class ModelFigures:
     model: str
-    requests_per_s: float                # client side (the view stage), retries included
-    failed_per_s: float                  # client side, any status but OK
-    p95_s: float | None                  # client side, round trip
-    frames_per_request: float | None     # client side micro-batch
-    server_requests_per_s: float         # Predict answered by the model server, any status
+    requests_per_s: float  # client side (the view stage), retries included
+    failed_per_s: float  # client side, any status but OK
+    p95_s: float | None  # client side, round trip
+    frames_per_request: float | None  # client side micro-batch
+    server_requests_per_s: float  # Predict answered by the model server, any status
     server_p95_s: float | None
-    server_batch: float | None           # rows per signature call on the model server (merged batches)
-    server_wait_p95_s: float | None      # time a request waited in the server's batch queue
+    server_batch: float | None  # rows per signature call on the model server (merged batches)
+    server_wait_p95_s: float | None  # time a request waited in the server's batch queue
 
 
 @dataclass(frozen=True)
@@ -334,7 +340,7 @@ class Figures:
     studies: list[StudyFigures]
     models: list[ModelFigures]
     dead_letters: dict[tuple[str, str], tuple[float, float]]  # (stage, input topic) -> (per s, since start)
-    up: dict[str, tuple[int, int]]                             # job -> (targets up, targets)
+    up: dict[str, tuple[int, int]]  # job -> (targets up, targets)
     down: list[Target]
 
 
@@ -373,11 +379,18 @@ def _study_figures(w: Window) -> list[StudyFigures]:
     """Studies out of `diagnose`: over the window, and since start, as studies are few and far between."""
     histogram, stage = "rhd_study_latency_seconds", "diagnose"
     return [
-        StudyFigures(f"last {w.seconds:.1f} s", total(w.increase, f"{histogram}_count", stage=stage),
-                     w.rate(f"{histogram}_count", stage=stage),
-                     {q: quantile(w.increase, q, histogram, stage=stage) for q in STUDY_QUANTILES}),
-        StudyFigures("since start", total(w.latest, f"{histogram}_count", stage=stage), None,
-                     {q: quantile(w.latest, q, histogram, stage=stage) for q in STUDY_QUANTILES}),
+        StudyFigures(
+            f"last {w.seconds:.1f} s",
+            total(w.increase, f"{histogram}_count", stage=stage),
+            w.rate(f"{histogram}_count", stage=stage),
+            {q: quantile(w.increase, q, histogram, stage=stage) for q in STUDY_QUANTILES},
+        ),
+        StudyFigures(
+            "since start",
+            total(w.latest, f"{histogram}_count", stage=stage),
+            None,
+            {q: quantile(w.latest, q, histogram, stage=stage) for q in STUDY_QUANTILES},
+        ),
     ]
 
 
@@ -389,14 +402,25 @@ def figures(w: Window, stages: Sequence[str]) -> Figures:
     ordered = [*stages, *sorted(set(seen) - set(stages))]
     shown = [stage for stage in ordered if stage in seen]
     models: set[str] = set()
-    for name in ("rhd_model_request_seconds_count", "rhd_model_server_batch_size_count",
-                 "rhd_model_server_request_seconds_count"):
+    for name in (
+        "rhd_model_request_seconds_count",
+        "rhd_model_server_batch_size_count",
+        "rhd_model_server_request_seconds_count",
+    ):
         models |= {have["model"] for have, _ in select(w.latest, name) if have.get("model")}
     dead_letters = {
-        (have["stage"], have["topic"]): (w.rate("rhd_dead_letters_total", stage=have["stage"], topic=have["topic"]),
-                                         value)
+        (have["stage"], have["topic"]): (
+            w.rate("rhd_dead_letters_total", stage=have["stage"], topic=have["topic"]),
+            value,
+        )
         for have, value in select(w.latest, "rhd_dead_letters_total")
     }
-    return Figures(w.seconds, [_stage_figures(w, stage) for stage in shown], _study_figures(w),
-                   [_model_figures(w, model) for model in sorted(models)], dict(sorted(dead_letters.items())),
-                   w.up, w.down)
+    return Figures(
+        w.seconds,
+        [_stage_figures(w, stage) for stage in shown],
+        _study_figures(w),
+        [_model_figures(w, model) for model in sorted(models)],
+        dict(sorted(dead_letters.items())),
+        w.up,
+        w.down,
+    )

@@ -49,8 +49,9 @@ def test_a_threshold_never_takes_more_than_a_tenth_of_the_normal_studies():
 def test_metrics_precision_at_prevalence_and_intervals(tmp_path):
     # 100 normal (90 right, 10 called borderline), 50 borderline (40 right, 10 called normal), 50 definite (all right).
     y = np.array(["normal"] * 100 + ["borderline"] * 50 + ["definite"] * 50)
-    predicted = np.array(["normal"] * 90 + ["borderline"] * 10 + ["borderline"] * 40 + ["normal"] * 10
-                         + ["definite"] * 50)
+    predicted = np.array(
+        ["normal"] * 90 + ["borderline"] * 10 + ["borderline"] * 40 + ["normal"] * 10 + ["definite"] * 50
+    )
     proba = np.array([[1.0 if c == p else 0.0 for c in CLASSES] for p in predicted])
     metrics = evaluate(y, proba, predicted, CLASSES, seed=1, rounds=200)
     f = metrics["figures"]

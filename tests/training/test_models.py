@@ -43,8 +43,14 @@ def test_study_model_ranks_definite_studies_above_normal_ones(tmp_path):
     classes, near the thresholds included, is a training metric in the model's manifest, not a test.)"""
     model = load_study_model(MODELS)
     views = LocalViewModel(MODELS)
-    config = SynthConfig.from_overrides({"disease.near_threshold_share": 0.0, "disease.physiological_mr_rate": 0.0,
-                                         "disease.physiological_ar_rate": 0.0}, TRAINING_CONFIG)
+    config = SynthConfig.from_overrides(
+        {
+            "disease.near_threshold_share": 0.0,
+            "disease.physiological_mr_rate": 0.0,
+            "disease.physiological_ar_rate": 0.0,
+        },
+        TRAINING_CONFIG,
+    )
     studies = synth_studies(77, 0, tmp_path, config, counts={"normal": 3, "definite": 3})
     p_definite = {"normal": [], "definite": []}
     for study in studies:
