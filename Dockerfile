@@ -8,19 +8,31 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# The pinned set alone first: its layer outlives every change to the code. --no-deps: the lock is complete,
-# so nothing unpinned can slip in.
+# The runtime set alone first (requirements.lock: no test or lint tools): its layer outlives every change to the
+# code. --no-deps: the lock is complete, so nothing unpinned can slip in.
 COPY requirements.lock ./
 RUN pip install --no-deps -r requirements.lock
+
+# protoc is a build tool: grpcio-tools, exactly as requirements-dev.lock pins it (version and sha256 hashes), goes to
+# /opt/protoc, which only this stage has; the venv the image copies never holds it. --no-deps: what it needs
+# (grpcio, protobuf, setuptools) is in the runtime set already.
+COPY requirements-dev.lock ./
+RUN awk '/^[^ #]/ { keep = /^grpcio-tools==/ } keep' requirements-dev.lock > grpcio-tools.txt \
+ && grep -q -- '--hash=sha256:' grpcio-tools.txt \
+ && pip install --no-deps --target /opt/protoc -r grpcio-tools.txt
 
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
 COPY services/ services/
 # Protobuf code generated as the Makefile does, before the package is built so that the wheel carries it; the lock's
-# own setuptools builds it (no build isolation: nothing fetched beyond the lock).
-RUN python -m grpc_tools.protoc -Iprotos --python_out=services --pyi_out=services protos/rhd/v1/*.proto \
+# own setuptools builds it (no build isolation: nothing fetched beyond the lock). Then the venv must be whole
+# (pip check) and free of the build tool.
+RUN PYTHONPATH=/opt/protoc python -m grpc_tools.protoc -Iprotos --python_out=services --pyi_out=services \
+      protos/rhd/v1/*.proto \
  && pip install --no-deps --no-build-isolation . \
- && rhd --help >/dev/null
+ && pip check \
+ && rhd --help >/dev/null \
+ && ! python -c "import grpc_tools" 2>/dev/null
 
 
 FROM python:3.11-slim

@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
-STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat requirements.lock requirements-dev.lock pyproject.toml | sha256sum | cut -c1-12)
 PROTOS := $(wildcard protos/rhd/v1/*.proto)
 GEN    := services/rhd/v1/rhd_pb2.py
 VIEW_MODEL  := models/view/1/saved_model.pb
@@ -14,7 +14,7 @@ VIEW_CODE   := $(wildcard services/rhd/synth/*.py) services/rhd/training/view.py
 STUDY_CODE  := $(wildcard services/rhd/*/ops.py) services/rhd/training/study.py services/rhd/training/report.py \
                services/rhd/inprocess.py
 
-.PHONY: demo test bench setup models promtool lint lock clean
+.PHONY: demo test test-fast bench setup models promtool lint lock clean
 
 demo: setup models
 	$(BIN)/rhd demo
@@ -22,12 +22,18 @@ demo: setup models
 test: setup models promtool
 	$(BIN)/python -m pytest -q
 
+# The edit-test loop: unit and contract tests only (no broker stack, no training; the view model is built once).
+test-fast: setup $(VIEW_MODEL)
+	$(BIN)/python -m pytest -q tests/unit tests/contract
+
 setup: $(STAMP) $(GEN)
 
-$(STAMP): requirements.lock pyproject.toml
+# The venv holds exactly both locks (the runtime set and the dev tools on top), plus pip and uv themselves: sync
+# removes whatever else an older lock left behind (faust-streaming, say).
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
-	$(UV) pip install -q --python $(BIN)/python -r requirements.lock
+	echo "uv==0.13.9" | $(UV) pip sync -q --python $(BIN)/python requirements.lock requirements-dev.lock -
 	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
@@ -55,13 +61,22 @@ $(VIEW_MODEL): $(VIEW_CODE) | setup
 $(STUDY_MODEL): $(VIEW_MODEL) $(STUDY_CODE) | setup
 	rm -rf models/study/1 && $(BIN)/rhd train study
 
+# Style, types of the shared modules, and the layers (.importlinter: no stage imports another, runtime and imaging
+# know no stage). .ci/run runs it before the tests.
 lint: setup
 	$(BIN)/ruff check services tests loadtest
-	$(BIN)/mypy services/rhd/runtime
+	$(BIN)/ruff format --check services tests loadtest
+	$(BIN)/mypy services/rhd/runtime services/rhd/imaging
+	$(BIN)/lint-imports
 
-# Re-resolve the pinned versions (with their sha256 hashes, checked at install) after editing pyproject.toml.
+# Re-resolve the pinned versions (with their sha256 hashes, checked at install) after editing pyproject.toml; pins
+# already in a lock are kept unless pyproject.toml rules them out. requirements.lock: the runtime dependencies (the
+# image installs it); requirements-dev.lock: those same pins (-c) plus the dev group.
 lock: $(STAMP)
-	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
+	$(UV) pip compile -q pyproject.toml --python-version 3.11 --generate-hashes --custom-compile-command "make lock" \
+	  -o requirements.lock
+	$(UV) pip compile -q pyproject.toml --group dev -c requirements.lock --python-version 3.11 --generate-hashes \
+	  --custom-compile-command "make lock" -o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) var models/view/[0-9]* models/study/[0-9]* $(GEN) services/rhd/v1/*_pb2.pyi

@@ -650,16 +650,14 @@ async def serve(
     models_dir: Path,
     host: str,
     port: int,
-    model_names: list[str] | None = None,
     *,
-    model_config: model_server_config_pb2.ModelServerConfig | None = None,
-    batching: BatchingOptions | None = None,
     rest_api_port: int = 0,
     metrics: str | None = TFS_METRICS_PATH,
+    **loading: Any,
 ) -> None:
     """Run until cancelled; in-flight requests get a few seconds to finish. rest_api_port 0 opens no REST port,
-    as TF Serving's --rest_api_port=0."""
-    server, _ = await start_server(models_dir, host, port, model_names, model_config=model_config, batching=batching)
+    as TF Serving's --rest_api_port=0; `loading`: start_server's model_names, model_config and batching."""
+    server, _ = await start_server(models_dir, host, port, **loading)
     rest = (await start_rest(host, rest_api_port, metrics))[0] if rest_api_port else None
     try:
         await server.wait_for_termination()

@@ -511,22 +511,16 @@ def render_frame(scene: Scene, phase: float, rng: np.random.Generator) -> tuple[
         flow, jet = shown, shown & (mr_region | ar_region)
         velocity[shown] = v[shown]
         geometry = VIEW_GEOMETRY[scene.view]
+
+        def jet_mm(region: np.ndarray, valve: str, direction: str) -> float:
+            """How far the shown jet reaches from the valve's centre along its direction."""
+            centre = (place.point(geometry[valve][0]) + place.point(geometry[valve][1])) / 2
+            return _extent_mm(shown & region, centre, place.direction(geometry[direction]), scene.pixel_spacing_mm)
+
         if mr_region.any():
-            hinges = geometry["mitral"]
-            mr_mm = _extent_mm(
-                shown & mr_region,
-                (place.point(hinges[0]) + place.point(hinges[1])) / 2,
-                place.direction(geometry["mr_dir"]),
-                scene.pixel_spacing_mm,
-            )
+            mr_mm = jet_mm(mr_region, "mitral", "mr_dir")
         if ar_region.any():
-            hinges = geometry["aortic"]
-            ar_mm = _extent_mm(
-                shown & ar_region,
-                (place.point(hinges[0]) + place.point(hinges[1])) / 2,
-                place.direction(geometry["ar_dir"]),
-                scene.pixel_spacing_mm,
-            )
+            ar_mm = jet_mm(ar_region, "aortic", "ar_dir")
     if scene.colour or scene.colour_bar:
         drawn += doppler.draw_colour_bar(image, scene.nyquist_cm_s)
     if scene.depth_marks:
