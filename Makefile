@@ -44,7 +44,7 @@ models: $(VIEW_MODEL) $(STUDY_MODEL)
 
 # Prometheus itself and promtool, from Debian's prometheus package, into the venv: promtool checks compose/prometheus
 # (tests/contract/test_monitoring_files.py) and the line's integration test runs a real Prometheus on the embedded
-# stack with the recording and alert rules; both skip, saying why, without them. Best effort, no root needed:
+# stack with the recording and alert rules; without them both skip, saying why (under CI=true they fail). No root needed:
 # installing the package would also start a server wherever an init system runs. apt-get update only when the
 # package lists lack it, and as root.
 promtool: setup

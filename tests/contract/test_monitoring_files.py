@@ -13,6 +13,7 @@ import pytest
 import rhd.model_server.server  # registers the embedded model server's metrics (imports TensorFlow)
 import rhd.runtime.metrics  # noqa: F401  (registers the services' metrics)
 import yaml
+from conftest import missing_tool
 from prometheus_client import REGISTRY
 from rhd.runtime.topics import STAGES
 
@@ -217,7 +218,7 @@ def test_the_dashboard_charts_what_the_alerts_watch():
 def promtool() -> str:
     found = shutil.which("promtool") or shutil.which("promtool", path=str(Path(sys.executable).parent))
     if not found:
-        pytest.skip("promtool not installed: apt-get install prometheus (Debian) provides it")
+        missing_tool("promtool not installed: `make promtool` takes it from Debian's prometheus package")
     return found
 
 

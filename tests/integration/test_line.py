@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
+from conftest import missing_tool
 from rhd.local.broker import free_port
 from rhd.local.demo import corrupt_one_video
 from rhd.local.publish import publish_uploads, upload_from_dir
@@ -297,7 +298,7 @@ def test_every_service_exposes_what_happened_on_its_metrics_endpoint(line):
 def test_a_real_prometheus_scrapes_every_service_and_records_the_dashboard_figures(line):
     answers = line["prometheus"]
     if answers is None:
-        pytest.skip("no prometheus binary: `make promtool` takes it from Debian's prometheus package")
+        missing_tool("no prometheus binary: `make promtool` takes it from Debian's prometheus package")
     up = {(r["metric"]["job"], r["metric"]["instance"]): float(r["value"][1]) for r in answers["up"]}
     assert {job for job, _ in up} == set(STAGES) | {"model-server"}
     assert all(value == 1 for value in up.values()), up
