@@ -128,3 +128,43 @@ def test_consumer_lag_is_reported_for_owned_partitions_only(tmp_path):
     runner._record_lag()
     assert (lag(0), lag(1)) == (None, 5)
     runner.pool.shutdown()
+
+
+def test_a_stage_declares_itself_in_its_class_line_and_nothing_else():
+    from rhd.runtime.stage import StageService
+
+    class Probe(StageService, name="probe", input_topic=FRAMES_DONE, input_type=pb.FrameDone, tick_seconds=2.0):
+        pass
+
+    assert (Probe.name, Probe.input_topic, Probe.input_type, Probe.tick_seconds) == (
+        "probe",
+        FRAMES_DONE,
+        pb.FrameDone,
+        2.0,
+    )
+    assert Probe.concurrent and not Probe.written_topic
+    with pytest.raises(TypeError, match="does not declare 'input'"):
+
+        class Wrong(StageService, name="wrong", input="frames.done.v1"):
+            pass
+
+
+def test_split_keeps_only_the_clinical_metadata_and_reads_the_scan_settings():
+    from rhd.split.ops import CLINICAL_FIELDS, acquisition
+
+    metadata = {
+        "pixel_spacing_mm": "0.6",
+        "nyquist_cm_s": "62.5",
+        "device": "Vivid iq",
+        "fps": "30",
+        "patient_name": "Maria Silva Costa",
+        "patient_id": "123456",
+        "birth_date": "2010-01-02",
+        "hospital_id": "H1",
+    }
+    scan = acquisition(metadata)
+    assert (scan.pixel_spacing_mm, scan.nyquist_cm_s) == (0.6, 62.5)
+    assert scan.clinical == {"pixel_spacing_mm": "0.6", "nyquist_cm_s": "62.5", "device": "Vivid iq", "fps": "30"}
+    assert set(scan.clinical) <= CLINICAL_FIELDS
+    unknown = acquisition({"pixel_spacing_mm": "n/a"})
+    assert (unknown.pixel_spacing_mm, unknown.nyquist_cm_s, unknown.clinical) == (0.0, 0.0, {"pixel_spacing_mm": "n/a"})

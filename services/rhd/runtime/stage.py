@@ -52,6 +52,9 @@ class StageService:
     input_topic: str
     input_type: type[Message]
     concurrent: bool = True  # may the records of one batch be handled at once?
+    tick_seconds: float = 0.0  # > 0: `tick` is called that often (deadlines)
+    written_topic: str = ""
+    written_window_s: float = 0.0
 
     def __init_subclass__(cls, **declared: Any) -> None:
         """A stage says what it is in its class line: `class Segment(StageService, name="segment", input_topic=...,
@@ -61,10 +64,6 @@ class StageService:
             if attribute not in ("name", "input_topic", "input_type", "concurrent", "tick_seconds", "written_topic"):
                 raise TypeError(f"{cls.__name__}: a stage does not declare {attribute!r}")
             setattr(cls, attribute, value)
-
-    tick_seconds: float = 0.0  # > 0: `tick` is called that often (deadlines)
-    written_topic: str = ""
-    written_window_s: float = 0.0
 
     def handle(self, message: Any, at: Position) -> list[Output]:
         raise NotImplementedError
