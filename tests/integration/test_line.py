@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from conftest import missing_tool
@@ -20,7 +21,7 @@ from rhd.local.stack import EmbeddedStack
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DECODED, STAGES, STUDIES_UPLOADED
-from rhd.synth.generator import SynthConfig, synth_studies
+from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.v1 import rhd_pb2 as pb
 from rhd.watch.figures import Progress, follow, read_targets, scrape_all, total
 
@@ -190,6 +191,22 @@ def test_every_frame_is_accounted_for(line):
         assert counts.expected == progress.expected_frames[study]
         assert counts.analysed + counts.skipped + counts.failed == counts.expected
         assert counts.missing == 0
+
+
+def test_every_decoded_videos_cardiac_phase_is_known_per_frame_within_two_percent_of_the_cycle(line):
+    progress, checked = line["progress"], 0
+    for study_dir in line["dirs"][:4]:
+        (study,) = progress.studies[study_dir.name]
+        truth = {v["video_id"]: v for v in load_truth(study_dir)["videos"]}
+        decoded = [v.video_id for v in study.cycles]
+        assert len(decoded) == study.videos_expected - study.videos_failed
+        for cycle in study.cycles:
+            assert cycle.known, cycle.reason
+            true_phase = np.array([f["phase"] for f in truth[cycle.video_id]["frames"]])
+            error = np.abs((np.array(cycle.phases) - true_phase + 0.5) % 1.0 - 0.5)
+            assert np.median(error) <= 0.02 and error.max() <= 0.05, (cycle.video_id, error.round(3).tolist())
+            checked += len(error)
+    assert checked > 300
 
 
 def test_good_studies_are_complete_with_probabilities(line):

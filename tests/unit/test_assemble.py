@@ -1,5 +1,6 @@
 """assemble's state machine: deduplication, completion, deadlines, completeness."""
 
+import numpy as np
 import pytest
 from rhd.assemble.ops import STUDY_FEATURE_NAMES, AnalysedFrame, Assembler, study_features
 from rhd.features.ops import FEATURE_NAMES
@@ -151,3 +152,27 @@ def test_studies_emitted_before_are_not_emitted_again_and_revoked_partitions_are
     assembler.add("B", manifest(frames=(2,)), at=0, partition=3, offset=0)
     assert assembler.drop_partitions({3}) == 1 and assembler.open == {}
     assert assembler.expire(at=1_000) == []  # a forgotten study is not expired here: its new reader owns it
+
+
+def test_each_decoded_videos_cardiac_cycle_is_fitted_from_its_frames_readings_or_says_why_not():
+    from rhd.assemble.ops import cardiac_cycles
+
+    fps, rate = 24.0, 1.5  # 90 bpm
+    m = pb.StudyManifest(study_id="S1")
+    m.videos.add(video_id="V0", status=pb.VIDEO_STATUS_DECODED, frame_count=24, fps=fps)
+    m.videos.add(video_id="V1", status=pb.VIDEO_STATUS_DECODED, frame_count=10, fps=fps)
+    m.videos.add(video_id="V2", status=pb.VIDEO_STATUS_FAILED, error="truncated")
+    true_phase = (0.3 + rate * np.arange(24) / fps) % 1.0
+    results = []
+    for i in range(24):
+        key = pb.FrameKey(study_id="S1", video_id="V0", frame_index=i, video_frame_count=24)
+        result = pb.FrameResult(key=key, status=pb.FRAME_STATUS_SKIPPED)
+        if i % 5:  # every fifth frame unread (the cursor at an end of the sweep)
+            result.ecg.CopyFrom(pb.EcgReading(phase=true_phase[i], systole=true_phase[i] < 0.42, rr_px=60, beats=4))
+        results.append(result)
+    results += [pb.FrameResult(key=pb.FrameKey(study_id="S1", video_id="V1", frame_index=i)) for i in range(10)]
+    v0, v1 = cardiac_cycles(m, results)
+    assert v0.video_id == "V0" and v0.known and v0.heart_rate_bpm == pytest.approx(90.0, rel=1e-6)
+    assert np.abs(np.array(v0.phases) - true_phase).max() < 1e-5 and len(v0.phases) == 24
+    assert v0.frames_read == 19  # frames 0, 5, 10, 15 and 20 unread
+    assert v1.video_id == "V1" and not v1.known and "0 of 10 frames" in v1.reason and not v1.phases

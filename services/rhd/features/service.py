@@ -19,9 +19,15 @@ class Features(StageService, name="features", input_topic=FRAMES_VIEWED, input_t
                 frame.nyquist_cm_s,
             )
         except FeatureError as exc:  # e.g. no colour bar: the frame is accounted for, as failed, with why
-            return [frame_result(frame.key, pb.FRAME_STATUS_FAILED, self.name, str(exc), view=viewed.view)]
+            return [
+                frame_result(frame.key, pb.FRAME_STATUS_FAILED, self.name, str(exc), view=viewed.view, ecg=frame.ecg)
+            ]
         vector = pb.FeatureVector(feature_set=FEATURE_SET, names=FEATURE_NAMES, values=values)
-        return [frame_result(frame.key, pb.FRAME_STATUS_ANALYSED, self.name, view=viewed.view, features=vector)]
+        return [
+            frame_result(
+                frame.key, pb.FRAME_STATUS_ANALYSED, self.name, view=viewed.view, features=vector, ecg=frame.ecg
+            )
+        ]
 
 
 def build() -> StageService:

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from rhd.imaging.sector import colour_pixels, fan_mask
+from rhd.v1 import rhd_pb2 as pb
 
 BAND_FRACTION = 0.2  # the ECG lies in the bottom fifth of the image
 MIN_WIDTH_FRACTION = 0.5  # a trace spans at least half the image width
@@ -43,13 +44,23 @@ class _Trace:
     x0: int  # the extent's first column in the image
 
 
-def _trace(bgr: np.ndarray) -> _Trace | None:
+def reading_message(reading: EcgReading) -> pb.EcgReading:
+    return pb.EcgReading(phase=reading.phase, systole=reading.systole, rr_px=reading.rr_px, beats=reading.beats)
+
+
+def reading_of(message: pb.EcgReading) -> EcgReading:
+    """A reading as it travelled (where the cursor was is not kept)."""
+    return EcgReading(message.phase, message.systole, message.rr_px, -1, message.beats)
+
+
+def _trace(bgr: np.ndarray, hsv: np.ndarray | None, fan: np.ndarray | None) -> _Trace | None:
     """The ECG trace in the bottom band of the frame: colour of one hue spanning most of the width."""
     h, w = bgr.shape[:2]
     top = int(h * (1 - BAND_FRACTION))
-    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV) if hsv is None else hsv
     colour = colour_pixels(hsv)
-    outside = ~cv2.dilate(fan_mask(bgr).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    fan = fan_mask(bgr) if fan is None else fan
+    outside = ~cv2.dilate(fan.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     # The trace may cross the bottom of the fan (grey there, so it still shows); colour that also runs up the image
     # outside the fan is the colour bar or text, not the trace.
     band = colour[top:].copy()
@@ -96,9 +107,10 @@ def _peaks(height: np.ndarray) -> list[float]:
     return [float(np.average(run, weights=lifted[run] + 0.5)) for run in _runs(np.flatnonzero(lifted >= 0))]
 
 
-def read_ecg(bgr: np.ndarray) -> EcgReading | None:
-    """The frame's cardiac phase from its burned-in ECG sweep, or None when the frame shows no readable trace."""
-    trace = _trace(bgr)
+def read_ecg(bgr: np.ndarray, hsv: np.ndarray | None = None, fan: np.ndarray | None = None) -> EcgReading | None:
+    """The frame's cardiac phase from its burned-in ECG sweep, or None when the frame shows no readable trace.
+    `hsv` and `fan` (its ultrasound sector), when the caller has them already, save computing them again."""
+    trace = _trace(bgr, hsv, fan)
     if trace is None:
         return None
     height = np.nanmedian(trace.rows) - trace.rows  # up is positive
@@ -175,3 +187,19 @@ def video_phases(readings: list[EcgReading | None], fps: float) -> VideoPhases |
     all_times = np.arange(len(readings)) / fps
     fitted = np.mod(offset + rate * all_times, 1.0)
     return VideoPhases(fitted, fitted < SYSTOLE_END, float(rate * 60.0), int(inliers.sum()))
+
+
+def cycle_message(video_id: str, readings: list[EcgReading | None], fps: float) -> pb.CardiacCycle:
+    """A video's cardiac cycle as it travels with the study: fitted, or why not."""
+    fit = video_phases(readings, fps)
+    if fit is None:
+        read = sum(r is not None for r in readings)
+        why = "frame rate unknown" if not fps > 0 else f"a readable ECG on {read} of {len(readings)} frames"
+        return pb.CardiacCycle(video_id=video_id, known=False, reason=f"no cardiac phase: {why}")
+    return pb.CardiacCycle(
+        video_id=video_id,
+        known=True,
+        heart_rate_bpm=fit.heart_rate_bpm,
+        phases=fit.phases.tolist(),
+        frames_read=fit.frames_read,
+    )

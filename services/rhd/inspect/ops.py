@@ -1,12 +1,13 @@
 """Doppler vs anatomical by colour inspection, inside the ultrasound fan only: a frame is Doppler when a few
 pixels of its fan are colour (a tiny jet is still Doppler); colour outside the fan (colour bar, ECG, text)
-does not count."""
+does not count. The frame's cardiac phase is read from its ECG sweep on the way."""
 
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from rhd.imaging.ecg import EcgReading, read_ecg
 from rhd.imaging.sector import checked_frame, colour_pixels, fan_with_flow
 
 DOPPLER_PIXELS_MIN = 12  # colour pixels inside the fan that make a frame colour Doppler
@@ -21,6 +22,7 @@ class Inspection:
     kind: str  # DOPPLER, ANATOMICAL, NO_IMAGE or NOT_ECHO
     colour_pixels: int  # saturated colour pixels inside the fan
     fan_pixels: int
+    ecg: EcgReading | None = None  # the cardiac phase the frame's ECG sweep shows, when it shows one
 
     @property
     def doppler(self) -> bool:
@@ -48,6 +50,7 @@ def inspect(bgr: np.ndarray) -> Inspection:
         return Inspection(NOT_ECHO, int(colour.sum()), colour.size)
     fan = fan_with_flow(hsv)
     fan_pixels, inside = int(fan.sum()), int((colour & fan).sum())
+    ecg = read_ecg(bgr, hsv, fan)
     if fan_pixels < FAN_MIN_FRACTION * fan.size:
-        return Inspection(NO_IMAGE, inside, fan_pixels)
-    return Inspection(DOPPLER if inside >= DOPPLER_PIXELS_MIN else ANATOMICAL, inside, fan_pixels)
+        return Inspection(NO_IMAGE, inside, fan_pixels, ecg)
+    return Inspection(DOPPLER if inside >= DOPPLER_PIXELS_MIN else ANATOMICAL, inside, fan_pixels, ecg)

@@ -1,6 +1,7 @@
 """inspect: frames.decoded.v1 -> frames.doppler.v1 (colour Doppler); anatomical frames end as skipped."""
 
 from rhd.imaging.codec import frame_image
+from rhd.imaging.ecg import reading_message
 from rhd.inspect.ops import NOT_ECHO, inspect
 from rhd.runtime.records import Output, frame_result
 from rhd.runtime.stage import Position, StageService
@@ -11,13 +12,15 @@ from rhd.v1 import rhd_pb2 as pb
 class Inspect(StageService, name="inspect", input_topic=FRAMES_DECODED, input_type=pb.Frame):
     def handle(self, frame: pb.Frame, at: Position) -> list[Output]:
         result = inspect(frame_image(frame))
+        if result.ecg is not None:
+            frame.ecg.CopyFrom(reading_message(result.ecg))
         if result.doppler:
             doppler = pb.DopplerFrame(frame=frame, colour_fraction=result.colour_fraction)
             return [Output(FRAMES_DOPPLER, frame.key.video_id, doppler)]
         # B-mode and frames with no image are skipped (nothing to analyse); a frame that is all colour is
         # not an echo frame at all: failed.
         status = pb.FRAME_STATUS_FAILED if result.kind == NOT_ECHO else pb.FRAME_STATUS_SKIPPED
-        return [frame_result(frame.key, status, self.name, result.reason)]
+        return [frame_result(frame.key, status, self.name, result.reason, ecg=frame.ecg)]
 
 
 def build() -> StageService:

@@ -30,10 +30,15 @@ def frame_result(
     status: "pb.FrameStatus",
     stage: str,
     reason: str = "",
+    *,
+    ecg: pb.EcgReading | None = None,
     **fields: Message,
 ) -> Output:
-    """The terminal record of one frame, keyed by study so a study's records meet on one partition."""
+    """The terminal record of one frame, keyed by study so a study's records meet on one partition; `ecg`, the
+    frame's own ECG reading, is kept when there is one (an empty message is none)."""
     result = pb.FrameResult(key=key, status=status, stage=stage, reason=reason, finished_at=now(), **fields)
+    if ecg is not None and ecg.ByteSize():
+        result.ecg.CopyFrom(ecg)
     return Output(FRAMES_DONE, key.study_id, pb.FrameDone(result=result))
 
 

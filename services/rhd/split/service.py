@@ -34,7 +34,10 @@ class Split(StageService, name="split", input_topic=STUDIES_UPLOADED, input_type
                 outputs.append(self._failed(upload, video, exc, manifest))
                 continue
             outputs += [Output(FRAMES_DECODED, video.video_id, frame) for frame in frames]
-            manifest.videos.add(video_id=video.video_id, status=pb.VIDEO_STATUS_DECODED, frame_count=len(frames))
+            fps = frames[0].fps if frames else 0.0
+            manifest.videos.add(
+                video_id=video.video_id, status=pb.VIDEO_STATUS_DECODED, frame_count=len(frames), fps=fps
+            )
         # The manifest goes last: assemble waits for it and for every frame it lists.
         return [*outputs, Output(FRAMES_DONE, upload.study_id, pb.FrameDone(manifest=manifest))]
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rhd.runtime import kafka
 from rhd.runtime.http import TFS_METRICS_PATH
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import FRAMES_DONE, STUDIES_DIAGNOSED, TOPICS, dlq
+from rhd.runtime.topics import FRAMES_DONE, STUDIES_DIAGNOSED, STUDIES_FEATURES, TOPICS, dlq
 from rhd.v1 import rhd_pb2 as pb
 
 
@@ -26,6 +26,7 @@ class Progress:
     frame_records: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # distinct frames ended
     terminal_records: int = 0  # including duplicates
     diagnoses: dict[str, list[pb.Diagnosis]] = field(default_factory=dict)
+    studies: dict[str, list[pb.StudyFeatures]] = field(default_factory=dict)  # what assemble emitted
     dead_letters: list[pb.DeadLetter] = field(default_factory=list)
 
     def frames_accounted(self) -> int:
@@ -40,6 +41,9 @@ class Progress:
                 key = done.result.key
                 self.terminal_records += 1
                 self.frame_records.setdefault(key.study_id, set()).add((key.video_id, key.frame_index))
+        elif topic == STUDIES_FEATURES:
+            study = pb.StudyFeatures.FromString(value)
+            self.studies.setdefault(study.study_id, []).append(study)
         elif topic == STUDIES_DIAGNOSED:
             diagnosis = pb.Diagnosis.FromString(value)
             self.diagnoses.setdefault(diagnosis.study_id, []).append(diagnosis)
@@ -54,9 +58,9 @@ async def follow(
     on_update: Callable[[Progress], None] | None = None,
     settle_s: float = 0.0,
 ) -> Progress:
-    """Read frames.done, diagnoses and every dead-letter topic from the beginning until `until` holds
-    (then `settle_s` more seconds, to catch anything duplicated) or the timeout passes."""
-    topics = [FRAMES_DONE, STUDIES_DIAGNOSED, *(dlq(t.name) for t in TOPICS)]
+    """Read frames.done, the assembled studies, diagnoses and every dead-letter topic from the beginning until
+    `until` holds (then `settle_s` more seconds, to catch anything duplicated) or the timeout passes."""
+    topics = [FRAMES_DONE, STUDIES_FEATURES, STUDIES_DIAGNOSED, *(dlq(t.name) for t in TOPICS)]
     group = f"watch-{uuid.uuid4().hex[:8]}"
     consumer = kafka.consumer(settings, group, group)
     consumer.subscribe(topics)
