@@ -58,23 +58,25 @@ def _trace(bgr: np.ndarray, hsv: np.ndarray | None, fan: np.ndarray | None) -> _
     h, w = bgr.shape[:2]
     top = int(h * (1 - BAND_FRACTION))
     hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV) if hsv is None else hsv
-    colour = colour_pixels(hsv)
     fan = fan_mask(bgr) if fan is None else fan
-    outside = ~cv2.dilate(fan.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    # The trace may cross the bottom of the fan (grey there, so it still shows); colour that also runs up the image
-    # outside the fan is the colour bar or text, not the trace.
-    band = colour[top:].copy()
+    # Only the band and the row above it are looked at: the trace lies in the band, and colour that crosses into it
+    # from above (outside the fan) is the colour bar or text, not the trace.
+    colour = colour_pixels(hsv[top - 1 :])
+    outside = ~cv2.dilate(fan[top - 2 :].astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)[1:]
     _, pieces, stats, _ = cv2.connectedComponentsWithStats((colour & outside).astype(np.uint8), connectivity=8)
-    reaching_up = stats[:, cv2.CC_STAT_TOP] < top
+    reaching_up = stats[:, cv2.CC_STAT_TOP] == 0
     reaching_up[0] = False
-    band[reaching_up[pieces[top:]]] = False
+    # The trace may cross the bottom of the fan (grey there, so it still shows).
+    band = colour[1:] & ~reaching_up[pieces[1:]]
+    outside = outside[1:]
+    hsv = hsv[top:]
     # Its hue is that of the colour outside the fan (colour flow inside it has others).
-    hue = hsv[top:, :, 0][band & outside[top:]].astype(np.int16)
+    hue = hsv[..., 0][band & outside].astype(np.int16)
     if hue.size < MIN_WIDTH_FRACTION * w:
         return None
-    near = np.abs(((hsv[top:, :, 0].astype(np.int16) - int(np.median(hue)) + 90) % 180) - 90) <= HUE_TOLERANCE
+    near = np.abs(((hsv[..., 0].astype(np.int16) - int(np.median(hue)) + 90) % 180) - 90) <= HUE_TOLERANCE
     # Colour flow of other hues in the band hides the trace in its columns (mosaic of the trace's hue with it).
-    occluded = (band & ~near & ~outside[top:]).any(axis=0)
+    occluded = (band & ~near & ~outside).any(axis=0)
     trace = band & near
     trace[:, occluded] = False
     # The trace runs along its baseline: pieces of its hue elsewhere (a fleck of mosaic) are not the trace.
