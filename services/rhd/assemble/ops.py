@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rhd.imaging.ecg import EcgReading, cycle_message, reading_of
+from rhd.imaging.ecg import cycle_message
 from rhd.v1 import rhd_pb2 as pb
 
 STUDY_FEATURE_SET = "study-v3"  # v3: per-video views, the share of the cycle with a jet, the jet in a second view
@@ -261,12 +261,12 @@ def assemble_study(
 
 def cardiac_cycles(manifest: pb.StudyManifest, results: list[pb.FrameResult]) -> list[pb.CardiacCycle]:
     """Per decoded video, every frame's cardiac phase, fitted over the ECG readings its frames' records carry."""
-    readings: dict[str, list[EcgReading | None]] = {
+    readings: dict[str, list[pb.EcgReading | None]] = {
         v.video_id: [None] * v.frame_count for v in manifest.videos if v.status == pb.VIDEO_STATUS_DECODED
     }
     for r in results:
         if r.HasField("ecg") and 0 <= r.key.frame_index < len(readings.get(r.key.video_id, [])):
-            readings[r.key.video_id][r.key.frame_index] = reading_of(r.ecg)
+            readings[r.key.video_id][r.key.frame_index] = r.ecg
     fps = {v.video_id: v.fps for v in manifest.videos}
     return [cycle_message(video_id, frames, fps[video_id]) for video_id, frames in readings.items()]
 

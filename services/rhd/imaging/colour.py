@@ -41,6 +41,11 @@ def name_hue(hue: np.ndarray) -> np.ndarray:
     )
 
 
+def runs(columns: np.ndarray) -> list[np.ndarray]:
+    """Sorted column (or row) indices split into runs of adjacent ones."""
+    return [run for run in np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1) if run.size]
+
+
 def find_colour_bar(bgr: np.ndarray, nyquist_cm_s: float, fan: np.ndarray | None = None) -> ColourBar:
     """Locate the velocity colour bar outside the fan (a tall narrow strip of saturated colour) and read its
     colours, mapped linearly from +Nyquist at the red end to -Nyquist at the blue end; ColourBarError says why
@@ -55,8 +60,7 @@ def find_colour_bar(bgr: np.ndarray, nyquist_cm_s: float, fan: np.ndarray | None
     if columns.size == 0:
         raise ColourBarError("no colour bar found beside the image: velocities cannot be read")
     # The widest run of adjacent bar-like columns.
-    runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
-    run = max(runs, key=len)
+    run = max(runs(columns), key=len)
     if len(run) > BAR_MAX_WIDTH:
         raise ColourBarError(f"colour bar unreadable: a colour strip {len(run)} px wide is not a bar")
     x0, x1 = int(run[0]), int(run[-1]) + 1

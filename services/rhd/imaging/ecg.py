@@ -8,11 +8,14 @@ wave, systole until the end of the T wave. No trace (handheld machines often rec
 decides (estimate from the images, or refer).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
 
+from rhd.imaging.colour import runs
 from rhd.imaging.sector import colour_pixels, fan_mask
 from rhd.v1 import rhd_pb2 as pb
 
@@ -46,11 +49,6 @@ class _Trace:
 
 def reading_message(reading: EcgReading) -> pb.EcgReading:
     return pb.EcgReading(phase=reading.phase, systole=reading.systole, rr_px=reading.rr_px, beats=reading.beats)
-
-
-def reading_of(message: pb.EcgReading) -> EcgReading:
-    """A reading as it travelled (where the cursor was is not kept)."""
-    return EcgReading(message.phase, message.systole, message.rr_px, -1, message.beats)
 
 
 def _trace(bgr: np.ndarray, hsv: np.ndarray | None, fan: np.ndarray | None) -> _Trace | None:
@@ -97,16 +95,12 @@ def _trace(bgr: np.ndarray, hsv: np.ndarray | None, fan: np.ndarray | None) -> _
     return _Trace(rows, occluded[x0:x1], x0)
 
 
-def _runs(columns: np.ndarray) -> list[np.ndarray]:
-    return [run for run in np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1) if run.size]
-
-
 def _peaks(height: np.ndarray) -> list[float]:
     """Columns of the R waves, to a fraction of a pixel: the centroid of each run above R_FRACTION of the largest
     deflection, weighted by how far above it rises (a spike is one or two pixels wide)."""
     floor = R_FRACTION * np.nanmax(height)
     lifted = np.nan_to_num(height, nan=0.0) - floor
-    return [float(np.average(run, weights=lifted[run] + 0.5)) for run in _runs(np.flatnonzero(lifted >= 0))]
+    return [float(np.average(run, weights=lifted[run] + 0.5)) for run in runs(np.flatnonzero(lifted >= 0))]
 
 
 def read_ecg(bgr: np.ndarray, hsv: np.ndarray | None = None, fan: np.ndarray | None = None) -> EcgReading | None:
@@ -119,7 +113,7 @@ def read_ecg(bgr: np.ndarray, hsv: np.ndarray | None = None, fan: np.ndarray | N
     if not np.nanmax(height) > 0:
         return None
     # The cursor: the widest gap in the trace where nothing hides it.
-    gaps = _runs(np.flatnonzero(np.isnan(trace.rows) & ~trace.occluded))
+    gaps = runs(np.flatnonzero(np.isnan(trace.rows) & ~trace.occluded))
     if not gaps:
         return None  # the cursor is at an end of the trace: this frame alone cannot place it
     gap = max(gaps, key=len)
@@ -159,7 +153,14 @@ def _wrap(x: np.ndarray) -> np.ndarray:
     return (np.asarray(x) + 0.5) % 1.0 - 0.5
 
 
-def video_phases(readings: list[EcgReading | None], fps: float) -> VideoPhases | None:
+class Phased(Protocol):
+    """A reading as read (EcgReading) or as it travelled (pb.EcgReading): its phase is what the fit needs."""
+
+    @property
+    def phase(self) -> float: ...
+
+
+def video_phases(readings: Sequence[Phased | None], fps: float) -> VideoPhases | None:
     """Every frame's phase from its video's readings: the heart beats at one rate over a clip of seconds, so the
     phase advances linearly with time. The rate comes from the median advance between consecutive frames read, the
     offset from the readings that agree with it; frames not read, or misread (a wave hidden by the cursor), take
@@ -191,7 +192,7 @@ def video_phases(readings: list[EcgReading | None], fps: float) -> VideoPhases |
     return VideoPhases(fitted, fitted < SYSTOLE_END, float(rate * 60.0), int(inliers.sum()))
 
 
-def cycle_message(video_id: str, readings: list[EcgReading | None], fps: float) -> pb.CardiacCycle:
+def cycle_message(video_id: str, readings: Sequence[Phased | None], fps: float) -> pb.CardiacCycle:
     """A video's cardiac cycle as it travels with the study: fitted, or why not."""
     fit = video_phases(readings, fps)
     if fit is None:

@@ -22,9 +22,9 @@ def producer(settings: Settings, client_id: str, linger_ms: int = 0) -> AIOKafka
     )
 
 
-def consumer(settings: Settings, group_id: str | None, client_id: str, **overrides: object) -> AIOKafkaConsumer:
+def consumer(settings: Settings, group_id: str | None, client_id: str) -> AIOKafkaConsumer:
     """Offsets committed by hand (after the outputs are acknowledged), from the earliest record of a new group."""
-    config: dict[str, object] = dict(
+    return AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         group_id=group_id,
         client_id=client_id,
@@ -35,8 +35,6 @@ def consumer(settings: Settings, group_id: str | None, client_id: str, **overrid
         max_partition_fetch_bytes=MAX_FETCH_BYTES,
         fetch_max_bytes=MAX_FETCH_BYTES,
     )
-    config.update(overrides)
-    return AIOKafkaConsumer(**config)
 
 
 async def read_keys(settings: Settings, topic: str, since: float, client_id: str) -> list[str]:

@@ -30,15 +30,12 @@ def frame_result(
     status: "pb.FrameStatus",
     stage: str,
     reason: str = "",
-    *,
-    ecg: pb.EcgReading | None = None,
     **fields: Message,
 ) -> Output:
-    """The terminal record of one frame, keyed by study so a study's records meet on one partition; `ecg`, the
-    frame's own ECG reading, is kept when there is one (an empty message is none)."""
+    """The terminal record of one frame, keyed by study so a study's records meet on one partition. A field given
+    as an empty message (e.g. the ECG reading of a frame that showed none) is left unset, not set empty."""
+    fields = {name: value for name, value in fields.items() if value.ByteSize()}
     result = pb.FrameResult(key=key, status=status, stage=stage, reason=reason, finished_at=now(), **fields)
-    if ecg is not None and ecg.ByteSize():
-        result.ecg.CopyFrom(ecg)
     return Output(FRAMES_DONE, key.study_id, pb.FrameDone(result=result))
 
 
@@ -87,7 +84,7 @@ def dead_letter(
     return letter
 
 
-def dead_letter_output(source_topic: str, stage: str, reason: str, *, key: str, **fields: object) -> Output:
+def dead_letter_output(source_topic: str, stage: str, reason: str, *, key: bytes, **fields: object) -> Output:
     """A dead letter for `<source_topic>.dlq`, keyed as its original record was (fields: those of dead_letter)."""
-    letter = dead_letter(source_topic, stage, reason, key=key.encode(), **fields)  # type: ignore[arg-type]
-    return Output(dlq(source_topic), key, letter)
+    letter = dead_letter(source_topic, stage, reason, key=key, **fields)  # type: ignore[arg-type]
+    return Output(dlq(source_topic), key.decode(errors="replace"), letter)

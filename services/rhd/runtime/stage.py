@@ -19,9 +19,9 @@ from google.protobuf.message import DecodeError, Message
 from rhd.runtime import kafka, metrics
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.http import start_http
-from rhd.runtime.records import Output, dead_letter, frame_key_of, frame_result
+from rhd.runtime.records import Output, dead_letter_output, frame_key_of, frame_result
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import DLQ_SUFFIX, dlq
+from rhd.runtime.topics import DLQ_SUFFIX
 from rhd.v1 import rhd_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class StageRunner:
                 outputs = await asyncio.get_running_loop().run_in_executor(self.pool, self._timed_handle, message, at)
             encoded = [self._encode(out) for out in outputs]
             for topic, _, data in encoded:
-                if len(data) > limit and not topic.endswith(".dlq"):
+                if len(data) > limit and not topic.endswith(DLQ_SUFFIX):
                     raise _Rejected(f"output for {topic} of {len(data)} bytes is over the {limit}-byte limit")
             metrics.MESSAGES.labels(svc.name, "ok").inc()
             return encoded
@@ -254,20 +254,21 @@ class StageRunner:
         original: dict[str, Any] = {"original": value}
         if len(value) > self.settings.max_message_bytes // 2:
             original = {"original_blob_uri": self.blobs.put(value)}
-        letter = dead_letter(
-            record.topic,
-            self.service.name,
-            reason,
-            error_type=error_type,
-            key=record.key or b"",
-            partition=record.partition,
-            offset=record.offset,
-            study_id=study_id,
-            video_id=key.video_id if key else "",
-            frame_index=key.frame_index if key else -1,
-            **original,
-        )
-        outputs = [Output(dlq(record.topic), (record.key or b"").decode(errors="replace"), letter)]
+        outputs = [
+            dead_letter_output(
+                record.topic,
+                self.service.name,
+                reason,
+                error_type=error_type,
+                key=record.key or b"",
+                partition=record.partition,
+                offset=record.offset,
+                study_id=study_id,
+                video_id=key.video_id if key else "",
+                frame_index=key.frame_index if key else -1,
+                **original,
+            )
+        ]
         if message is not None:
             outputs += self.service.failed(message, reason)
         return outputs

@@ -29,14 +29,14 @@ class Split(StageService, name="split", input_topic=STUDIES_UPLOADED, input_type
         for video in upload.videos:
             try:
                 data = video.inline_data if video.HasField("inline_data") else self.blobs.get(video.blob_uri)
-                frames = video_frames(upload, video.video_id, decode_video(data), scan, self.pixels)
+                decoded = decode_video(data)
+                frames = video_frames(upload, video.video_id, decoded, scan, self.pixels)
             except (VideoDecodeError, ValueError, FileNotFoundError) as exc:
                 outputs.append(self._failed(upload, video, exc, manifest))
                 continue
             outputs += [Output(FRAMES_DECODED, video.video_id, frame) for frame in frames]
-            fps = frames[0].fps if frames else 0.0
             manifest.videos.add(
-                video_id=video.video_id, status=pb.VIDEO_STATUS_DECODED, frame_count=len(frames), fps=fps
+                video_id=video.video_id, status=pb.VIDEO_STATUS_DECODED, frame_count=len(frames), fps=decoded.fps
             )
         # The manifest goes last: assemble waits for it and for every frame it lists.
         return [*outputs, Output(FRAMES_DONE, upload.study_id, pb.FrameDone(manifest=manifest))]
@@ -48,7 +48,7 @@ class Split(StageService, name="split", input_topic=STUDIES_UPLOADED, input_type
         inline = video.HasField("inline_data")
         original = {"original": video.inline_data} if inline else {"original_blob_uri": video.blob_uri}
         ids = {"study_id": upload.study_id, "video_id": video.video_id, "error_type": type(exc).__name__}
-        return dead_letter_output(STUDIES_UPLOADED, self.name, reason, key=upload.study_id, **ids, **original)
+        return dead_letter_output(STUDIES_UPLOADED, self.name, reason, key=upload.study_id.encode(), **ids, **original)
 
 
 def build() -> StageService:
