@@ -1,6 +1,7 @@
 """The in-process path: a study folder through the very stage functions the services call, no Kafka.
 
-Training computes its features here, and the parity test compares it with the streaming line.
+Training computes its features here, and the parity test compares it with the streaming line: each frame ends in
+the same terminal record as in the line, and the study is put together by assemble's own function.
 """
 
 import json
@@ -9,13 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from google.protobuf import json_format
 
-from rhd.assemble.ops import STUDY_FEATURE_NAMES, AnalysedFrame, study_features
-from rhd.features.ops import FEATURE_NAMES, FeatureError, frame_features
+from rhd.assemble.ops import assemble_study
+from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, FeatureError, frame_features
 from rhd.imaging.codec import decode_png, encode_png
-from rhd.inspect.ops import inspect
+from rhd.imaging.ecg import reading_message
+from rhd.inspect.ops import NOT_ECHO, SPECTRAL, inspect
 from rhd.segment.ops import segment
+from rhd.spectral import ops as spectral
 from rhd.split.ops import VideoDecodeError, decode_video
+from rhd.v1 import rhd_pb2 as pb
 
 # frames (N x H x W x 3 BGR uint8) -> view label per frame
 ViewPredictor = Callable[[np.ndarray], Sequence[str]]
@@ -29,46 +34,80 @@ class StudyAnalysis:
     analysed: int
     skipped: int
     failed_videos: int
-    failed_frames: int  # Doppler frames whose features could not be measured (e.g. no colour bar)
+    failed_frames: int  # frames whose features could not be measured (e.g. no colour bar)
+    features: pb.StudyFeatures  # as assemble emits it: counts, cardiac cycles, feature vector
+
+
+def _result(
+    key: pb.FrameKey, status: "pb.FrameStatus", stage: str, ecg: pb.EcgReading | None, **fields
+) -> pb.FrameResult:
+    result = pb.FrameResult(key=key, status=status, stage=stage, **fields)
+    if ecg is not None:
+        result.ecg.CopyFrom(ecg)
+    return result
 
 
 def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysis:
     meta = json.loads((Path(study_dir) / "study.json").read_text())
     spacing, nyquist = float(meta["pixel_spacing_mm"]), float(meta["nyquist_cm_s"])
-    doppler_frames: list[np.ndarray] = []
-    doppler_videos: list[str] = []
-    skipped = failed_videos = failed_frames = 0
+    manifest = pb.StudyManifest(study_id=meta["study_id"])
+    results: list[pb.FrameResult] = []
+    doppler: list[tuple[pb.FrameKey, np.ndarray, pb.EcgReading | None]] = []
     for video in meta["videos"]:
         try:
             decoded = decode_video((Path(study_dir) / video["filename"]).read_bytes())
-        except VideoDecodeError:
-            failed_videos += 1
+        except VideoDecodeError as exc:
+            manifest.videos.add(video_id=video["video_id"], status=pb.VIDEO_STATUS_FAILED, error=str(exc))
             continue
-        for image in decoded.frames:
+        manifest.videos.add(
+            video_id=video["video_id"], status=pb.VIDEO_STATUS_DECODED, frame_count=len(decoded.frames), fps=decoded.fps
+        )
+        regions = [json_format.ParseDict(r, pb.UltrasoundRegion()) for r in video.get("regions", [])]
+        strip = spectral.spectral_region(regions)
+        for index, image in enumerate(decoded.frames):
+            key = pb.FrameKey(
+                study_id=meta["study_id"],
+                video_id=video["video_id"],
+                frame_index=index,
+                video_frame_count=len(decoded.frames),
+            )
             # The services may pass frames as PNG; the round trip is lossless, so it is skipped here.
-            if inspect(image).doppler:
-                doppler_frames.append(image)
-                doppler_videos.append(video["video_id"])
+            seen = inspect(image, spectral=strip is not None)
+            ecg = reading_message(seen.ecg) if seen.ecg is not None else None
+            if seen.kind == SPECTRAL and strip is not None:
+                try:
+                    values = spectral.spectral_features(image, strip, ecg)
+                except spectral.SpectralError as exc:
+                    results.append(_result(key, pb.FRAME_STATUS_FAILED, "spectral", ecg, reason=str(exc)))
+                    continue
+                vector = pb.FeatureVector(feature_set=spectral.FEATURE_SET, names=spectral.FEATURE_NAMES, values=values)
+                results.append(_result(key, pb.FRAME_STATUS_ANALYSED, "spectral", ecg, features=vector))
+            elif seen.doppler:
+                doppler.append((key, image, ecg))
             else:
-                skipped += 1
-    analysed: list[AnalysedFrame] = []
-    if doppler_frames:
-        views = predict_views(np.stack(doppler_frames))
-        for image, video_id, view in zip(doppler_frames, doppler_videos, views, strict=True):
-            labels = segment(image).labels
+                status = pb.FRAME_STATUS_FAILED if seen.kind == NOT_ECHO else pb.FRAME_STATUS_SKIPPED
+                results.append(_result(key, status, "inspect", ecg, reason=seen.reason))
+    if doppler:
+        views = predict_views(np.stack([image for _, image, _ in doppler]))
+        for (key, image, ecg), view in zip(doppler, views, strict=True):
             # Masks travel as PNG between services; decode(encode) keeps both paths identical.
-            labels = decode_png(encode_png(labels))
+            labels = decode_png(encode_png(segment(image).labels))
+            prediction = pb.ViewPrediction(label=view)
             try:
                 values = frame_features(image, labels, spacing, nyquist)
-                analysed.append(AnalysedFrame(video_id, view, dict(zip(FEATURE_NAMES, values, strict=True))))
-            except FeatureError:
-                failed_frames += 1
+            except FeatureError as exc:
+                results.append(_result(key, pb.FRAME_STATUS_FAILED, "features", ecg, reason=str(exc), view=prediction))
+                continue
+            vector = pb.FeatureVector(feature_set=FEATURE_SET, names=FEATURE_NAMES, values=values)
+            results.append(_result(key, pb.FRAME_STATUS_ANALYSED, "features", ecg, view=prediction, features=vector))
+    study = assemble_study(meta["study_id"], manifest, results, deadline_passed=False)
     return StudyAnalysis(
         meta["study_id"],
-        STUDY_FEATURE_NAMES,
-        study_features(analysed),
-        len(analysed),
-        skipped,
-        failed_videos,
-        failed_frames,
+        tuple(study.features.names),
+        list(study.features.values),
+        study.frames.analysed,
+        study.frames.skipped,
+        study.videos_failed,
+        study.frames.failed,
+        study,
     )

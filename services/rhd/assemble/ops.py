@@ -13,12 +13,18 @@ import numpy as np
 from rhd.imaging.ecg import cycle_message
 from rhd.v1 import rhd_pb2 as pb
 
-STUDY_FEATURE_SET = "study-v3"  # v3: per-video views, the share of the cycle with a jet, the jet in a second view
+STUDY_FEATURE_SET = "study-v4"  # v4: jets by cardiac phase (MR in systole, AR in diastole); the spectral traces
 # Aliasing speckle makes mosaic regions of up to ~9 mm in studies without any jet (measured on generated
 # studies), so a frame shows a jet from 10 mm: WHF 2012's length for pathological AR, half of MR's.
 JET_MIN_MM = 10.0
 LONG_JET_MM = 20.0  # WHF 2012's length for pathological MR
 JET_MIN_FRAMES = 2  # a video shows a jet when at least this many of its frames do: one frame may be noise
+SYSTOLE_END = 0.42  # as rhd.imaging.ecg: the phase at which systole ends
+# A continuous-wave trace through the aortic valve shows the systolic ejection away from the probe: slower than this,
+# over at least this share of the screen. Through the mitral valve, flow away from the probe in systole is mitral
+# regurgitation, faster (or none at all).
+EJECTION_MAX_CM_S = 140.0
+EJECTION_MIN_FRACTION = 0.15
 # The frame features (by the names each FeatureVector carries) that the study's are made of.
 FRAME_FEATURES_USED = (
     "jet_length_mm",
@@ -30,8 +36,18 @@ FRAME_FEATURES_USED = (
     "glcm_contrast_d1",
     "glcm_homogeneity_d1",
 )
+# ... and of a spectral trace (the spectral stage's names).
+TRACE_FEATURES_USED = (
+    "toward_peak_cm_s",
+    "away_peak_cm_s",
+    "toward_mean_gradient_mmhg",
+    "toward_fraction",
+    "away_fraction",
+    "systolic_away_cover",
+    "diastolic_toward_cover",
+)
 
-# How a cardiologist reads a study's colour Doppler, as numbers (docs/study-features.md):
+# How a cardiologist reads a study, as numbers (docs/study-features.md):
 STUDY_FEATURE_NAMES: tuple[str, ...] = (
     "jet_length_mm_max",  # the largest jet, any view
     "plax_jet_length_mm_max",  # the largest jet in PLAX, where rheumatic MR is judged
@@ -50,6 +66,23 @@ STUDY_FEATURE_NAMES: tuple[str, ...] = (
     "grey_mean_mean",
     "glcm_contrast_d1_mean",
     "glcm_homogeneity_d1_mean",
+    # By cardiac phase (videos whose ECG gave every frame its phase): MR shows in systole, AR in diastole.
+    "systolic_jet_length_mm_max",  # the longest jet in a systolic frame: MR's length
+    "second_view_systolic_jet_mm",  # ... in a second view
+    "views_with_systolic_jet",  # distinct views with a video showing a jet in >= 2 systolic frames
+    "systolic_jet_cover_max",  # per video, the share of its systolic frames with a jet: pan-systolic near 1
+    "diastolic_jet_length_mm_max",  # AR's length
+    "views_with_diastolic_jet",
+    "diastolic_jet_cover_max",  # pan-diastolic near 1
+    "phase_known_fraction",  # share of the colour videos whose cardiac phase is known
+    # Continuous-wave spectral Doppler (the trace through each valve)
+    "mr_peak_velocity_m_s",  # mitral trace: fastest flow away from the probe (regurgitation)
+    "mr_systolic_cover",  # ... for what share of systole
+    "ms_mean_gradient_mmhg",  # mitral trace: mean gradient of the diastolic inflow (stenosis >= 4 mmHg)
+    "ar_peak_velocity_m_s",  # aortic trace: fastest flow towards the probe in diastole (regurgitation)
+    "ar_diastolic_cover",
+    "mitral_trace_read",  # 1 when a mitral trace was read
+    "aortic_trace_read",
 )
 
 
@@ -58,6 +91,29 @@ class AnalysedFrame:
     video_id: str
     view: str  # the view model's label for this frame
     features: Mapping[str, float]  # the frame's features by name
+    phase: float | None = None  # the frame's cardiac phase, when its video's is known
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One spectral Doppler video: the median of its frames' readings, by name, and the valve it is read as."""
+
+    video_id: str
+    readings: Mapping[str, float]
+
+    @property
+    def valve(self) -> str:
+        ejection = (
+            self.readings["away_fraction"] >= EJECTION_MIN_FRACTION
+            and self.readings["away_peak_cm_s"] < EJECTION_MAX_CM_S
+        )
+        return "aortic" if ejection else "mitral"
+
+    def cover(self, name: str, fraction: str, share: float) -> float:
+        """For what share of its phase a flow lasts: from the ECG when known, else its share of the screen over the
+        phase's usual share of the cycle."""
+        value = self.readings[name]
+        return value if value >= 0 else float(min(1.0, self.readings[fraction] / share))
 
 
 def _video_view(views: np.ndarray) -> str:
@@ -66,10 +122,59 @@ def _video_view(views: np.ndarray) -> str:
     return str(labels[int(np.argmax(counts))])
 
 
-def study_features(frames: Sequence[AnalysedFrame]) -> list[float]:
-    """Aggregate a study's analysed frames in STUDY_FEATURE_NAMES order; all zero without any."""
+def _by_phase(frames: Sequence[AnalysedFrame]) -> dict[str, float]:
+    """The jets of the frames whose phase is known, systolic and diastolic apart."""
+    out: dict[str, float] = {}
+    phased = [f for f in frames if f.phase is not None]
+    videos = {f.video_id for f in frames}
+    out["phase_known_fraction"] = len({f.video_id for f in phased}) / len(videos) if videos else 0.0
+    for name, in_phase in (("systolic", lambda p: p < SYSTOLE_END), ("diastolic", lambda p: p >= SYSTOLE_END)):
+        mine = [f for f in phased if in_phase(f.phase)]
+        per_view: dict[str, float] = {}
+        views_with_jet: set[str] = set()
+        cover = 0.0
+        for video in sorted({f.video_id for f in mine}):
+            frames_of = [f for f in mine if f.video_id == video]
+            jets = np.array([f.features["jet_length_mm"] for f in frames_of])
+            view = _video_view(np.array([f.view for f in frames_of]))
+            per_view[view] = max(per_view.get(view, 0.0), float(jets.max()))
+            cover = max(cover, float((jets >= JET_MIN_MM).mean()))
+            if int((jets >= JET_MIN_MM).sum()) >= JET_MIN_FRAMES:
+                views_with_jet.add(view)
+        lengths = sorted(per_view.values(), reverse=True)
+        out[f"{name}_jet_length_mm_max"] = lengths[0] if lengths else 0.0
+        out[f"views_with_{name}_jet"] = float(len(views_with_jet))
+        out[f"{name}_jet_cover_max"] = cover
+        if name == "systolic":
+            out["second_view_systolic_jet_mm"] = lengths[1] if len(lengths) > 1 else 0.0
+    return out
+
+
+def _traces(traces: Sequence[Trace]) -> dict[str, float]:
+    mitral = [t for t in traces if t.valve == "mitral"]
+    aortic = [t for t in traces if t.valve == "aortic"]
+    mr = max(mitral, key=lambda t: t.readings["away_peak_cm_s"], default=None)
+    ar = max(aortic, key=lambda t: t.readings["toward_peak_cm_s"], default=None)
+    return {
+        "mr_peak_velocity_m_s": mr.readings["away_peak_cm_s"] / 100.0 if mr else 0.0,
+        "mr_systolic_cover": mr.cover("systolic_away_cover", "away_fraction", SYSTOLE_END) if mr else 0.0,
+        "ms_mean_gradient_mmhg": float(np.median([t.readings["toward_mean_gradient_mmhg"] for t in mitral]))
+        if mitral
+        else 0.0,
+        "ar_peak_velocity_m_s": ar.readings["toward_peak_cm_s"] / 100.0 if ar else 0.0,
+        "ar_diastolic_cover": ar.cover("diastolic_toward_cover", "toward_fraction", 1 - SYSTOLE_END) if ar else 0.0,
+        "mitral_trace_read": float(bool(mitral)),
+        "aortic_trace_read": float(bool(aortic)),
+    }
+
+
+def study_features(frames: Sequence[AnalysedFrame], traces: Sequence[Trace] = ()) -> list[float]:
+    """Aggregate a study's analysed colour frames and spectral traces in STUDY_FEATURE_NAMES order; zero where a
+    study has none."""
+    values = {name: 0.0 for name in STUDY_FEATURE_NAMES}
+    values.update(_traces(traces))
     if not frames:
-        return [0.0] * len(STUDY_FEATURE_NAMES)
+        return [values[name] for name in STUDY_FEATURE_NAMES]
     missing = sorted({name for f in frames for name in FRAME_FEATURES_USED if name not in f.features})
     if missing:
         raise ValueError(f"frame features lack {', '.join(missing)}")
@@ -91,25 +196,30 @@ def study_features(frames: Sequence[AnalysedFrame]) -> list[float]:
         )
     plax = jets[frame_views == "plax"]
     per_view_max = sorted((float(jets[frame_views == v].max()) for v in np.unique(frame_views)), reverse=True)
-    values = {
-        "jet_length_mm_max": float(jets.max()),
-        "plax_jet_length_mm_max": float(plax.max()) if plax.size else 0.0,
-        "jet_length_mm_p75": float(np.percentile(jets, 75)),
-        "second_view_jet_length_mm": per_view_max[1] if len(per_view_max) > 1 else 0.0,
-        "views_with_jet": float(len({view for view, _, jet, _ in per_video if jet})),
-        "views_with_long_jet": float(len({view for view, _, _, long in per_video if long})),
-        "jet_cycle_fraction_max": max(share for _, share, _, _ in per_video),
-        "plax_jet_cycle_fraction_max": max((share for view, share, _, _ in per_video if view == "plax"), default=0.0),
-        "mosaic_area_mm2_max": float(column["mosaic_area_mm2"].max()),
-        "mosaic_area_mm2_mean": float(column["mosaic_area_mm2"].mean()),
-        "aliased_frame_fraction": float((column["mosaic_area_mm2"] > 0).mean()),
-        "velocity_peak_cm_s_max": float(column["velocity_peak_cm_s"].max()),
-        "velocity_mean_cm_s_mean": float(column["velocity_mean_cm_s"].mean()),
-        "flow_area_mm2_mean": float(column["flow_area_mm2"].mean()),
-        "grey_mean_mean": float(column["grey_mean"].mean()),
-        "glcm_contrast_d1_mean": float(column["glcm_contrast_d1"].mean()),
-        "glcm_homogeneity_d1_mean": float(column["glcm_homogeneity_d1"].mean()),
-    }
+    values.update(
+        {
+            "jet_length_mm_max": float(jets.max()),
+            "plax_jet_length_mm_max": float(plax.max()) if plax.size else 0.0,
+            "jet_length_mm_p75": float(np.percentile(jets, 75)),
+            "second_view_jet_length_mm": per_view_max[1] if len(per_view_max) > 1 else 0.0,
+            "views_with_jet": float(len({view for view, _, jet, _ in per_video if jet})),
+            "views_with_long_jet": float(len({view for view, _, _, long in per_video if long})),
+            "jet_cycle_fraction_max": max(share for _, share, _, _ in per_video),
+            "plax_jet_cycle_fraction_max": max(
+                (share for view, share, _, _ in per_video if view == "plax"), default=0.0
+            ),
+            "mosaic_area_mm2_max": float(column["mosaic_area_mm2"].max()),
+            "mosaic_area_mm2_mean": float(column["mosaic_area_mm2"].mean()),
+            "aliased_frame_fraction": float((column["mosaic_area_mm2"] > 0).mean()),
+            "velocity_peak_cm_s_max": float(column["velocity_peak_cm_s"].max()),
+            "velocity_mean_cm_s_mean": float(column["velocity_mean_cm_s"].mean()),
+            "flow_area_mm2_mean": float(column["flow_area_mm2"].mean()),
+            "grey_mean_mean": float(column["grey_mean"].mean()),
+            "glcm_contrast_d1_mean": float(column["glcm_contrast_d1"].mean()),
+            "glcm_homogeneity_d1_mean": float(column["glcm_homogeneity_d1"].mean()),
+        }
+    )
+    values.update(_by_phase(frames))
     return [values[name] for name in STUDY_FEATURE_NAMES]
 
 
@@ -217,11 +327,20 @@ def assemble_study(
         failed=status.count(pb.FRAME_STATUS_FAILED),
         missing=len(expected) - len(results),
     )
+    cycles = cardiac_cycles(manifest, results) if manifest is not None else []
+    phases = {c.video_id: c.phases for c in cycles if c.known}
+    done = [r for r in results if r.status == pb.FRAME_STATUS_ANALYSED]
     analysed = [
-        AnalysedFrame(r.key.video_id, r.view.label, dict(zip(r.features.names, r.features.values, strict=True)))
-        for r in results
-        if r.status == pb.FRAME_STATUS_ANALYSED
+        AnalysedFrame(
+            r.key.video_id,
+            r.view.label,
+            _named(r.features),
+            float(phases[r.key.video_id][r.key.frame_index]) if r.key.video_id in phases else None,
+        )
+        for r in done
+        if not r.features.feature_set.startswith("spectral")
     ]
+    traces = _video_traces([r for r in done if r.features.feature_set.startswith("spectral")])
     failed_videos = [v for v in manifest.videos if v.status == pb.VIDEO_STATUS_FAILED] if manifest else []
     reasons = [v.error for v in failed_videos]
     if manifest is None:
@@ -233,15 +352,15 @@ def assemble_study(
         reasons.append(f"{counts.failed} frames failed (first: {first.stage}: {first.reason})")
     if manifest is not None and len(failed_videos) == len(manifest.videos):
         completeness = pb.COMPLETENESS_FAILED
-    elif not analysed and not deadline_passed and manifest is not None:
+    elif not analysed and not traces and not deadline_passed and manifest is not None:
         completeness = pb.COMPLETENESS_FAILED
-        reasons.append("no colour Doppler frame could be analysed")
-    elif reasons or not analysed:
+        reasons.append("no colour or spectral Doppler frame could be analysed")
+    elif reasons or not (analysed or traces):
         completeness = pb.COMPLETENESS_INCOMPLETE
     else:
         completeness = pb.COMPLETENESS_COMPLETE
     features = pb.FeatureVector(
-        feature_set=STUDY_FEATURE_SET, names=STUDY_FEATURE_NAMES, values=study_features(analysed)
+        feature_set=STUDY_FEATURE_SET, names=STUDY_FEATURE_NAMES, values=study_features(analysed, traces)
     )
     study = pb.StudyFeatures(
         study_id=study_id,
@@ -253,10 +372,29 @@ def assemble_study(
         videos_failed=len(failed_videos),
         uploaded_at=manifest.uploaded_at if manifest else None,
     )
-    if manifest is not None:
-        study.cycles.extend(cardiac_cycles(manifest, results))
+    study.cycles.extend(cycles)
     study.assembled_at.GetCurrentTime()
     return study
+
+
+def _named(vector: pb.FeatureVector) -> dict[str, float]:
+    return dict(zip(vector.names, vector.values, strict=True))
+
+
+def _video_traces(results: list[pb.FrameResult]) -> list[Trace]:
+    """Per spectral video, the median of each reading over its frames (each frame shows the last seconds of trace)."""
+    by_video: dict[str, list[dict[str, float]]] = {}
+    for r in results:
+        by_video.setdefault(r.key.video_id, []).append(_named(r.features))
+    traces = []
+    for video_id, frames in sorted(by_video.items()):
+        missing = sorted({name for f in frames for name in TRACE_FEATURES_USED if name not in f})
+        if missing:
+            raise ValueError(f"spectral readings lack {', '.join(missing)}")
+        traces.append(
+            Trace(video_id, {name: float(np.median([f[name] for f in frames])) for name in TRACE_FEATURES_USED})
+        )
+    return traces
 
 
 def cardiac_cycles(manifest: pb.StudyManifest, results: list[pb.FrameResult]) -> list[pb.CardiacCycle]:

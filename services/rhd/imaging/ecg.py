@@ -48,7 +48,13 @@ class _Trace:
 
 
 def reading_message(reading: EcgReading) -> pb.EcgReading:
-    return pb.EcgReading(phase=reading.phase, systole=reading.systole, rr_px=reading.rr_px, beats=reading.beats)
+    return pb.EcgReading(
+        phase=reading.phase,
+        systole=reading.systole,
+        rr_px=reading.rr_px,
+        beats=reading.beats,
+        cursor_x=reading.cursor_x,
+    )
 
 
 def _trace(bgr: np.ndarray, hsv: np.ndarray | None, fan: np.ndarray | None) -> _Trace | None:

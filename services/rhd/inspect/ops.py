@@ -1,6 +1,7 @@
 """Doppler vs anatomical by colour inspection, inside the ultrasound fan only: a frame is Doppler when a few
 pixels of its fan are colour (a tiny jet is still Doppler); colour outside the fan (colour bar, ECG, text)
-does not count. The frame's cardiac phase is read from its ECG sweep on the way."""
+does not count. A frame of a spectral Doppler video (its calibration names a spectral region) is spectral: a trace,
+not an image of the heart. The frame's cardiac phase is read from its ECG sweep on the way."""
 
 from dataclasses import dataclass
 
@@ -14,12 +15,12 @@ DOPPLER_PIXELS_MIN = 12  # colour pixels inside the fan that make a frame colour
 FAN_MIN_FRACTION = 0.05  # a fan smaller than this share of the frame: no ultrasound image
 NOT_ECHO_FRACTION = 0.6  # colour over more of the fan than this: not an echo frame at all
 
-DOPPLER, ANATOMICAL, NO_IMAGE, NOT_ECHO = "doppler", "anatomical", "no_image", "not_echo"
+DOPPLER, ANATOMICAL, SPECTRAL, NO_IMAGE, NOT_ECHO = "doppler", "anatomical", "spectral", "no_image", "not_echo"
 
 
 @dataclass(frozen=True)
 class Inspection:
-    kind: str  # DOPPLER, ANATOMICAL, NO_IMAGE or NOT_ECHO
+    kind: str  # DOPPLER, ANATOMICAL, SPECTRAL, NO_IMAGE or NOT_ECHO
     colour_pixels: int  # saturated colour pixels inside the fan
     fan_pixels: int
     ecg: EcgReading | None = None  # the cardiac phase the frame's ECG sweep shows, when it shows one
@@ -38,16 +39,20 @@ class Inspection:
         return {
             DOPPLER: f"colour Doppler: {self.colour_pixels} colour pixels in the fan",
             ANATOMICAL: f"anatomical (B-mode): {self.colour_pixels} colour pixels in the fan < {DOPPLER_PIXELS_MIN}",
+            SPECTRAL: "spectral Doppler: the video's calibration has a spectral region",
             NO_IMAGE: f"no ultrasound image: the fan covers {self.fan_pixels} pixels",
             NOT_ECHO: f"not an echo frame: colour covers {self.colour_fraction:.0%} of the image",
         }[self.kind]
 
 
-def inspect(bgr: np.ndarray) -> Inspection:
+def inspect(bgr: np.ndarray, spectral: bool = False) -> Inspection:
+    """What the frame is; `spectral` when its video's calibration names a spectral Doppler region."""
     hsv = cv2.cvtColor(checked_frame(bgr), cv2.COLOR_BGR2HSV)
     colour = colour_pixels(hsv)
     if colour.mean() > NOT_ECHO_FRACTION:
         return Inspection(NOT_ECHO, int(colour.sum()), colour.size)
+    if spectral:  # no fan: the trace runs in its strip, the ECG below it
+        return Inspection(SPECTRAL, 0, 0, read_ecg(bgr, hsv, np.zeros(colour.shape, bool)))
     fan = fan_with_flow(hsv)
     fan_pixels, inside = int(fan.sum()), int((colour & fan).sum())
     ecg = read_ecg(bgr, hsv, fan)

@@ -1,19 +1,22 @@
-"""inspect: frames.decoded.v1 -> frames.doppler.v1 (colour Doppler); anatomical frames end as skipped."""
+"""inspect: frames.decoded.v1 -> frames.doppler.v1 (colour Doppler) or frames.spectral.v1 (spectral Doppler);
+anatomical frames end as skipped."""
 
 from rhd.imaging.codec import frame_image
 from rhd.imaging.ecg import reading_message
-from rhd.inspect.ops import NOT_ECHO, inspect
+from rhd.inspect.ops import NOT_ECHO, SPECTRAL, inspect
 from rhd.runtime.records import Output, frame_result
 from rhd.runtime.stage import Position, StageService
-from rhd.runtime.topics import FRAMES_DECODED, FRAMES_DOPPLER
+from rhd.runtime.topics import FRAMES_DECODED, FRAMES_DOPPLER, FRAMES_SPECTRAL
 from rhd.v1 import rhd_pb2 as pb
 
 
 class Inspect(StageService, name="inspect", input_topic=FRAMES_DECODED, input_type=pb.Frame):
     def handle(self, frame: pb.Frame, at: Position) -> list[Output]:
-        result = inspect(frame_image(frame))
+        result = inspect(frame_image(frame), spectral=any(r.spatial_format == "spectral" for r in frame.regions))
         if result.ecg is not None:
             frame.ecg.CopyFrom(reading_message(result.ecg))
+        if result.kind == SPECTRAL:
+            return [Output(FRAMES_SPECTRAL, frame.key.video_id, frame)]
         if result.doppler:
             doppler = pb.DopplerFrame(frame=frame, colour_fraction=result.colour_fraction)
             return [Output(FRAMES_DOPPLER, frame.key.video_id, doppler)]

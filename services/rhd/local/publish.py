@@ -6,6 +6,8 @@ import json
 import uuid
 from pathlib import Path
 
+from google.protobuf import json_format
+
 from rhd.runtime import kafka
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import now
@@ -36,6 +38,8 @@ def upload_from_dir(study_dir: Path, blobs: BlobStore, max_message_bytes: int) -
             filename=video["filename"],
             sha256=hashlib.sha256(data).hexdigest(),
             size_bytes=len(data),
+            # The scanner's calibrated regions (a spectral trace's baseline and scale), named as the proto names them.
+            regions=[json_format.ParseDict(r, pb.UltrasoundRegion()) for r in video.get("regions", [])],
         )
         if len(data) <= budget:
             ref.inline_data = data

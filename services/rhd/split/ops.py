@@ -3,7 +3,7 @@ metadata the analysis may use (the rest, identifying, stays behind)."""
 
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -86,8 +86,10 @@ def video_frames(
     decoded: DecodedVideo,
     scan: Acquisition,
     pixels: Callable[[np.ndarray], dict[str, bytes]],
+    regions: Sequence[pb.UltrasoundRegion] = (),
 ) -> list[pb.Frame]:
-    """One Frame per decoded frame, keyed for frame accounting, its pixels packed by `pixels` (raw or PNG)."""
+    """One Frame per decoded frame, keyed for frame accounting, its pixels packed by `pixels` (raw or PNG), with the
+    video's calibrated regions."""
     frames = []
     for index, image in enumerate(decoded.frames):
         key = pb.FrameKey(
@@ -104,6 +106,7 @@ def video_frames(
             fps=decoded.fps,
             pixel_spacing_mm=scan.pixel_spacing_mm,
             nyquist_cm_s=scan.nyquist_cm_s,
+            regions=regions,
             **pixels(image),
         )
         frame.decoded_at.GetCurrentTime()

@@ -30,7 +30,7 @@ class Split(StageService, name="split", input_topic=STUDIES_UPLOADED, input_type
             try:
                 data = video.inline_data if video.HasField("inline_data") else self.blobs.get(video.blob_uri)
                 decoded = decode_video(data)
-                frames = video_frames(upload, video.video_id, decoded, scan, self.pixels)
+                frames = video_frames(upload, video.video_id, decoded, scan, self.pixels, video.regions)
             except (VideoDecodeError, ValueError, FileNotFoundError) as exc:
                 outputs.append(self._failed(upload, video, exc, manifest))
                 continue

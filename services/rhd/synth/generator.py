@@ -19,26 +19,41 @@ import cv2
 import numpy as np
 
 from rhd.labels import CLASSES, VIEWS
-from rhd.synth import overlays
+from rhd.synth import overlays, spectral
 from rhd.synth.criteria import DiseaseKnobs, Valves, findings, sample_valves, whf_label
-from rhd.synth.render import SYSTOLE_END, VIEW_GEOMETRY, FrameTruth, JetScene, Pose, Scene, render_frame
+from rhd.synth.render import (
+    SYSTOLE_END,
+    VIEW_GEOMETRY,
+    FrameTruth,
+    JetScene,
+    Pose,
+    Scene,
+    render_frame,
+    spectral_inflow_cm_s,
+    spectral_jets,
+)
 
 assert tuple(VIEW_GEOMETRY) == VIEWS, "the renderer draws exactly the standard views"
 
 PROVAR_PREVALENCE = (0.951, 0.042, 0.007)  # normal, borderline, definite
-# The screening protocol in order of priority: a study with fewer videos keeps the first ones.
-PROTOCOL: tuple[tuple[str, bool, str], ...] = (
-    ("plax", True, "mitral"),
-    ("a4c", True, "mitral"),
-    ("plax", False, "mitral"),
-    ("psax", True, "mitral"),
-    ("a5c", True, "aortic"),
-    ("plax", True, "aortic"),
-    ("a4c", False, "mitral"),
-    ("psax", False, "mitral"),
-    ("a5c", False, "mitral"),
-    ("a5c", True, "mitral"),
+# The screening protocol in order of priority, as (view, mode, valve under the colour box or CW cursor); mode is
+# "bmode", "colour" (colour Doppler) or "cw" (continuous-wave spectral Doppler). A study with fewer videos keeps the
+# first ones.
+PROTOCOL: tuple[tuple[str, str, str], ...] = (
+    ("plax", "colour", "mitral"),
+    ("a4c", "colour", "mitral"),
+    ("plax", "bmode", "mitral"),
+    ("psax", "colour", "mitral"),
+    ("a5c", "colour", "aortic"),
+    ("plax", "colour", "aortic"),
+    ("a4c", "cw", "mitral"),
+    ("a5c", "cw", "aortic"),
+    ("a4c", "bmode", "mitral"),
+    ("psax", "bmode", "mitral"),
+    ("a5c", "bmode", "mitral"),
+    ("a5c", "colour", "mitral"),
 )
+MODES = ("bmode", "colour", "cw")
 MR_VIEWS = ("plax", "a4c", "psax", "a5c")  # views whose colour box over the mitral valve can show MR
 AR_VIEWS = ("plax", "a5c")  # views with the aortic valve in plane
 DEVICES = ("Vscan Extend R2", "Vivid iq", "Lumify S4-1", "SonoSite M-Turbo")
@@ -227,15 +242,15 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 
 
-def _protocol(rng: np.random.Generator, config: SynthConfig) -> list[tuple[str, bool, str]]:
+def _protocol(rng: np.random.Generator, config: SynthConfig) -> list[tuple[str, str, str]]:
     n = config.videos_per_study
     chosen = list(PROTOCOL[:n])
     mix = np.asarray(config.view_mix, float)
     for _ in range(n - len(chosen)):
         view = VIEWS[int(rng.choice(len(VIEWS), p=mix / mix.sum()))]
-        colour = bool(rng.random() < config.colour_share)
+        mode = "colour" if rng.random() < config.colour_share else "bmode"
         target = "aortic" if view in AR_VIEWS and rng.random() < 0.3 else "mitral"
-        chosen.append((view, colour, target))
+        chosen.append((view, mode, target))
     return [chosen[i] for i in rng.permutation(n)]  # operators do not record in protocol order
 
 
@@ -290,10 +305,13 @@ def make_study(study_id: str, label: str, rng: np.random.Generator, config: Synt
     text_colour = overlays.YELLOW if acquisition["text_colour"] == "yellow" else overlays.WHITE
     mitral, aortic = valves.mitral, valves.aortic
     videos = []
-    for j, (view, colour, target) in enumerate(_protocol(rng, config)):
+    for j, (view, mode, target) in enumerate(_protocol(rng, config)):
+        colour, cw = mode == "colour", mode == "cw"
         quality = "good"
         roll = rng.random()
-        if roll < config.off_axis_rate:
+        if cw:
+            pass  # a spectral trace has no image of the heart to be off axis or in a poor window
+        elif roll < config.off_axis_rate:
             quality = "off_axis"
         elif roll < config.off_axis_rate + config.poor_quality_rate:
             quality = "poor"
@@ -312,11 +330,24 @@ def make_study(study_id: str, label: str, rng: np.random.Generator, config: Synt
                 float(rng.uniform(0.95, 1.05)),
             )
         gain = acquisition["gain"] * float(rng.uniform(0.9, 1.1)) * (0.55 if quality == "poor" else 1.0)
-        mr = _jet_in_view(valves.mr, acquisition["mr_views"], view, rng, config, acquisition["mr_late"])
-        ar = _jet_in_view(valves.ar, acquisition["ar_views"], view, rng, config, acquisition["ar_late"])
+        if cw:  # the cursor through the valve catches its jet whatever the views the colour shows it in
+            mr = (
+                _jet_in_view(valves.mr, [view], view, rng, config, acquisition["mr_late"])
+                if valves.mr.views_seen
+                else None
+            )
+            ar = (
+                _jet_in_view(valves.ar, [view], view, rng, config, acquisition["ar_late"])
+                if valves.ar.views_seen
+                else None
+            )
+        else:
+            mr = _jet_in_view(valves.mr, acquisition["mr_views"], view, rng, config, acquisition["mr_late"])
+            ar = _jet_in_view(valves.ar, acquisition["ar_views"], view, rng, config, acquisition["ar_late"])
         scene = Scene(
             view=view,
             colour=colour,
+            spectral=target if cw else None,
             target=target,
             quality=quality,
             pose=pose,
@@ -327,7 +358,7 @@ def make_study(study_id: str, label: str, rng: np.random.Generator, config: Synt
             nyquist_cm_s=acquisition["nyquist_cm_s"],
             wall_filter=config.wall_filter,
             chamber_flow=config.chamber_flow,
-            colour_bar=bool(not colour and rng.random() < config.bmode_colour_bar_rate),
+            colour_bar=bool(mode == "bmode" and rng.random() < config.bmode_colour_bar_rate),
             leaflet_mm=mitral.amvl_thickness_mm,
             mitral_restricted=mitral.restricted_motion,
             mitral_tip_excess=mitral.excessive_tip_motion,
@@ -336,9 +367,10 @@ def make_study(study_id: str, label: str, rng: np.random.Generator, config: Synt
             aortic_restricted=aortic.restricted_motion,
             aortic_prolapse=aortic.prolapse,
             inflow_cm_s=acquisition["inflow_cm_s"],
+            ms_mean_gradient_mmhg=valves.ms_mean_gradient_mmhg,
             outflow_cm_s=acquisition["outflow_cm_s"],
-            mr=mr if colour and target == "mitral" else None,
-            ar=ar if colour and target == "aortic" else None,
+            mr=mr if (colour or cw) and target == "mitral" else None,
+            ar=ar if (colour or cw) and target == "aortic" else None,
             heart_rate_bpm=acquisition["heart_rate_bpm"],
             text_lines=text,
             device_lines=device,
@@ -408,6 +440,29 @@ def _frame_record(truth: FrameTruth, phase: float) -> dict:
     }
 
 
+def _spectral_truth(scene: Scene) -> dict | None:
+    """What a spectral video shows, as a reader would measure it on the trace."""
+    if scene.spectral is None:
+        return None
+    mr, ar = spectral_jets(scene)
+    stenosis = scene.ms_mean_gradient_mmhg > 0
+    return {
+        "valve": scene.spectral,
+        "mr_peak_m_s": round(mr[0] / 100.0, 3) if mr else 0.0,
+        "mr_duration": mr[1] if mr else 0.0,
+        "ar_peak_m_s": round(ar[0] / 100.0, 3) if ar else 0.0,
+        "ar_duration": ar[1] if ar else 0.0,
+        "mean_gradient_mmhg": round(spectral.mean_gradient_mmhg(spectral_inflow_cm_s(scene), stenosis), 3)
+        if scene.spectral == "mitral"
+        else 0.0,
+        "outflow_peak_m_s": round(scene.outflow_cm_s / 100.0, 3) if scene.spectral == "aortic" else 0.0,
+    }
+
+
+def video_mode(scene: Scene) -> str:
+    return "cw" if scene.spectral else "colour" if scene.colour else "bmode"
+
+
 def _video_truth(video: Video, step: float) -> dict:
     scene = video.scene
     return {
@@ -415,6 +470,8 @@ def _video_truth(video: Video, step: float) -> dict:
         "view": scene.view,
         "view_class": scene.view_class,
         "quality": scene.quality,
+        "mode": video_mode(scene),
+        "spectral": _spectral_truth(scene),
         "doppler": scene.colour,
         "colour_box": scene.target if scene.colour else None,
         "frame_count": len(video.frames),
@@ -451,7 +508,11 @@ def write_study(study: Study, out_dir: Path) -> Path:
                 writer.write(frame)
         finally:
             writer.release()
-        entries.append({"video_id": video.video_id, "filename": filename})
+        entry = {"video_id": video.video_id, "filename": filename}
+        if video.scene.spectral:
+            # As DICOM's Sequence of Ultrasound Regions calibrates a spectral trace.
+            entry["regions"] = [spectral.region(config.height, config.width, video.scene.spectral).as_dict()]
+        entries.append(entry)
         if video.scene.colour:
             _write_npz(
                 truth_folder / f"{video.video_id}.npz",

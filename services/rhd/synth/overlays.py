@@ -50,20 +50,27 @@ def ecg_wave(phase: np.ndarray) -> np.ndarray:
     return qrs + t_wave + p_wave
 
 
+def sweep_columns(
+    x0: int, x1: int, phase: float, beats_on_screen: float, s: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A sweep display's columns x0..x1: the cardiac phase (in beats) each shows and whether it is visible. A cursor
+    moves left to right, overwriting the oldest trace, with a gap at the cursor: each column shows the beat it was
+    last swept at, behind the cursor this sweep, ahead of it the previous one."""
+    xs = np.arange(x0, x1)
+    cursor = x0 + (phase / beats_on_screen % 1.0) * (x1 - x0)
+    behind = (cursor - xs) / (x1 - x0) * beats_on_screen
+    ahead = xs > cursor
+    return xs, phase - behind - ahead * beats_on_screen, np.abs(xs - cursor) > 4 * s
+
+
 def draw_ecg(image: np.ndarray, phase: float, beats_on_screen: float, colour: tuple = GREEN) -> dict:
     """The ECG along the bottom: a sweep that overwrites the oldest trace, with a gap at the cursor."""
     h, w = image.shape[:2]
     s = h / 240.0
     x0, x1 = round(24 * s), w - round(24 * s)
     baseline, amplitude = h - round(6 * s), 11 * s
-    xs = np.arange(x0, x1)
-    cursor = x0 + (phase / beats_on_screen % 1.0) * (x1 - x0)
-    # Each column shows the beat it was last swept at: behind the cursor this sweep, ahead the previous one.
-    behind = (cursor - xs) / (x1 - x0) * beats_on_screen
-    ahead = xs > cursor
-    beat_phase = phase - behind - ahead * beats_on_screen
+    xs, beat_phase, visible = sweep_columns(x0, x1, phase, beats_on_screen, s)
     ys = baseline - amplitude * ecg_wave(beat_phase)
-    visible = np.abs(xs - cursor) > 4 * s
     points = np.stack([xs, ys], axis=1).round().astype(np.int32)
     segments = np.split(points, np.nonzero(np.diff(visible.astype(np.int8)))[0] + 1)
     drawn = [seg for seg in segments if len(seg) > 1 and visible[seg[0][0] - x0]]

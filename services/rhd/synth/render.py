@@ -9,7 +9,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from rhd.synth import doppler, overlays
+from rhd.synth import doppler, overlays, spectral
 
 # Everything is laid out on a 320 x 240 reference frame (apex at the top centre) and scaled by height / 240.
 REF_HEIGHT = 240.0
@@ -120,6 +120,7 @@ class Scene:
 
     view: str
     colour: bool = False  # colour Doppler mode
+    spectral: str | None = None  # continuous-wave spectral Doppler through this valve ("mitral" or "aortic")
     target: str = "mitral"  # valve under the colour box: "mitral" or "aortic"
     quality: str = "good"
     pose: Pose = Pose()
@@ -139,6 +140,7 @@ class Scene:
     aortic_restricted: bool = False
     aortic_prolapse: bool = False
     inflow_cm_s: float = 80.0
+    ms_mean_gradient_mmhg: float = 0.0  # mitral stenosis: the spectral inflow's mean gradient
     outflow_cm_s: float = 90.0
     mr: JetScene | None = None
     ar: JetScene | None = None
@@ -487,6 +489,8 @@ def render_frame(scene: Scene, phase: float, rng: np.random.Generator) -> tuple[
     if scene.quality not in QUALITIES:
         raise ValueError(f"unknown quality {scene.quality!r}; expected one of {QUALITIES}")
     h, w = scene.height, scene.width
+    if scene.spectral is not None:
+        return _render_spectral(scene, sweep, rng)
     place = _Placer(h, w, scene.pose)
     echo, blood = _draw_anatomy(scene, phase, place)
     image = cv2.cvtColor(_grey(scene, echo, rng, place), cv2.COLOR_GRAY2BGR)
@@ -529,6 +533,15 @@ def render_frame(scene: Scene, phase: float, rng: np.random.Generator) -> tuple[
                 image, apex(h, w), SECTOR_HALF_ANGLE_DEG, SECTOR_RADIUS * _scale(h), scene.pixel_spacing_mm
             )
         )
+    drawn += _overlays(scene, image, sweep)
+    truth = FrameTruth(scene.view, scene.view_class, scene.colour, flow, jet, velocity, mr_mm, ar_mm, drawn)
+    return image, truth
+
+
+def _overlays(scene: Scene, image: np.ndarray, sweep: float) -> list[dict]:
+    """Text at the top left and right, and the ECG sweep along the bottom; their boxes."""
+    h, w = scene.height, scene.width
+    drawn: list[dict] = []
     if scene.text_lines:
         drawn += overlays.draw_text_block(image, list(scene.text_lines), (round(4 * _scale(h)), 0), scene.text_colour)
     if scene.device_lines:
@@ -540,7 +553,50 @@ def render_frame(scene: Scene, phase: float, rng: np.random.Generator) -> tuple[
             align_right=True,
         )
     if scene.ecg:
-        beats_on_screen = 2.5 * scene.heart_rate_bpm / 60.0  # a 2.5 s sweep
-        drawn.append(overlays.draw_ecg(image, sweep, beats_on_screen))
-    truth = FrameTruth(scene.view, scene.view_class, scene.colour, flow, jet, velocity, mr_mm, ar_mm, drawn)
+        drawn.append(overlays.draw_ecg(image, sweep, _beats_on_screen(scene)))
+    return drawn
+
+
+def _beats_on_screen(scene: Scene) -> float:
+    return spectral.SWEEP_S * scene.heart_rate_bpm / 60.0
+
+
+def spectral_jets(scene: Scene) -> tuple[tuple[float, float, bool] | None, tuple[float, float, bool] | None]:
+    """The MR and AR a spectral scene shows: (peak cm/s, duration share, late), or None."""
+    mr = (scene.mr.peak_cm_s, scene.mr.duration, scene.mr.late) if scene.mr else None
+    ar = (scene.ar.peak_cm_s, scene.ar.duration, scene.ar.late) if scene.ar else None
+    return mr, ar
+
+
+def spectral_inflow_cm_s(scene: Scene) -> float:
+    """The mitral inflow's peak: the stenosis's when there is one, else the scene's normal inflow."""
+    if scene.ms_mean_gradient_mmhg > 0:
+        return spectral.inflow_peak_for_gradient(scene.ms_mean_gradient_mmhg)
+    return scene.inflow_cm_s
+
+
+def _render_spectral(scene: Scene, sweep: float, rng: np.random.Generator) -> tuple[np.ndarray, FrameTruth]:
+    """A continuous-wave spectral Doppler frame: the spectrum sweeping in step with the ECG, the usual text."""
+    h, w = scene.height, scene.width
+    if scene.spectral not in spectral.VALVES:
+        raise ValueError(f"unknown spectral valve {scene.spectral!r}; expected one of {spectral.VALVES}")
+    image = np.zeros((h, w, 3), np.uint8)
+    strip = spectral.region(h, w, scene.spectral)
+    _, beat_phase, visible = overlays.sweep_columns(strip.x0, strip.x1, sweep, _beats_on_screen(scene), h / 240.0)
+    mr, ar = spectral_jets(scene)
+    toward, away = spectral.velocities(
+        beat_phase,
+        scene.spectral,
+        SYSTOLE_END,
+        spectral_inflow_cm_s(scene),
+        scene.ms_mean_gradient_mmhg > 0,
+        scene.outflow_cm_s,
+        mr,
+        ar,
+    )
+    spectral.draw_spectrum(image, strip, beat_phase, visible, toward, away, scene.gain, rng)
+    drawn = [{"kind": "spectral", "text": "", "box": [strip.x0, strip.y0, strip.x1, strip.y1]}]
+    drawn += _overlays(scene, image, sweep)
+    empty = np.zeros((h, w), bool)
+    truth = FrameTruth(scene.view, scene.view_class, False, empty, empty, np.zeros((h, w), np.float32), 0.0, 0.0, drawn)
     return image, truth
