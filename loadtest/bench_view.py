@@ -45,6 +45,8 @@ def generated_frames(n: int, workdir: Path) -> np.ndarray:
     while len(frames) < n:
         for study in synth_studies(seed, 1, workdir / str(seed), SynthConfig(videos_per_study=6, duration_s=(1, 1))):
             for video in load_truth(study)["videos"]:
+                if video["mode"] == "cw":
+                    continue  # spectral traces never reach the view model
                 frames += decode_video((study / f"{video['video_id']}.mp4").read_bytes()).frames
         seed += 1
     return np.stack(frames[:n])

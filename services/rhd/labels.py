@@ -9,3 +9,44 @@ VIEW_CLASSES: tuple[str, ...] = (*VIEWS, "other")
 
 # Study classes by the World Heart Federation 2012 criteria, in the classifier's order.
 CLASSES: tuple[str, ...] = ("normal", "borderline", "definite")
+
+# The WHF 2012 criteria a study's class is decided by (age <= 20), each a yes or no: pathological mitral and aortic
+# regurgitation (all four of length, views, velocity, duration), mitral stenosis (mean gradient >= 4 mmHg), and >= 2
+# morphological features of the mitral and of the aortic valve.
+CRITERIA: tuple[str, ...] = (
+    "pathological_mr",
+    "pathological_ar",
+    "mitral_stenosis",
+    "mitral_features",
+    "aortic_features",
+)
+
+
+def whf_routes(met: dict[str, bool]) -> tuple[list[str], list[str]]:
+    """(Definite routes met, Borderline routes met) by the WHF 2012 rules, named by the guideline's letters, from
+    which of CRITERIA are met. The one statement of the rules: the generator labels by it, diagnose decides by it."""
+    path_mr, path_ar, stenosis = met["pathological_mr"], met["pathological_ar"], met["mitral_stenosis"]
+    mv_features, av_features = met["mitral_features"], met["aortic_features"]
+    definite = []
+    if path_mr and mv_features:
+        definite.append("Definite A: pathological MR + >= 2 MV features")
+    if stenosis:
+        definite.append("Definite B: MS mean gradient >= 4 mmHg")
+    if path_ar and av_features:
+        definite.append("Definite C: pathological AR + >= 2 AV features")
+    if (path_mr or mv_features) and path_ar:
+        definite.append("Definite D: borderline disease of both aortic and mitral valves")
+    borderline = []
+    if mv_features and not path_mr and not stenosis:
+        borderline.append("Borderline A: >= 2 MV features without pathological MR or MS")
+    if path_mr:
+        borderline.append("Borderline B: pathological MR")
+    if path_ar:
+        borderline.append("Borderline C: pathological AR")
+    return definite, borderline
+
+
+def whf_class(met: dict[str, bool]) -> str:
+    """ "normal" | "borderline" | "definite" from which of CRITERIA are met."""
+    definite, borderline = whf_routes(met)
+    return "definite" if definite else "borderline" if borderline else "normal"

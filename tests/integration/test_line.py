@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from conftest import missing_tool
+from rhd.labels import CRITERIA
 from rhd.local.broker import free_port
 from rhd.local.demo import corrupt_one_video
 from rhd.local.publish import publish_uploads, upload_from_dir
@@ -122,7 +123,7 @@ def line(tmp_path_factory):
         blob_dir=workdir / "blobs", models_dir=ROOT / "models", study_deadline_s=90.0, model_retry_for_s=20.0
     )
     studies = synth_studies(
-        5, 4, workdir / "studies", SynthConfig(videos_per_study=4, duration_s=(1.0, 1.0)), balanced=True
+        5, 4, workdir / "studies", SynthConfig(videos_per_study=8, duration_s=(1.0, 1.0)), balanced=True
     )
     # A study whose last video is truncated, and one whose only video is not a video at all.
     corrupt_one_video(studies[2])
@@ -209,6 +210,21 @@ def test_every_decoded_videos_cardiac_phase_is_known_per_frame_within_two_percen
     assert checked > 300
 
 
+def test_the_spectral_traces_are_read_in_the_line_as_the_valves_truth_has_them(line):
+    """Each good study's two continuous-wave traces reach assemble through inspect and the spectral stage: the
+    mitral one gives MR's peak velocity and the inflow's mean gradient, the aortic one AR's, within 0.3 m/s and
+    0.5 mmHg of the generator's truth."""
+    progress = line["progress"]
+    for study_dir in (line["dirs"][0], line["dirs"][1], line["dirs"][3]):
+        (study,) = progress.studies[study_dir.name]
+        f = dict(zip(study.features.names, study.features.values, strict=True))
+        assert (f["mitral_trace_read"], f["aortic_trace_read"]) == (1.0, 1.0), study_dir.name
+        truth = {v["spectral"]["valve"]: v["spectral"] for v in load_truth(study_dir)["videos"] if v["spectral"]}
+        assert abs(f["mr_peak_velocity_m_s"] - truth["mitral"]["mr_peak_m_s"]) <= 0.3
+        assert abs(f["ms_mean_gradient_mmhg"] - truth["mitral"]["mean_gradient_mmhg"]) <= 0.5
+        assert abs(f["ar_peak_velocity_m_s"] - truth["aortic"]["ar_peak_m_s"]) <= 0.3
+
+
 def test_good_studies_are_complete_with_probabilities(line):
     progress = line["progress"]
     for study in (line["studies"][0], line["studies"][1], line["studies"][3]):
@@ -216,7 +232,19 @@ def test_good_studies_are_complete_with_probabilities(line):
         assert d.completeness == pb.COMPLETENESS_COMPLETE, d.reason
         assert d.label != pb.LABEL_UNSPECIFIED
         assert sum(d.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-        assert d.model_version == "study/1" and d.evidence
+        assert d.model_version == "study/1"
+        # Every WHF criterion's estimate, with the measurements it rests on; the evidence names those of the likely.
+        assert [c.criterion for c in d.criteria] == list(CRITERIA)
+        assert dict(d.criteria[0].measurements).keys() == {
+            "systolic_jet_length_mm_max",
+            "views_with_systolic_jet",
+            "mr_peak_velocity_m_s",
+            "mr_systolic_cover",
+        }
+        likely = {c.criterion for c in d.criteria if c.met}
+        assert all(e.contribution >= 0.5 for e in d.evidence) and bool(d.evidence) == bool(
+            likely - {"mitral_features", "aortic_features"}
+        )
 
 
 def test_truncated_video_is_dead_lettered_and_its_study_incomplete(line):

@@ -70,3 +70,29 @@ def test_metrics_precision_at_prevalence_and_intervals(tmp_path):
     text = path.read_text()
     assert "| definite | 1.000 (1.000-1.000) | >= 0.95 met |" in text
     assert (tmp_path / "report-confusion.png").stat().st_size > 0 and (tmp_path / "report-curves.png").exists()
+
+
+def test_criteria_combine_into_classes_by_the_whf_rules():
+    from rhd.diagnose.ops import class_probabilities
+    from rhd.labels import CRITERIA, whf_class
+
+    none = dict.fromkeys(CRITERIA, 0.0)
+    assert class_probabilities(none) == pytest.approx({"normal": 1.0, "borderline": 0.0, "definite": 0.0})
+    # Certain criteria give their class exactly; each WHF route once.
+    for met, label in (
+        ({"pathological_mr": 1.0}, "borderline"),
+        ({"pathological_mr": 1.0, "mitral_features": 1.0}, "definite"),
+        ({"mitral_stenosis": 1.0}, "definite"),
+        ({"pathological_ar": 1.0}, "borderline"),
+        ({"pathological_ar": 1.0, "aortic_features": 1.0}, "definite"),
+        ({"pathological_ar": 1.0, "mitral_features": 1.0}, "definite"),
+        ({"mitral_features": 1.0}, "borderline"),
+        ({"aortic_features": 1.0}, "normal"),
+    ):
+        p = class_probabilities({**none, **met})
+        assert p[label] == pytest.approx(1.0), (met, p)
+        assert whf_class({c: met.get(c, 0.0) == 1.0 for c in CRITERIA}) == label
+    # Uncertain ones mix: P(MR) 0.5 and certain >= 2 mitral features: half Definite A, half Borderline A.
+    p = class_probabilities({**none, "pathological_mr": 0.5, "mitral_features": 1.0})
+    assert p == pytest.approx({"normal": 0.0, "borderline": 0.5, "definite": 0.5})
+    assert sum(class_probabilities(dict.fromkeys(CRITERIA, 0.3)).values()) == pytest.approx(1.0)

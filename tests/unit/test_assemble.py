@@ -2,7 +2,16 @@
 
 import numpy as np
 import pytest
-from rhd.assemble.ops import STUDY_FEATURE_NAMES, AnalysedFrame, Assembler, study_features
+from rhd.assemble.ops import (
+    FRAME_FEATURES_USED,
+    STUDY_FEATURE_NAMES,
+    TRACE_FEATURES_USED,
+    AnalysedFrame,
+    Assembler,
+    Trace,
+    assemble_study,
+    study_features,
+)
 from rhd.features.ops import FEATURE_NAMES
 from rhd.v1 import rhd_pb2 as pb
 
@@ -176,3 +185,72 @@ def test_each_decoded_videos_cardiac_cycle_is_fitted_from_its_frames_readings_or
     assert np.abs(np.array(v0.phases) - true_phase).max() < 1e-5 and len(v0.phases) == 24
     assert v0.frames_read == 19  # frames 0, 5, 10, 15 and 20 unread
     assert v1.video_id == "V1" and not v1.known and "0 of 10 frames" in v1.reason and not v1.phases
+
+
+def _phased(video, view, jets, phases):
+    return [
+        AnalysedFrame(video, view, {**dict.fromkeys(FRAME_FEATURES_USED, 0.0), "jet_length_mm": j}, p)
+        for j, p in zip(jets, phases, strict=True)
+    ]
+
+
+def test_jets_are_split_by_cardiac_phase_mr_in_systole_ar_in_diastole():
+    # A PLAX video: a 24 mm jet in all three systolic frames, a 12 mm jet in one of three diastolic ones; an A4C video
+    # with a 15 mm systolic jet in 2 of 3 systolic frames; a video without an ECG counts for neither.
+    frames = (
+        _phased("V0", "plax", [24, 24, 24, 12, 0, 0], [0.05, 0.2, 0.35, 0.5, 0.7, 0.9])
+        + _phased("V1", "a4c", [15, 15, 0, 0], [0.1, 0.2, 0.3, 0.6])
+        + _phased("V2", "psax", [30, 30], [None, None])
+    )
+    f = dict(zip(STUDY_FEATURE_NAMES, study_features(frames), strict=True))
+    assert f["systolic_jet_length_mm_max"] == 24 and f["second_view_systolic_jet_mm"] == 15
+    assert f["views_with_systolic_jet"] == 2 and f["systolic_jet_cover_max"] == 1.0
+    assert f["diastolic_jet_length_mm_max"] == 12 and f["views_with_diastolic_jet"] == 0
+    assert f["diastolic_jet_cover_max"] == pytest.approx(1 / 3)
+    assert f["phase_known_fraction"] == pytest.approx(2 / 3)
+    assert f["jet_length_mm_max"] == 30  # the phase-blind features still see every frame
+
+
+def _trace(away_peak, away_fraction, toward_peak=0.0, gradient=0.0, systolic_cover=-1.0, diastolic_cover=-1.0):
+    return Trace(
+        "T",
+        {
+            "toward_peak_cm_s": toward_peak,
+            "away_peak_cm_s": away_peak,
+            "toward_mean_gradient_mmhg": gradient,
+            "toward_fraction": 0.3,
+            "away_fraction": away_fraction,
+            "systolic_away_cover": systolic_cover,
+            "diastolic_toward_cover": diastolic_cover,
+        },
+    )
+
+
+def test_a_trace_is_aortic_when_it_shows_the_systolic_ejection_and_mitral_otherwise():
+    assert _trace(away_peak=110, away_fraction=0.35).valve == "aortic"
+    assert _trace(away_peak=420, away_fraction=0.4).valve == "mitral"  # regurgitation, not ejection
+    assert _trace(away_peak=0, away_fraction=0.0).valve == "mitral"  # nothing in systole: the mitral inflow's trace
+    mitral = _trace(away_peak=380, away_fraction=0.3, toward_peak=150, gradient=6.0, systolic_cover=0.95)
+    aortic = _trace(away_peak=100, away_fraction=0.35, toward_peak=350, diastolic_cover=0.5)
+    f = dict(zip(STUDY_FEATURE_NAMES, study_features([], [mitral, aortic]), strict=True))
+    assert (f["mr_peak_velocity_m_s"], f["mr_systolic_cover"], f["ms_mean_gradient_mmhg"]) == (3.8, 0.95, 6.0)
+    # Without an ECG the cover is the share of the screen over the phase's usual share of the cycle.
+    assert f["ar_peak_velocity_m_s"] == 3.5 and f["ar_diastolic_cover"] == 0.5
+    assert (f["mitral_trace_read"], f["aortic_trace_read"]) == (1.0, 1.0)
+    assert _trace(300, 0.21).cover("systolic_away_cover", "away_fraction", 0.42) == pytest.approx(0.5)
+
+
+def test_a_study_of_spectral_traces_only_is_still_analysed():
+    m = pb.StudyManifest(study_id="S1")
+    m.videos.add(video_id="V0", status=pb.VIDEO_STATUS_DECODED, frame_count=1)
+    names = list(TRACE_FEATURES_USED) + ["phase_known"]
+    values = [300.0, 120.0, 1.0, 0.3, 0.35, -1.0, -1.0, 0.0]
+    r = pb.FrameResult(
+        key=pb.FrameKey(study_id="S1", video_id="V0", frame_index=0),
+        status=pb.FRAME_STATUS_ANALYSED,
+        features=pb.FeatureVector(feature_set="spectral-v1", names=names, values=values),
+    )
+    study = assemble_study("S1", m, [r], deadline_passed=False)
+    assert study.completeness == pb.COMPLETENESS_COMPLETE
+    f = dict(zip(study.features.names, study.features.values, strict=True))
+    assert f["aortic_trace_read"] == 1.0 and f["ar_peak_velocity_m_s"] == 3.0 and f["jet_length_mm_max"] == 0.0

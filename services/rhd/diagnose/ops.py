@@ -1,7 +1,11 @@
-"""Study classification: one scikit-learn Pipeline (z-score scaler fitted at training, then the
-classifier) turns a study's feature vector into Normal / Borderline / Definite with probabilities."""
+"""Study classification as the WHF 2012 guideline reads a study: one calibrated estimate per criterion (pathological
+MR, pathological AR, mitral stenosis, >= 2 mitral and >= 2 aortic morphological features), each a scikit-learn
+Pipeline (z-score scaler fitted at training, then logistic regression over the study's measurements), combined by
+the guideline's rules into P(normal), P(borderline), P(definite); the label follows from decision thresholds chosen
+on cross-validation. The evidence is each criterion's estimate with the measurements it rests on."""
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +13,7 @@ import numpy as np
 import skops.io as sio
 from sklearn.pipeline import Pipeline
 
+from rhd.labels import CLASSES, CRITERIA, whf_class
 from rhd.modelstore import read_manifest, version_dir
 
 MODEL_NAME = "study"
@@ -19,18 +24,40 @@ TRUSTED_TYPES = frozenset(
         "sklearn.pipeline.Pipeline",
         "sklearn.preprocessing._data.StandardScaler",
         "sklearn.linear_model._logistic.LogisticRegression",
+        "sklearn.dummy.DummyClassifier",
         "numpy.ndarray",
         "numpy.dtype",
         "numpy.float64",
         "numpy.int64",
+        "numpy.bool_",
         "builtins.str",
+        "builtins.dict",
     }
 )
+# What a reader looks at for each criterion (study-v4 names): shown with the criterion's estimate as its evidence.
+CRITERION_MEASUREMENTS: dict[str, tuple[str, ...]] = {
+    "pathological_mr": (
+        "systolic_jet_length_mm_max",
+        "views_with_systolic_jet",
+        "mr_peak_velocity_m_s",
+        "mr_systolic_cover",
+    ),
+    "pathological_ar": (
+        "diastolic_jet_length_mm_max",
+        "views_with_diastolic_jet",
+        "ar_peak_velocity_m_s",
+        "ar_diastolic_cover",
+    ),
+    "mitral_stenosis": ("ms_mean_gradient_mmhg",),
+    # Morphology is not measured yet (no valve stage): estimated from what goes with it in the measurements.
+    "mitral_features": (),
+    "aortic_features": (),
+}
 
 
 @dataclass(frozen=True)
 class StudyModel:
-    pipeline: Pipeline
+    criteria: dict[str, Pipeline]  # per criterion: P(met) from the study's features
     version: str
     feature_names: tuple[str, ...]
     classes: tuple[str, ...]
@@ -52,11 +79,41 @@ def decide(probabilities: dict[str, float], thresholds: dict[str, float]) -> str
     return max(rest or probabilities, key=(rest or probabilities).__getitem__)
 
 
+def class_probabilities(criteria: Mapping[str, float]) -> dict[str, float]:
+    """P(class) from each criterion's probability of being met, taken as independent: the WHF rules applied to every
+    combination of criteria met and not, weighted by its probability."""
+    out = dict.fromkeys(CLASSES, 0.0)
+    for combination in itertools.product((False, True), repeat=len(CRITERIA)):
+        met = dict(zip(CRITERIA, combination, strict=True))
+        weight = float(np.prod([criteria[c] if m else 1.0 - criteria[c] for c, m in met.items()]))
+        out[whf_class(met)] += weight
+    return out
+
+
+def criterion_probabilities(criteria: Mapping[str, Pipeline], x: np.ndarray) -> np.ndarray:
+    """[n studies, len(CRITERIA)]: each criterion's P(met) (0 where training never saw it met)."""
+    columns = []
+    for name in CRITERIA:
+        pipeline = criteria[name]
+        fitted = list(pipeline.classes_)
+        p = pipeline.predict_proba(x)
+        columns.append(p[:, fitted.index(True)] if True in fitted else np.zeros(len(x)))
+    return np.stack(columns, axis=1)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    probability: float
+    measurements: dict[str, float]
+
+
 @dataclass(frozen=True)
 class Result:
     label: str
     probabilities: dict[str, float]
-    evidence: list[tuple[str, float, float]]  # (feature, value, signed contribution to the label's score)
+    criteria: list[Criterion]
+    evidence: list[tuple[str, float, float]]  # (measurement, value, P(criterion met)) of the likely criteria
 
 
 def load_study_model(models_dir: Path, version: int = 0) -> StudyModel:
@@ -66,10 +123,12 @@ def load_study_model(models_dir: Path, version: int = 0) -> StudyModel:
         raise ValueError(
             f"refusing {path / MODEL_FILE}: it contains types outside the allow-list: {sorted(found - TRUSTED_TYPES)}"
         )
-    pipeline = sio.load(path / MODEL_FILE, trusted=sorted(found))
+    criteria = sio.load(path / MODEL_FILE, trusted=sorted(found))
+    if not isinstance(criteria, dict) or set(criteria) != set(CRITERIA):
+        raise ValueError(f"{path / MODEL_FILE} is not a per-criterion study model (criteria {list(CRITERIA)})")
     manifest = read_manifest(path)
     return StudyModel(
-        pipeline,
+        criteria,
         f"{MODEL_NAME}/{path.name}",
         tuple(manifest["feature_names"]),
         tuple(manifest["classes"]),
@@ -77,7 +136,7 @@ def load_study_model(models_dir: Path, version: int = 0) -> StudyModel:
     )
 
 
-def diagnose(model: StudyModel, names: Sequence[str], values: Sequence[float], top: int = 5) -> Result:
+def diagnose(model: StudyModel, names: Sequence[str], values: Sequence[float]) -> Result:
     if tuple(names) != model.feature_names:
         raise ValueError(
             f"feature names differ from the model's ({len(names)} given, "
@@ -86,12 +145,15 @@ def diagnose(model: StudyModel, names: Sequence[str], values: Sequence[float], t
     x = np.asarray(values, np.float64).reshape(1, -1)
     if not np.isfinite(x).all():
         raise ValueError("feature vector holds NaN or infinity")
-    fitted_classes = [str(c) for c in model.pipeline.classes_]
-    probabilities = dict(zip(fitted_classes, map(float, model.pipeline.predict_proba(x)[0]), strict=True))
+    p_criteria = dict(zip(CRITERIA, map(float, criterion_probabilities(model.criteria, x)[0]), strict=True))
+    probabilities = class_probabilities(p_criteria)
     label = decide(probabilities, model.thresholds)
-    scaler, classifier = model.pipeline[0], model.pipeline[-1]
-    z = scaler.transform(x)[0]
-    contribution = classifier.coef_[fitted_classes.index(label)] * z
-    order = np.argsort(-np.abs(contribution))[:top]
-    evidence = [(model.feature_names[i], float(x[0, i]), float(contribution[i])) for i in order]
-    return Result(label, probabilities, evidence)
+    named = dict(zip(names, map(float, values), strict=True))
+    criteria = [Criterion(c, p_criteria[c], {m: named[m] for m in CRITERION_MEASUREMENTS[c]}) for c in CRITERIA]
+    evidence = [
+        (measurement, value, c.probability)
+        for c in sorted(criteria, key=lambda c: -c.probability)
+        if c.probability >= 0.5
+        for measurement, value in c.measurements.items()
+    ]
+    return Result(label, probabilities, criteria, evidence)

@@ -1,4 +1,5 @@
-"""diagnose: studies.features.v1 -> studies.diagnosed.v1 (z-score + classifier, with evidence)."""
+"""diagnose: studies.features.v1 -> studies.diagnosed.v1 (per-criterion estimates combined by the WHF rules, with
+the measurements each rests on)."""
 
 from rhd.diagnose.ops import diagnose, load_study_model
 from rhd.labels import CLASSES
@@ -36,6 +37,10 @@ class Diagnose(StageService, name="diagnose", input_topic=STUDIES_FEATURES, inpu
             diagnosis.probabilities.update(result.probabilities)
             for name, value, contribution in result.evidence:
                 diagnosis.evidence.add(name=name, value=value, contribution=contribution)
+            for c in result.criteria:
+                diagnosis.criteria.add(
+                    criterion=c.name, probability=c.probability, met=c.probability >= 0.5, measurements=c.measurements
+                )
         metrics.observe_study_latency(self.name, study)
         return [Output(STUDIES_DIAGNOSED, study.study_id, diagnosis)]
 

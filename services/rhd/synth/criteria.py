@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from rhd.labels import whf_routes
+
 MR_MIN_JET_MM = 20.0  # pathological MR: jet >= 2 cm in at least one view
 AR_MIN_JET_MM = 10.0  # pathological AR: jet >= 1 cm in at least one view
 MIN_VELOCITY_M_S = 3.0  # >= 3 m/s for one complete envelope (MR) / in early diastole (AR)
@@ -140,30 +142,20 @@ class Valves:
         )
 
 
+def criteria_met(v: Valves) -> dict[str, bool]:
+    """Which of the WHF 2012 criteria (rhd.labels.CRITERIA) the valves meet."""
+    return {
+        "pathological_mr": v.mr.pathological_mr(),
+        "pathological_ar": v.ar.pathological_ar(),
+        "mitral_stenosis": v.ms_mean_gradient_mmhg >= MS_MEAN_GRADIENT_MMHG,
+        "mitral_features": v.mitral.count() >= 2,
+        "aortic_features": v.aortic.count() >= 2,
+    }
+
+
 def _routes(v: Valves) -> tuple[list[str], list[str]]:
     """(Definite routes met, Borderline routes met), named by the guideline's letters."""
-    path_mr, path_ar = v.mr.pathological_mr(), v.ar.pathological_ar()
-    mv_features, av_features = v.mitral.count(), v.aortic.count()
-    stenosis = v.ms_mean_gradient_mmhg >= MS_MEAN_GRADIENT_MMHG
-    borderline_mv = path_mr or mv_features >= 2
-    borderline_av = path_ar
-    definite = []
-    if path_mr and mv_features >= 2:
-        definite.append("Definite A: pathological MR + >= 2 MV features")
-    if stenosis:
-        definite.append("Definite B: MS mean gradient >= 4 mmHg")
-    if path_ar and av_features >= 2:
-        definite.append("Definite C: pathological AR + >= 2 AV features")
-    if borderline_mv and borderline_av:
-        definite.append("Definite D: borderline disease of both aortic and mitral valves")
-    borderline = []
-    if mv_features >= 2 and not path_mr and not stenosis:
-        borderline.append("Borderline A: >= 2 MV features without pathological MR or MS")
-    if path_mr:
-        borderline.append("Borderline B: pathological MR")
-    if path_ar:
-        borderline.append("Borderline C: pathological AR")
-    return definite, borderline
+    return whf_routes(criteria_met(v))
 
 
 def whf_label(v: Valves) -> str:

@@ -1,7 +1,8 @@
 """`rhd train study`: generated labelled studies -> features by the very stage functions the services call (run
-in-process, in parallel over the cores) -> one scikit-learn Pipeline (z-score scaler fitted here, class-weighted
-logistic regression) with decision thresholds chosen for Definite and Borderline recall on cross-validated
-probabilities; saved with skops beside its manifest, and measured on a held-out stratified set with a report."""
+in-process, in parallel over the cores) -> one scikit-learn Pipeline per WHF 2012 criterion (z-score scaler fitted
+here, logistic regression against the generator's truth of that criterion), combined by the guideline's rules, with
+decision thresholds chosen for Definite and Borderline recall on cross-validated probabilities; saved with skops
+beside its manifest, and measured on a held-out stratified set with a report."""
 
 import hashlib
 import json
@@ -16,16 +17,26 @@ from typing import Any
 
 import numpy as np
 import skops.io as sio
+from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from rhd.assemble.ops import STUDY_FEATURE_NAMES, STUDY_FEATURE_SET
-from rhd.diagnose.ops import GRAVITY, MODEL_FILE, MODEL_NAME, decide
+from rhd.diagnose.ops import (
+    CRITERION_MEASUREMENTS,
+    GRAVITY,
+    MODEL_FILE,
+    MODEL_NAME,
+    class_probabilities,
+    criterion_probabilities,
+    decide,
+)
 from rhd.inprocess import analyse_study
-from rhd.labels import CLASSES
+from rhd.labels import CLASSES, CRITERIA
+from rhd.synth.criteria import criteria_met
 from rhd.synth.generator import SynthConfig, make_study, study_labels, write_study
 from rhd.training.provenance import environment
 from rhd.training.report import evaluate, write_report
@@ -49,7 +60,7 @@ def _init_worker(models_dir: str) -> None:
     _view_model = LocalViewModel(Path(models_dir))
 
 
-def _study_row(task: tuple[int, int, int, str, str]) -> tuple[str, str, list[float]]:
+def _study_row(task: tuple[int, int, int, str, str]) -> tuple[str, str, list[float], list[bool]]:
     """Generate study `index` of a set (exactly as synth_studies would), analyse it, delete it."""
     assert _view_model is not None
     seed, index, total, label, tmp = task
@@ -61,20 +72,26 @@ def _study_row(task: tuple[int, int, int, str, str]) -> tuple[str, str, list[flo
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(Path(tmp) / "truth" / study.study_id, ignore_errors=True)
-    return study.study_id, label, analysis.values
+    met = criteria_met(study.valves)
+    return study.study_id, label, analysis.values, [met[c] for c in CRITERIA]
 
 
 def build_features(
     models_dir: Path, seed: int, labels: list[str], workers: int, desc: str = "studies"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Feature rows and labels of the generated studies `labels`, in order; the same inputs give the same rows."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Feature rows, labels and the truth of each criterion (bool [n, len(CRITERIA)]) of the generated studies
+    `labels`, in order; the same inputs give the same rows."""
     with (
         tempfile.TemporaryDirectory() as tmp,
         ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(models_dir),)) as pool,
     ):
         tasks = [(seed, i, len(labels), label, tmp) for i, label in enumerate(labels)]
         rows = list(tqdm(pool.map(_study_row, tasks), total=len(tasks), desc=desc, unit="study"))
-    return np.array([values for _, _, values in rows], np.float64), np.array([label for _, label, _ in rows])
+    return (
+        np.array([values for _, _, values, _ in rows], np.float64),
+        np.array([label for _, label, _, _ in rows]),
+        np.array([met for _, _, _, met in rows], bool).reshape(len(rows), len(CRITERIA)),
+    )
 
 
 def choose_thresholds(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -103,27 +120,59 @@ def decisions(proba: np.ndarray, classes: list[str], thresholds: dict[str, float
     return np.array([decide(dict(zip(classes, row, strict=True)), thresholds) for row in proba])
 
 
-def parameters_hash(pipeline: Pipeline, thresholds: dict[str, float]) -> str:
-    scaler, classifier = pipeline[0], pipeline[-1]
+def parameters_hash(criteria: dict[str, Pipeline], thresholds: dict[str, float]) -> str:
     digest = hashlib.sha256()
-    for array in (scaler.mean_, scaler.scale_, classifier.coef_, classifier.intercept_):
-        digest.update(np.ascontiguousarray(array, np.float64).tobytes())
+    for name in CRITERIA:
+        scaler, classifier = criteria[name][0], criteria[name][-1]
+        arrays = [scaler.mean_, scaler.scale_]
+        arrays += (
+            [classifier.coef_, classifier.intercept_] if hasattr(classifier, "coef_") else [classifier.class_prior_]
+        )
+        for array in arrays:
+            digest.update(np.ascontiguousarray(array, np.float64).tobytes())
     digest.update(json.dumps(thresholds, sort_keys=True).encode())
     return digest.hexdigest()
 
 
-def make_pipeline() -> Pipeline:
-    return Pipeline(
-        [
-            ("zscore", StandardScaler()),
-            # Class weights balance the classes whatever the training mix; the thresholds then trade for recall.
-            ("classifier", LogisticRegression(class_weight="balanced", max_iter=5000, C=1.0)),
-        ]
+MIN_POSITIVES = 3  # a criterion met fewer times in training is estimated by its rate, not fitted
+
+
+def make_pipeline(met: np.ndarray) -> Pipeline:
+    """One criterion's estimator: z-score, then logistic regression (unweighted, so its probabilities stay calibrated
+    to the training mix); a criterion too rarely met (or never missed) to fit gets its training rate."""
+    if min(met.sum(), (~met).sum()) < MIN_POSITIVES:
+        return Pipeline([("zscore", StandardScaler()), ("classifier", DummyClassifier(strategy="prior"))])
+    return Pipeline([("zscore", StandardScaler()), ("classifier", LogisticRegression(max_iter=5000, C=1.0))])
+
+
+def fit_criteria(x: np.ndarray, met: np.ndarray) -> dict[str, Pipeline]:
+    return {name: make_pipeline(met[:, k]).fit(x, met[:, k]) for k, name in enumerate(CRITERIA)}
+
+
+def study_probabilities(criteria: dict[str, Pipeline], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P(criterion) [n, len(CRITERIA)], P(class) [n, len(CLASSES)] in CLASSES order)."""
+    p_criteria = criterion_probabilities(criteria, x)
+    proba = np.array(
+        [[class_probabilities(dict(zip(CRITERIA, row, strict=True)))[c] for c in CLASSES] for row in p_criteria]
     )
+    return p_criteria, proba
 
 
-def _data_hash(x: np.ndarray, y: np.ndarray) -> str:
-    return hashlib.sha256(x.tobytes() + "|".join(y).encode()).hexdigest()
+def criterion_metrics(met: np.ndarray, p: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per criterion at P >= 0.5: sensitivity, specificity, and how many studies met it."""
+    out = {}
+    for k, name in enumerate(CRITERIA):
+        truth, called = met[:, k], p[:, k] >= 0.5
+        out[name] = {
+            "met": int(truth.sum()),
+            "sensitivity": float((called & truth).sum() / truth.sum()) if truth.any() else float("nan"),
+            "specificity": float((~called & ~truth).sum() / (~truth).sum()) if (~truth).any() else float("nan"),
+        }
+    return out
+
+
+def _data_hash(x: np.ndarray, y: np.ndarray, met: np.ndarray) -> str:
+    return hashlib.sha256(x.tobytes() + "|".join(y).encode() + met.tobytes()).hexdigest()
 
 
 def train_study_model(
@@ -140,53 +189,59 @@ def train_study_model(
     and report.md (+ PNGs), and the same report under report_dir when given."""
     started = time.monotonic()
     classes = list(CLASSES)
-    x, y = build_features(
+    x, y, met = build_features(
         models_dir, seed, study_labels(seed, n_studies, TRAINING_CONFIG, "balanced"), workers, "training studies"
     )
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
-    # scikit-learn orders probability columns by sorted class name; here they follow CLASSES.
-    columns = [sorted(classes).index(c) for c in classes]
-    cv_proba = cross_val_predict(make_pipeline(), x, y, cv=folds, method="predict_proba")[:, columns]
+    cv_criteria = np.zeros((len(y), len(CRITERIA)))
+    cv_proba = np.zeros((len(y), len(classes)))
+    for train, test in folds.split(x, y):
+        cv_criteria[test], cv_proba[test] = study_probabilities(fit_criteria(x[train], met[train]), x[test])
     thresholds = choose_thresholds(y, cv_proba, classes)
-    pipeline = make_pipeline().fit(x, y)
+    criteria = fit_criteria(x, met)
     out = Path(models_dir) / MODEL_NAME / str(version)
     out.mkdir(parents=True, exist_ok=True)
-    sio.dump(pipeline, out / MODEL_FILE)
+    sio.dump(criteria, out / MODEL_FILE)
 
     cv = evaluate(y, cv_proba, decisions(cv_proba, classes, thresholds), classes, seed=seed)
-    metrics: dict[str, Any] = {"cv": {"folds": "5-fold stratified", **cv}}
+    metrics: dict[str, Any] = {
+        "cv": {"folds": "5-fold stratified", **cv, "criteria": criterion_metrics(met, cv_criteria)}
+    }
     held_seed = seed + HELD_OUT_SEED_OFFSET
     counts = {c: held_out_per_class for c in classes}
     if held_out_per_class:
-        hx, hy = build_features(
+        hx, hy, h_met = build_features(
             models_dir,
             held_seed,
             study_labels(held_seed, 0, TRAINING_CONFIG, counts=counts),
             workers,
             "held-out studies",
         )
-        h_proba = pipeline.predict_proba(hx)[:, columns]
+        h_criteria, h_proba = study_probabilities(criteria, hx)
         h_predicted = decisions(h_proba, classes, thresholds)
         metrics["held_out"] = evaluate(hy, h_proba, h_predicted, classes, seed=held_seed)
+        metrics["held_out"]["criteria"] = criterion_metrics(h_met, h_criteria)
     headline = metrics.get("held_out", metrics["cv"])
     manifest = {
         "model": MODEL_NAME,
         "version": version,
         "feature_set": STUDY_FEATURE_SET,
         "feature_names": list(STUDY_FEATURE_NAMES),
-        "classes": [str(c) for c in pipeline.classes_],
+        "classes": list(classes),
+        "criteria": list(CRITERIA),
         "thresholds": thresholds,
-        "decision": "definite if P(definite) >= thresholds.definite, else borderline if P(borderline) >= "
-        "thresholds.borderline, else normal",
+        "decision": "P(criterion met) per WHF 2012 criterion, combined by the guideline's rules (criteria taken as "
+        "independent) into P(class); definite if P(definite) >= thresholds.definite, else borderline if "
+        "P(borderline) >= thresholds.borderline, else normal",
         "data": {
             "generator": "rhd.synth",
             "config": asdict(TRAINING_CONFIG),
-            "training": {"seed": seed, "studies": n_studies, "mix": "balanced", "sha256": _data_hash(x, y)},
+            "training": {"seed": seed, "studies": n_studies, "mix": "balanced", "sha256": _data_hash(x, y, met)},
             "held_out": {"seed": held_seed, "per_class": held_out_per_class},
         },
         **environment(("scikit-learn", "numpy", "tensorflow", "skops", "opencv-python-headless", "scikit-image")),
         # The skops file is a zip with timestamps; the fitted parameters and thresholds are what must repeat.
-        "parameters_sha256": parameters_hash(pipeline, thresholds),
+        "parameters_sha256": parameters_hash(criteria, thresholds),
         "seconds": round(time.monotonic() - started, 1),
         "metrics": {
             "recall": headline["recall"],
@@ -229,6 +284,17 @@ def _report(
         f"{cv['balanced_accuracy']['value']:.3f}.",
         "",
         "Feature set and how each feature is read: docs/study-features.md.",
+        "",
+        "## Per WHF 2012 criterion (held-out, met when P >= 0.5)",
+        "",
+        "| criterion | studies meeting it | sensitivity | specificity | measured by |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {m['met']} | {m['sensitivity']:.2f} | {m['specificity']:.2f} | "
+            + (", ".join(CRITERION_MEASUREMENTS[name]) or "not measured: estimated from the other measurements")
+            + " |"
+            for name, m in metrics["held_out"]["criteria"].items()
+        ),
     ]
     write_report(
         folder,

@@ -49,6 +49,8 @@ def _frames(studies: list[Path]) -> FrameSet:
     digest = hashlib.sha256()
     for study in studies:
         for video in load_truth(study)["videos"]:
+            if video["mode"] == "cw":
+                continue  # a spectral trace shows no view of the heart; the view stage never sees one
             decoded = decode_video((study / f"{video['video_id']}.mp4").read_bytes()).frames[::EVERY]
             batch = np.stack(decoded)
             labels = np.full(len(decoded), VIEW_CLASSES.index(video["view_class"]), np.int64)
