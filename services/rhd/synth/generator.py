@@ -365,6 +365,7 @@ def make_study(study_id: str, label: str, rng: np.random.Generator, config: Synt
             chordal_thickening=mitral.chordal_thickening,
             aortic_thick=aortic.irregular_thickening,
             aortic_restricted=aortic.restricted_motion,
+            aortic_coaptation_defect=aortic.coaptation_defect,
             aortic_prolapse=aortic.prolapse,
             inflow_cm_s=acquisition["inflow_cm_s"],
             ms_mean_gradient_mmhg=valves.ms_mean_gradient_mmhg,

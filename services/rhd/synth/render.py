@@ -138,6 +138,7 @@ class Scene:
     chordal_thickening: bool = False
     aortic_thick: bool = False
     aortic_restricted: bool = False
+    aortic_coaptation_defect: bool = False  # the closed cusps do not meet: a gap between their tips in diastole
     aortic_prolapse: bool = False
     inflow_cm_s: float = 80.0
     ms_mean_gradient_mmhg: float = 0.0  # mitral stenosis: the spectral inflow's mean gradient
@@ -343,8 +344,12 @@ def _draw_anatomy(scene: Scene, phase: float, place: _Placer) -> tuple[np.ndarra
         open_frac = (0.5 if scene.aortic_restricted else 1.0) * np.sin(np.pi * phase / SYSTOLE_END) if ejecting else 0
         cusp = 0.5 * np.linalg.norm(b - a)
         centre = (a + b) / 2 + (3.0 * place.s * into_lv if scene.aortic_prolapse and not ejecting else 0)
+        # With a coaptation defect the closed cusps stop short of each other: a gap of about 2 mm at their tips.
+        gap_px = 1.0 / scene.pixel_spacing_mm if scene.aortic_coaptation_defect else 0.0  # 1 mm short, each
+        short = 1.0 - gap_px / cusp
         for hinge in (a, b):
-            tip = (1 - open_frac) * centre + open_frac * (hinge - cusp * into_lv)
+            closed_tip = hinge + short * (centre - hinge)
+            tip = (1 - open_frac) * closed_tip + open_frac * (hinge - cusp * into_lv)
             _line(echo, hinge, tip, LEAFLET if scene.aortic_thick else BRIGHT, 3 if scene.aortic_thick else 1)
     return echo, blood
 
