@@ -19,7 +19,7 @@ from rhd.imaging.ecg import reading_message
 from rhd.inspect.ops import NOT_ECHO, SPECTRAL, inspect
 from rhd.segment.ops import segment
 from rhd.spectral import ops as spectral
-from rhd.split.ops import VideoDecodeError, decode_video
+from rhd.split.ops import VideoDecodeError, acquisition, decode_video
 from rhd.v1 import rhd_pb2 as pb
 
 # frames (N x H x W x 3 BGR uint8) -> view label per frame
@@ -49,8 +49,9 @@ def _result(
 
 def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysis:
     meta = json.loads((Path(study_dir) / "study.json").read_text())
-    spacing, nyquist = float(meta["pixel_spacing_mm"]), float(meta["nyquist_cm_s"])
-    manifest = pb.StudyManifest(study_id=meta["study_id"])
+    scan = acquisition({k: str(v) for k, v in meta.items() if k != "videos"})
+    spacing, nyquist = scan.pixel_spacing_mm, scan.nyquist_cm_s
+    manifest = pb.StudyManifest(study_id=meta["study_id"], metadata=scan.clinical)
     results: list[pb.FrameResult] = []
     doppler: list[tuple[pb.FrameKey, np.ndarray, pb.EcgReading | None]] = []
     for video in meta["videos"]:

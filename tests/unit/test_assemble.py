@@ -254,3 +254,34 @@ def test_a_study_of_spectral_traces_only_is_still_analysed():
     assert study.completeness == pb.COMPLETENESS_COMPLETE
     f = dict(zip(study.features.names, study.features.values, strict=True))
     assert f["aortic_trace_read"] == 1.0 and f["ar_peak_velocity_m_s"] == 3.0 and f["jet_length_mm_max"] == 0.0
+
+
+def test_age_travels_as_years_while_the_dates_it_comes_from_stay_behind():
+    from rhd.split.ops import acquisition
+
+    scan = acquisition({"birth_date": "2013-05-02", "study_date": "2025-05-01", "patient_name": "Ana", "device": "X"})
+    assert scan.clinical == {"age_years": "12.0", "device": "X"}
+    assert "age_years" not in acquisition({"birth_date": "not a date", "study_date": "2025-05-01"}).clinical
+    assert "age_years" not in acquisition({"birth_date": "2026-01-01", "study_date": "2025-05-01"}).clinical
+
+
+def test_a_study_is_referred_when_the_criteria_do_not_apply_or_their_evidence_is_missing():
+    from rhd.diagnose.ops import referral
+
+    good = {
+        "colour_videos_read": 3.0,
+        "phase_known_fraction": 1.0,
+        "mitral_trace_read": 1.0,
+        "aortic_trace_read": 0.0,
+    }
+    names, values = list(good), list(good.values())
+    assert referral({"age_years": "12.0"}, names, values) is None
+    assert "age unknown" in referral({}, names, values)
+    assert "age 34 years" in referral({"age_years": "34.2"}, names, values)
+    assert referral({"age_years": "20.0"}, names, values) is None  # up to 20 inclusive
+    for missing, why in (
+        ("colour_videos_read", "no colour Doppler"),
+        ("phase_known_fraction", "no ECG"),
+        ("mitral_trace_read", "no spectral Doppler trace"),
+    ):
+        assert why in referral({"age_years": "9.0"}, names, [0.0 if n == missing else v for n, v in good.items()])

@@ -75,6 +75,7 @@ STUDY_FEATURE_NAMES: tuple[str, ...] = (
     "views_with_diastolic_jet",
     "diastolic_jet_cover_max",  # pan-diastolic near 1
     "phase_known_fraction",  # share of the colour videos whose cardiac phase is known
+    "colour_videos_read",  # colour videos analysed whose view is a standard one (not off-axis or a poor window)
     # Continuous-wave spectral Doppler (the trace through each valve)
     "mr_peak_velocity_m_s",  # mitral trace: fastest flow away from the probe (regurgitation)
     "mr_systolic_cover",  # ... for what share of systole
@@ -204,6 +205,7 @@ def study_features(frames: Sequence[AnalysedFrame], traces: Sequence[Trace] = ()
             "second_view_jet_length_mm": per_view_max[1] if len(per_view_max) > 1 else 0.0,
             "views_with_jet": float(len({view for view, _, jet, _ in per_video if jet})),
             "views_with_long_jet": float(len({view for view, _, _, long in per_video if long})),
+            "colour_videos_read": float(sum(view != "other" for view, _, _, _ in per_video)),
             "jet_cycle_fraction_max": max(share for _, share, _, _ in per_video),
             "plax_jet_cycle_fraction_max": max(
                 (share for view, share, _, _ in per_video if view == "plax"), default=0.0
@@ -371,6 +373,7 @@ def assemble_study(
         videos_expected=len(manifest.videos) if manifest else 0,
         videos_failed=len(failed_videos),
         uploaded_at=manifest.uploaded_at if manifest else None,
+        clinical=manifest.metadata if manifest else {},
     )
     study.cycles.extend(cycles)
     study.assembled_at.GetCurrentTime()

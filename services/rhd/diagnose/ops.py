@@ -116,6 +116,27 @@ class Result:
     evidence: list[tuple[str, float, float]]  # (measurement, value, P(criterion met)) of the likely criteria
 
 
+MAX_AGE_YEARS = 20.0  # the WHF 2012 criteria are for individuals aged 20 or younger
+
+
+def referral(clinical: Mapping[str, str], names: Sequence[str], values: Sequence[float]) -> str | None:
+    """Why the study goes to a cardiologist instead of being scored, or None: the criteria do not apply (age over
+    20, or not known), or the evidence they need is missing."""
+    age = clinical.get("age_years")
+    if age is None:
+        return "age unknown: the WHF 2012 criteria are for ages up to 20"
+    if float(age) > MAX_AGE_YEARS:
+        return f"age {float(age):.0f} years: the WHF 2012 criteria are for ages up to 20"
+    f = dict(zip(names, values, strict=True))
+    if f.get("colour_videos_read", 0.0) == 0:
+        return "no colour Doppler video in a standard view could be read: regurgitation cannot be judged"
+    if f.get("phase_known_fraction", 0.0) == 0:
+        return "no ECG on the colour Doppler videos: jets cannot be placed in systole or diastole"
+    if not (f.get("mitral_trace_read", 0.0) or f.get("aortic_trace_read", 0.0)):
+        return "no spectral Doppler trace: peak velocities and the mitral gradient are unmeasured"
+    return None
+
+
 def load_study_model(models_dir: Path, version: int = 0) -> StudyModel:
     path = version_dir(models_dir, MODEL_NAME, version)
     found = set(sio.get_untrusted_types(file=path / MODEL_FILE))

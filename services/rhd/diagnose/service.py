@@ -1,7 +1,7 @@
 """diagnose: studies.features.v1 -> studies.diagnosed.v1 (per-criterion estimates combined by the WHF rules, with
 the measurements each rests on)."""
 
-from rhd.diagnose.ops import diagnose, load_study_model
+from rhd.diagnose.ops import diagnose, load_study_model, referral
 from rhd.labels import CLASSES
 from rhd.runtime import metrics
 from rhd.runtime.records import Output, now
@@ -32,8 +32,15 @@ class Diagnose(StageService, name="diagnose", input_topic=STUDIES_FEATURES, inpu
             diagnosed_at=now(),
         )
         if study.completeness != pb.COMPLETENESS_FAILED:
+            why = referral(study.clinical, study.features.names, study.features.values)
+            if why is not None:
+                diagnosis.referred, diagnosis.referral = True, why
+            if why is not None and "age" in why:  # the criteria do not apply: not scored at all
+                metrics.observe_study_latency(self.name, study)
+                return [Output(STUDIES_DIAGNOSED, study.study_id, diagnosis)]
             result = diagnose(self.model, study.features.names, study.features.values)
-            diagnosis.label = LABELS[result.label]
+            if why is None:
+                diagnosis.label = LABELS[result.label]
             diagnosis.probabilities.update(result.probabilities)
             for name, value, contribution in result.evidence:
                 diagnosis.evidence.add(name=name, value=value, contribution=contribution)

@@ -1,6 +1,7 @@
 """Frame splitting: decode a video's bytes into frames (OpenCV), one Frame message each, and what of an upload's
 metadata the analysis may use (the rest, identifying, stays behind)."""
 
+import datetime as dt
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -42,9 +43,25 @@ def _number(metadata: Mapping[str, str], name: str) -> float:
         return 0.0
 
 
+def age_years(metadata: Mapping[str, str]) -> float | None:
+    """The patient's age at the study, in years, from the birth and study dates (which stay behind), or None when
+    either is missing or not a date, or the birth date is after the study."""
+    try:
+        born = dt.date.fromisoformat(str(metadata["birth_date"]))
+        studied = dt.date.fromisoformat(str(metadata["study_date"]))
+    except (KeyError, ValueError):
+        return None
+    days = (studied - born).days
+    return round(days / 365.25, 1) if days >= 0 else None
+
+
 def acquisition(metadata: Mapping[str, str]) -> Acquisition:
-    """The upload's metadata reduced to what the analysis may use: CLINICAL_FIELDS and no other."""
+    """The upload's metadata reduced to what the analysis may use: CLINICAL_FIELDS and no other, and the age in
+    years (the WHF 2012 criteria depend on it) instead of the dates it comes from."""
     clinical = {k: v for k, v in metadata.items() if k in CLINICAL_FIELDS}
+    age = age_years(metadata)
+    if age is not None:
+        clinical["age_years"] = f"{age:.1f}"
     return Acquisition(_number(metadata, "pixel_spacing_mm"), _number(metadata, "nyquist_cm_s"), clinical)
 
 

@@ -31,13 +31,14 @@ def _point(
     """Every figure of one (re)sample, flat: recall.<c>, precision.<c>, precision_at_prevalence.<c>, ..."""
     labels = list(classes)
     matrix = confusion_matrix(y, predicted, labels=labels).astype(np.float64)
-    rows = matrix.sum(axis=1)
+    # Per class, every study of it: one predicted as none of the classes (referred) is a miss, not left out.
+    rows = np.array([(np.asarray(y) == c).sum() for c in labels], np.float64)
     rates = matrix / np.maximum(rows[:, None], 1)  # P(predicted | truth)
     weights = np.array([prevalence[c] for c in labels])
     out: dict[str, float] = {
         "balanced_accuracy": float(balanced_accuracy_score(y, predicted)),
         "macro_f1": float(f1_score(y, predicted, labels=labels, average="macro", zero_division=0)),
-        "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)),
+        "accuracy": float(np.trace(matrix) / max(len(y), 1)),
     }
     for i, c in enumerate(labels):
         called = matrix[:, i].sum()

@@ -4,6 +4,7 @@ here, logistic regression against the generator's truth of that criterion), comb
 decision thresholds chosen for Definite and Borderline recall on cross-validated probabilities; saved with skops
 beside its manifest, and measured on a held-out stratified set with a report."""
 
+import datetime as dt
 import hashlib
 import json
 import math
@@ -11,7 +12,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,21 @@ from rhd.diagnose.ops import (
     class_probabilities,
     criterion_probabilities,
     decide,
+    referral,
 )
 from rhd.inprocess import analyse_study
 from rhd.labels import CLASSES, CRITERIA
 from rhd.synth.criteria import criteria_met
 from rhd.synth.generator import SynthConfig, make_study, study_labels, write_study
 from rhd.training.provenance import environment
-from rhd.training.report import evaluate, write_report
+from rhd.training.report import (
+    calibration,
+    evaluate,
+    plot_reliability,
+    subgroup_recall,
+    trust_markdown,
+    write_report,
+)
 from rhd.view.local import LocalViewModel
 
 # The protocol's first 8 videos (5 in colour Doppler), 1 s each: every view a reader needs, at a cost that
@@ -60,7 +69,14 @@ def _init_worker(models_dir: str) -> None:
     _view_model = LocalViewModel(Path(models_dir))
 
 
-def _study_row(task: tuple[int, int, int, str, str]) -> tuple[str, str, list[float], list[bool]]:
+def subgroups(metadata: dict) -> dict[str, str]:
+    """The groups a study belongs to, for recall by subgroup: sex, age band, device, hospital."""
+    age = (dt.date.fromisoformat(metadata["study_date"]) - dt.date.fromisoformat(metadata["birth_date"])).days / 365.25
+    band = "5-9" if age < 10 else "10-14" if age < 15 else "15-20" if age <= 20 else "over 20"
+    return {"sex": metadata["sex"], "age_band": band, "device": metadata["device"], "hospital": metadata["hospital_id"]}
+
+
+def _study_row(task: tuple[int, int, int, str, str]) -> tuple[str, list[float], list[bool], dict[str, str]]:
     """Generate study `index` of a set (exactly as synth_studies would), analyse it, delete it."""
     assert _view_model is not None
     seed, index, total, label, tmp = task
@@ -73,24 +89,34 @@ def _study_row(task: tuple[int, int, int, str, str]) -> tuple[str, str, list[flo
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(Path(tmp) / "truth" / study.study_id, ignore_errors=True)
     met = criteria_met(study.valves)
-    return study.study_id, label, analysis.values, [met[c] for c in CRITERIA]
+    why = referral(analysis.features.clinical, analysis.names, analysis.values)
+    return label, analysis.values, [met[c] for c in CRITERIA], {**subgroups(study.metadata), "referral": why or ""}
 
 
-def build_features(
-    models_dir: Path, seed: int, labels: list[str], workers: int, desc: str = "studies"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Feature rows, labels and the truth of each criterion (bool [n, len(CRITERIA)]) of the generated studies
-    `labels`, in order; the same inputs give the same rows."""
+@dataclass(frozen=True)
+class StudySet:
+    x: np.ndarray  # feature rows [n, len(STUDY_FEATURE_NAMES)]
+    y: np.ndarray  # class names [n]
+    met: np.ndarray  # bool [n, len(CRITERIA)]: the generator's truth of each criterion
+    groups: dict[str, list[str]]  # subgroup name -> per study
+    referrals: list[str]  # per study: why it is referred instead of scored ("" when scored)
+
+
+def build_features(models_dir: Path, seed: int, labels: list[str], workers: int, desc: str = "studies") -> StudySet:
+    """Features, labels, criteria and subgroups of the generated studies `labels`, in order; the same inputs give
+    the same rows."""
     with (
         tempfile.TemporaryDirectory() as tmp,
         ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(models_dir),)) as pool,
     ):
         tasks = [(seed, i, len(labels), label, tmp) for i, label in enumerate(labels)]
         rows = list(tqdm(pool.map(_study_row, tasks), total=len(tasks), desc=desc, unit="study"))
-    return (
-        np.array([values for _, _, values, _ in rows], np.float64),
-        np.array([label for _, label, _, _ in rows]),
-        np.array([met for _, _, _, met in rows], bool).reshape(len(rows), len(CRITERIA)),
+    return StudySet(
+        np.array([values for _, values, _, _ in rows], np.float64).reshape(len(rows), len(STUDY_FEATURE_NAMES)),
+        np.array([label for label, _, _, _ in rows]),
+        np.array([met for _, _, met, _ in rows], bool).reshape(len(rows), len(CRITERIA)),
+        {name: [g[name] for _, _, _, g in rows] for name in ("sex", "age_band", "device", "hospital")},
+        [g["referral"] for _, _, _, g in rows],
     )
 
 
@@ -134,6 +160,7 @@ def parameters_hash(criteria: dict[str, Pipeline], thresholds: dict[str, float])
     return digest.hexdigest()
 
 
+REFERRED = "referred"  # what a referred study is called instead of a class
 MIN_POSITIVES = 3  # a criterion met fewer times in training is estimated by its rate, not fitted
 
 
@@ -158,15 +185,16 @@ def study_probabilities(criteria: dict[str, Pipeline], x: np.ndarray) -> tuple[n
     return p_criteria, proba
 
 
-def criterion_metrics(met: np.ndarray, p: np.ndarray) -> dict[str, dict[str, float]]:
-    """Per criterion at P >= 0.5: sensitivity, specificity, and how many studies met it."""
+def criterion_metrics(met: np.ndarray, p: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """Per criterion at P >= 0.5: sensitivity, specificity (None when the set has no study to measure it on), and
+    how many studies met it."""
     out = {}
     for k, name in enumerate(CRITERIA):
         truth, called = met[:, k], p[:, k] >= 0.5
         out[name] = {
             "met": int(truth.sum()),
-            "sensitivity": float((called & truth).sum() / truth.sum()) if truth.any() else float("nan"),
-            "specificity": float((~called & ~truth).sum() / (~truth).sum()) if (~truth).any() else float("nan"),
+            "sensitivity": float((called & truth).sum() / truth.sum()) if truth.any() else None,
+            "specificity": float((~called & ~truth).sum() / (~truth).sum()) if (~truth).any() else None,
         }
     return out
 
@@ -189,9 +217,10 @@ def train_study_model(
     and report.md (+ PNGs), and the same report under report_dir when given."""
     started = time.monotonic()
     classes = list(CLASSES)
-    x, y, met = build_features(
+    training = build_features(
         models_dir, seed, study_labels(seed, n_studies, TRAINING_CONFIG, "balanced"), workers, "training studies"
     )
+    x, y, met = training.x, training.y, training.met
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
     cv_criteria = np.zeros((len(y), len(CRITERIA)))
     cv_proba = np.zeros((len(y), len(classes)))
@@ -210,17 +239,28 @@ def train_study_model(
     held_seed = seed + HELD_OUT_SEED_OFFSET
     counts = {c: held_out_per_class for c in classes}
     if held_out_per_class:
-        hx, hy, h_met = build_features(
+        held = build_features(
             models_dir,
             held_seed,
             study_labels(held_seed, 0, TRAINING_CONFIG, counts=counts),
             workers,
             "held-out studies",
         )
-        h_criteria, h_proba = study_probabilities(criteria, hx)
-        h_predicted = decisions(h_proba, classes, thresholds)
+        hy = held.y
+        h_criteria, h_proba = study_probabilities(criteria, held.x)
+        # A referral is no label: in the recalls it counts as a miss.
+        referred = np.array([bool(r) for r in held.referrals])
+        h_predicted = np.where(referred, REFERRED, decisions(h_proba, classes, thresholds))
         metrics["held_out"] = evaluate(hy, h_proba, h_predicted, classes, seed=held_seed)
-        metrics["held_out"]["criteria"] = criterion_metrics(h_met, h_criteria)
+        metrics["held_out"]["referral"] = {
+            "rate": float(referred.mean()),
+            "studies": int(referred.sum()),
+            "reasons": sorted({r for r in held.referrals if r}),
+            "accuracy_of_the_rest": float((h_predicted == hy)[~referred].mean()) if (~referred).any() else None,
+        }
+        metrics["held_out"]["criteria"] = criterion_metrics(held.met, h_criteria)
+        metrics["held_out"]["calibration"] = calibration(hy, h_proba, classes, seed=held_seed)
+        metrics["held_out"]["subgroups"] = subgroup_recall(hy, h_predicted, classes, held.groups, seed=held_seed)
     headline = metrics.get("held_out", metrics["cv"])
     manifest = {
         "model": MODEL_NAME,
@@ -257,6 +297,10 @@ def train_study_model(
     return out
 
 
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _report(
     folder: Path,
     version: int,
@@ -290,12 +334,33 @@ def _report(
         "| criterion | studies meeting it | sensitivity | specificity | measured by |",
         "|---|---|---|---|---|",
         *(
-            f"| {name} | {m['met']} | {m['sensitivity']:.2f} | {m['specificity']:.2f} | "
+            f"| {name} | {m['met']} | {_fraction(m['sensitivity'])} | {_fraction(m['specificity'])} | "
             + (", ".join(CRITERION_MEASUREMENTS[name]) or "not measured: estimated from the other measurements")
             + " |"
             for name, m in metrics["held_out"]["criteria"].items()
         ),
     ]
+    trust = metrics["held_out"]
+    refer = trust["referral"]
+    notes += [
+        "",
+        "## Referral to a cardiologist",
+        "",
+        f"{refer['studies']} of {len(y)} held-out studies referred ({refer['rate']:.1%}; target <= 5%), counted as "
+        "misses in the recalls above"
+        + (
+            f"; the rest labelled right {refer['accuracy_of_the_rest']:.3f} of the time"
+            if refer["accuracy_of_the_rest"] is not None
+            else ""
+        )
+        + ". Reasons: "
+        + ("; ".join(refer["reasons"]) or "none")
+        + ".",
+    ]
+    plot_reliability(
+        trust["calibration"], folder / "report-reliability.png", f"study model {version}: held-out calibration"
+    )
+    notes += ["", *trust_markdown(trust["calibration"], trust["subgroups"])]
     write_report(
         folder,
         "report",
