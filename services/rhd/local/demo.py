@@ -6,11 +6,12 @@ from pathlib import Path
 
 import aiohttp
 
-from rhd.labels import CLASSES
+from rhd.labels import CLASSES, CRITERIA
 from rhd.local.publish import publish_uploads, upload_from_dir
 from rhd.local.stack import EmbeddedStack, ServiceProcess, stage_seconds
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.settings import Settings
+from rhd.runtime.topics import STAGES
 from rhd.watch.console import completeness_name, label_name
 from rhd.watch.figures import Progress, follow
 
@@ -37,21 +38,65 @@ def print_progress(progress: Progress, n_studies: int) -> None:
     )
 
 
-def diagnosis_table(progress: Progress, truths: dict[str, str]) -> str:
+# The WHF 2012 criteria as the table abbreviates them.
+SHORT = {
+    "pathological_mr": "MR",
+    "pathological_ar": "AR",
+    "mitral_stenosis": "MS",
+    "mitral_features": "MV2",
+    "aortic_features": "AV2",
+}
+
+
+def _criteria(met: dict[str, bool]) -> str:
+    return ",".join(SHORT[c] for c in CRITERIA if met.get(c)) or "-"
+
+
+def _measured(d) -> str:
+    """The measurements behind each criterion the line found met, as a cardiologist would read them."""
+    shown = []
+    for c in d.criteria:
+        m = dict(c.measurements)
+        if not c.met or not m:
+            continue
+        if c.criterion == "pathological_mr":
+            shown.append(
+                f"MR {m['systolic_jet_length_mm_max']:.0f} mm in {m['views_with_systolic_jet']:.0f} views, "
+                f"{m['mr_peak_velocity_m_s']:.1f} m/s, {m['mr_systolic_cover']:.0%} of systole"
+            )
+        elif c.criterion == "pathological_ar":
+            shown.append(
+                f"AR {m['diastolic_jet_length_mm_max']:.0f} mm, {m['ar_peak_velocity_m_s']:.1f} m/s, "
+                f"{m['ar_diastolic_cover']:.0%} of diastole"
+            )
+        elif c.criterion == "mitral_stenosis":
+            shown.append(f"MS {m['ms_mean_gradient_mmhg']:.1f} mmHg")
+    return "; ".join(shown)
+
+
+def diagnosis_table(progress: Progress, truths: dict[str, dict]) -> str:
+    """Each study's diagnosis beside the generator's truth: class, the WHF criteria met (found / true) and the
+    measurements they rest on; a referral says why."""
     header = f"{'study':<12} {'truth':<10} {'diagnosis':<10} " + " ".join(f"{c[:5]:>6}" for c in CLASSES)
-    header += f"  {'status':<10} {'frames a/s/f of n':<18} reason"
+    header += f"  {'criteria found':<14} {'true':<14} {'status':<10} {'frames a/s/f of n':<18} measurements / reason"
     lines = [header, "-" * len(header)]
     for study_id in sorted(truths):
+        truth = truths[study_id]
         for d in progress.diagnoses.get(study_id, []):
             probs = " ".join(f"{d.probabilities.get(c, 0.0):6.2f}" for c in CLASSES)
             f = d.frames
             counts = f"{f.analysed}/{f.skipped}/{f.failed} of {f.expected}"
+            found = _criteria({c.criterion: c.met for c in d.criteria}) if d.criteria else "?"
+            label = "referred" if d.referred else label_name(d.label)
+            said = d.referral if d.referred else _measured(d) or d.reason
+            if d.reason and said != d.reason:
+                said += f"; {d.reason}"
             lines.append(
-                f"{study_id:<12} {truths[study_id]:<10} {label_name(d.label):<10} {probs}  "
-                f"{completeness_name(d.completeness):<10} {counts:<18} {d.reason[:70]}"
+                f"{study_id:<12} {truth['label']:<10} {label:<10} {probs}  {found:<14} {_criteria(truth['met']):<14} "
+                f"{completeness_name(d.completeness):<10} {counts:<18} {said[:110]}"
             )
         if study_id not in progress.diagnoses:
-            lines.append(f"{study_id:<12} {truths[study_id]:<10} (no diagnosis)")
+            lines.append(f"{study_id:<12} {truth['label']:<10} (no diagnosis)")
     return "\n".join(lines)
 
 
@@ -69,6 +114,7 @@ async def stage_figures(services: list[ServiceProcess]) -> dict[str, tuple[float
 
 
 async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path) -> int:
+    from rhd.synth.criteria import Valves, criteria_met
     from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 
     started = time.monotonic()
@@ -81,7 +127,10 @@ async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path)
     # The screening protocol's first 10 videos of 1-2 s: every view, B-mode and colour, in a demo of minutes.
     config = SynthConfig(videos_per_study=10, duration_s=(1.0, 2.0))
     study_dirs = synth_studies(seed, n_studies, workdir / "studies", config, balanced=True)
-    truths = {d.name: load_truth(d)["label"] for d in study_dirs}
+    truths = {}
+    for d in study_dirs:
+        truth = load_truth(d)
+        truths[d.name] = {"label": truth["label"], "met": criteria_met(Valves.from_dict(truth["valves"]))}
     bad_video = corrupt_one_video(study_dirs[-1])
     print(
         f"  video {bad_video} truncated on purpose (bad input); study {study_dirs[0].name} "
@@ -90,7 +139,7 @@ async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path)
     )
 
     stack = EmbeddedStack(workdir, settings)
-    print("starting broker, model server and 7 stages as separate processes ...", flush=True)
+    print(f"starting broker, model server and {len(STAGES)} stages as separate processes ...", flush=True)
     try:
         live = await stack.start()
         print(f"  ready in {time.monotonic() - started:.1f} s (broker {live.bootstrap_servers})", flush=True)
