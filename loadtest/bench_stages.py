@@ -1,16 +1,20 @@
 """Per-frame cost of each stage's functions, next to raw OpenCV decode and raw HSV conversion measured
 in the same run on the same core. Prints figures; asserts nothing."""
 
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
+from google.protobuf import json_format
 from rhd.features.ops import frame_features
 from rhd.imaging.codec import frame_image, frame_pixels
+from rhd.imaging.ecg import read_ecg, reading_message
 from rhd.inspect.ops import inspect
 from rhd.segment.ops import segment
+from rhd.spectral.ops import spectral_features, spectral_region
 from rhd.split.ops import decode_video
 from rhd.synth.generator import synth_studies
 from rhd.v1 import rhd_pb2 as pb
@@ -30,6 +34,15 @@ def main(n_studies: int = 2) -> None:
         studies = synth_studies(99, n_studies, Path(tmp), balanced=True)
         seconds = time.perf_counter() - started
         videos = [p.read_bytes() for s in studies for p in sorted(s.glob("*.mp4"))]
+        # Each spectral video's frames with its calibrated region, as split hands them on.
+        traces = []
+        for s in studies:
+            for video in json.loads((s / "study.json").read_text())["videos"]:
+                region = spectral_region(
+                    [json_format.ParseDict(r, pb.UltrasoundRegion()) for r in video.get("regions", [])]
+                )
+                if region is not None:
+                    traces += [(f, region) for f in decode_video((s / video["filename"]).read_bytes()).frames]
         truth_bytes = sum(p.stat().st_size for p in (Path(tmp) / "truth").rglob("*") if p.is_file())
     generated = sum(len(decode_video(v).frames) for v in videos)
     print(
@@ -40,6 +53,7 @@ def main(n_studies: int = 2) -> None:
     )
     frames = [f for v in videos for f in decode_video(v).frames]
     colour = [f for f in frames if inspect(f).doppler]
+    ecgs = [reading_message(r) if (r := read_ecg(f)) is not None else None for f, _ in traces]
     masks = [segment(f).labels for f in colour]
     raws = [pb.Frame(height=f.shape[0], width=f.shape[1], **frame_pixels(f, "raw")) for f in frames]
     pngs = [pb.Frame(height=f.shape[0], width=f.shape[1], **frame_pixels(f, "png")) for f in frames]
@@ -62,8 +76,16 @@ def main(n_studies: int = 2) -> None:
             "features: texture + bar + velocity",
             per_frame_ms(lambda i: frame_features(colour[i], masks[i], 0.6, 60.0), range(len(colour))),
         ),
+        ("inspect: ECG sweep alone (read_ecg)", per_frame_ms(read_ecg, frames)),
+        (
+            "spectral: envelope + phases + gradient",
+            per_frame_ms(lambda i: spectral_features(traces[i][0], traces[i][1], ecgs[i]), range(len(traces))),
+        ),
     ]
-    print(f"{n_frames} frames ({len(colour)} colour Doppler) of {len(videos)} videos, one core")
+    print(
+        f"{n_frames} frames ({len(colour)} colour Doppler, {len(traces)} spectral Doppler) of {len(videos)} videos, "
+        "one core"
+    )
     for name, ms in rows:
         print(f"  {name:<44} {ms:7.3f} ms/frame  {1000 / ms:8.0f} frames/s")
     decode_ms, raw_ms, png_ms = rows[0][1], rows[2][1], rows[3][1]

@@ -28,9 +28,10 @@ KERAS_FILE = "view.keras"  # the same model for Keras in-process (any backend); 
 CONFUSION_FILE = "confusion.png"
 EVERY = 3  # neighbouring frames of a video are near copies: every third one is enough
 # Shorter studies than the screening default, with more colour Doppler (all the view stage sees) and more
-# off-axis and poor-quality videos, so the rare "other" class has enough examples.
+# off-axis and poor-quality videos, so the rare "other" class has enough examples. The protocol's first 12 videos
+# hold every view with its colour box over each valve it shows (the two spectral traces among them are skipped).
 TRAINING_CONFIG = SynthConfig(
-    videos_per_study=10, duration_s=(1.0, 1.0), colour_share=0.75, off_axis_rate=0.1, poor_quality_rate=0.1
+    videos_per_study=12, duration_s=(1.0, 1.0), colour_share=0.75, off_axis_rate=0.1, poor_quality_rate=0.1
 )
 EPOCHS, BATCH_SIZE, LEARNING_RATE = 14, 64, 2e-3
 
