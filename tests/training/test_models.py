@@ -10,7 +10,7 @@ import pytest
 import skops.io as sio
 from rhd.diagnose.ops import MODEL_FILE, diagnose, load_study_model
 from rhd.inprocess import analyse_study
-from rhd.labels import VIEW_CLASSES
+from rhd.labels import CRITERIA, VIEW_CLASSES
 from rhd.split.ops import decode_video
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.training.study import TRAINING_CONFIG
@@ -59,7 +59,9 @@ def test_study_model_ranks_definite_studies_above_normal_ones(tmp_path):
         analysis = analyse_study(study, views)
         result = diagnose(model, analysis.names, analysis.values)
         assert sum(result.probabilities.values()) == pytest.approx(1.0)
-        assert len(result.evidence) == 5
+        assert [c.name for c in result.criteria] == list(CRITERIA)
+        likely = {m for c in result.criteria if c.probability >= 0.5 for m in c.measurements}
+        assert {name for name, _, _ in result.evidence} == likely
         p_definite[load_truth(study)["label"]].append(result.probabilities["definite"])
     assert np.mean(p_definite["definite"]) > np.mean(p_definite["normal"]) + 0.2, p_definite
 
