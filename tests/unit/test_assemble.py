@@ -276,12 +276,14 @@ def test_a_study_is_referred_when_the_criteria_do_not_apply_or_their_evidence_is
     }
     names, values = list(good), list(good.values())
     assert referral({"age_years": "12.0"}, names, values) is None
-    assert "age unknown" in referral({}, names, values)
-    assert "age 34 years" in referral({"age_years": "34.2"}, names, values)
+    assert "age unknown" in referral({}, names, values).reason
+    adult = referral({"age_years": "34.2"}, names, values)
+    assert "age 34 years" in adult.reason and not adult.scored
     assert referral({"age_years": "20.0"}, names, values) is None  # up to 20 inclusive
     for missing, why in (
         ("colour_videos_read", "no colour Doppler"),
         ("phase_known_fraction", "no ECG"),
         ("mitral_trace_read", "no spectral Doppler trace"),
     ):
-        assert why in referral({"age_years": "9.0"}, names, [0.0 if n == missing else v for n, v in good.items()])
+        referred = referral({"age_years": "9.0"}, names, [0.0 if n == missing else v for n, v in good.items()])
+        assert why in referred.reason and referred.scored

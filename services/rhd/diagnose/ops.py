@@ -119,21 +119,32 @@ class Result:
 MAX_AGE_YEARS = 20.0  # the WHF 2012 criteria are for individuals aged 20 or younger
 
 
-def referral(clinical: Mapping[str, str], names: Sequence[str], values: Sequence[float]) -> str | None:
-    """Why the study goes to a cardiologist instead of being scored, or None: the criteria do not apply (age over
+@dataclass(frozen=True)
+class Referral:
+    """Why a study goes to a cardiologist instead of being labelled; `scored`: whether its probabilities are still
+    worth showing (the evidence is short) or not (the criteria do not apply to the patient)."""
+
+    reason: str
+    scored: bool
+
+
+def referral(clinical: Mapping[str, str], names: Sequence[str], values: Sequence[float]) -> Referral | None:
+    """Why the study goes to a cardiologist instead of being labelled, or None: the criteria do not apply (age over
     20, or not known), or the evidence they need is missing."""
     age = clinical.get("age_years")
     if age is None:
-        return "age unknown: the WHF 2012 criteria are for ages up to 20"
+        return Referral("age unknown: the WHF 2012 criteria are for ages up to 20", scored=False)
     if float(age) > MAX_AGE_YEARS:
-        return f"age {float(age):.0f} years: the WHF 2012 criteria are for ages up to 20"
+        return Referral(f"age {float(age):.0f} years: the WHF 2012 criteria are for ages up to 20", scored=False)
     f = dict(zip(names, values, strict=True))
     if f.get("colour_videos_read", 0.0) == 0:
-        return "no colour Doppler video in a standard view could be read: regurgitation cannot be judged"
+        return Referral(
+            "no colour Doppler video in a standard view could be read: regurgitation cannot be judged", True
+        )
     if f.get("phase_known_fraction", 0.0) == 0:
-        return "no ECG on the colour Doppler videos: jets cannot be placed in systole or diastole"
+        return Referral("no ECG on the colour Doppler videos: jets cannot be placed in systole or diastole", True)
     if not (f.get("mitral_trace_read", 0.0) or f.get("aortic_trace_read", 0.0)):
-        return "no spectral Doppler trace: peak velocities and the mitral gradient are unmeasured"
+        return Referral("no spectral Doppler trace: peak velocities and the mitral gradient are unmeasured", True)
     return None
 
 

@@ -32,24 +32,26 @@ class Diagnose(StageService, name="diagnose", input_topic=STUDIES_FEATURES, inpu
             diagnosed_at=now(),
         )
         if study.completeness != pb.COMPLETENESS_FAILED:
-            why = referral(study.clinical, study.features.names, study.features.values)
-            if why is not None:
-                diagnosis.referred, diagnosis.referral = True, why
-            if why is not None and "age" in why:  # the criteria do not apply: not scored at all
-                metrics.observe_study_latency(self.name, study)
-                return [Output(STUDIES_DIAGNOSED, study.study_id, diagnosis)]
-            result = diagnose(self.model, study.features.names, study.features.values)
-            if why is None:
-                diagnosis.label = LABELS[result.label]
-            diagnosis.probabilities.update(result.probabilities)
-            for name, value, contribution in result.evidence:
-                diagnosis.evidence.add(name=name, value=value, contribution=contribution)
-            for c in result.criteria:
-                diagnosis.criteria.add(
-                    criterion=c.name, probability=c.probability, met=c.probability >= 0.5, measurements=c.measurements
-                )
+            referred = referral(study.clinical, study.features.names, study.features.values)
+            if referred is not None:
+                diagnosis.referred, diagnosis.referral = True, referred.reason
+            if referred is None or referred.scored:
+                self._score(diagnosis, study, label=referred is None)
         metrics.observe_study_latency(self.name, study)
         return [Output(STUDIES_DIAGNOSED, study.study_id, diagnosis)]
+
+    def _score(self, diagnosis: pb.Diagnosis, study: pb.StudyFeatures, label: bool) -> None:
+        """The criteria's estimates, the class probabilities and (unless referred) the label."""
+        result = diagnose(self.model, study.features.names, study.features.values)
+        if label:
+            diagnosis.label = LABELS[result.label]
+        diagnosis.probabilities.update(result.probabilities)
+        for name, value, contribution in result.evidence:
+            diagnosis.evidence.add(name=name, value=value, contribution=contribution)
+        for c in result.criteria:
+            diagnosis.criteria.add(
+                criterion=c.name, probability=c.probability, met=c.probability >= 0.5, measurements=c.measurements
+            )
 
     def failed(self, study: pb.StudyFeatures, reason: str) -> list[Output]:
         # A study whose features cannot be classified still gets its one diagnosis: FAILED, with why.

@@ -89,8 +89,9 @@ def _study_row(task: tuple[int, int, int, str, str]) -> tuple[str, list[float], 
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(Path(tmp) / "truth" / study.study_id, ignore_errors=True)
     met = criteria_met(study.valves)
-    why = referral(analysis.features.clinical, analysis.names, analysis.values)
-    return label, analysis.values, [met[c] for c in CRITERIA], {**subgroups(study.metadata), "referral": why or ""}
+    referred = referral(analysis.features.clinical, analysis.names, analysis.values)
+    why = referred.reason if referred else ""
+    return label, analysis.values, [met[c] for c in CRITERIA], {**subgroups(study.metadata), "referral": why}
 
 
 @dataclass(frozen=True)

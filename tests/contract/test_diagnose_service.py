@@ -1,0 +1,77 @@
+"""The diagnose stage's answer for each kind of study: a label with every WHF criterion's estimate, a referral
+that still shows the estimates when the evidence is short, and a referral without any score when the criteria do
+not apply to the patient (over 20, or age unknown)."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from rhd.assemble.ops import STUDY_FEATURE_NAMES, STUDY_FEATURE_SET
+from rhd.diagnose.service import Diagnose
+from rhd.labels import CRITERIA
+from rhd.runtime.settings import Settings
+from rhd.runtime.stage import Position
+from rhd.v1 import rhd_pb2 as pb
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+AT = Position(0, 0, 0.0)
+# A study with a long pan-systolic MR jet in 3 views at 4.2 m/s, both traces read, every colour video phased.
+GOOD = {
+    **dict.fromkeys(STUDY_FEATURE_NAMES, 0.0),
+    "systolic_jet_length_mm_max": 28.0,
+    "second_view_systolic_jet_mm": 22.0,
+    "views_with_systolic_jet": 3.0,
+    "systolic_jet_cover_max": 1.0,
+    "mr_peak_velocity_m_s": 4.2,
+    "mr_systolic_cover": 0.98,
+    "phase_known_fraction": 1.0,
+    "colour_videos_read": 5.0,
+    "mitral_trace_read": 1.0,
+    "aortic_trace_read": 1.0,
+}
+
+
+def study(age: str | None, **changes: float) -> pb.StudyFeatures:
+    values = {**GOOD, **changes}
+    return pb.StudyFeatures(
+        study_id="S1",
+        completeness=pb.COMPLETENESS_COMPLETE,
+        features=pb.FeatureVector(
+            feature_set=STUDY_FEATURE_SET, names=STUDY_FEATURE_NAMES, values=[values[n] for n in STUDY_FEATURE_NAMES]
+        ),
+        clinical={} if age is None else {"age_years": age},
+    )
+
+
+@pytest.fixture(scope="module")
+def stage():
+    diagnose = Diagnose()
+    asyncio.run(diagnose.start(Settings(models_dir=MODELS)))
+    return diagnose
+
+
+def answer(stage: Diagnose, features: pb.StudyFeatures) -> pb.Diagnosis:
+    [output] = stage.handle(features, AT)
+    return output.message
+
+
+def test_a_child_with_pathological_mr_is_labelled_with_each_criterions_estimate(stage):
+    d = answer(stage, study("12.4"))
+    assert not d.referred and d.label != pb.LABEL_UNSPECIFIED
+    assert [c.criterion for c in d.criteria] == list(CRITERIA)
+    mr = d.criteria[0]
+    assert mr.met and mr.probability > 0.5 and mr.measurements["mr_peak_velocity_m_s"] == pytest.approx(4.2)
+    assert {e.name for e in d.evidence} >= {"systolic_jet_length_mm_max", "mr_peak_velocity_m_s"}
+
+
+def test_short_evidence_is_referred_with_its_estimates_shown(stage):
+    d = answer(stage, study("12.4", phase_known_fraction=0.0))
+    assert d.referred and "no ECG" in d.referral
+    assert d.label == pb.LABEL_UNSPECIFIED and d.probabilities and len(d.criteria) == len(CRITERIA)
+
+
+@pytest.mark.parametrize(("age", "why"), [("34.0", "age 34 years"), (None, "age unknown")])
+def test_the_criteria_do_not_apply_to_adults_or_unknown_ages_who_are_referred_unscored(stage, age, why):
+    d = answer(stage, study(age))
+    assert d.referred and why in d.referral
+    assert d.label == pb.LABEL_UNSPECIFIED and not d.probabilities and not d.criteria
