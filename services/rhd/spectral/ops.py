@@ -8,6 +8,7 @@ The strip's place and calibration come with the video (DICOM's Sequence of Ultra
 cm/s and seconds per pixel), not from text on the screen.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cv2
@@ -48,7 +49,7 @@ class Envelope:
     visible: np.ndarray  # per column: not the sweep's gap
 
 
-def spectral_region(regions) -> pb.UltrasoundRegion | None:
+def spectral_region(regions: Iterable[pb.UltrasoundRegion]) -> pb.UltrasoundRegion | None:
     """The frame's spectral Doppler region, if its video has one."""
     return next((r for r in regions if r.spatial_format == "spectral"), None)
 
