@@ -223,6 +223,12 @@ def test_the_spectral_traces_are_read_in_the_line_as_the_valves_truth_has_them(l
         assert abs(f["mr_peak_velocity_m_s"] - truth["mitral"]["mr_peak_m_s"]) <= 0.3
         assert abs(f["ms_mean_gradient_mmhg"] - truth["mitral"]["mean_gradient_mmhg"]) <= 0.5
         assert abs(f["ar_peak_velocity_m_s"] - truth["aortic"]["ar_peak_m_s"]) <= 0.3
+        # Each measurement names the frame it was read on: a frame of the study, the traces' of their valve's video.
+        videos = {v["video_id"]: v for v in load_truth(study_dir)["videos"]}
+        for e in study.evidence:
+            assert 0 <= e.frame_index < videos[e.video_id]["frame_count"], e
+        read_on = {e.feature: videos[e.video_id] for e in study.evidence}
+        assert read_on["ms_mean_gradient_mmhg"]["spectral"]["valve"] == "mitral"
 
 
 def test_good_studies_are_complete_with_probabilities(line):

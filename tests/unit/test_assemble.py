@@ -10,6 +10,7 @@ from rhd.assemble.ops import (
     Assembler,
     Trace,
     assemble_study,
+    evidence_frames,
     study_features,
 )
 from rhd.features.ops import FEATURE_NAMES
@@ -209,6 +210,13 @@ def test_jets_are_split_by_cardiac_phase_mr_in_systole_ar_in_diastole():
     assert f["diastolic_jet_cover_max"] == pytest.approx(1 / 3)
     assert f["phase_known_fraction"] == pytest.approx(2 / 3)
     assert f["jet_length_mm_max"] == 30  # the phase-blind features still see every frame
+    frames = [AnalysedFrame(a.video_id, a.view, a.features, a.phase, k) for k, a in enumerate(frames)]
+    read_on = {e.feature: (e.video_id, e.frame_index) for e in evidence_frames(frames)}
+    assert read_on == {
+        "jet_length_mm_max": ("V2", 10),
+        "systolic_jet_length_mm_max": ("V0", 0),
+        "diastolic_jet_length_mm_max": ("V0", 3),
+    }
 
 
 def _trace(away_peak, away_fraction, toward_peak=0.0, gradient=0.0, systolic_cover=-1.0, diastolic_cover=-1.0):
@@ -238,6 +246,14 @@ def test_a_trace_is_aortic_when_it_shows_the_systolic_ejection_and_mitral_otherw
     assert f["ar_peak_velocity_m_s"] == 3.5 and f["ar_diastolic_cover"] == 0.5
     assert (f["mitral_trace_read"], f["aortic_trace_read"]) == (1.0, 1.0)
     assert _trace(300, 0.21).cover("systolic_away_cover", "away_fraction", 0.42) == pytest.approx(0.5)
+    # The frame shown for a trace is the one whose reading is nearest the video's median.
+    frames = tuple((k, {**mitral.readings, "away_peak_cm_s": v}) for k, v in enumerate((350.0, 381.0, 420.0)))
+    shown = Trace("M", mitral.readings, frames)
+    assert {e.feature: e.frame_index for e in evidence_frames([], [shown, aortic])} == {
+        "mr_peak_velocity_m_s": 1,
+        "ms_mean_gradient_mmhg": 0,
+        "ar_peak_velocity_m_s": -1,  # a trace without its frames' readings has none to show
+    }
 
 
 def test_a_study_of_spectral_traces_only_is_still_analysed():

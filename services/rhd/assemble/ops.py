@@ -93,6 +93,7 @@ class AnalysedFrame:
     view: str  # the view model's label for this frame
     features: Mapping[str, float]  # the frame's features by name
     phase: float | None = None  # the frame's cardiac phase, when its video's is known
+    frame_index: int = -1
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,13 @@ class Trace:
 
     video_id: str
     readings: Mapping[str, float]
+    frames: tuple[tuple[int, Mapping[str, float]], ...] = ()  # (frame index, its readings)
+
+    def frame_nearest(self, name: str) -> int:
+        """The frame whose reading of `name` is nearest the video's median: the one to show."""
+        if not self.frames:
+            return -1
+        return min(self.frames, key=lambda f: abs(f[1][name] - self.readings[name]))[0]
 
     @property
     def valve(self) -> str:
@@ -151,11 +159,20 @@ def _by_phase(frames: Sequence[AnalysedFrame]) -> dict[str, float]:
     return out
 
 
-def _traces(traces: Sequence[Trace]) -> dict[str, float]:
+def _chosen(traces: Sequence[Trace]) -> tuple[Trace | None, Trace | None, Trace | None]:
+    """The traces the study's values come from: MR's (the fastest mitral regurgitation), AR's, and the mitral inflow's
+    (the first mitral trace)."""
     mitral = [t for t in traces if t.valve == "mitral"]
     aortic = [t for t in traces if t.valve == "aortic"]
     mr = max(mitral, key=lambda t: t.readings["away_peak_cm_s"], default=None)
     ar = max(aortic, key=lambda t: t.readings["toward_peak_cm_s"], default=None)
+    return mr, ar, mitral[0] if mitral else None
+
+
+def _traces(traces: Sequence[Trace]) -> dict[str, float]:
+    mitral = [t for t in traces if t.valve == "mitral"]
+    aortic = [t for t in traces if t.valve == "aortic"]
+    mr, ar, _ = _chosen(traces)
     return {
         "mr_peak_velocity_m_s": mr.readings["away_peak_cm_s"] / 100.0 if mr else 0.0,
         "mr_systolic_cover": mr.cover("systolic_away_cover", "away_fraction", SYSTOLE_END) if mr else 0.0,
@@ -338,6 +355,7 @@ def assemble_study(
             r.view.label,
             _named(r.features),
             float(phases[r.key.video_id][r.key.frame_index]) if r.key.video_id in phases else None,
+            r.key.frame_index,
         )
         for r in done
         if not r.features.feature_set.startswith("spectral")
@@ -376,6 +394,7 @@ def assemble_study(
         clinical=manifest.metadata if manifest else {},
     )
     study.cycles.extend(cycles)
+    study.evidence.extend(evidence_frames(analysed, traces))
     study.assembled_at.GetCurrentTime()
     return study
 
@@ -386,18 +405,43 @@ def _named(vector: pb.FeatureVector) -> dict[str, float]:
 
 def _video_traces(results: list[pb.FrameResult]) -> list[Trace]:
     """Per spectral video, the median of each reading over its frames (each frame shows the last seconds of trace)."""
-    by_video: dict[str, list[dict[str, float]]] = {}
+    by_video: dict[str, list[tuple[int, dict[str, float]]]] = {}
     for r in results:
-        by_video.setdefault(r.key.video_id, []).append(_named(r.features))
+        by_video.setdefault(r.key.video_id, []).append((r.key.frame_index, _named(r.features)))
     traces = []
     for video_id, frames in sorted(by_video.items()):
-        missing = sorted({name for f in frames for name in TRACE_FEATURES_USED if name not in f})
+        missing = sorted({name for _, f in frames for name in TRACE_FEATURES_USED if name not in f})
         if missing:
             raise ValueError(f"spectral readings lack {', '.join(missing)}")
-        traces.append(
-            Trace(video_id, {name: float(np.median([f[name] for f in frames])) for name in TRACE_FEATURES_USED})
-        )
+        medians = {name: float(np.median([f[name] for _, f in frames])) for name in TRACE_FEATURES_USED}
+        traces.append(Trace(video_id, medians, tuple(sorted(frames, key=lambda f: f[0]))))
     return traces
+
+
+def evidence_frames(frames: Sequence[AnalysedFrame], traces: Sequence[Trace] = ()) -> list[pb.EvidenceFrame]:
+    """Where the study's criterion measurements were read: the frame of the longest jet (any phase, in systole, in
+    diastole) and, per trace read, the frame nearest its median reading."""
+    out = []
+    for feature, in_phase in (
+        ("jet_length_mm_max", lambda f: True),
+        ("systolic_jet_length_mm_max", lambda f: f.phase is not None and f.phase < SYSTOLE_END),
+        ("diastolic_jet_length_mm_max", lambda f: f.phase is not None and f.phase >= SYSTOLE_END),
+    ):
+        mine = [f for f in frames if in_phase(f) and f.features["jet_length_mm"] >= JET_MIN_MM]
+        if mine:
+            best = max(mine, key=lambda f: f.features["jet_length_mm"])
+            out.append(pb.EvidenceFrame(feature=feature, video_id=best.video_id, frame_index=best.frame_index))
+    mr, ar, mitral = _chosen(traces)
+    for feature, trace, reading in (
+        ("mr_peak_velocity_m_s", mr, "away_peak_cm_s"),
+        ("ar_peak_velocity_m_s", ar, "toward_peak_cm_s"),
+        ("ms_mean_gradient_mmhg", mitral, "toward_mean_gradient_mmhg"),
+    ):
+        if trace is not None and trace.readings[reading] > 0:
+            out.append(
+                pb.EvidenceFrame(feature=feature, video_id=trace.video_id, frame_index=trace.frame_nearest(reading))
+            )
+    return out
 
 
 def cardiac_cycles(manifest: pb.StudyManifest, results: list[pb.FrameResult]) -> list[pb.CardiacCycle]:

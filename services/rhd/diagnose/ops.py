@@ -106,6 +106,7 @@ class Criterion:
     name: str
     probability: float
     measurements: dict[str, float]
+    frames: dict[str, tuple[str, int]] = field(default_factory=dict)  # measurement -> (video, frame) read on
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,14 @@ def load_study_model(models_dir: Path, version: int = 0) -> StudyModel:
     )
 
 
-def diagnose(model: StudyModel, names: Sequence[str], values: Sequence[float]) -> Result:
+def diagnose(
+    model: StudyModel,
+    names: Sequence[str],
+    values: Sequence[float],
+    frames: Mapping[str, tuple[str, int]] | None = None,
+) -> Result:
+    """The study's class from its features; `frames` (feature -> (video, frame index) it was read on) travel with
+    each criterion's measurements as its evidence."""
     if tuple(names) != model.feature_names:
         raise ValueError(
             f"feature names differ from the model's ({len(names)} given, "
@@ -181,7 +189,16 @@ def diagnose(model: StudyModel, names: Sequence[str], values: Sequence[float]) -
     probabilities = class_probabilities(p_criteria)
     label = decide(probabilities, model.thresholds)
     named = dict(zip(names, map(float, values), strict=True))
-    criteria = [Criterion(c, p_criteria[c], {m: named[m] for m in CRITERION_MEASUREMENTS[c]}) for c in CRITERIA]
+    frames = frames or {}
+    criteria = [
+        Criterion(
+            c,
+            p_criteria[c],
+            {m: named[m] for m in CRITERION_MEASUREMENTS[c]},
+            {m: frames[m] for m in CRITERION_MEASUREMENTS[c] if m in frames},
+        )
+        for c in CRITERIA
+    ]
     evidence = [
         (measurement, value, c.probability)
         for c in sorted(criteria, key=lambda c: -c.probability)

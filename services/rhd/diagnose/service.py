@@ -42,7 +42,8 @@ class Diagnose(StageService, name="diagnose", input_topic=STUDIES_FEATURES, inpu
 
     def _score(self, diagnosis: pb.Diagnosis, study: pb.StudyFeatures, label: bool) -> None:
         """The criteria's estimates, the class probabilities and (unless referred) the label."""
-        result = diagnose(self.model, study.features.names, study.features.values)
+        read_on = {e.feature: (e.video_id, e.frame_index) for e in study.evidence}
+        result = diagnose(self.model, study.features.names, study.features.values, read_on)
         if label:
             diagnosis.label = LABELS[result.label]
         diagnosis.probabilities.update(result.probabilities)
@@ -50,7 +51,11 @@ class Diagnose(StageService, name="diagnose", input_topic=STUDIES_FEATURES, inpu
             diagnosis.evidence.add(name=name, value=value, contribution=contribution)
         for c in result.criteria:
             diagnosis.criteria.add(
-                criterion=c.name, probability=c.probability, met=c.probability >= 0.5, measurements=c.measurements
+                criterion=c.name,
+                probability=c.probability,
+                met=c.probability >= 0.5,
+                measurements=c.measurements,
+                frames=[pb.EvidenceFrame(feature=m, video_id=v, frame_index=i) for m, (v, i) in c.frames.items()],
             )
 
     def failed(self, study: pb.StudyFeatures, reason: str) -> list[Output]:
