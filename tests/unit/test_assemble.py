@@ -252,8 +252,7 @@ def test_a_trace_is_aortic_when_it_shows_the_systolic_ejection_and_mitral_otherw
     assert {e.feature: e.frame_index for e in evidence_frames([], [shown, aortic])} == {
         "mr_peak_velocity_m_s": 1,
         "ms_mean_gradient_mmhg": 0,
-        "ar_peak_velocity_m_s": -1,  # a trace without its frames' readings has none to show
-    }
+    }  # the aortic trace came without its frames' readings: no frame to show
 
 
 def test_a_study_of_spectral_traces_only_is_still_analysed():

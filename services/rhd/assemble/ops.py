@@ -437,10 +437,9 @@ def evidence_frames(frames: Sequence[AnalysedFrame], traces: Sequence[Trace] = (
         ("ar_peak_velocity_m_s", ar, "toward_peak_cm_s"),
         ("ms_mean_gradient_mmhg", mitral, "toward_mean_gradient_mmhg"),
     ):
-        if trace is not None and trace.readings[reading] > 0:
-            out.append(
-                pb.EvidenceFrame(feature=feature, video_id=trace.video_id, frame_index=trace.frame_nearest(reading))
-            )
+        index = trace.frame_nearest(reading) if trace is not None and trace.readings[reading] > 0 else -1
+        if trace is not None and index >= 0:
+            out.append(pb.EvidenceFrame(feature=feature, video_id=trace.video_id, frame_index=index))
     return out
 
 
