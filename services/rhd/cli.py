@@ -217,6 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             workers=args.workers,
             held_out_per_class=args.held_out_per_class,
             report_dir=Path(args.report_dir) if args.report_dir else None,
+            cache=Path(args.cache) if args.cache else None,
         )
         print(f"study model: {out} (report: {out / 'report.md'})")
     return 0
@@ -369,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes computing features")
     p.add_argument("--report-dir", default=None, help="also write the report (Markdown + PNG) here")
+    p.add_argument(
+        "--cache", default=None, help="study model: keep the studies' feature rows here and reuse them when asked again"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="start everything, publish studies, show diagnoses, stop everything")

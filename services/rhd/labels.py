@@ -21,6 +21,17 @@ CRITERIA: tuple[str, ...] = (
     "aortic_features",
 )
 
+# The conditions each criterion is made of, each estimated on its own from its own measurements: a criterion is met
+# when all of its parts are (pathological MR: a jet >= 2 cm, seen in >= 2 views, >= 3 m/s, pan-systolic).
+CRITERION_PARTS: dict[str, tuple[str, ...]] = {
+    "pathological_mr": ("mr_length", "mr_views", "mr_velocity", "mr_duration"),
+    "pathological_ar": ("ar_length", "ar_views", "ar_velocity", "ar_duration"),
+    "mitral_stenosis": ("ms_gradient",),
+    "mitral_features": ("mitral_features",),
+    "aortic_features": ("aortic_features",),
+}
+PARTS: tuple[str, ...] = tuple(part for name in CRITERIA for part in CRITERION_PARTS[name])
+
 
 def whf_routes(met: dict[str, bool]) -> tuple[list[str], list[str]]:
     """(Definite routes met, Borderline routes met) by the WHF 2012 rules, named by the guideline's letters, from

@@ -1,8 +1,9 @@
 """Study classification as the WHF 2012 guideline reads a study: one calibrated estimate per criterion (pathological
-MR, pathological AR, mitral stenosis, >= 2 mitral and >= 2 aortic morphological features), each a scikit-learn
-Pipeline (z-score scaler fitted at training, then logistic regression over the study's measurements), combined by
-the guideline's rules into P(normal), P(borderline), P(definite); the label follows from decision thresholds chosen
-on cross-validation. The evidence is each criterion's estimate with the measurements it rests on."""
+MR, pathological AR, mitral stenosis, >= 2 mitral and >= 2 aortic morphological features), each the product of its
+parts' (pathological MR: jet >= 2 cm, seen in >= 2 views, >= 3 m/s, pan-systolic), each part a scikit-learn Pipeline
+(z-score scaler fitted at training, then logistic regression over that part's own measurements); the criteria are
+combined by the guideline's rules into P(normal), P(borderline), P(definite), and the label follows from decision
+thresholds chosen on cross-validation. The evidence is each criterion's estimate with the measurements it rests on."""
 
 import itertools
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,7 @@ import numpy as np
 import skops.io as sio
 from sklearn.pipeline import Pipeline
 
-from rhd.labels import CLASSES, CRITERIA, whf_class
+from rhd.labels import CLASSES, CRITERIA, CRITERION_PARTS, PARTS, whf_class
 from rhd.modelstore import read_manifest, version_dir
 
 MODEL_NAME = "study"
@@ -34,30 +35,36 @@ TRUSTED_TYPES = frozenset(
         "builtins.dict",
     }
 )
-# What a reader looks at for each criterion (study-v4 names): shown with the criterion's estimate as its evidence.
-CRITERION_MEASUREMENTS: dict[str, tuple[str, ...]] = {
-    "pathological_mr": (
-        "systolic_jet_length_mm_max",
-        "views_with_systolic_jet",
-        "mr_peak_velocity_m_s",
-        "mr_systolic_cover",
-    ),
-    "pathological_ar": (
-        "diastolic_jet_length_mm_max",
-        "views_with_diastolic_jet",
-        "ar_peak_velocity_m_s",
-        "ar_diastolic_cover",
-    ),
-    "mitral_stenosis": ("ms_mean_gradient_mmhg",),
-    # Morphology is not measured yet (no valve stage): estimated from what goes with it in the measurements.
-    "mitral_features": (),
-    "aortic_features": (),
+# What each part of a criterion is estimated from (study-v4 names), as a reader measures it; None: from every feature
+# (morphology is not measured yet, so its estimate rests on what goes with it).
+PART_MEASUREMENTS: dict[str, tuple[str, ...] | None] = {
+    "mr_length": ("systolic_jet_length_mm_max",),
+    "mr_views": ("views_with_systolic_jet", "second_view_systolic_jet_mm"),
+    "mr_velocity": ("mr_peak_velocity_m_s",),
+    "mr_duration": ("mr_systolic_cover", "systolic_jet_cover_max"),
+    "ar_length": ("diastolic_jet_length_mm_max",),
+    "ar_views": ("views_with_diastolic_jet",),
+    "ar_velocity": ("ar_peak_velocity_m_s",),
+    "ar_duration": ("ar_diastolic_cover", "diastolic_jet_cover_max"),
+    "ms_gradient": ("ms_mean_gradient_mmhg",),
+    "mitral_features": None,
+    "aortic_features": None,
 }
+# What a reader looks at for each criterion: shown with the criterion's estimate as its evidence.
+CRITERION_MEASUREMENTS: dict[str, tuple[str, ...]] = {
+    name: tuple(m for part in CRITERION_PARTS[name] for m in PART_MEASUREMENTS[part] or ()) for name in CRITERIA
+}
+
+
+def part_columns(part: str, feature_names: Sequence[str]) -> list[int]:
+    """The columns of the study's feature vector a part is estimated from."""
+    names = PART_MEASUREMENTS[part]
+    return list(range(len(feature_names))) if names is None else [list(feature_names).index(n) for n in names]
 
 
 @dataclass(frozen=True)
 class StudyModel:
-    criteria: dict[str, Pipeline]  # per criterion: P(met) from the study's features
+    parts: dict[str, Pipeline]  # per part of a criterion (rhd.labels.PARTS): P(met) from its measurements
     version: str
     feature_names: tuple[str, ...]
     classes: tuple[str, ...]
@@ -90,15 +97,23 @@ def class_probabilities(criteria: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def criterion_probabilities(criteria: Mapping[str, Pipeline], x: np.ndarray) -> np.ndarray:
-    """[n studies, len(CRITERIA)]: each criterion's P(met) (0 where training never saw it met)."""
+def part_probabilities(parts: Mapping[str, Pipeline], x: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
+    """[n studies, len(PARTS)]: each part's P(met) (0 where training never saw it met)."""
     columns = []
-    for name in CRITERIA:
-        pipeline = criteria[name]
+    for name in PARTS:
+        pipeline = parts[name]
         fitted = list(pipeline.classes_)
-        p = pipeline.predict_proba(x)
+        p = pipeline.predict_proba(x[:, part_columns(name, feature_names)])
         columns.append(p[:, fitted.index(True)] if True in fitted else np.zeros(len(x)))
     return np.stack(columns, axis=1)
+
+
+def criterion_probabilities(parts: Mapping[str, Pipeline], x: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
+    """[n studies, len(CRITERIA)]: each criterion's P(met), the product of its parts' (taken as independent)."""
+    p_parts = part_probabilities(parts, x, feature_names)
+    return np.stack(
+        [np.prod(p_parts[:, [PARTS.index(part) for part in CRITERION_PARTS[c]]], axis=1) for c in CRITERIA], axis=1
+    )
 
 
 @dataclass(frozen=True)
@@ -156,12 +171,12 @@ def load_study_model(models_dir: Path, version: int = 0) -> StudyModel:
         raise ValueError(
             f"refusing {path / MODEL_FILE}: it contains types outside the allow-list: {sorted(found - TRUSTED_TYPES)}"
         )
-    criteria = sio.load(path / MODEL_FILE, trusted=sorted(found))
-    if not isinstance(criteria, dict) or set(criteria) != set(CRITERIA):
-        raise ValueError(f"{path / MODEL_FILE} is not a per-criterion study model (criteria {list(CRITERIA)})")
+    parts = sio.load(path / MODEL_FILE, trusted=sorted(found))
+    if not isinstance(parts, dict) or set(parts) != set(PARTS):
+        raise ValueError(f"{path / MODEL_FILE} is not a per-criterion study model (parts {list(PARTS)})")
     manifest = read_manifest(path)
     return StudyModel(
-        criteria,
+        parts,
         f"{MODEL_NAME}/{path.name}",
         tuple(manifest["feature_names"]),
         tuple(manifest["classes"]),
@@ -185,7 +200,9 @@ def diagnose(
     x = np.asarray(values, np.float64).reshape(1, -1)
     if not np.isfinite(x).all():
         raise ValueError("feature vector holds NaN or infinity")
-    p_criteria = dict(zip(CRITERIA, map(float, criterion_probabilities(model.criteria, x)[0]), strict=True))
+    p_criteria = dict(
+        zip(CRITERIA, map(float, criterion_probabilities(model.parts, x, model.feature_names)[0]), strict=True)
+    )
     probabilities = class_probabilities(p_criteria)
     label = decide(probabilities, model.thresholds)
     named = dict(zip(names, map(float, values), strict=True))

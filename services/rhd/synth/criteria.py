@@ -142,6 +142,20 @@ class Valves:
         )
 
 
+def parts_met(v: Valves) -> dict[str, bool]:
+    """Which parts of the WHF 2012 criteria (rhd.labels.PARTS) the valves meet."""
+    out = {}
+    for jet, r, min_mm in (("mr", v.mr, MR_MIN_JET_MM), ("ar", v.ar, AR_MIN_JET_MM)):
+        out[f"{jet}_length"] = r.jet_length_mm >= min_mm
+        out[f"{jet}_views"] = r.views_seen >= MIN_VIEWS
+        out[f"{jet}_velocity"] = r.peak_velocity_m_s >= MIN_VELOCITY_M_S
+        out[f"{jet}_duration"] = r.duration_fraction >= PAN_FRACTION
+    out["ms_gradient"] = v.ms_mean_gradient_mmhg >= MS_MEAN_GRADIENT_MMHG
+    out["mitral_features"] = v.mitral.count() >= 2
+    out["aortic_features"] = v.aortic.count() >= 2
+    return out
+
+
 def criteria_met(v: Valves) -> dict[str, bool]:
     """Which of the WHF 2012 criteria (rhd.labels.CRITERIA) the valves meet."""
     return {

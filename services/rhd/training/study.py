@@ -34,11 +34,12 @@ from rhd.diagnose.ops import (
     class_probabilities,
     criterion_probabilities,
     decide,
+    part_columns,
     referral,
 )
 from rhd.inprocess import analyse_study
-from rhd.labels import CLASSES, CRITERIA
-from rhd.synth.criteria import criteria_met
+from rhd.labels import CLASSES, CRITERIA, CRITERION_PARTS, PARTS
+from rhd.synth.criteria import parts_met
 from rhd.synth.generator import SynthConfig, make_study, study_labels, write_study
 from rhd.training.provenance import environment
 from rhd.training.report import (
@@ -88,37 +89,56 @@ def _study_row(task: tuple[int, int, int, str, str]) -> tuple[str, list[float], 
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(Path(tmp) / "truth" / study.study_id, ignore_errors=True)
-    met = criteria_met(study.valves)
+    met = parts_met(study.valves)
     referred = referral(analysis.features.clinical, analysis.names, analysis.values)
     why = referred.reason if referred else ""
-    return label, analysis.values, [met[c] for c in CRITERIA], {**subgroups(study.metadata), "referral": why}
+    return label, analysis.values, [met[part] for part in PARTS], {**subgroups(study.metadata), "referral": why}
 
 
 @dataclass(frozen=True)
 class StudySet:
     x: np.ndarray  # feature rows [n, len(STUDY_FEATURE_NAMES)]
     y: np.ndarray  # class names [n]
-    met: np.ndarray  # bool [n, len(CRITERIA)]: the generator's truth of each criterion
+    met: np.ndarray  # bool [n, len(PARTS)]: the generator's truth of each part of each criterion
     groups: dict[str, list[str]]  # subgroup name -> per study
     referrals: list[str]  # per study: why it is referred instead of scored ("" when scored)
 
 
-def build_features(models_dir: Path, seed: int, labels: list[str], workers: int, desc: str = "studies") -> StudySet:
+def _cache_key(seed: int, labels: list[str]) -> str:
+    """What a cached set depends on: the studies asked for, the generator's settings, the features and parts."""
+    what = [seed, labels, asdict(TRAINING_CONFIG), STUDY_FEATURE_SET, list(STUDY_FEATURE_NAMES), list(PARTS)]
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_features(
+    models_dir: Path, seed: int, labels: list[str], workers: int, desc: str = "studies", cache: Path | None = None
+) -> StudySet:
     """Features, labels, criteria and subgroups of the generated studies `labels`, in order; the same inputs give
-    the same rows."""
+    the same rows. With `cache`, a set computed before for the same studies, settings and feature set is read back
+    instead (the model of record is refitted in seconds); the cache holds no image and no identifier."""
+    path = cache / f"studies-{_cache_key(seed, labels)}.npz" if cache else None
+    if path is not None and path.exists():
+        with np.load(path) as saved:
+            groups = json.loads(str(saved["groups"]))
+            return StudySet(saved["x"], saved["y"], saved["met"], groups["groups"], groups["referrals"])
     with (
         tempfile.TemporaryDirectory() as tmp,
         ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(models_dir),)) as pool,
     ):
         tasks = [(seed, i, len(labels), label, tmp) for i, label in enumerate(labels)]
         rows = list(tqdm(pool.map(_study_row, tasks), total=len(tasks), desc=desc, unit="study"))
-    return StudySet(
+    built = StudySet(
         np.array([values for _, values, _, _ in rows], np.float64).reshape(len(rows), len(STUDY_FEATURE_NAMES)),
         np.array([label for label, _, _, _ in rows]),
-        np.array([met for _, _, met, _ in rows], bool).reshape(len(rows), len(CRITERIA)),
+        np.array([met for _, _, met, _ in rows], bool).reshape(len(rows), len(PARTS)),
         {name: [g[name] for _, _, _, g in rows] for name in ("sex", "age_band", "device", "hospital")},
         [g["referral"] for _, _, _, g in rows],
     )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        groups = json.dumps({"groups": built.groups, "referrals": built.referrals})
+        np.savez(path, x=built.x, y=built.y, met=built.met, groups=np.array(groups))
+    return built
 
 
 def choose_thresholds(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -147,10 +167,10 @@ def decisions(proba: np.ndarray, classes: list[str], thresholds: dict[str, float
     return np.array([decide(dict(zip(classes, row, strict=True)), thresholds) for row in proba])
 
 
-def parameters_hash(criteria: dict[str, Pipeline], thresholds: dict[str, float]) -> str:
+def parameters_hash(parts: dict[str, Pipeline], thresholds: dict[str, float]) -> str:
     digest = hashlib.sha256()
-    for name in CRITERIA:
-        scaler, classifier = criteria[name][0], criteria[name][-1]
+    for name in PARTS:
+        scaler, classifier = parts[name][0], parts[name][-1]
         arrays = [scaler.mean_, scaler.scale_]
         arrays += (
             [classifier.coef_, classifier.intercept_] if hasattr(classifier, "coef_") else [classifier.class_prior_]
@@ -162,7 +182,7 @@ def parameters_hash(criteria: dict[str, Pipeline], thresholds: dict[str, float])
 
 
 REFERRED = "referred"  # what a referred study is called instead of a class
-MIN_POSITIVES = 3  # a criterion met fewer times in training is estimated by its rate, not fitted
+MIN_POSITIVES = 3  # a part met (or missed) fewer times in training is estimated by its rate, not fitted
 
 
 def make_pipeline(met: np.ndarray) -> Pipeline:
@@ -173,13 +193,22 @@ def make_pipeline(met: np.ndarray) -> Pipeline:
     return Pipeline([("zscore", StandardScaler()), ("classifier", LogisticRegression(max_iter=5000, C=1.0))])
 
 
-def fit_criteria(x: np.ndarray, met: np.ndarray) -> dict[str, Pipeline]:
-    return {name: make_pipeline(met[:, k]).fit(x, met[:, k]) for k, name in enumerate(CRITERIA)}
+def fit_parts(x: np.ndarray, met: np.ndarray) -> dict[str, Pipeline]:
+    """One estimator per part of a criterion, on that part's own measurements, against the generator's truth."""
+    return {
+        name: make_pipeline(met[:, k]).fit(x[:, part_columns(name, STUDY_FEATURE_NAMES)], met[:, k])
+        for k, name in enumerate(PARTS)
+    }
 
 
-def study_probabilities(criteria: dict[str, Pipeline], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def criteria_truth(met: np.ndarray) -> np.ndarray:
+    """bool [n, len(CRITERIA)] from the parts' truth: a criterion is met when all its parts are."""
+    return np.stack([met[:, [PARTS.index(p) for p in CRITERION_PARTS[c]]].all(axis=1) for c in CRITERIA], axis=1)
+
+
+def study_probabilities(parts: dict[str, Pipeline], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(P(criterion) [n, len(CRITERIA)], P(class) [n, len(CLASSES)] in CLASSES order)."""
-    p_criteria = criterion_probabilities(criteria, x)
+    p_criteria = criterion_probabilities(parts, x, STUDY_FEATURE_NAMES)
     proba = np.array(
         [[class_probabilities(dict(zip(CRITERIA, row, strict=True)))[c] for c in CLASSES] for row in p_criteria]
     )
@@ -212,6 +241,7 @@ def train_study_model(
     workers: int = 2,
     held_out_per_class: int = 10,
     report_dir: Path | None = None,
+    cache: Path | None = None,
 ) -> Path:
     """Train on n_studies balanced generated studies, cross-validate, choose thresholds, fit, and measure on
     held_out_per_class studies of each class from another seed; write models/study/<version>/ with manifest.json
@@ -219,23 +249,28 @@ def train_study_model(
     started = time.monotonic()
     classes = list(CLASSES)
     training = build_features(
-        models_dir, seed, study_labels(seed, n_studies, TRAINING_CONFIG, "balanced"), workers, "training studies"
+        models_dir,
+        seed,
+        study_labels(seed, n_studies, TRAINING_CONFIG, "balanced"),
+        workers,
+        "training studies",
+        cache,
     )
     x, y, met = training.x, training.y, training.met
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
     cv_criteria = np.zeros((len(y), len(CRITERIA)))
     cv_proba = np.zeros((len(y), len(classes)))
     for train, test in folds.split(x, y):
-        cv_criteria[test], cv_proba[test] = study_probabilities(fit_criteria(x[train], met[train]), x[test])
+        cv_criteria[test], cv_proba[test] = study_probabilities(fit_parts(x[train], met[train]), x[test])
     thresholds = choose_thresholds(y, cv_proba, classes)
-    criteria = fit_criteria(x, met)
+    criteria = fit_parts(x, met)
     out = Path(models_dir) / MODEL_NAME / str(version)
     out.mkdir(parents=True, exist_ok=True)
     sio.dump(criteria, out / MODEL_FILE)
 
     cv = evaluate(y, cv_proba, decisions(cv_proba, classes, thresholds), classes, seed=seed)
     metrics: dict[str, Any] = {
-        "cv": {"folds": "5-fold stratified", **cv, "criteria": criterion_metrics(met, cv_criteria)}
+        "cv": {"folds": "5-fold stratified", **cv, "criteria": criterion_metrics(criteria_truth(met), cv_criteria)}
     }
     held_seed = seed + HELD_OUT_SEED_OFFSET
     counts = {c: held_out_per_class for c in classes}
@@ -246,6 +281,7 @@ def train_study_model(
             study_labels(held_seed, 0, TRAINING_CONFIG, counts=counts),
             workers,
             "held-out studies",
+            cache,
         )
         hy = held.y
         h_criteria, h_proba = study_probabilities(criteria, held.x)
@@ -259,7 +295,7 @@ def train_study_model(
             "reasons": sorted({r for r in held.referrals if r}),
             "accuracy_of_the_rest": float((h_predicted == hy)[~referred].mean()) if (~referred).any() else None,
         }
-        metrics["held_out"]["criteria"] = criterion_metrics(held.met, h_criteria)
+        metrics["held_out"]["criteria"] = criterion_metrics(criteria_truth(held.met), h_criteria)
         metrics["held_out"]["calibration"] = calibration(hy, h_proba, classes, seed=held_seed)
         metrics["held_out"]["subgroups"] = subgroup_recall(hy, h_predicted, classes, held.groups, seed=held_seed)
     headline = metrics.get("held_out", metrics["cv"])
@@ -270,10 +306,12 @@ def train_study_model(
         "feature_names": list(STUDY_FEATURE_NAMES),
         "classes": list(classes),
         "criteria": list(CRITERIA),
+        "parts": {c: list(CRITERION_PARTS[c]) for c in CRITERIA},
         "thresholds": thresholds,
-        "decision": "P(criterion met) per WHF 2012 criterion, combined by the guideline's rules (criteria taken as "
-        "independent) into P(class); definite if P(definite) >= thresholds.definite, else borderline if "
-        "P(borderline) >= thresholds.borderline, else normal",
+        "decision": "P(criterion met) per WHF 2012 criterion (the product of its parts', each a logistic estimate on "
+        "its own measurements), combined by the guideline's rules (criteria taken as independent) into P(class); "
+        "definite if P(definite) >= thresholds.definite, else borderline if P(borderline) >= thresholds.borderline, "
+        "else normal",
         "data": {
             "generator": "rhd.synth",
             "config": asdict(TRAINING_CONFIG),
