@@ -96,3 +96,34 @@ def test_criteria_combine_into_classes_by_the_whf_rules():
     p = class_probabilities({**none, "pathological_mr": 0.5, "mitral_features": 1.0})
     assert p == pytest.approx({"normal": 0.0, "borderline": 0.5, "definite": 0.5})
     assert sum(class_probabilities(dict.fromkeys(CRITERIA, 0.3)).values()) == pytest.approx(1.0)
+
+
+def test_a_criterion_is_met_only_when_every_part_is_each_read_from_its_own_measurements():
+    from rhd.assemble.ops import STUDY_FEATURE_NAMES
+    from rhd.diagnose.ops import PART_MEASUREMENTS, criterion_probabilities
+    from rhd.labels import CRITERIA, PARTS
+    from rhd.training.study import fit_parts
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, len(STUDY_FEATURE_NAMES)))
+    # Each measured part is met when its first measurement is positive; morphology at random.
+    met = np.stack(
+        [
+            x[:, STUDY_FEATURE_NAMES.index(PART_MEASUREMENTS[p][0])] > 0
+            if PART_MEASUREMENTS[p]
+            else rng.random(400) < 0.3
+            for p in PARTS
+        ],
+        axis=1,
+    )
+    parts = fit_parts(x, met)
+    mr = [
+        STUDY_FEATURE_NAMES.index(PART_MEASUREMENTS[p][0])
+        for p in ("mr_length", "mr_views", "mr_velocity", "mr_duration")
+    ]
+    every = np.zeros((1, len(STUDY_FEATURE_NAMES)))
+    every[0, mr] = 4.0
+    slow = every.copy()
+    slow[0, mr[2]] = -4.0  # long, in many views, pan-systolic, but slow: not pathological
+    p_every, p_slow = criterion_probabilities(parts, np.vstack([every, slow]), STUDY_FEATURE_NAMES)[:, 0]
+    assert CRITERIA[0] == "pathological_mr" and p_every > 0.9 and p_slow < 0.1
