@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from conftest import missing_tool
+from rhd.diagnose.ops import CRITERION_MEASUREMENTS
 from rhd.labels import CRITERIA
 from rhd.local.broker import free_port
 from rhd.local.demo import corrupt_one_video
@@ -241,12 +242,8 @@ def test_good_studies_are_complete_with_probabilities(line):
         assert d.model_version == "study/1"
         # Every WHF criterion's estimate, with the measurements it rests on; the evidence names those of the likely.
         assert [c.criterion for c in d.criteria] == list(CRITERIA)
-        assert dict(d.criteria[0].measurements).keys() == {
-            "systolic_jet_length_mm_max",
-            "views_with_systolic_jet",
-            "mr_peak_velocity_m_s",
-            "mr_systolic_cover",
-        }
+        assert set(d.criteria[0].measurements) == set(CRITERION_MEASUREMENTS["pathological_mr"])
+        assert {"systolic_jet_length_mm_max", "mr_peak_velocity_m_s"} <= set(d.criteria[0].measurements)
         likely = {c.criterion for c in d.criteria if c.met}
         assert all(e.contribution >= 0.5 for e in d.evidence) and bool(d.evidence) == bool(
             likely - {"mitral_features", "aortic_features"}
