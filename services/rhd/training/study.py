@@ -379,6 +379,7 @@ def _report(
             for name, m in metrics["held_out"]["criteria"].items()
         ),
     ]
+    folder.mkdir(parents=True, exist_ok=True)
     trust = metrics["held_out"]
     refer = trust["referral"]
     notes += [
