@@ -13,7 +13,7 @@ from rhd.runtime.settings import Settings
 from rhd.runtime.stage import Position
 from rhd.v1 import rhd_pb2 as pb
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"  # trained by make models (tests/training needs them)
 AT = Position(0, 0, 0.0)
 # A study with a long pan-systolic MR jet in 3 views at 4.2 m/s, both traces read, every colour video phased.
 GOOD = {
