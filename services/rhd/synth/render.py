@@ -599,7 +599,7 @@ def _render_spectral(scene: Scene, sweep: float, rng: np.random.Generator) -> tu
         mr,
         ar,
     )
-    spectral.draw_spectrum(image, strip, beat_phase, visible, toward, away, scene.gain, rng)
+    spectral.draw_spectrum(image, strip, visible, toward, away, scene.gain, rng)
     drawn = [{"kind": "spectral", "text": "", "box": [strip.x0, strip.y0, strip.x1, strip.y1]}]
     drawn += _overlays(scene, image, sweep)
     empty = np.zeros((h, w), bool)

@@ -126,7 +126,6 @@ def velocities(
 def draw_spectrum(
     image: np.ndarray,
     strip: SpectralRegion,
-    column_phase: np.ndarray,
     visible: np.ndarray,
     toward: np.ndarray,
     away: np.ndarray,
@@ -135,7 +134,6 @@ def draw_spectrum(
 ) -> None:
     """Grey spectrum in the strip: each visible column filled from the baseline to its envelopes (brightest near
     the envelope, as the modal velocity of a CW signal), speckled, over a faint noise floor; the baseline drawn."""
-    del column_phase
     rows = np.arange(strip.y0, strip.y1, dtype=np.float64)[:, None]
     v = (rows - strip.baseline_y) * strip.delta_y_cm_s  # velocity of each row, + toward
     up = np.clip(v / np.maximum(toward[None, :], 1e-6), 0, None)
