@@ -8,9 +8,12 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.lock requirements-dev.lock
 PROTOS := $(wildcard protos/rhd/v1/*.proto)
 GEN    := services/rhd/v1/rhd_pb2.py
 VIEW_MODEL  := models/view/1/saved_model.pb
+VALVE_MODEL := models/valve/1/saved_model.pb
 STUDY_MODEL := models/study/1/model.skops
 VIEW_CODE   := $(wildcard services/rhd/synth/*.py) services/rhd/training/view.py services/rhd/training/provenance.py \
-               services/rhd/view/model.py
+               services/rhd/view/model.py services/rhd/imaging/layers.py
+VALVE_CODE  := $(wildcard services/rhd/synth/*.py) services/rhd/training/valve.py services/rhd/training/provenance.py \
+               services/rhd/valve/model.py services/rhd/imaging/layers.py
 STUDY_CODE  := $(wildcard services/rhd/*/ops.py) services/rhd/training/study.py services/rhd/training/report.py \
                services/rhd/inprocess.py
 
@@ -40,7 +43,7 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 $(GEN): $(PROTOS) $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=services --pyi_out=services $(PROTOS)
 
-models: $(VIEW_MODEL) $(STUDY_MODEL)
+models: $(VIEW_MODEL) $(VALVE_MODEL) $(STUDY_MODEL)
 
 # Prometheus itself and promtool, from Debian's prometheus package, into the venv: promtool checks compose/prometheus
 # (tests/contract/test_monitoring_files.py) and the line's integration test runs a real Prometheus on the embedded
@@ -58,7 +61,10 @@ promtool: setup
 $(VIEW_MODEL): $(VIEW_CODE) | setup
 	rm -rf models/view/1 && $(BIN)/rhd train view
 
-$(STUDY_MODEL): $(VIEW_MODEL) $(STUDY_CODE) | setup
+$(VALVE_MODEL): $(VALVE_CODE) | setup
+	rm -rf models/valve/1 && $(BIN)/rhd train valve
+
+$(STUDY_MODEL): $(VIEW_MODEL) $(VALVE_MODEL) $(STUDY_CODE) | setup
 	rm -rf models/study/1 && $(BIN)/rhd train study
 
 # Style, types of the shared modules, and the layers (.importlinter: no stage imports another, runtime and imaging
@@ -79,7 +85,7 @@ lock: $(STAMP)
 	  --custom-compile-command "make lock" -o requirements-dev.lock
 
 clean:
-	rm -rf $(VENV) var models/view/[0-9]* models/study/[0-9]* $(GEN) services/rhd/v1/*_pb2.pyi
+	rm -rf $(VENV) var models/view/[0-9]* models/valve/[0-9]* models/study/[0-9]* $(GEN) services/rhd/v1/*_pb2.pyi
 
 # Figures, not tests (about 30 minutes on 2 cores): per-frame cost of each stage's functions beside raw decode
 # and HSV; the view model bare vs served; each stage service alone through the broker; then the whole line under

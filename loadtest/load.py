@@ -330,14 +330,15 @@ async def burst(line: "Line", pool: list[pb.StudyUpload], n: int) -> float:
 def _reference_worker(args: tuple[list[str], str]) -> int:
     from rhd.diagnose.ops import diagnose, load_study_model
     from rhd.inprocess import analyse_study
+    from rhd.valve.local import LocalValveModel
     from rhd.view.local import LocalViewModel
 
     study_dirs, models_dir = args
-    view = LocalViewModel(Path(models_dir))
+    view, valve = LocalViewModel(Path(models_dir)), LocalValveModel(Path(models_dir))
     model = load_study_model(Path(models_dir))
     started = time.perf_counter()
     for study_dir in study_dirs:
-        analysis = analyse_study(Path(study_dir), view)
+        analysis = analyse_study(Path(study_dir), view, valve)
         diagnose(model, analysis.names, analysis.values)
     return int(1e6 * (time.perf_counter() - started))
 

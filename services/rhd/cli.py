@@ -207,6 +207,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         from rhd.training.view import train_view_model
 
         print(f"view model: {train_view_model(models_dir)}")
+    if args.model in ("valve", "all"):
+        from rhd.training.valve import train_valve_model
+
+        print(f"valve model: {train_valve_model(models_dir)}")
     if args.model in ("study", "all"):
         from rhd.training.study import train_study_model
 
@@ -358,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("train", help="train the models (deterministic) into models/")
-    p.add_argument("model", choices=("view", "study", "all"))
+    p.add_argument("model", choices=("view", "valve", "study", "all"))
     p.add_argument("--models-dir", default=None)
     p.add_argument("--seed", type=int, default=11, help="study model: training set seed (held-out: seed + 1000)")
     p.add_argument("--studies", type=int, default=90, help="study model: balanced training studies")

@@ -16,14 +16,17 @@ from rhd.assemble.ops import assemble_study
 from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, FeatureError, frame_features
 from rhd.imaging.codec import decode_png, encode_png
 from rhd.imaging.ecg import reading_message
-from rhd.inspect.ops import NOT_ECHO, SPECTRAL, inspect
+from rhd.inspect.ops import ANATOMICAL, NOT_ECHO, SPECTRAL, inspect
 from rhd.segment.ops import segment
 from rhd.spectral import ops as spectral
 from rhd.split.ops import VideoDecodeError, acquisition, decode_video
 from rhd.v1 import rhd_pb2 as pb
+from rhd.valve import ops as valve
 
 # frames (N x H x W x 3 BGR uint8) -> view label per frame
 ViewPredictor = Callable[[np.ndarray], Sequence[str]]
+# frames (N x H x W x 3 BGR uint8) -> the valve model's label probabilities per frame
+ValveSegmenter = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -47,13 +50,14 @@ def _result(
     return result
 
 
-def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysis:
+def analyse_study(study_dir: Path, predict_views: ViewPredictor, segment_valves: ValveSegmenter) -> StudyAnalysis:
     meta = json.loads((Path(study_dir) / "study.json").read_text())
     scan = acquisition({k: str(v) for k, v in meta.items() if k != "videos"})
     spacing, nyquist = scan.pixel_spacing_mm, scan.nyquist_cm_s
     manifest = pb.StudyManifest(study_id=meta["study_id"], metadata=scan.clinical)
     results: list[pb.FrameResult] = []
     doppler: list[tuple[pb.FrameKey, np.ndarray, pb.EcgReading | None]] = []
+    bmode: list[tuple[pb.FrameKey, np.ndarray, pb.EcgReading | None]] = []
     for video in meta["videos"]:
         try:
             decoded = decode_video((Path(study_dir) / video["filename"]).read_bytes())
@@ -85,6 +89,8 @@ def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysi
                 results.append(_result(key, pb.FRAME_STATUS_ANALYSED, "spectral", ecg, features=vector))
             elif seen.doppler:
                 doppler.append((key, image, ecg))
+            elif seen.kind == ANATOMICAL:
+                bmode.append((key, image, ecg))
             else:
                 status = pb.FRAME_STATUS_FAILED if seen.kind == NOT_ECHO else pb.FRAME_STATUS_SKIPPED
                 results.append(_result(key, status, "inspect", ecg, reason=seen.reason))
@@ -101,6 +107,18 @@ def analyse_study(study_dir: Path, predict_views: ViewPredictor) -> StudyAnalysi
                 continue
             vector = pb.FeatureVector(feature_set=FEATURE_SET, names=FEATURE_NAMES, values=values)
             results.append(_result(key, pb.FRAME_STATUS_ANALYSED, "features", ecg, view=prediction, features=vector))
+    if bmode:
+        frames = np.stack([image for _, image, _ in bmode])
+        views, probabilities = predict_views(frames), segment_valves(frames)
+        for (key, image, ecg), view, answer in zip(bmode, views, probabilities, strict=True):
+            prediction = pb.ViewPrediction(label=view)
+            try:
+                values = valve.valve_features(image, answer, spacing)
+            except valve.ValveError as exc:
+                results.append(_result(key, pb.FRAME_STATUS_FAILED, "valve", ecg, reason=str(exc), view=prediction))
+                continue
+            vector = pb.FeatureVector(feature_set=valve.FEATURE_SET, names=valve.FEATURE_NAMES, values=values)
+            results.append(_result(key, pb.FRAME_STATUS_ANALYSED, "valve", ecg, view=prediction, features=vector))
     study = assemble_study(meta["study_id"], manifest, results, deadline_passed=False)
     return StudyAnalysis(
         meta["study_id"],

@@ -22,15 +22,24 @@ CRITERIA: tuple[str, ...] = (
 )
 
 # The conditions each criterion is made of, each estimated on its own from its own measurements: a criterion is met
-# when all of its parts are (pathological MR: a jet >= 2 cm, seen in >= 2 views, >= 3 m/s, pan-systolic).
+# when all of its parts are (pathological MR: a jet >= 2 cm, seen in >= 2 views, >= 3 m/s, pan-systolic), or, for the
+# morphological ones, when at least CRITERION_NEEDS of them are (>= 2 of the valve's four features).
 CRITERION_PARTS: dict[str, tuple[str, ...]] = {
     "pathological_mr": ("mr_length", "mr_views", "mr_velocity", "mr_duration"),
     "pathological_ar": ("ar_length", "ar_views", "ar_velocity", "ar_duration"),
     "mitral_stenosis": ("ms_gradient",),
-    "mitral_features": ("mitral_features",),
-    "aortic_features": ("aortic_features",),
+    "mitral_features": ("amvl_thickening", "chordal_thickening", "mitral_restricted", "mitral_tip_motion"),
+    "aortic_features": ("aortic_thickening", "aortic_coaptation_defect", "aortic_restricted", "aortic_prolapse"),
+}
+CRITERION_NEEDS: dict[str, int] = {
+    name: 2 if name.endswith("_features") else len(parts) for name, parts in CRITERION_PARTS.items()
 }
 PARTS: tuple[str, ...] = tuple(part for name in CRITERIA for part in CRITERION_PARTS[name])
+
+
+def criterion_met(name: str, parts: dict[str, bool]) -> bool:
+    """Whether criterion `name` is met, given which of its parts are."""
+    return sum(bool(parts[p]) for p in CRITERION_PARTS[name]) >= CRITERION_NEEDS[name]
 
 
 def whf_routes(met: dict[str, bool]) -> tuple[list[str], list[str]]:

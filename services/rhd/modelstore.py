@@ -25,3 +25,27 @@ def version_dir(models_dir: Path, name: str, version: int = 0) -> Path:
 
 def read_manifest(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "manifest.json").read_text())
+
+
+class LocalModel:
+    """A SavedModel's serving signature called in-process (training, the in-process path); services ask the
+    model server instead. Frames go in batches of `batch`; each output comes back with one row per frame."""
+
+    def __init__(self, models_dir: Path, name: str, version: int = 0, batch: int = 256) -> None:
+        import tensorflow as tf  # heavy: only where a model runs in-process
+
+        path = version_dir(models_dir, name, version)
+        self.name, self.version, self.batch = name, int(path.name), batch
+        self._signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        self._tf = tf
+
+    def outputs(self, frames: Any) -> dict[str, Any]:
+        """uint8 frames [N, H, W, 3] -> every output of the signature as a numpy array with N rows."""
+        import numpy as np
+
+        parts: dict[str, list] = {}
+        for start in range(0, len(frames), self.batch):
+            answer = self._signature(frames=self._tf.constant(frames[start : start + self.batch]))
+            for key, value in answer.items():
+                parts.setdefault(key, []).append(value.numpy())
+        return {key: np.concatenate(value) for key, value in parts.items()}

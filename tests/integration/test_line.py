@@ -293,15 +293,17 @@ def test_the_streaming_line_and_the_in_process_path_give_the_same_diagnosis(line
     probabilities from the services as from the stage functions called in-process (training's path)."""
     from rhd.diagnose.ops import diagnose, load_study_model
     from rhd.inprocess import analyse_study
+    from rhd.valve.local import LocalValveModel
     from rhd.view.local import LocalViewModel
 
     model, views = load_study_model(ROOT / "models"), LocalViewModel(ROOT / "models")
+    valves = LocalValveModel(ROOT / "models")
     compared = 0
     for study_dir in line["dirs"]:
         [streamed] = line["progress"].diagnoses[study_dir.name]
         if streamed.completeness == pb.COMPLETENESS_FAILED:
             continue
-        analysis = analyse_study(study_dir, views)
+        analysis = analyse_study(study_dir, views, valves)
         local = diagnose(model, analysis.names, analysis.values)
         assert pb.Label.Name(streamed.label) == f"LABEL_{local.label.upper()}", study_dir.name
         assert dict(streamed.probabilities) == pytest.approx(local.probabilities, abs=1e-4), study_dir.name

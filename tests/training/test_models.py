@@ -14,6 +14,7 @@ from rhd.labels import CRITERIA, VIEW_CLASSES
 from rhd.split.ops import decode_video
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.training.study import TRAINING_CONFIG
+from rhd.valve.local import LocalValveModel
 from rhd.view.local import LocalViewModel
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -44,7 +45,7 @@ def test_study_model_ranks_definite_studies_above_normal_ones(tmp_path):
     """Definite studies score a higher P(definite) than Normal studies without any jet. (Accuracy over the
     classes, near the thresholds included, is a training metric in the model's manifest, not a test.)"""
     model = load_study_model(MODELS)
-    views = LocalViewModel(MODELS)
+    views, valves = LocalViewModel(MODELS), LocalValveModel(MODELS)
     config = SynthConfig.from_overrides(
         {
             "disease.near_threshold_share": 0.0,
@@ -56,7 +57,7 @@ def test_study_model_ranks_definite_studies_above_normal_ones(tmp_path):
     studies = synth_studies(77, 0, tmp_path, config, counts={"normal": 3, "definite": 3})
     p_definite = {"normal": [], "definite": []}
     for study in studies:
-        analysis = analyse_study(study, views)
+        analysis = analyse_study(study, views, valves)
         result = diagnose(model, analysis.names, analysis.values)
         assert sum(result.probabilities.values()) == pytest.approx(1.0)
         assert [c.name for c in result.criteria] == list(CRITERIA)

@@ -288,6 +288,7 @@ def test_a_study_is_referred_when_the_criteria_do_not_apply_or_their_evidence_is
         "phase_known_fraction": 1.0,
         "mitral_trace_read": 1.0,
         "aortic_trace_read": 0.0,
+        "mitral_valve_read": 2.0,
     }
     names, values = list(good), list(good.values())
     assert referral({"age_years": "12.0"}, names, values) is None
@@ -299,6 +300,7 @@ def test_a_study_is_referred_when_the_criteria_do_not_apply_or_their_evidence_is
         ("colour_videos_read", "no colour Doppler"),
         ("phase_known_fraction", "no ECG"),
         ("mitral_trace_read", "no spectral Doppler trace"),
+        ("mitral_valve_read", "no B-mode video shows the mitral valve"),
     ):
         referred = referral({"age_years": "9.0"}, names, [0.0 if n == missing else v for n, v in good.items()])
         assert why in referred.reason and referred.scored

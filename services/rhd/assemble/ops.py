@@ -13,7 +13,7 @@ import numpy as np
 from rhd.imaging.ecg import cycle_message
 from rhd.v1 import rhd_pb2 as pb
 
-STUDY_FEATURE_SET = "study-v4"  # v4: jets by cardiac phase (MR in systole, AR in diastole); the spectral traces
+STUDY_FEATURE_SET = "study-v5"  # v4: jets by cardiac phase, the spectral traces; v5: valve morphology (B-mode)
 # Aliasing speckle makes mosaic regions of up to ~9 mm in studies without any jet (measured on generated
 # studies), so a frame shows a jet from 10 mm: WHF 2012's length for pathological AR, half of MR's.
 JET_MIN_MM = 10.0
@@ -84,7 +84,37 @@ STUDY_FEATURE_NAMES: tuple[str, ...] = (
     "ar_diastolic_cover",
     "mitral_trace_read",  # 1 when a mitral trace was read
     "aortic_trace_read",
+    # Valve morphology (the valve stage on B-mode videos in a standard view; docs/study-features.md)
+    "amvl_thickness_mm",  # the mitral leaflets' thickness in diastole (PLAX, A4C, A5C)
+    "chord_thickness_mm",
+    "mitral_opening",  # how far the mitral leaflets open in diastole (A4C, A5C, PSAX): restricted when small
+    "mitral_coaptation_mm",  # where the closed leaflets meet in systole: > 0 beyond the annulus (tip motion)
+    "aortic_thickness_mm",  # the aortic cusps' thickness (PLAX, A5C)
+    "aortic_opening",  # how far the cusps open in systole: restricted when small
+    "aortic_closure_bow_mm",  # how far the closed cusps bow out of their line in diastole (prolapse)
+    "aortic_gap_mm",  # the gap between the closed cusps' tips in diastole (coaptation defect)
+    "mitral_valve_read",  # B-mode videos in which the mitral valve was measured
+    "aortic_valve_read",  # ... the aortic valve
 )
+VALVE_FEATURES_USED = (
+    "mitral_found",
+    "mitral_thickness_mm",
+    "mitral_opening",
+    "mitral_coaptation_mm",
+    "chord_found",
+    "chord_thickness_mm",
+    "aortic_found",
+    "aortic_thickness_mm",
+    "aortic_opening",
+    "aortic_coaptation_mm",
+    "aortic_gap_mm",
+)
+# Where each valve measurement is read: the views that show it in profile (PSAX cuts the mitral orifice across, so
+# its leaflets show opening but not their thickness or where they meet).
+MITRAL_VIEWS = ("plax", "a4c", "a5c")
+OPENING_VIEWS = ("a4c", "a5c", "psax")
+AORTIC_VIEWS = ("plax", "a5c")
+OPEN_PERCENTILE = 90  # a video's opening: how far the leaflets open at their widest (not one noisy frame)
 
 
 @dataclass(frozen=True)
@@ -94,6 +124,99 @@ class AnalysedFrame:
     features: Mapping[str, float]  # the frame's features by name
     phase: float | None = None  # the frame's cardiac phase, when its video's is known
     frame_index: int = -1
+
+
+@dataclass(frozen=True)
+class ValveVideo:
+    """One B-mode video: its view (over its frames) and its frames' valve readings, with their phase when known."""
+
+    video_id: str
+    view: str
+    frames: tuple[tuple[int, float | None, Mapping[str, float]], ...]  # (frame index, phase, readings)
+
+    def phased(self, systolic: bool, found: str) -> list[tuple[int, Mapping[str, float]]]:
+        """The frames of one phase that show the structure `found` names. Without an ECG, the mitral leaflets tell
+        the phase: the half of the frames where they open least are taken as systole, the rest as diastole."""
+        shown = [(i, p, r) for i, p, r in self.frames if r[found] > 0]
+        if not shown:
+            return []
+        if all(p is not None for _, p, _ in shown):
+            return [(i, r) for i, p, r in shown if (p is not None and p < SYSTOLE_END) == systolic]
+        opening = np.array([r["mitral_opening"] if r["mitral_found"] > 0 else np.nan for _, _, r in shown])
+        if np.isnan(opening).all():
+            return [(i, r) for i, _, r in shown]
+        middle = float(np.nanmedian(opening))
+        return [(i, r) for (i, _, r), o in zip(shown, opening, strict=True) if (o <= middle) == systolic]
+
+
+def _median_of(frames: Sequence[tuple[int, Mapping[str, float]]], name: str, absolute: bool = False) -> float | None:
+    if not frames:
+        return None
+    values = np.array([r[name] for _, r in frames], np.float64)
+    return float(np.median(np.abs(values) if absolute else values))
+
+
+def _percentile_of(frames: Sequence[tuple[int, Mapping[str, float]]], name: str) -> float | None:
+    if not frames:
+        return None
+    return float(np.percentile([r[name] for _, r in frames], OPEN_PERCENTILE))
+
+
+# Study feature -> (views, systolic (True), diastolic (False) or any phase (None), the structure, how the frames are
+# pooled per video, the frame reading). Per study, the median over the videos that show it.
+VALVE_MEASUREMENTS: dict[str, tuple[tuple[str, ...], bool | None, str, str, str]] = {
+    "amvl_thickness_mm": (MITRAL_VIEWS, False, "mitral_found", "median", "mitral_thickness_mm"),
+    "chord_thickness_mm": (MITRAL_VIEWS, None, "chord_found", "median", "chord_thickness_mm"),
+    "mitral_opening": (OPENING_VIEWS, False, "mitral_found", "percentile", "mitral_opening"),
+    "mitral_coaptation_mm": (MITRAL_VIEWS, True, "mitral_found", "median", "mitral_coaptation_mm"),
+    "aortic_thickness_mm": (AORTIC_VIEWS, None, "aortic_found", "median", "aortic_thickness_mm"),
+    "aortic_opening": (AORTIC_VIEWS, True, "aortic_found", "percentile", "aortic_opening"),
+    "aortic_closure_bow_mm": (AORTIC_VIEWS, False, "aortic_found", "absolute", "aortic_coaptation_mm"),
+    "aortic_gap_mm": (AORTIC_VIEWS, False, "aortic_found", "median", "aortic_gap_mm"),
+}
+
+
+def _video_measurement(video: ValveVideo, feature: str) -> float | None:
+    views, systolic, found, pooling, name = VALVE_MEASUREMENTS[feature]
+    if video.view not in views:
+        return None
+    if systolic is None:
+        frames = [(i, r) for i, _, r in video.frames if r[found] > 0]
+    else:
+        frames = video.phased(systolic, found)
+    if pooling == "percentile":
+        return _percentile_of(frames, name)
+    return _median_of(frames, name, absolute=pooling == "absolute")
+
+
+def _valves(videos: Sequence[ValveVideo]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for feature in VALVE_MEASUREMENTS:
+        per_video = [m for m in (_video_measurement(v, feature) for v in videos) if m is not None]
+        out[feature] = float(np.median(per_video)) if per_video else 0.0
+    out["mitral_valve_read"] = float(
+        sum(v.view in MITRAL_VIEWS and any(r["mitral_found"] > 0 for _, _, r in v.frames) for v in videos)
+    )
+    out["aortic_valve_read"] = float(
+        sum(v.view in AORTIC_VIEWS and any(r["aortic_found"] > 0 for _, _, r in v.frames) for v in videos)
+    )
+    return out
+
+
+def valve_videos(frames: Sequence[AnalysedFrame]) -> list[ValveVideo]:
+    """The valve stage's frames grouped per video, each video's view the one most of its frames got."""
+    by_video: dict[str, list[AnalysedFrame]] = {}
+    for f in frames:
+        by_video.setdefault(f.video_id, []).append(f)
+    out = []
+    for video_id, mine in sorted(by_video.items()):
+        missing = sorted({name for f in mine for name in VALVE_FEATURES_USED if name not in f.features})
+        if missing:
+            raise ValueError(f"valve readings lack {', '.join(missing)}")
+        view = _video_view(np.array([f.view for f in mine]))
+        readings = tuple((f.frame_index, f.phase, f.features) for f in sorted(mine, key=lambda f: f.frame_index))
+        out.append(ValveVideo(video_id, view, readings))
+    return out
 
 
 @dataclass(frozen=True)
@@ -186,11 +309,14 @@ def _traces(traces: Sequence[Trace]) -> dict[str, float]:
     }
 
 
-def study_features(frames: Sequence[AnalysedFrame], traces: Sequence[Trace] = ()) -> list[float]:
-    """Aggregate a study's analysed colour frames and spectral traces in STUDY_FEATURE_NAMES order; zero where a
-    study has none."""
+def study_features(
+    frames: Sequence[AnalysedFrame], traces: Sequence[Trace] = (), valves: Sequence[ValveVideo] = ()
+) -> list[float]:
+    """Aggregate a study's analysed colour frames, spectral traces and B-mode valve videos in STUDY_FEATURE_NAMES
+    order; zero where a study has none."""
     values = {name: 0.0 for name in STUDY_FEATURE_NAMES}
     values.update(_traces(traces))
+    values.update(_valves(valves))
     if not frames:
         return [values[name] for name in STUDY_FEATURE_NAMES]
     missing = sorted({name for f in frames for name in FRAME_FEATURES_USED if name not in f.features})
@@ -349,7 +475,7 @@ def assemble_study(
     cycles = cardiac_cycles(manifest, results) if manifest is not None else []
     phases = {c.video_id: c.phases for c in cycles if c.known}
     done = [r for r in results if r.status == pb.FRAME_STATUS_ANALYSED]
-    analysed = [
+    framed = [
         AnalysedFrame(
             r.key.video_id,
             r.view.label,
@@ -360,6 +486,9 @@ def assemble_study(
         for r in done
         if not r.features.feature_set.startswith("spectral")
     ]
+    valve_set = {r.key.video_id for r in done if r.features.feature_set.startswith("valve")}
+    analysed = [f for f in framed if f.video_id not in valve_set]
+    valves = valve_videos([f for f in framed if f.video_id in valve_set])
     traces = _video_traces([r for r in done if r.features.feature_set.startswith("spectral")])
     failed_videos = [v for v in manifest.videos if v.status == pb.VIDEO_STATUS_FAILED] if manifest else []
     reasons = [v.error for v in failed_videos]
@@ -380,7 +509,7 @@ def assemble_study(
     else:
         completeness = pb.COMPLETENESS_COMPLETE
     features = pb.FeatureVector(
-        feature_set=STUDY_FEATURE_SET, names=STUDY_FEATURE_NAMES, values=study_features(analysed, traces)
+        feature_set=STUDY_FEATURE_SET, names=STUDY_FEATURE_NAMES, values=study_features(analysed, traces, valves)
     )
     study = pb.StudyFeatures(
         study_id=study_id,
@@ -394,7 +523,7 @@ def assemble_study(
         clinical=manifest.metadata if manifest else {},
     )
     study.cycles.extend(cycles)
-    study.evidence.extend(evidence_frames(analysed, traces))
+    study.evidence.extend(evidence_frames(analysed, traces, valves))
     study.assembled_at.GetCurrentTime()
     return study
 
@@ -418,9 +547,12 @@ def _video_traces(results: list[pb.FrameResult]) -> list[Trace]:
     return traces
 
 
-def evidence_frames(frames: Sequence[AnalysedFrame], traces: Sequence[Trace] = ()) -> list[pb.EvidenceFrame]:
+def evidence_frames(
+    frames: Sequence[AnalysedFrame], traces: Sequence[Trace] = (), valves: Sequence[ValveVideo] = ()
+) -> list[pb.EvidenceFrame]:
     """Where the study's criterion measurements were read: the frame of the longest jet (any phase, in systole, in
-    diastole) and, per trace read, the frame nearest its median reading."""
+    diastole), per trace read the frame nearest its median reading, and per valve measurement the frame of the
+    video nearest the study's value whose reading is nearest it."""
     out = []
     for feature, in_phase in (
         ("jet_length_mm_max", lambda f: True),
@@ -440,6 +572,24 @@ def evidence_frames(frames: Sequence[AnalysedFrame], traces: Sequence[Trace] = (
         index = trace.frame_nearest(reading) if trace is not None and trace.readings[reading] > 0 else -1
         if trace is not None and index >= 0:
             out.append(pb.EvidenceFrame(feature=feature, video_id=trace.video_id, frame_index=index))
+    study = _valves(valves)
+    for feature, (_, systolic, found, pooling, name) in VALVE_MEASUREMENTS.items():
+        candidates = []
+        for video in valves:
+            value = _video_measurement(video, feature)
+            if value is None:
+                continue
+            shown = (
+                [(i, r) for i, _, r in video.frames if r[found] > 0]
+                if systolic is None
+                else video.phased(systolic, found)
+            )
+            for index, reading in shown:
+                read = abs(reading[name]) if pooling == "absolute" else reading[name]
+                candidates.append((abs(value - study[feature]), abs(read - value), video.video_id, index))
+        if candidates:
+            _, _, video_id, index = min(candidates)
+            out.append(pb.EvidenceFrame(feature=feature, video_id=video_id, frame_index=index))
     return out
 
 

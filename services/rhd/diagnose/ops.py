@@ -14,7 +14,7 @@ import numpy as np
 import skops.io as sio
 from sklearn.pipeline import Pipeline
 
-from rhd.labels import CLASSES, CRITERIA, CRITERION_PARTS, PARTS, whf_class
+from rhd.labels import CLASSES, CRITERIA, CRITERION_NEEDS, CRITERION_PARTS, PARTS, whf_class
 from rhd.modelstore import read_manifest, version_dir
 
 MODEL_NAME = "study"
@@ -35,9 +35,9 @@ TRUSTED_TYPES = frozenset(
         "builtins.dict",
     }
 )
-# What each part of a criterion is estimated from (study-v4 names), as a reader measures it; None: from every feature
-# (morphology is not measured yet, so its estimate rests on what goes with it).
-PART_MEASUREMENTS: dict[str, tuple[str, ...] | None] = {
+# What each part of a criterion is estimated from (study-v5 names), as a reader measures it; a valve's "read" count
+# gives the studies whose valve no B-mode video showed their own intercept (their measurement is 0, not small).
+PART_MEASUREMENTS: dict[str, tuple[str, ...]] = {
     "mr_length": ("systolic_jet_length_mm_max",),
     "mr_views": ("views_with_systolic_jet", "second_view_systolic_jet_mm"),
     "mr_velocity": ("mr_peak_velocity_m_s",),
@@ -47,19 +47,35 @@ PART_MEASUREMENTS: dict[str, tuple[str, ...] | None] = {
     "ar_velocity": ("ar_peak_velocity_m_s",),
     "ar_duration": ("ar_diastolic_cover", "diastolic_jet_cover_max"),
     "ms_gradient": ("ms_mean_gradient_mmhg",),
-    "mitral_features": None,
-    "aortic_features": None,
+    "amvl_thickening": ("amvl_thickness_mm", "mitral_valve_read"),
+    "chordal_thickening": ("chord_thickness_mm", "mitral_valve_read"),
+    "mitral_restricted": ("mitral_opening", "mitral_valve_read"),
+    "mitral_tip_motion": ("mitral_coaptation_mm", "mitral_valve_read"),
+    "aortic_thickening": ("aortic_thickness_mm", "aortic_valve_read"),
+    "aortic_coaptation_defect": ("aortic_gap_mm", "aortic_valve_read"),
+    "aortic_restricted": ("aortic_opening", "aortic_valve_read"),
+    "aortic_prolapse": ("aortic_closure_bow_mm", "aortic_valve_read"),
 }
 # What a reader looks at for each criterion: shown with the criterion's estimate as its evidence.
 CRITERION_MEASUREMENTS: dict[str, tuple[str, ...]] = {
-    name: tuple(m for part in CRITERION_PARTS[name] for m in PART_MEASUREMENTS[part] or ()) for name in CRITERIA
+    name: tuple(dict.fromkeys(m for part in CRITERION_PARTS[name] for m in PART_MEASUREMENTS[part]))
+    for name in CRITERIA
 }
 
 
 def part_columns(part: str, feature_names: Sequence[str]) -> list[int]:
     """The columns of the study's feature vector a part is estimated from."""
-    names = PART_MEASUREMENTS[part]
-    return list(range(len(feature_names))) if names is None else [list(feature_names).index(n) for n in names]
+    return [list(feature_names).index(n) for n in PART_MEASUREMENTS[part]]
+
+
+def at_least(p: np.ndarray, k: int) -> np.ndarray:
+    """P(at least k of independent events), row by row, from their probabilities [n, m]."""
+    counts = np.zeros((len(p), p.shape[1] + 1))
+    counts[:, 0] = 1.0
+    for j in range(p.shape[1]):  # the distribution of how many are met, one event at a time
+        counts[:, 1:] = counts[:, 1:] * (1 - p[:, [j]]) + counts[:, :-1] * p[:, [j]]
+        counts[:, 0] *= 1 - p[:, j]
+    return counts[:, k:].sum(axis=1)
 
 
 @dataclass(frozen=True)
@@ -109,10 +125,15 @@ def part_probabilities(parts: Mapping[str, Pipeline], x: np.ndarray, feature_nam
 
 
 def criterion_probabilities(parts: Mapping[str, Pipeline], x: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
-    """[n studies, len(CRITERIA)]: each criterion's P(met), the product of its parts' (taken as independent)."""
+    """[n studies, len(CRITERIA)]: each criterion's P(met) from its parts' (taken as independent): P(all of them),
+    or P(at least two) of a valve's four morphological features."""
     p_parts = part_probabilities(parts, x, feature_names)
     return np.stack(
-        [np.prod(p_parts[:, [PARTS.index(part) for part in CRITERION_PARTS[c]]], axis=1) for c in CRITERIA], axis=1
+        [
+            at_least(p_parts[:, [PARTS.index(part) for part in CRITERION_PARTS[c]]], CRITERION_NEEDS[c])
+            for c in CRITERIA
+        ],
+        axis=1,
     )
 
 
@@ -161,6 +182,8 @@ def referral(clinical: Mapping[str, str], names: Sequence[str], values: Sequence
         return Referral("no ECG on the colour Doppler videos: jets cannot be placed in systole or diastole", True)
     if not (f.get("mitral_trace_read", 0.0) or f.get("aortic_trace_read", 0.0)):
         return Referral("no spectral Doppler trace: peak velocities and the mitral gradient are unmeasured", True)
+    if f.get("mitral_valve_read", 0.0) == 0:
+        return Referral("no B-mode video shows the mitral valve in profile: its morphology is unmeasured", True)
     return None
 
 

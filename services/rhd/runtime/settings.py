@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     model_server: str = "127.0.0.1:8500"
     view_model_name: str = "view"
     view_model_version: int = 0  # 0: the latest version the server has
+    valve_model_name: str = "valve"
+    valve_model_version: int = 0
     model_timeout_s: float = 10.0
     model_max_batch: int = 32
     model_max_wait_ms: float = 5.0

@@ -16,6 +16,7 @@ FRAMES_DOPPLER = "frames.doppler.v1"
 FRAMES_SEGMENTED = "frames.segmented.v1"
 FRAMES_VIEWED = "frames.viewed.v1"
 FRAMES_SPECTRAL = "frames.spectral.v1"
+FRAMES_BMODE = "frames.bmode.v1"
 FRAMES_DONE = "frames.done.v1"
 STUDIES_FEATURES = "studies.features.v1"
 STUDIES_DIAGNOSED = "studies.diagnosed.v1"
@@ -23,7 +24,17 @@ STUDIES_DIAGNOSED = "studies.diagnosed.v1"
 TOPIC_ALREADY_EXISTS = 36
 
 # The stages in data-path order: the one name of each (folder, `rhd serve` argument, consumer group, metric label).
-STAGES: tuple[str, ...] = ("split", "inspect", "segment", "view", "features", "spectral", "assemble", "diagnose")
+STAGES: tuple[str, ...] = (
+    "split",
+    "inspect",
+    "segment",
+    "view",
+    "features",
+    "spectral",
+    "valve",
+    "assemble",
+    "diagnose",
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ TOPICS: tuple[Topic, ...] = (
     Topic(FRAMES_SEGMENTED, pb.SegmentedFrame, "video_id"),
     Topic(FRAMES_VIEWED, pb.ViewedFrame, "video_id"),
     Topic(FRAMES_SPECTRAL, pb.Frame, "video_id"),
+    Topic(FRAMES_BMODE, pb.Frame, "video_id"),
     Topic(FRAMES_DONE, pb.FrameDone, "study_id"),
     Topic(STUDIES_FEATURES, pb.StudyFeatures, "study_id"),
     Topic(STUDIES_DIAGNOSED, pb.Diagnosis, "study_id"),

@@ -151,8 +151,14 @@ def parts_met(v: Valves) -> dict[str, bool]:
         out[f"{jet}_velocity"] = r.peak_velocity_m_s >= MIN_VELOCITY_M_S
         out[f"{jet}_duration"] = r.duration_fraction >= PAN_FRACTION
     out["ms_gradient"] = v.ms_mean_gradient_mmhg >= MS_MEAN_GRADIENT_MMHG
-    out["mitral_features"] = v.mitral.count() >= 2
-    out["aortic_features"] = v.aortic.count() >= 2
+    out["amvl_thickening"] = v.mitral.amvl_thickness_mm >= AMVL_THICK_MM
+    out["chordal_thickening"] = v.mitral.chordal_thickening
+    out["mitral_restricted"] = v.mitral.restricted_motion
+    out["mitral_tip_motion"] = v.mitral.excessive_tip_motion
+    out["aortic_thickening"] = v.aortic.irregular_thickening
+    out["aortic_coaptation_defect"] = v.aortic.coaptation_defect
+    out["aortic_restricted"] = v.aortic.restricted_motion
+    out["aortic_prolapse"] = v.aortic.prolapse
     return out
 
 

@@ -21,6 +21,9 @@ SHIFT = 4  # cv2 drawing with 4 fractional bits: sub-pixel centres and axes
 SHIFT_SCALE = 1 << SHIFT
 TISSUE, BLOOD, BRIGHT, LEAFLET = 1.0, 0.08, 1.6, 2.0  # echogenicity multipliers of the B-mode canvas
 QUALITIES = ("good", "off_axis", "poor")
+# Labels of the valve mask in each frame's truth: what the valve segmentation network learns to draw.
+VALVE_LABELS = ("background", "mitral_leaflet", "chord", "aortic_cusp")
+MITRAL_LEAFLET, CHORD, AORTIC_CUSP = 1, 2, 3
 
 # Per view, on the reference frame. Shapes are painted in order onto the echogenicity canvas:
 # ("ellipse", echo, (cx, cy), (ax, ay), angle_deg, group) or ("tube", echo, (x0, y0), (x1, y1), thickness, group);
@@ -170,6 +173,7 @@ class FrameTruth:
     mr_length_mm: float  # extent of the MR jet as drawn, along its axis; 0 when none shows
     ar_length_mm: float
     overlays: list[dict] = field(repr=False)  # drawn elements with their boxes
+    valve_mask: np.ndarray = field(repr=False)  # uint8 H x W: VALVE_LABELS index of each pixel, as drawn
 
     @property
     def jet_length_mm(self) -> float:
@@ -293,8 +297,8 @@ def _jet_activity(jet: JetScene | None, phase: float, systolic: bool) -> float:
     return float(0.65 + 0.35 * np.sin(np.pi * within))
 
 
-def _draw_anatomy(scene: Scene, phase: float, place: _Placer) -> tuple[np.ndarray, np.ndarray]:
-    """Echogenicity canvas of the view at this phase, and its blood pool mask."""
+def _draw_anatomy(scene: Scene, phase: float, place: _Placer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Echogenicity canvas of the view at this phase, its blood pool mask and its valve labels (VALVE_LABELS)."""
     h, w = scene.height, scene.width
     geometry = VIEW_GEOMETRY[scene.view]
     cycle = np.cos(2 * np.pi * phase)  # +1 at end-diastole
@@ -307,6 +311,7 @@ def _draw_anatomy(scene: Scene, phase: float, place: _Placer) -> tuple[np.ndarra
         else:
             _line(echo, place.point(a), place.point(b), value, int(place.length(c * k)))
     blood = echo < 0.5 * TISSUE
+    labels = np.zeros((h, w), np.uint8)
 
     leaflet_px = max(1, int(round(scene.leaflet_mm / scene.pixel_spacing_mm * place.s * place.k / 1.0)))
     hinge_a, hinge_b = place.point(geometry["mitral"][0]), place.point(geometry["mitral"][1])
@@ -318,25 +323,21 @@ def _draw_anatomy(scene: Scene, phase: float, place: _Placer) -> tuple[np.ndarra
         half = np.linalg.norm(hinge_b - hinge_a) / 2
         axes = (half, half * (0.12 + 0.45 * opening))
         _ellipse(echo, valve, axes, place.angle_deg, LEAFLET, leaflet_px)
+        _ellipse(labels, valve, axes, place.angle_deg, MITRAL_LEAFLET, leaflet_px)
     else:
         leaf = 0.55 * np.linalg.norm(hinge_b - hinge_a)
         bulge = (4.0 if scene.mitral_tip_excess and phase < SYSTOLE_END else -3.0) * place.s
         closed = valve + bulge * u
-        tips = []
-        for hinge in (hinge_a, hinge_b):
-            tip = (1 - opening) * closed + opening * (hinge - leaf * u)
-            _line(echo, hinge, tip, LEAFLET, leaflet_px)
-            tips.append(tip)
+        tips = [(1 - opening) * closed + opening * (hinge - leaf * u) for hinge in (hinge_a, hinge_b)]
         if "chords_to" in geometry:
             papillary = place.point(geometry["chords_to"])
+            chord_px = 2 if scene.chordal_thickening else 1
             for tip in tips:
-                _line(
-                    echo,
-                    tip,
-                    papillary,
-                    BRIGHT if scene.chordal_thickening else 0.9 * BRIGHT,
-                    2 if scene.chordal_thickening else 1,
-                )
+                _line(echo, tip, papillary, BRIGHT if scene.chordal_thickening else 0.9 * BRIGHT, chord_px)
+                _line(labels, tip, papillary, CHORD, chord_px)
+        for hinge, tip in zip((hinge_a, hinge_b), tips, strict=True):  # the leaflet shows over the chords' ends
+            _line(echo, hinge, tip, LEAFLET, leaflet_px)
+            _line(labels, hinge, tip, MITRAL_LEAFLET, leaflet_px)
     if "aortic" in geometry:
         a, b = place.point(geometry["aortic"][0]), place.point(geometry["aortic"][1])
         into_lv = place.direction(geometry["ar_dir"])
@@ -351,7 +352,8 @@ def _draw_anatomy(scene: Scene, phase: float, place: _Placer) -> tuple[np.ndarra
             closed_tip = hinge + short * (centre - hinge)
             tip = (1 - open_frac) * closed_tip + open_frac * (hinge - cusp * into_lv)
             _line(echo, hinge, tip, LEAFLET if scene.aortic_thick else BRIGHT, 3 if scene.aortic_thick else 1)
-    return echo, blood
+            _line(labels, hinge, tip, AORTIC_CUSP, 3 if scene.aortic_thick else 1)
+    return echo, blood, labels
 
 
 def _grey(scene: Scene, echo: np.ndarray, rng: np.random.Generator, place: _Placer) -> np.ndarray:
@@ -497,7 +499,7 @@ def render_frame(scene: Scene, phase: float, rng: np.random.Generator) -> tuple[
     if scene.spectral is not None:
         return _render_spectral(scene, sweep, rng)
     place = _Placer(h, w, scene.pose)
-    echo, blood = _draw_anatomy(scene, phase, place)
+    echo, blood, valve_mask = _draw_anatomy(scene, phase, place)
     image = cv2.cvtColor(_grey(scene, echo, rng, place), cv2.COLOR_GRAY2BGR)
 
     flow = np.zeros((h, w), bool)
@@ -539,7 +541,7 @@ def render_frame(scene: Scene, phase: float, rng: np.random.Generator) -> tuple[
             )
         )
     drawn += _overlays(scene, image, sweep)
-    truth = FrameTruth(scene.view, scene.view_class, scene.colour, flow, jet, velocity, mr_mm, ar_mm, drawn)
+    truth = FrameTruth(scene.view, scene.view_class, scene.colour, flow, jet, velocity, mr_mm, ar_mm, drawn, valve_mask)
     return image, truth
 
 
@@ -603,5 +605,8 @@ def _render_spectral(scene: Scene, sweep: float, rng: np.random.Generator) -> tu
     drawn = [{"kind": "spectral", "text": "", "box": [strip.x0, strip.y0, strip.x1, strip.y1]}]
     drawn += _overlays(scene, image, sweep)
     empty = np.zeros((h, w), bool)
-    truth = FrameTruth(scene.view, scene.view_class, False, empty, empty, np.zeros((h, w), np.float32), 0.0, 0.0, drawn)
+    zeros = np.zeros((h, w), np.float32)
+    truth = FrameTruth(
+        scene.view, scene.view_class, False, empty, empty, zeros, 0.0, 0.0, drawn, np.zeros((h, w), np.uint8)
+    )
     return image, truth

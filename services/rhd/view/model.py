@@ -9,8 +9,8 @@ then four conv/pool blocks, global average pooling and a softmax over VIEW_CLASS
 """
 
 import keras
-from keras import ops
 
+from rhd.imaging.layers import BgrToGrey
 from rhd.labels import VIEW_CLASSES
 
 FRAME_SHAPE = (240, 320, 3)  # what the generator writes and split decodes
@@ -24,18 +24,6 @@ INPUT_SHAPE = (
     1,
 )  # (54, 68, 1): what the classifier sees
 FILTERS = (16, 32, 64, 64)
-
-
-@keras.saving.register_keras_serializable(package="rhd")
-class BgrToGrey(keras.layers.Layer):
-    """uint8 BGR [..., 3] -> float32 luma [..., 1], with OpenCV's weights (0.114 B + 0.587 G + 0.299 R)."""
-
-    def call(self, frames):
-        weights = ops.convert_to_tensor([0.114, 0.587, 0.299], dtype="float32")
-        return ops.sum(ops.cast(frames, "float32") * weights, axis=-1, keepdims=True)
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return (*input_shape[:-1], 1)
 
 
 def preprocessor() -> keras.Model:

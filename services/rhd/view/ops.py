@@ -1,33 +1,6 @@
-"""View stage's pure functions: one frame's model outputs -> the named probe view with its probabilities."""
+"""view stage's pure functions: the view model's outputs for one frame -> the named probe view (the contract itself
+lives in rhd.runtime.views, since the valve stage asks the same model about B-mode frames)."""
 
-from dataclasses import dataclass
+from rhd.runtime.views import INPUT_NAME, PROBABILITIES, VIEW_INDEX, ViewResult, prediction_from_outputs
 
-import numpy as np
-
-from rhd.labels import VIEW_CLASSES
-
-# The view model's serving signature (`serving_default`), as exported by rhd.training.view.
-INPUT_NAME = "frames"  # uint8 [batch, 240, 320, 3], BGR as OpenCV decodes
-PROBABILITIES = "probabilities"  # float32 [batch, len(VIEW_CLASSES)], in VIEW_CLASSES order
-VIEW_INDEX = "view_index"  # int64 [batch], argmax of PROBABILITIES
-
-
-@dataclass(frozen=True)
-class ViewResult:
-    label: str
-    probabilities: dict[str, float]
-    model_version: int
-
-
-def prediction_from_outputs(outputs_row: dict[str, np.ndarray], model_version: int) -> ViewResult:
-    """The row of one frame (each output without its batch axis) -> its most probable view."""
-    if PROBABILITIES not in outputs_row:
-        raise ValueError(f"model outputs lack {PROBABILITIES!r} (got {sorted(outputs_row)})")
-    probabilities = np.asarray(outputs_row[PROBABILITIES], np.float64).reshape(-1)
-    if probabilities.shape != (len(VIEW_CLASSES),):
-        raise ValueError(f"expected {len(VIEW_CLASSES)} view probabilities, got shape {probabilities.shape}")
-    if not np.all(np.isfinite(probabilities)):
-        raise ValueError(f"view probabilities are not finite: {probabilities.tolist()}")
-    best = int(np.argmax(probabilities))
-    named = {v: float(p) for v, p in zip(VIEW_CLASSES, probabilities, strict=True)}
-    return ViewResult(VIEW_CLASSES[best], named, model_version)
+__all__ = ["INPUT_NAME", "PROBABILITIES", "VIEW_INDEX", "ViewResult", "prediction_from_outputs"]

@@ -1,0 +1,18 @@
+"""The valve SavedModel called in-process (training, the in-process path); the valve service uses the model server."""
+
+from pathlib import Path
+
+import numpy as np
+
+from rhd.modelstore import LocalModel
+from rhd.valve.ops import PROBABILITIES
+
+
+class LocalValveModel:
+    def __init__(self, models_dir: Path, name: str = "valve", version: int = 0) -> None:
+        self._model = LocalModel(models_dir, name, version, batch=64)
+        self.version = self._model.version
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 frames [N, 240, 320, 3] -> label probabilities [N, 108, 136, 4]."""
+        return self._model.outputs(frames)[PROBABILITIES]
