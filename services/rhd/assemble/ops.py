@@ -113,6 +113,7 @@ VALVE_FEATURES_USED = (
 # its leaflets show opening but not their thickness or where they meet).
 MITRAL_VIEWS = ("plax", "a4c", "a5c")
 OPENING_VIEWS = ("a4c", "a5c", "psax")
+APICAL_VIEWS = ("a4c", "a5c")  # where the annulus lies across the beam, so tips beyond it show as depth
 AORTIC_VIEWS = ("plax", "a5c")
 OPEN_PERCENTILE = 90  # a video's opening: how far the leaflets open at their widest (not one noisy frame)
 
@@ -168,7 +169,7 @@ VALVE_MEASUREMENTS: dict[str, tuple[tuple[str, ...], bool | None, str, str, str]
     "amvl_thickness_mm": (MITRAL_VIEWS, False, "mitral_found", "median", "mitral_thickness_mm"),
     "chord_thickness_mm": (MITRAL_VIEWS, None, "chord_found", "median", "chord_thickness_mm"),
     "mitral_opening": (OPENING_VIEWS, False, "mitral_found", "percentile", "mitral_opening"),
-    "mitral_coaptation_mm": (MITRAL_VIEWS, True, "mitral_found", "median", "mitral_coaptation_mm"),
+    "mitral_coaptation_mm": (APICAL_VIEWS, True, "mitral_found", "median", "mitral_coaptation_mm"),
     "aortic_thickness_mm": (AORTIC_VIEWS, None, "aortic_found", "median", "aortic_thickness_mm"),
     "aortic_opening": (AORTIC_VIEWS, True, "aortic_found", "percentile", "aortic_opening"),
     "aortic_closure_bow_mm": (AORTIC_VIEWS, False, "aortic_found", "absolute", "aortic_coaptation_mm"),

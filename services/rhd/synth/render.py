@@ -271,6 +271,15 @@ def _line(canvas: np.ndarray, a: np.ndarray, b: np.ndarray, value: float, thickn
     cv2.line(canvas, _fixed(a), _fixed(b), value, max(1, thickness), cv2.LINE_8, SHIFT)
 
 
+def _bar(canvas: np.ndarray, a: np.ndarray, b: np.ndarray, value: float, width_px: float) -> None:
+    """A straight band from a to b of the given width (sub-pixel: cv2.line would round it up to an odd number of
+    pixels), as a leaflet of known thickness is drawn."""
+    along = (b - a) / max(float(np.linalg.norm(b - a)), 1e-6)
+    side = np.array([-along[1], along[0]]) * max(width_px - 1.0, 0.0) / 2  # cv2 fills the edge pixels too
+    corners = np.array([_fixed(p) for p in (a - side, b - side, b + side, a + side)], np.int32)
+    cv2.fillConvexPoly(canvas, corners, value, cv2.LINE_8, SHIFT)
+
+
 def _openness(phase: float) -> float:
     """Mitral leaflet opening, 0 (closed, systole) to 1 (early diastolic peak)."""
     if phase < SYSTOLE_END:
@@ -313,7 +322,8 @@ def _draw_anatomy(scene: Scene, phase: float, place: _Placer) -> tuple[np.ndarra
     blood = echo < 0.5 * TISSUE
     labels = np.zeros((h, w), np.uint8)
 
-    leaflet_px = max(1, int(round(scene.leaflet_mm / scene.pixel_spacing_mm * place.s * place.k / 1.0)))
+    leaflet_width = scene.leaflet_mm / scene.pixel_spacing_mm * place.s * place.k  # px, as drawn in profile
+    leaflet_px = max(1, int(round(leaflet_width)))  # the short-axis ring's line thickness
     hinge_a, hinge_b = place.point(geometry["mitral"][0]), place.point(geometry["mitral"][1])
     valve = (hinge_a + hinge_b) / 2
     u = place.direction(geometry["mr_dir"])  # into the atrium
@@ -336,8 +346,8 @@ def _draw_anatomy(scene: Scene, phase: float, place: _Placer) -> tuple[np.ndarra
                 _line(echo, tip, papillary, BRIGHT if scene.chordal_thickening else 0.9 * BRIGHT, chord_px)
                 _line(labels, tip, papillary, CHORD, chord_px)
         for hinge, tip in zip((hinge_a, hinge_b), tips, strict=True):  # the leaflet shows over the chords' ends
-            _line(echo, hinge, tip, LEAFLET, leaflet_px)
-            _line(labels, hinge, tip, MITRAL_LEAFLET, leaflet_px)
+            _bar(echo, hinge, tip, LEAFLET, leaflet_width)
+            _bar(labels, hinge, tip, MITRAL_LEAFLET, leaflet_width)
     if "aortic" in geometry:
         a, b = place.point(geometry["aortic"][0]), place.point(geometry["aortic"][1])
         into_lv = place.direction(geometry["ar_dir"])

@@ -23,7 +23,7 @@ from rhd.synth.render import VALVE_LABELS
 from rhd.training.provenance import environment
 from rhd.training.view import weights_hash
 from rhd.valve.model import FRAME_SHAPE, INPUT_SHAPE, LABELS, POOL, SECTOR_CROP, preprocessor, segmenter, served_model
-from rhd.valve.ops import INPUT_NAME, PROBABILITIES
+from rhd.valve.ops import INPUT_NAME, PROBABILITIES, half_resolution
 
 MODEL_NAME = "valve"
 SIGNATURE = "serving_default"
@@ -51,19 +51,6 @@ class MaskSet:
     x: np.ndarray  # float32 [n, *INPUT_SHAPE]: frames through the model's own preprocessing layers
     labels: np.ndarray  # uint8 [n, 108, 136]: LABELS index per half-resolution pixel
     sha256: str
-
-
-def half_resolution(mask: np.ndarray) -> np.ndarray:
-    """A full-resolution label mask cropped to the sector and halved: a half-resolution pixel takes any structure
-    one of its four pixels shows (leaflet over cusp over chord), so a one-pixel chord is not lost."""
-    (top, bottom), (left, right) = SECTOR_CROP
-    crop = mask[top : mask.shape[0] - bottom, left : mask.shape[1] - right]
-    h, w = crop.shape[0] // POOL, crop.shape[1] // POOL
-    blocks = crop[: h * POOL, : w * POOL].reshape(h, POOL, w, POOL)
-    out = np.zeros((h, w), np.uint8)
-    for label in (2, 3, 1):  # later wins: chord, then cusp, then leaflet
-        out[(blocks == label).any(axis=(1, 3))] = label
-    return out
 
 
 def _roundtrip(frames: list[np.ndarray], fps: float) -> list[np.ndarray]:
@@ -167,7 +154,7 @@ def evaluate(model: keras.Model, held: MaskSet) -> dict:
 
 
 def train_valve_model(
-    models_dir: Path, seed: int = 11, version: int = 1, n_studies: int = 24, held_out: int = 4, epochs: int = EPOCHS
+    models_dir: Path, seed: int = 11, version: int = 1, n_studies: int = 20, held_out: int = 4, epochs: int = EPOCHS
 ) -> Path:
     """Train, evaluate on held-out studies, export to <models_dir>/valve/<version>/ with its manifest.json."""
     if held_out < 1:

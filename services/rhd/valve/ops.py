@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from skimage.morphology import skeletonize
 
 from rhd.imaging.sector import checked_frame
 
@@ -31,8 +30,13 @@ PROBABILITIES = "label_probabilities"  # float32 [batch, 108, 136, 4]: LABELS pe
 LABELS = ("background", "mitral_leaflet", "chord", "aortic_cusp")  # rhd.valve.model.LABELS
 MITRAL, CHORD, AORTIC = 1, 2, 3
 CROP_TOP, CROP_LEFT, POOL = 6, 24, 2  # where the network's half-resolution grid lies on the frame
+CROP_SHAPE = (108, 136)  # the grid's size (rhd.valve.model.INPUT_SHAPE)
 MIN_PIXELS = 6  # half-resolution pixels below which a structure is not found in the frame
-BAND_PX = 3  # full-resolution pixels around the network's mask in which the structure's edges are sought
+BAND_PX = 2  # full-resolution pixels around the network's mask in which a gap's echo is sought
+PROFILE_BIN_PX = 1.0  # the profile across a structure, in bins of a pixel...
+PROFILE_REACH_PX = 8.0  # ... out to this far either side of its axis (further for thicker ones)
+PROFILE_EDGE_BINS = 3  # its outermost bins each side: the surroundings' brightness
+MIN_PART_LENGTH_PX = 6.0  # a straight part shorter than this is not profiled
 
 FEATURE_SET = "valve-v1"
 FEATURE_NAMES = (
@@ -83,33 +87,102 @@ def full_resolution(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _centre_line_length(mask: np.ndarray) -> float:
-    """Length in pixels of the mask's centre line (skeleton), diagonal steps counted as sqrt(2)."""
-    skeleton = skeletonize(mask)
-    ys, xs = np.nonzero(skeleton)
-    if ys.size < 2:
-        return float(ys.size)
-    s = skeleton.astype(np.uint8)
-    straight = int((s[:, 1:] & s[:, :-1]).sum() + (s[1:, :] & s[:-1, :]).sum())
-    diagonal = int((s[1:, 1:] & s[:-1, :-1]).sum() + (s[1:, :-1] & s[:-1, 1:]).sum())
-    # A staircase counts both its straight and diagonal links; a skeleton pixel has at most two neighbours along
-    # the line, so the length is bounded by the pixel count.
-    return float(min(straight + np.sqrt(2) * diagonal, np.sqrt(2) * (ys.size - 1))) + 1.0
+def half_resolution(mask: np.ndarray) -> np.ndarray:
+    """A full-resolution label mask (H x W) as the network answers it: cropped to the sector and halved, a
+    half-resolution pixel taking any structure one of its four pixels shows (leaflet over cusp over chord), so a
+    one-pixel chord is not lost. Training's targets are made this way."""
+    crop = mask[CROP_TOP : CROP_TOP + CROP_SHAPE[0] * POOL, CROP_LEFT : CROP_LEFT + CROP_SHAPE[1] * POOL]
+    blocks = crop.reshape(CROP_SHAPE[0], POOL, CROP_SHAPE[1], POOL)
+    out = np.zeros(CROP_SHAPE, np.uint8)
+    for label in (CHORD, AORTIC, MITRAL):  # later wins
+        out[(blocks == label).any(axis=(1, 3))] = label
+    return out
 
 
-def _refined(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The structure's pixels at full resolution: inside a band around the network's mask, brighter than the
-    midpoint between the structure's brightness and its surroundings'."""
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * BAND_PX + 1, 2 * BAND_PX + 1))
-    band = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
-    ring = cv2.dilate(band.astype(np.uint8), kernel).astype(bool) & ~band
-    if not ring.any() or not mask.any():
-        return np.zeros_like(mask)
-    inside = float(np.percentile(grey[mask], 75))
-    outside = float(np.median(grey[ring]))
-    if inside <= outside:
-        return np.zeros_like(mask)
-    return band & (grey > (inside + outside) / 2)
+def _components(mask: np.ndarray, min_pixels: int) -> list[np.ndarray]:
+    """The mask's connected parts (8-connected) of at least min_pixels, largest first."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    order = sorted(range(1, count), key=lambda k: -stats[k, cv2.CC_STAT_AREA])
+    return [labels == k for k in order if stats[k, cv2.CC_STAT_AREA] >= min_pixels]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The frame's brightness across one straight part of a structure, averaged along it (speckle averages out)."""
+
+    offsets: np.ndarray  # px from the part's axis, bin centres
+    mean: np.ndarray  # mean grey per bin
+
+    def width_px(self, half_width: float) -> float:
+        """Full width at half maximum, each side's half level taken against that side's own surroundings (a leaflet
+        may lie against tissue on one side and blood on the other); NaN when an edge is not found within reach."""
+        p, d = self.mean, self.offsets
+        near = np.abs(d) <= half_width + 1.0
+        if not near.any():
+            return float("nan")
+        peak_at = int(np.flatnonzero(near)[np.argmax(p[near])])
+        edges = []
+        for step, outer in ((-1, p[: PROFILE_EDGE_BINS]), (1, p[-PROFILE_EDGE_BINS:])):
+            level = (p[peak_at] + float(np.median(outer))) / 2
+            k = peak_at
+            while 0 <= k + step < len(p) and p[k + step] > level:
+                k += step
+            if not 0 <= k + step < len(p):
+                return float("nan")  # no edge on this side within reach: not measurable here
+            # interpolate where the profile crosses the level between bin k and the next one out
+            a, b = p[k], p[k + step]
+            t = (a - level) / (a - b) if a != b else 0.5
+            edges.append(d[k] + step * t * PROFILE_BIN_PX)
+        return float(edges[1] - edges[0])
+
+    def excess_px(self, half_width: float, reference: float) -> float:
+        """The structure's echo above its surroundings, summed across it, in pixels of `reference` brightness: for
+        structures thinner than the scanner's resolution, a thickness that brightness and width both add to."""
+        p, d = self.mean, self.offsets
+        left, right = float(np.median(p[:PROFILE_EDGE_BINS])), float(np.median(p[-PROFILE_EDGE_BINS:]))
+        base = left + (right - left) * (d - d[0]) / (d[-1] - d[0])
+        near = np.abs(d) <= half_width + 2.0
+        return float(np.clip(p[near] - base[near], 0, None).sum() * PROFILE_BIN_PX / max(reference, 1.0))
+
+
+def _profile(grey: np.ndarray, part: np.ndarray, reach: float) -> tuple[Profile, float] | None:
+    """The profile across a straight part (its principal axis), over its length less a pixel at each end; and the
+    part's half width as the network drew it."""
+    points, centre, axis = _axes(part)
+    normal = np.array([-axis[1], axis[0]])
+    along = (points - centre) @ axis
+    lo, hi = along.min() + 1.0, along.max() - 1.0
+    if hi - lo < MIN_PART_LENGTH_PX:
+        return None
+    half_width = float(np.percentile(np.abs((points - centre) @ normal), 95)) + 0.5
+    reach = max(reach, half_width + 7.0)
+    y0, x0 = (np.maximum(np.floor(centre[::-1] - (hi - lo) / 2 - reach - 2), 0)).astype(int)
+    y1, x1 = np.minimum(np.ceil(centre[::-1] + (hi - lo) / 2 + reach + 2), grey.shape).astype(int)
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    xy = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64) - centre
+    a, n = xy @ axis, xy @ normal
+    keep = (a >= lo) & (a <= hi) & (np.abs(n) <= reach)
+    bins = np.arange(-reach, reach + PROFILE_BIN_PX, PROFILE_BIN_PX)
+    which = np.digitize(n[keep], bins) - 1
+    values = grey[y0:y1, x0:x1].ravel()[keep]
+    sums = np.bincount(which, weights=values, minlength=len(bins) - 1)[: len(bins) - 1]
+    counts = np.bincount(which, minlength=len(bins) - 1)[: len(bins) - 1]
+    centres = (bins[:-1] + bins[1:]) / 2
+    filled = counts > 0
+    if filled.sum() < len(counts) // 2:
+        return None
+    mean = np.interp(centres, centres[filled], sums[filled] / counts[filled])  # a bin no pixel fell in: its neighbours
+    return Profile(centres, mean), half_width
+
+
+def tissue_level(grey: np.ndarray) -> float:
+    """The brightness of tissue in the frame: the median of the pixels above Otsu's threshold (blood and the
+    black outside the fan fall below it)."""
+    lit = grey[grey > 2]
+    if lit.size == 0:
+        return 0.0
+    threshold, _ = cv2.threshold(np.clip(lit, 0, 255).astype(np.uint8).reshape(1, -1), 0, 255, cv2.THRESH_OTSU)
+    return float(np.median(lit[lit > threshold])) if (lit > threshold).any() else float(np.median(lit))
 
 
 def _axes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,43 +211,50 @@ def _coaptation_px(points: np.ndarray, centre: np.ndarray, axis: np.ndarray, ape
     return float(middle.mean() - ends.mean())
 
 
-def _gap_px(grey: np.ndarray, refined: np.ndarray, centre: np.ndarray, axis: np.ndarray) -> float:
-    """Along the shape's long axis, the longest run of one-pixel bins in its middle half with no structure pixel."""
-    ys, xs = np.nonzero(refined)
-    if ys.size == 0:
-        return 0.0
+def _gap_px(grey: np.ndarray, mask: np.ndarray, centre: np.ndarray, axis: np.ndarray, tissue: float) -> float:
+    """Along the shape's long axis, the longest run of one-pixel bins in its middle half where the echo within it
+    stays under half the tissue's: where the closed cusps do not meet."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * BAND_PX + 1, 2 * BAND_PX + 1))
+    band = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+    ys, xs = np.nonzero(band)
     along = np.round((np.stack([xs, ys], axis=1) - centre) @ axis).astype(int)
-    lo, hi = along.min(), along.max()
-    occupied = np.zeros(hi - lo + 1, bool)
-    occupied[along - lo] = True
+    lo, hi = int(along.min()), int(along.max())
+    brightest = np.zeros(hi - lo + 1)
+    np.maximum.at(brightest, along - lo, grey[ys, xs])
     quarter = (hi - lo) // 4
-    middle = occupied[quarter : len(occupied) - quarter]
+    middle = brightest[quarter : len(brightest) - quarter] < tissue / 2
     longest = run = 0
-    for full in middle:
-        run = 0 if full else run + 1
+    for dark in middle:
+        run = run + 1 if dark else 0
         longest = max(longest, run)
     return float(longest)
 
 
-def measure(grey: np.ndarray, mask: np.ndarray, spacing_mm: float, apex: np.ndarray, gap: bool = False) -> Structure:
-    """One structure (the network's full-resolution mask of it) measured on the grey frame."""
+def measure(
+    grey: np.ndarray, mask: np.ndarray, spacing_mm: float, apex: np.ndarray, tissue: float, thin: bool, gap: bool = False
+) -> Structure:
+    """One structure (the network's full-resolution mask of it) measured on the grey frame: its thickness (the
+    median over its straight parts of their width at half maximum, or for `thin` structures their echo across them
+    in mm of tissue), how far it opens, where its middle lies, and any gap along it."""
     if mask.sum() < MIN_PIXELS * POOL * POOL:
         return Structure(False)
-    refined = _refined(grey, mask)
-    if refined.sum() < MIN_PIXELS:
-        return Structure(False)
-    length = _centre_line_length(refined)
-    thickness = float(refined.sum()) / max(length, 1.0)
+    widths = []
+    for part in _components(mask, MIN_PIXELS * POOL * POOL):
+        profiled = _profile(grey, part, PROFILE_REACH_PX)
+        if profiled is not None:
+            profile, half_width = profiled
+            width = profile.excess_px(half_width, tissue) if thin else profile.width_px(half_width)
+            if np.isfinite(width):
+                widths.append(width)
     points, centre, axis = _axes(mask)
     (_, _), (w, h), _ = cv2.minAreaRect(points.astype(np.float32))
     opening = float(min(w, h) / max(w, h)) if max(w, h) > 0 else 0.0
-    coaptation = _coaptation_px(points, centre, axis, apex)
     return Structure(
         True,
-        thickness * spacing_mm,
+        float(np.median(widths)) * spacing_mm if widths else 0.0,
         opening,
-        coaptation * spacing_mm,
-        _gap_px(grey, refined, centre, axis) * spacing_mm if gap else 0.0,
+        _coaptation_px(points, centre, axis, apex) * spacing_mm,
+        _gap_px(grey, mask, centre, axis, tissue) * spacing_mm if gap else 0.0,
     )
 
 
@@ -190,15 +270,15 @@ def valve_features(bgr: np.ndarray, probabilities: np.ndarray | None, spacing_mm
     if not np.isfinite(spacing_mm) or spacing_mm <= 0:
         raise ValveError(f"pixel spacing must be a positive number of mm, got {spacing_mm}")
     image = checked_frame(bgr)
-    grey = cv2.GaussianBlur(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32), (0, 0), 0.8)
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
     try:
         labels = full_resolution(labels_from_probabilities(probabilities), grey.shape)
     except ValueError as exc:
         raise ValveError(f"the valve model's answer cannot be read: {exc}") from exc
-    apex = fan_apex(image)
-    mitral = measure(grey, labels == MITRAL, spacing_mm, apex)
-    chord = measure(grey, labels == CHORD, spacing_mm, apex)
-    aortic = measure(grey, labels == AORTIC, spacing_mm, apex, gap=True)
+    apex, tissue = fan_apex(image), tissue_level(grey)
+    mitral = measure(grey, labels == MITRAL, spacing_mm, apex, tissue, thin=False)
+    chord = measure(grey, labels == CHORD, spacing_mm, apex, tissue, thin=True)
+    aortic = measure(grey, labels == AORTIC, spacing_mm, apex, tissue, thin=True, gap=True)
     return [
         float(mitral.found),
         mitral.thickness_mm,
