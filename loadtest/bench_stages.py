@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 from google.protobuf import json_format
 from rhd.features.ops import frame_features
 from rhd.imaging.codec import frame_image, frame_pixels
@@ -18,6 +19,7 @@ from rhd.spectral.ops import spectral_features, spectral_region
 from rhd.split.ops import decode_video
 from rhd.synth.generator import synth_studies
 from rhd.v1 import rhd_pb2 as pb
+from rhd.valve.ops import valve_features
 
 
 def per_frame_ms(fn, items) -> float:
@@ -53,6 +55,14 @@ def main(n_studies: int = 2) -> None:
     )
     frames = [f for v in videos for f in decode_video(v).frames]
     colour = [f for f in frames if inspect(f).doppler]
+    bmode = [f for f in frames if inspect(f).kind == "anatomical"]
+    # The valve network's answers, from the model in-process (its cost per frame served is bench_view's kind of
+    # figure); the stage's own measurements are what is timed.
+    from rhd.valve.local import LocalValveModel
+
+    valve_model = LocalValveModel(Path("models"))
+    answers = valve_model(np.stack(bmode)) if bmode else []
+    network_ms = 1000 * _time(lambda: valve_model(np.stack(bmode))) / max(len(bmode), 1)
     ecgs = [reading_message(r) if (r := read_ecg(f)) is not None else None for f, _ in traces]
     masks = [segment(f).labels for f in colour]
     raws = [pb.Frame(height=f.shape[0], width=f.shape[1], **frame_pixels(f, "raw")) for f in frames]
@@ -81,9 +91,15 @@ def main(n_studies: int = 2) -> None:
             "spectral: envelope + phases + gradient",
             per_frame_ms(lambda i: spectral_features(traces[i][0], traces[i][1], ecgs[i]), range(len(traces))),
         ),
+        ("valve: network in-process (batches of 64)", network_ms),
+        (
+            "valve: profiles + shapes (measurements)",
+            per_frame_ms(lambda i: valve_features(bmode[i], answers[i], 0.6), range(len(bmode))),
+        ),
     ]
     print(
-        f"{n_frames} frames ({len(colour)} colour Doppler, {len(traces)} spectral Doppler) of {len(videos)} videos, "
+        f"{n_frames} frames ({len(colour)} colour Doppler, {len(bmode)} B-mode, {len(traces)} spectral Doppler) of "
+        f"{len(videos)} videos, "
         "one core"
     )
     for name, ms in rows:

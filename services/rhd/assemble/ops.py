@@ -177,7 +177,7 @@ VALVE_MEASUREMENTS: dict[str, tuple[tuple[str, ...], bool | None, str, str, str]
 }
 
 
-def _video_measurement(video: ValveVideo, feature: str) -> float | None:
+def video_measurement(video: ValveVideo, feature: str) -> float | None:
     views, systolic, found, pooling, name = VALVE_MEASUREMENTS[feature]
     if video.view not in views:
         return None
@@ -193,7 +193,7 @@ def _video_measurement(video: ValveVideo, feature: str) -> float | None:
 def _valves(videos: Sequence[ValveVideo]) -> dict[str, float]:
     out: dict[str, float] = {}
     for feature in VALVE_MEASUREMENTS:
-        per_video = [m for m in (_video_measurement(v, feature) for v in videos) if m is not None]
+        per_video = [m for m in (video_measurement(v, feature) for v in videos) if m is not None]
         out[feature] = float(np.median(per_video)) if per_video else 0.0
     out["mitral_valve_read"] = float(
         sum(v.view in MITRAL_VIEWS and any(r["mitral_found"] > 0 for _, _, r in v.frames) for v in videos)
@@ -577,7 +577,7 @@ def evidence_frames(
     for feature, (_, systolic, found, pooling, name) in VALVE_MEASUREMENTS.items():
         candidates = []
         for video in valves:
-            value = _video_measurement(video, feature)
+            value = video_measurement(video, feature)
             if value is None:
                 continue
             shown = (
