@@ -77,6 +77,7 @@ def main() -> int:
     parser.add_argument("--studies", type=int, default=60)
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--models-dir", default="models")
+    parser.add_argument("--dump", help="also write every video's measurements and truth to this JSON file")
     args = parser.parse_args()
     model = LocalValveModel(Path(args.models_dir))
     config = SynthConfig(videos_per_study=12, duration_s=(1.0, 2.0))
@@ -84,6 +85,8 @@ def main() -> int:
         studies = synth_studies(args.seed, args.studies, Path(tmp), config, balanced=True)
         halves = [[r for s in part for r in video_rows(s, model)] for part in (studies[::2], studies[1::2])]
     print(f"valve model {model.version}, {args.studies} studies (seed {args.seed}), {sum(map(len, halves))} videos")
+    if args.dump:
+        Path(args.dump).write_text(json.dumps(halves))
     thick = [
         (r["amvl_thickness_mm"], r["valves"]["mitral"]["amvl_thickness_mm"])
         for rows in halves
