@@ -476,20 +476,13 @@ def assemble_study(
     cycles = cardiac_cycles(manifest, results) if manifest is not None else []
     phases = {c.video_id: c.phases for c in cycles if c.known}
     done = [r for r in results if r.status == pb.FRAME_STATUS_ANALYSED]
-    framed = [
-        AnalysedFrame(
-            r.key.video_id,
-            r.view.label,
-            _named(r.features),
-            float(phases[r.key.video_id][r.key.frame_index]) if r.key.video_id in phases else None,
-            r.key.frame_index,
-        )
-        for r in done
-        if not r.features.feature_set.startswith("spectral")
-    ]
-    valve_set = {r.key.video_id for r in done if r.features.feature_set.startswith("valve")}
-    analysed = [f for f in framed if f.video_id not in valve_set]
-    valves = valve_videos([f for f in framed if f.video_id in valve_set])
+    def analysed_frame(r: pb.FrameResult) -> AnalysedFrame:
+        phase = float(phases[r.key.video_id][r.key.frame_index]) if r.key.video_id in phases else None
+        return AnalysedFrame(r.key.video_id, r.view.label, _named(r.features), phase, r.key.frame_index)
+
+    # A colour video's frames that show no flow at some moment are B-mode frames: the valve stage reads those.
+    analysed = [analysed_frame(r) for r in done if not r.features.feature_set.startswith(("spectral", "valve"))]
+    valves = valve_videos([analysed_frame(r) for r in done if r.features.feature_set.startswith("valve")])
     traces = _video_traces([r for r in done if r.features.feature_set.startswith("spectral")])
     failed_videos = [v for v in manifest.videos if v.status == pb.VIDEO_STATUS_FAILED] if manifest else []
     reasons = [v.error for v in failed_videos]
