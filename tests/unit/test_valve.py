@@ -145,3 +145,26 @@ def test_valve_readings_missing_a_name_are_an_error():
     frame = AnalysedFrame("V1", "a4c", {"mitral_found": 1.0}, 0.5, 0)
     with pytest.raises(ValueError, match="valve readings lack"):
         valve_videos([frame])
+
+
+def test_a_colour_videos_flowless_frames_are_read_as_b_mode_and_its_colour_frames_as_colour():
+    """In a colour video, frames at a moment with no flow under the box reach the valve stage: assemble reads each
+    frame by its feature set, not by its video."""
+    from rhd.assemble.ops import FRAME_FEATURES_USED, assemble_study
+    from rhd.features.ops import FEATURE_SET as COLOUR_SET
+    from rhd.v1 import rhd_pb2 as pb
+
+    manifest = pb.StudyManifest(study_id="S")
+    manifest.videos.add(video_id="V", status=pb.VIDEO_STATUS_DECODED, frame_count=4, fps=24.0)
+    results = []
+    for index in range(4):
+        valve = index % 2 == 1
+        names = ops.FEATURE_NAMES if valve else FRAME_FEATURES_USED
+        values = [1.0 if n in ("mitral_found", "jet_length_mm") else 2.5 for n in names]
+        vector = pb.FeatureVector(feature_set=ops.FEATURE_SET if valve else COLOUR_SET, names=names, values=values)
+        key = pb.FrameKey(study_id="S", video_id="V", frame_index=index, video_frame_count=4)
+        view = pb.ViewPrediction(label="a4c")
+        results.append(pb.FrameResult(key=key, status=pb.FRAME_STATUS_ANALYSED, view=view, features=vector))
+    study = assemble_study("S", manifest, results, deadline_passed=False)
+    values = dict(zip(study.features.names, study.features.values, strict=True))
+    assert values["mitral_valve_read"] == 1.0 and values["colour_videos_read"] == 1.0
