@@ -4,8 +4,8 @@ morphological feature apart, and thickness is within a pixel and a half of what 
 
 import numpy as np
 import pytest
-from rhd.assemble.ops import AnalysedFrame, study_features, valve_videos
 from rhd.assemble.ops import STUDY_FEATURE_NAMES as STUDY
+from rhd.assemble.ops import AnalysedFrame, study_features, valve_videos
 from rhd.synth.render import VALVE_LABELS, Pose, Scene, render_frame
 from rhd.valve import ops
 
@@ -61,8 +61,9 @@ def test_thickened_chords_read_thicker(view):
 @pytest.mark.parametrize("view", ["plax", "a5c"])
 def test_aortic_cusps_thickening_restriction_prolapse_and_gap(view):
     plain = Scene(view=view)
-    assert measured(Scene(view=view, aortic_thick=True), DIASTOLE)["aortic_thickness_mm"] > (
-        measured(plain, DIASTOLE)["aortic_thickness_mm"]
+    assert (
+        measured(Scene(view=view, aortic_thick=True), DIASTOLE)["aortic_thickness_mm"]
+        > (measured(plain, DIASTOLE)["aortic_thickness_mm"])
     )
     assert measured(Scene(view=view, aortic_restricted=True), EJECTION)["aortic_opening"] < (
         measured(plain, EJECTION)["aortic_opening"] - 0.1
@@ -70,8 +71,9 @@ def test_aortic_cusps_thickening_restriction_prolapse_and_gap(view):
     assert abs(measured(Scene(view=view, aortic_prolapse=True), DIASTOLE)["aortic_coaptation_mm"]) > (
         abs(measured(plain, DIASTOLE)["aortic_coaptation_mm"]) + 0.5
     )
-    assert measured(Scene(view=view, aortic_coaptation_defect=True), DIASTOLE)["aortic_gap_mm"] > (
-        measured(plain, DIASTOLE)["aortic_gap_mm"]
+    assert (
+        measured(Scene(view=view, aortic_coaptation_defect=True), DIASTOLE)["aortic_gap_mm"]
+        > (measured(plain, DIASTOLE)["aortic_gap_mm"])
     )
 
 

@@ -476,6 +476,7 @@ def assemble_study(
     cycles = cardiac_cycles(manifest, results) if manifest is not None else []
     phases = {c.video_id: c.phases for c in cycles if c.known}
     done = [r for r in results if r.status == pb.FRAME_STATUS_ANALYSED]
+
     def analysed_frame(r: pb.FrameResult) -> AnalysedFrame:
         phase = float(phases[r.key.video_id][r.key.frame_index]) if r.key.video_id in phases else None
         return AnalysedFrame(r.key.video_id, r.view.label, _named(r.features), phase, r.key.frame_index)

@@ -122,7 +122,7 @@ class Profile:
             return float("nan")
         peak_at = int(np.flatnonzero(near)[np.argmax(p[near])])
         edges = []
-        for step, outer in ((-1, p[: PROFILE_EDGE_BINS]), (1, p[-PROFILE_EDGE_BINS:])):
+        for step, outer in ((-1, p[:PROFILE_EDGE_BINS]), (1, p[-PROFILE_EDGE_BINS:])):
             level = (p[peak_at] + float(np.median(outer))) / 2
             k = peak_at
             while 0 <= k + step < len(p) and p[k + step] > level:
@@ -231,7 +231,13 @@ def _gap_px(grey: np.ndarray, mask: np.ndarray, centre: np.ndarray, axis: np.nda
 
 
 def measure(
-    grey: np.ndarray, mask: np.ndarray, spacing_mm: float, apex: np.ndarray, tissue: float, thin: bool, gap: bool = False
+    grey: np.ndarray,
+    mask: np.ndarray,
+    spacing_mm: float,
+    apex: np.ndarray,
+    tissue: float,
+    thin: bool,
+    gap: bool = False,
 ) -> Structure:
     """One structure (the network's full-resolution mask of it) measured on the grey frame: its thickness (the
     median over its straight parts of their width at half maximum, or for `thin` structures their echo across them
