@@ -138,7 +138,7 @@ def test_assemble_reads_each_measurement_in_its_phase_and_views_and_pools_videos
     values = dict(zip(STUDY, study_features([], (), videos), strict=True))
     assert values["amvl_thickness_mm"] == pytest.approx(2.5)  # median of 2 (A4C) and 3 (PLAX); "other" ignored
     assert values["mitral_coaptation_mm"] == pytest.approx(-1.0)  # A4C's, in systole; PLAX does not count
-    assert values["mitral_opening"] == pytest.approx(np.percentile([0.3 + 0.02 * k for k in range(5, 10)], 90))
+    assert values["mitral_opening"] == pytest.approx(np.percentile([0.3 + 0.02 * k for k in range(5, 10)], 75))
     assert values["aortic_thickness_mm"] == pytest.approx(1.5)
     assert values["mitral_valve_read"] == 2.0 and values["aortic_valve_read"] == 1.0
 

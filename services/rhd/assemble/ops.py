@@ -115,7 +115,7 @@ MITRAL_VIEWS = ("plax", "a4c", "a5c")
 OPENING_VIEWS = ("a4c", "a5c", "psax")
 APICAL_VIEWS = ("a4c", "a5c")  # where the annulus lies across the beam, so tips beyond it show as depth
 AORTIC_VIEWS = ("plax", "a5c")
-OPEN_PERCENTILE = 90  # a video's opening: how far the leaflets open at their widest (not one noisy frame)
+OPEN_PERCENTILE = 75  # a video's opening: how far the leaflets open when open (not one stray frame)
 
 
 @dataclass(frozen=True)
