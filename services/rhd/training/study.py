@@ -11,6 +11,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,10 +32,12 @@ from rhd.diagnose.ops import (
     GRAVITY,
     MODEL_FILE,
     MODEL_NAME,
+    PART_MEASUREMENTS,
     class_probabilities,
     criterion_probabilities,
     decide,
     part_columns,
+    part_probabilities,
     referral,
 )
 from rhd.inprocess import analyse_study
@@ -220,11 +223,13 @@ def study_probabilities(parts: dict[str, Pipeline], x: np.ndarray) -> tuple[np.n
     return p_criteria, proba
 
 
-def criterion_metrics(met: np.ndarray, p: np.ndarray) -> dict[str, dict[str, float | None]]:
-    """Per criterion at P >= 0.5: sensitivity, specificity (None when the set has no study to measure it on), and
-    how many studies met it."""
+def criterion_metrics(
+    met: np.ndarray, p: np.ndarray, names: Sequence[str] = CRITERIA
+) -> dict[str, dict[str, float | None]]:
+    """Per criterion (or per part, with names=PARTS) at P >= 0.5: sensitivity, specificity (None when the set has no
+    study to measure it on), and how many studies met it."""
     out = {}
-    for k, name in enumerate(CRITERIA):
+    for k, name in enumerate(names):
         truth, called = met[:, k], p[:, k] >= 0.5
         out[name] = {
             "met": int(truth.sum()),
@@ -301,6 +306,8 @@ def train_study_model(
             "accuracy_of_the_rest": float((h_predicted == hy)[~referred].mean()) if (~referred).any() else None,
         }
         metrics["held_out"]["criteria"] = criterion_metrics(criteria_truth(held.met), h_criteria)
+        h_parts = part_probabilities(criteria, held.x, STUDY_FEATURE_NAMES)
+        metrics["held_out"]["parts"] = criterion_metrics(held.met, h_parts, PARTS)
         metrics["held_out"]["calibration"] = calibration(hy, h_proba, classes, seed=held_seed)
         metrics["held_out"]["subgroups"] = subgroup_recall(hy, h_predicted, classes, held.groups, seed=held_seed)
     headline = metrics.get("held_out", metrics["cv"])
@@ -313,8 +320,9 @@ def train_study_model(
         "criteria": list(CRITERIA),
         "parts": {c: list(CRITERION_PARTS[c]) for c in CRITERIA},
         "thresholds": thresholds,
-        "decision": "P(criterion met) per WHF 2012 criterion (the product of its parts', each a logistic estimate on "
-        "its own measurements), combined by the guideline's rules (criteria taken as independent) into P(class); "
+        "decision": "P(criterion met) per WHF 2012 criterion (P(all its parts), or P(at least 2 of a valve's 4 "
+        "morphological features), each part a logistic estimate on its own measurements), combined by the "
+        "guideline's rules (criteria taken as independent) into P(class); "
         "definite if P(definite) >= thresholds.definite, else borderline if P(borderline) >= thresholds.borderline, "
         "else normal",
         "data": {
@@ -379,9 +387,21 @@ def _report(
         "|---|---|---|---|---|",
         *(
             f"| {name} | {m['met']} | {_fraction(m['sensitivity'])} | {_fraction(m['specificity'])} | "
-            + (", ".join(CRITERION_MEASUREMENTS[name]) or "not measured: estimated from the other measurements")
+            + ", ".join(CRITERION_MEASUREMENTS[name])
             + " |"
             for name, m in metrics["held_out"]["criteria"].items()
+        ),
+        "",
+        "## Per part of a criterion (held-out, met when P >= 0.5)",
+        "",
+        "What each criterion rests on, so a criterion that fails shows which measurement fails it.",
+        "",
+        "| part | criterion | studies meeting it | sensitivity | specificity | measured by |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {name} | {next(c for c in CRITERIA if name in CRITERION_PARTS[c])} | {m['met']} | "
+            f"{_fraction(m['sensitivity'])} | {_fraction(m['specificity'])} | {', '.join(PART_MEASUREMENTS[name])} |"
+            for name, m in metrics["held_out"]["parts"].items()
         ),
     ]
     folder.mkdir(parents=True, exist_ok=True)
