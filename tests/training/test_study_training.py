@@ -127,3 +127,16 @@ def test_a_criterion_is_met_only_when_every_part_is_each_read_from_its_own_measu
     slow[0, mr[2]] = -4.0  # long, in many views, pan-systolic, but slow: not pathological
     p_every, p_slow = criterion_probabilities(parts, np.vstack([every, slow]), STUDY_FEATURE_NAMES)[:, 0]
     assert CRITERIA[0] == "pathological_mr" and p_every > 0.9 and p_slow < 0.1
+
+
+def test_the_definite_threshold_leaves_borderline_its_own_target():
+    # Borderline studies score P(definite) as high as half the Definite ones: 95% Definite recall would take all of
+    # them; the threshold stops where 20% of them are taken, so 80% Borderline recall stays reachable.
+    y = np.array(["definite"] * 20 + ["borderline"] * 20)
+    proba = np.zeros((40, 3))
+    proba[:20, 2] = np.linspace(0.02, 0.98, 20)
+    proba[20:, 2] = np.linspace(0.01, 0.45, 20)
+    proba[20:, 1] = 1 - proba[20:, 2]
+    thresholds = choose_thresholds(y, proba, CLASSES)
+    assert (proba[20:, 2] >= thresholds["definite"]).sum() == 4  # 20% of 20
+    assert (decisions(proba, CLASSES, thresholds)[20:] == "borderline").sum() >= 16

@@ -148,9 +148,11 @@ def build_features(
 def choose_thresholds(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
     """For Definite, then Borderline: the highest probability threshold that still calls TARGET_RECALL of that
     class's studies by it (among those a graver class did not take), but not so low that it takes more than
-    MAX_NORMAL_TAKEN of the Normal studies left."""
+    MAX_NORMAL_TAKEN of the Normal studies left, nor, for Definite, so many Borderline studies that Borderline's
+    own target could no longer be reached (more than 1 - TARGET_RECALL["borderline"] of them)."""
     thresholds: dict[str, float] = {}
     taken = np.zeros(len(y), bool)
+    caps = {"definite": {"normal": MAX_NORMAL_TAKEN, "borderline": 1 - TARGET_RECALL["borderline"]}}
     for label in GRAVITY:
         p = proba[:, classes.index(label)]
         mine = np.sort(p[(y == label) & ~taken])[::-1]
@@ -158,10 +160,11 @@ def choose_thresholds(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> d
             continue
         need = math.ceil(TARGET_RECALL[label] * (y == label).sum())
         threshold = float(mine[min(need, len(mine)) - 1])
-        normals = np.sort(p[(y == "normal") & ~taken])[::-1]
-        allowed = math.floor(MAX_NORMAL_TAKEN * (y == "normal").sum())
-        if allowed < len(normals):  # the threshold must stay above the (allowed + 1)-th highest Normal
-            threshold = max(threshold, float(np.nextafter(normals[allowed], np.inf)))
+        for other, share in caps.get(label, {"normal": MAX_NORMAL_TAKEN}).items():
+            others = np.sort(p[(y == other) & ~taken])[::-1]
+            allowed = math.floor(share * (y == other).sum() + 1e-9)
+            if allowed < len(others):  # the threshold must stay above the (allowed + 1)-th highest of them
+                threshold = max(threshold, float(np.nextafter(others[allowed], np.inf)))
         thresholds[label] = threshold
         taken |= p >= threshold
     return thresholds
@@ -371,7 +374,8 @@ def _report(
         f"Trained on {n_studies} balanced generated studies ({TRAINING_CONFIG.videos_per_study} videos of 1 s); "
         f"thresholds chosen on 5-fold cross-validated probabilities for recall >= "
         f"{TARGET_RECALL['definite']} (definite) and >= {TARGET_RECALL['borderline']} (borderline), but never taking "
-        f"more than {MAX_NORMAL_TAKEN:.0%} of the Normal studies: "
+        f"more than {MAX_NORMAL_TAKEN:.0%} of the Normal studies (nor, for Definite, more than "
+        f"{1 - TARGET_RECALL['borderline']:.0%} of the Borderline ones): "
         + ", ".join(f"P({c}) >= {t:.3f}" for c, t in thresholds.items())
         + " (cross-validated recall: "
         + ", ".join(f"{c} {cv[f'recall.{c}']['value']:.2f}" for c in CLASSES)
