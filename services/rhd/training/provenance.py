@@ -68,3 +68,39 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: 
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def export_saved_model(
+    model: Any, out: Path, outputs: Any, input_shape: tuple, input_name: str, keras_file: str
+) -> None:
+    """A Keras model as a SavedModel in TensorFlow Serving's layout, signature serving_default: uint8 frames
+    [None, *input_shape] named input_name -> outputs(model's answer) (a dict of named tensors); and the same model as
+    a .keras file beside it (TF Serving ignores it; Keras in-process loads it on any backend)."""
+    import keras
+    import tensorflow as tf
+
+    def serve(frames: tf.Tensor) -> dict:
+        return outputs(model(frames, training=False))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default", serve, input_signature=[tf.TensorSpec((None, *input_shape), tf.uint8, input_name)]
+    )
+    archive.write_out(str(out), verbose=False)
+    model.save(out / keras_file)
+
+
+def write_version(models_dir: Path, name: str, version: int, fill: Any) -> Path:
+    """models_dir/name/version/, filled by fill(folder) beside it and then renamed into place: a model server never
+    sees a half-written version (non-numeric names are not versions), and a rerun leaves no stale files behind."""
+    import shutil
+
+    out = Path(models_dir) / name / str(version)
+    staging = out.with_name(f".{version}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    fill(staging)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out

@@ -5,7 +5,6 @@ SavedModel in TensorFlow Serving's layout with its manifest (per-label overlap o
 import dataclasses
 import hashlib
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from keras import ops
 from rhd.split.ops import decode_video
 from rhd.synth.generator import SynthConfig, generate, study_labels, video_mode
 from rhd.synth.render import VALVE_LABELS
-from rhd.training.provenance import environment
+from rhd.training.provenance import environment, export_saved_model, write_version
 from rhd.training.view import weights_hash
 from rhd.valve.model import FRAME_SHAPE, INPUT_SHAPE, LABELS, POOL, SECTOR_CROP, preprocessor, segmenter, served_model
 from rhd.valve.ops import INPUT_NAME, PROBABILITIES, half_resolution
@@ -126,15 +125,7 @@ def fit(seed: int, n_studies: int, epochs: int = EPOCHS, held_out: int = 0) -> t
 def export(model: keras.Model, out: Path) -> None:
     """SavedModel with signature serving_default: frames uint8 [None, 240, 320, 3] -> label probabilities
     float32 [None, 108, 136, 4]; and the same model as a .keras file beside it."""
-
-    def serve(frames: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {PROBABILITIES: model(frames, training=False)}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(SIGNATURE, serve, input_signature=[tf.TensorSpec((None, *FRAME_SHAPE), tf.uint8, INPUT_NAME)])
-    archive.write_out(str(out), verbose=False)
-    model.save(out / KERAS_FILE)
+    export_saved_model(model, out, lambda p: {PROBABILITIES: p}, FRAME_SHAPE, INPUT_NAME, KERAS_FILE)
 
 
 def evaluate(model: keras.Model, held: MaskSet) -> dict:
@@ -192,11 +183,10 @@ def train_valve_model(
         **environment(("tensorflow", "keras", "numpy", "opencv-python-headless")),
         "metrics": evaluate(model, held),
     }
-    out = Path(models_dir) / MODEL_NAME / str(version)
-    staging = out.with_name(f".{version}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    export(model, staging)
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+
+    def fill(folder: Path) -> None:
+        export(model, folder)
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+    out = write_version(models_dir, MODEL_NAME, version, fill)
     return out

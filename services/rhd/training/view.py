@@ -5,7 +5,6 @@ confusion matrix."""
 import dataclasses
 import hashlib
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import tensorflow as tf
 from rhd.labels import VIEW_CLASSES
 from rhd.split.ops import decode_video
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
-from rhd.training.provenance import environment, plot_confusion
+from rhd.training.provenance import environment, export_saved_model, plot_confusion, write_version
 from rhd.view.model import FRAME_SHAPE, INPUT_SHAPE, classifier, preprocessor, served_model
 from rhd.view.ops import INPUT_NAME, PROBABILITIES, VIEW_INDEX
 
@@ -108,15 +107,10 @@ def export(model: keras.Model, out: Path) -> None:
     """SavedModel with signature serving_default: frames uint8 [None, 240, 320, 3] -> probabilities, view_index;
     and the same model as a .keras file beside it."""
 
-    def serve(frames: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = model(frames, training=False)
+    def outputs(probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
         return {PROBABILITIES: probabilities, VIEW_INDEX: tf.argmax(probabilities, axis=1)}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(SIGNATURE, serve, input_signature=[tf.TensorSpec((None, *FRAME_SHAPE), tf.uint8, INPUT_NAME)])
-    archive.write_out(str(out), verbose=False)
-    model.save(out / KERAS_FILE)
+    export_saved_model(model, out, outputs, FRAME_SHAPE, INPUT_NAME, KERAS_FILE)
 
 
 def evaluate(model: keras.Model, held: FrameSet) -> dict:
@@ -175,19 +169,16 @@ def train_view_model(
         "metrics": metrics,
         "confusion_png": CONFUSION_FILE,
     }
-    out = Path(models_dir) / MODEL_NAME / str(version)
-    # Written beside, then renamed: a model server never sees a half-written version (non-numeric names are
-    # not versions), and a rerun leaves no stale files behind.
-    staging = out.with_name(f".{version}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    export(model, staging)
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    plot_confusion(
-        np.array(metrics["confusion_matrix"]["rows_truth"]),
-        VIEW_CLASSES,
-        f"view model {version}: accuracy {metrics['accuracy']:.3f} on {metrics['held_out_frames']} held-out frames",
-        staging / CONFUSION_FILE,
-    )
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+
+    def fill(folder: Path) -> None:
+        export(model, folder)
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        plot_confusion(
+            np.array(metrics["confusion_matrix"]["rows_truth"]),
+            VIEW_CLASSES,
+            f"view model {version}: accuracy {metrics['accuracy']:.3f} on {metrics['held_out_frames']} held-out frames",
+            folder / CONFUSION_FILE,
+        )
+
+    out = write_version(models_dir, MODEL_NAME, version, fill)
     return out

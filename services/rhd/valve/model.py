@@ -9,7 +9,7 @@ is; the valve stage measures thickness on the full-resolution frame inside what 
 
 import keras
 
-from rhd.imaging.layers import BgrToGrey
+from rhd.imaging.layers import sector_preprocessor
 
 FRAME_SHAPE = (240, 320, 3)
 SECTOR_CROP = ((6, 18), (24, 24))  # (top, bottom), (left, right): the fan's bounding box, as the view model's
@@ -25,12 +25,7 @@ FILTERS = (12, 24, 48)
 
 def preprocessor() -> keras.Model:
     """Frames as decoded -> the network's input; no weights."""
-    frames = keras.Input(FRAME_SHAPE, dtype="uint8", name="frames")
-    x = BgrToGrey(name="grey")(frames)
-    x = keras.layers.Cropping2D(SECTOR_CROP, name="sector")(x)
-    x = keras.layers.AveragePooling2D(POOL, name="downscale")(x)
-    x = keras.layers.Rescaling(1 / 255.0, name="scale")(x)
-    return keras.Model(frames, x, name="valve_preprocess")
+    return sector_preprocessor(FRAME_SHAPE, SECTOR_CROP, POOL, "valve_preprocess")
 
 
 def segmenter(seed: int) -> keras.Model:

@@ -10,7 +10,7 @@ then four conv/pool blocks, global average pooling and a softmax over VIEW_CLASS
 
 import keras
 
-from rhd.imaging.layers import BgrToGrey
+from rhd.imaging.layers import sector_preprocessor
 from rhd.labels import VIEW_CLASSES
 
 FRAME_SHAPE = (240, 320, 3)  # what the generator writes and split decodes
@@ -27,13 +27,8 @@ FILTERS = (16, 32, 64, 64)
 
 
 def preprocessor() -> keras.Model:
-    """Frames as decoded -> the classifier's input; no weights."""
-    frames = keras.Input(FRAME_SHAPE, dtype="uint8", name="frames")
-    x = BgrToGrey(name="grey")(frames)
-    x = keras.layers.Cropping2D(SECTOR_CROP, name="sector")(x)
-    x = keras.layers.AveragePooling2D(POOL, name="downscale")(x)
-    x = keras.layers.Rescaling(1 / 255.0, name="scale")(x)
-    return keras.Model(frames, x, name="view_preprocess")
+    """Frames as decoded -> the network's input; no weights."""
+    return sector_preprocessor(FRAME_SHAPE, SECTOR_CROP, POOL, "view_preprocess")
 
 
 def classifier(seed: int) -> keras.Model:
