@@ -119,7 +119,10 @@ def fit(seed: int, n_studies: int, epochs: int = EPOCHS, held_out: int = 0) -> t
     train, held = generated_masks(seed, n_studies, held_out)
     unet = build_model(seed)
     unet.fit(train.x, train.labels, epochs=epochs, batch_size=BATCH_SIZE, shuffle=True, verbose=0)
-    return served_model(preprocessor(), unet), train, held
+    # Served without its training configuration (the Dice loss is training code, not part of the model).
+    plain = segmenter(seed)
+    plain.set_weights(unet.get_weights())
+    return served_model(preprocessor(), plain), train, held
 
 
 def export(model: keras.Model, out: Path) -> None:
