@@ -344,17 +344,21 @@ def test_every_service_exposes_what_happened_on_its_metrics_endpoint(line):
     diagnosed = len(progress.diagnoses)
     assert total(by_job["diagnose"], "rhd_study_latency_seconds_count", stage="diagnose") == diagnosed
     assert total(by_job["diagnose"], "rhd_outputs_total", stage="diagnose", topic="studies.diagnosed.v1") == diagnosed
-    # The view stage's Predict calls, and the model server's own count of them, on its TF Serving path.
+    # The view stage's Predict calls (colour frames) and the valve stage's (B-mode frames: the view model and the
+    # valve model, one each a frame), and the model server's own count of them, on its TF Serving path.
     frames = total(by_job["view"], "rhd_model_batch_size_sum", model="view")
     assert frames == total(by_job["view"], "rhd_messages_total", stage="view", outcome="ok") > 0
-    calls = total(by_job["view"], "rhd_model_request_seconds_count", model="view", code="OK")
-    assert (
-        total(
-            by_job["model-server"], "rhd_model_server_request_seconds_count", model="view", method="Predict", code="OK"
+    bmode = total(by_job["valve"], "rhd_messages_total", stage="valve", outcome="ok")
+    assert total(by_job["valve"], "rhd_model_batch_size_sum", model="valve") == bmode > 0
+    assert total(by_job["valve"], "rhd_model_batch_size_sum", model="view") == bmode
+    for model, stages in (("view", ("view", "valve")), ("valve", ("valve",))):
+        calls = sum(total(by_job[s], "rhd_model_request_seconds_count", model=model, code="OK") for s in stages)
+        served = total(
+            by_job["model-server"], "rhd_model_server_request_seconds_count", model=model, method="Predict", code="OK"
         )
-        == calls
-    )
+        assert served == calls > 0, model
     assert total(by_job["view"], "rhd_build_info", stage="view", view_model="view/1") == 1
+    assert total(by_job["valve"], "rhd_build_info", stage="valve", view_model="view/1", valve_model="valve/1") == 1
     for stage in STAGES:
         assert total(by_job[stage], "rhd_build_info", stage=stage) == 1
 
