@@ -15,7 +15,8 @@ from rhd.v1 import rhd_pb2 as pb
 
 MODELS = Path(__file__).resolve().parents[2] / "models"  # trained by make models (tests/training needs them)
 AT = Position(0, 0, 0.0)
-# A study with a long pan-systolic MR jet in 3 views at 4.2 m/s, both traces read, every colour video phased.
+# A study with a long pan-systolic MR jet in 3 views at 4.2 m/s, both traces read, every colour video phased, valves
+# of normal shape on B-mode: Borderline B.
 GOOD = {
     **dict.fromkeys(STUDY_FEATURE_NAMES, 0.0),
     "systolic_jet_length_mm_max": 28.0,
@@ -28,6 +29,17 @@ GOOD = {
     "colour_videos_read": 5.0,
     "mitral_trace_read": 1.0,
     "aortic_trace_read": 1.0,
+    # B-mode: valves of normal shape, seen in 3 (mitral) and 2 (aortic) videos
+    "amvl_thickness_mm": 2.0,
+    "chord_thickness_mm": 0.9,
+    "mitral_opening": 0.52,
+    "mitral_coaptation_mm": -1.2,
+    "aortic_thickness_mm": 0.5,
+    "aortic_opening": 0.45,
+    "aortic_closure_bow_mm": 0.15,
+    "aortic_gap_mm": 0.6,
+    "mitral_valve_read": 3.0,
+    "aortic_valve_read": 2.0,
 }
 
 
