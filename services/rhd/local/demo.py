@@ -71,6 +71,16 @@ def _measured(d) -> str:
             )
         elif c.criterion == "mitral_stenosis":
             shown.append(f"MS {m['ms_mean_gradient_mmhg']:.1f} mmHg")
+        elif c.criterion == "mitral_features":
+            shown.append(
+                f"MV AMVL {m['amvl_thickness_mm']:.1f} mm, chords {m['chord_thickness_mm']:.1f}, "
+                f"opening {m['mitral_opening']:.2f}, tips {m['mitral_coaptation_mm']:+.1f} mm"
+            )
+        elif c.criterion == "aortic_features":
+            shown.append(
+                f"AV cusps {m['aortic_thickness_mm']:.1f}, opening {m['aortic_opening']:.2f}, "
+                f"bow {m['aortic_closure_bow_mm']:.1f} mm, gap {m['aortic_gap_mm']:.1f} mm"
+            )
     return "; ".join(shown)
 
 
