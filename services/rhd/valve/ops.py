@@ -2,9 +2,13 @@
 cardiologist makes on it.
 
 The network (rhd.valve.model) says, at half resolution, which pixels are mitral leaflet, chord or aortic cusp.
-Thickness is then measured on the full-resolution frame, inside a band around what the network found: the
-structure's pixels are those brighter than the midpoint between its own brightness and the blood or tissue beside
-it, and its thickness is their area over the length of their centre line. Motion is measured on the shapes:
+Thickness is then measured on the full-resolution frame: per straight part of a structure (a connected part of
+the network's mask, along its principal axis), the frame's brightness across it, averaged along it so that speckle
+averages out, gives the leaflet's width at half maximum, each side's half level taken against that side's own
+surroundings (tissue on one side, blood on the other, say). Chords and cusps are thinner than the scanner
+resolves, so their width at half maximum is mostly the scanner's blur: they are given their echo above the
+surroundings summed across them, in mm of tissue brightness, which a thicker or brighter structure raises. Motion
+is measured on the shapes:
 
 - opening: the shape's short side over its long side (cv2.minAreaRect). Closed leaflets lie along the annulus
   (a thin shape), open ones point into the ventricle (a square one); restricted leaflets open less.
