@@ -42,8 +42,9 @@ from rhd.diagnose.ops import (
 )
 from rhd.inprocess import analyse_study
 from rhd.labels import CLASSES, CRITERIA, CRITERION_NEEDS, CRITERION_PARTS, PARTS
-from rhd.synth.criteria import parts_met
-from rhd.synth.generator import SynthConfig, make_study, study_labels, write_study
+from rhd.synth import criteria as whf
+from rhd.synth.criteria import DiseaseKnobs, parts_met
+from rhd.synth.generator import PROVAR_PREVALENCE, SynthConfig, make_study, study_labels, write_study
 from rhd.training.provenance import environment
 from rhd.training.report import (
     calibration,
@@ -337,6 +338,7 @@ def train_study_model(
         **environment(("scikit-learn", "numpy", "tensorflow", "skops", "opencv-python-headless", "scikit-image")),
         # The skops file is a zip with timestamps; the fitted parameters and thresholds are what must repeat.
         "parameters_sha256": parameters_hash(criteria, thresholds),
+        "generator_of_record": generator_of_record(),
         "seconds": round(time.monotonic() - started, 1),
         "metrics": {
             "recall": headline["recall"],
@@ -349,6 +351,56 @@ def train_study_model(
     if "held_out" in metrics:
         for folder in filter(None, (out, report_dir)):
             _report(Path(folder), version, metrics, hy, h_proba, h_predicted, thresholds, n_studies, held_seed)
+    return out
+
+
+def generator_of_record() -> dict[str, Any]:
+    """What makes the task as hard as it is, which realism may not change: the WHF 2012 thresholds the generator
+    labels by, the class prevalence, the disease knobs and the measurement noise; with their sha256."""
+    rules = {
+        name: getattr(whf, name)
+        for name in (
+            "MR_MIN_JET_MM",
+            "AR_MIN_JET_MM",
+            "MIN_VELOCITY_M_S",
+            "MIN_VIEWS",
+            "PAN_FRACTION",
+            "AMVL_THICK_MM",
+            "MS_MEAN_GRADIENT_MMHG",
+        )
+    }
+    what = {
+        "rules": rules,
+        "prevalence": list(PROVAR_PREVALENCE),
+        "disease": asdict(DiseaseKnobs()),
+        "measurement_noise": SynthConfig().measurement_noise,
+    }
+    return {**what, "sha256": hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()}
+
+
+# A part whose held-out sensitivity (or, for Normal's recall, specificity) is under this is named as what a missed
+# target rests on: Borderline and Definite are missed when a part is not seen, Normal when one is seen wrongly.
+WEAK_SENSITIVITY, WEAK_SPECIFICITY = 0.9, 0.95
+
+
+def missed_targets(recall: dict[str, float], parts: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per class whose recall misses its target, naming the parts it rests on that fail: for Normal those
+    whose specificity is under WEAK_SPECIFICITY (a finding seen where there is none), for the others those whose
+    sensitivity is under WEAK_SENSITIVITY (a finding missed); with each part's measurement."""
+    out = []
+    for c in CLASSES:
+        target = TARGET_RECALL.get(c, 0.95)
+        if recall[c] >= target:
+            continue
+        figure, limit = ("specificity", WEAK_SPECIFICITY) if c == "normal" else ("sensitivity", WEAK_SENSITIVITY)
+        weak = [
+            f"{name} {m[figure]:.2f} ({', '.join(PART_MEASUREMENTS[name])})"
+            for name, m in parts.items()
+            if m[figure] is not None and m[figure] < limit
+        ]
+        out.append(
+            f"- {c}: recall {recall[c]:.3f} < {target}. Parts with {figure} under {limit}: {'; '.join(weak) or 'none'}."
+        )
     return out
 
 
@@ -407,6 +459,22 @@ def _report(
             f"{_fraction(m['sensitivity'])} | {_fraction(m['specificity'])} | {', '.join(PART_MEASUREMENTS[name])} |"
             for name, m in metrics["held_out"]["parts"].items()
         ),
+    ]
+    generator = generator_of_record()
+    notes += [
+        "",
+        "## Targets missed, and what they rest on",
+        "",
+        *(missed_targets(metrics["held_out"]["recall"], metrics["held_out"]["parts"]) or ["Every target met."]),
+        "",
+        "Why each weak measurement fails: docs/study-features.md (the per-criterion table and what the vector cannot "
+        "see).",
+        "",
+        "## Generator of record",
+        "",
+        f"WHF 2012 thresholds {json.dumps(generator['rules'])}, prevalence {generator['prevalence']}, disease knobs "
+        f"{json.dumps(generator['disease'])}, measurement noise {generator['measurement_noise']}: sha256 "
+        f"`{generator['sha256']}`. Realism may change the images, never these.",
     ]
     folder.mkdir(parents=True, exist_ok=True)
     trust = metrics["held_out"]
