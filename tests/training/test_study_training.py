@@ -140,3 +140,18 @@ def test_the_definite_threshold_leaves_borderline_its_own_target():
     thresholds = choose_thresholds(y, proba, CLASSES)
     assert (proba[20:, 2] >= thresholds["definite"]).sum() == 4  # 20% of 20
     assert (decisions(proba, CLASSES, thresholds)[20:] == "borderline").sum() >= 16
+
+
+def test_a_missed_target_names_the_parts_it_rests_on_and_the_generator_is_hashed():
+    from rhd.training.study import generator_of_record, missed_targets
+
+    parts = {
+        "mr_length": {"met": 10, "sensitivity": 0.95, "specificity": 0.90},
+        "ar_length": {"met": 10, "sensitivity": 0.45, "specificity": 0.99},
+    }
+    lines = missed_targets({"normal": 0.86, "borderline": 0.85, "definite": 0.83}, parts)
+    assert len(lines) == 2  # borderline met its 0.80
+    assert "normal" in lines[0] and "mr_length 0.90" in lines[0] and "ar_length" not in lines[0]
+    assert "definite" in lines[1] and "ar_length 0.45 (diastolic_jet_length_mm_max)" in lines[1]
+    first, again = generator_of_record(), generator_of_record()
+    assert first["sha256"] == again["sha256"] and first["rules"]["AMVL_THICK_MM"] == 3.0
