@@ -37,14 +37,17 @@ def main(n_studies: int = 2) -> None:
         seconds = time.perf_counter() - started
         videos = [p.read_bytes() for s in studies for p in sorted(s.glob("*.mp4"))]
         # Each spectral video's frames with its calibrated region, as split hands them on.
-        traces = []
+        traces, images = [], []  # spectral frames; the other videos' frames (images of the heart)
         for s in studies:
             for video in json.loads((s / "study.json").read_text())["videos"]:
                 region = spectral_region(
                     [json_format.ParseDict(r, pb.UltrasoundRegion()) for r in video.get("regions", [])]
                 )
+                decoded = decode_video((s / video["filename"]).read_bytes()).frames
                 if region is not None:
-                    traces += [(f, region) for f in decode_video((s / video["filename"]).read_bytes()).frames]
+                    traces += [(f, region) for f in decoded]
+                else:
+                    images += decoded
         truth_bytes = sum(p.stat().st_size for p in (Path(tmp) / "truth").rglob("*") if p.is_file())
     generated = sum(len(decode_video(v).frames) for v in videos)
     print(
@@ -54,8 +57,8 @@ def main(n_studies: int = 2) -> None:
         "ground truth per study"
     )
     frames = [f for v in videos for f in decode_video(v).frames]
-    colour = [f for f in frames if inspect(f).doppler]
-    bmode = [f for f in frames if inspect(f).kind == "anatomical"]
+    colour = [f for f in images if inspect(f).doppler]
+    bmode = [f for f in images if inspect(f).kind == "anatomical"]
     # The valve network's answers, from the model in-process (its cost per frame served is bench_view's kind of
     # figure); the stage's own measurements are what is timed.
     from rhd.valve.local import LocalValveModel
