@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rhd.labels import VIEW_CLASSES
+from rhd.v1 import rhd_pb2 as pb
 
 # The view model's serving signature (`serving_default`), as exported by rhd.training.view.
 INPUT_NAME = "frames"  # uint8 [batch, 240, 320, 3], BGR as OpenCV decodes
@@ -18,6 +19,12 @@ class ViewResult:
     label: str
     probabilities: dict[str, float]
     model_version: int
+
+    def message(self, model_name: str) -> pb.ViewPrediction:
+        """As a frame's record carries it."""
+        return pb.ViewPrediction(
+            label=self.label, probabilities=self.probabilities, model_name=model_name, model_version=self.model_version
+        )
 
 
 def prediction_from_outputs(outputs_row: dict[str, np.ndarray], model_version: int) -> ViewResult:

@@ -42,13 +42,7 @@ class Valve(StageService, name="valve", input_topic=FRAMES_BMODE, input_type=pb.
                 view_model=f"{self.view_name}/{self.view_version}",
                 valve_model=f"{self.valve_name}/{self.valve_version}",
             )
-        result = prediction_from_outputs(view_outputs, self.view_version)
-        view = pb.ViewPrediction(
-            label=result.label,
-            probabilities=result.probabilities,
-            model_name=self.view_name,
-            model_version=result.model_version,
-        )
+        view = prediction_from_outputs(view_outputs, self.view_version).message(self.view_name)
         try:
             values = valve_features(image, valve_outputs.get(PROBABILITIES), frame.pixel_spacing_mm)
         except ValveError as exc:

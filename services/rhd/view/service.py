@@ -33,13 +33,7 @@ class View(StageService, name="view", input_topic=FRAMES_SEGMENTED, input_type=p
         if not self.model_version:
             self.model_version = await self.client.metadata()
             metrics.set_build_info(self.name, view_model=f"{self.model_name}/{self.model_version}")
-        result = prediction_from_outputs(outputs, self.model_version)
-        view = pb.ViewPrediction(
-            label=result.label,
-            probabilities=result.probabilities,
-            model_name=self.model_name,
-            model_version=result.model_version,
-        )
+        view = prediction_from_outputs(outputs, self.model_version).message(self.model_name)
         return [Output(FRAMES_VIEWED, segmented.frame.key.video_id, pb.ViewedFrame(segmented=segmented, view=view))]
 
 
