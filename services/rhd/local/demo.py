@@ -84,6 +84,21 @@ def _measured(d) -> str:
     return "; ".join(shown)
 
 
+def truth_measured(valves) -> str:
+    """The generator's hidden values for the same measurements, printed under the line's own."""
+    mr, ar, mv, av = valves.mr, valves.ar, valves.mitral, valves.aortic
+    yes = {True: "yes", False: "no"}
+    return (
+        f"MR {mr.jet_length_mm:.0f} mm in {mr.views_seen} views, {mr.peak_velocity_m_s:.1f} m/s, "
+        f"{mr.duration_fraction:.0%} of systole; AR {ar.jet_length_mm:.0f} mm, {ar.peak_velocity_m_s:.1f} m/s, "
+        f"{ar.duration_fraction:.0%} of diastole; MS {valves.ms_mean_gradient_mmhg:.1f} mmHg; "
+        f"MV AMVL {mv.amvl_thickness_mm:.1f} mm, chords {yes[mv.chordal_thickening]}, "
+        f"restricted {yes[mv.restricted_motion]}, tips {yes[mv.excessive_tip_motion]}; "
+        f"AV thickened {yes[av.irregular_thickening]}, coaptation defect {yes[av.coaptation_defect]}, "
+        f"restricted {yes[av.restricted_motion]}, prolapse {yes[av.prolapse]}"
+    )
+
+
 def diagnosis_table(progress: Progress, truths: dict[str, dict]) -> str:
     """Each study's diagnosis beside the generator's truth: class, the WHF criteria met (found / true) and the
     measurements they rest on; a referral says why."""
@@ -107,6 +122,8 @@ def diagnosis_table(progress: Progress, truths: dict[str, dict]) -> str:
             )
         if study_id not in progress.diagnoses:
             lines.append(f"{study_id:<12} {truth['label']:<10} (no diagnosis)")
+        if "measured" in truth:
+            lines.append(f"{'':<12} truth: {truth['measured']}")
     return "\n".join(lines)
 
 
@@ -140,7 +157,8 @@ async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path)
     truths = {}
     for d in study_dirs:
         truth = load_truth(d)
-        truths[d.name] = {"label": truth["label"], "met": criteria_met(Valves.from_dict(truth["valves"]))}
+        valves = Valves.from_dict(truth["valves"])
+        truths[d.name] = {"label": truth["label"], "met": criteria_met(valves), "measured": truth_measured(valves)}
     bad_video = corrupt_one_video(study_dirs[-1])
     print(
         f"  video {bad_video} truncated on purpose (bad input); study {study_dirs[0].name} "
