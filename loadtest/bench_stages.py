@@ -13,10 +13,10 @@ from google.protobuf import json_format
 from rhd.features.ops import frame_features
 from rhd.imaging.codec import frame_image, frame_pixels
 from rhd.imaging.ecg import read_ecg, reading_message
+from rhd.imaging.video import decode_video
 from rhd.inspect.ops import inspect
 from rhd.segment.ops import segment
 from rhd.spectral.ops import spectral_features, spectral_region
-from rhd.split.ops import decode_video
 from rhd.synth.generator import synth_studies
 from rhd.v1 import rhd_pb2 as pb
 from rhd.valve.ops import valve_features

@@ -37,7 +37,7 @@ def say(text: str) -> None:
 
 
 def generated_frames(n: int, workdir: Path) -> np.ndarray:
-    from rhd.split.ops import decode_video
+    from rhd.imaging.video import decode_video
     from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 
     frames: list[np.ndarray] = []

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from rhd.assemble.ops import VALVE_MEASUREMENTS, ValveVideo, video_measurement
-from rhd.split.ops import decode_video
+from rhd.imaging.video import decode_video
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.valve import ops
 from rhd.valve.local import LocalValveModel

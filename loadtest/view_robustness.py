@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from rhd.imaging.video import decode_video
 from rhd.labels import VIEW_CLASSES
-from rhd.split.ops import decode_video
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.view.local import LocalViewModel
 

@@ -16,10 +16,11 @@ from rhd.assemble.ops import assemble_study
 from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, FeatureError, frame_features
 from rhd.imaging.codec import decode_png, encode_png
 from rhd.imaging.ecg import reading_message
+from rhd.imaging.video import VideoDecodeError, decode_video
 from rhd.inspect.ops import ANATOMICAL, NOT_ECHO, SPECTRAL, inspect
 from rhd.segment.ops import segment
 from rhd.spectral import ops as spectral
-from rhd.split.ops import VideoDecodeError, acquisition, decode_video
+from rhd.split.ops import acquisition
 from rhd.v1 import rhd_pb2 as pb
 from rhd.valve import ops as valve
 

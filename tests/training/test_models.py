@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import skops.io as sio
 from rhd.diagnose.ops import MODEL_FILE, diagnose, load_study_model
+from rhd.imaging.video import decode_video
 from rhd.inprocess import analyse_study
 from rhd.labels import CRITERIA, VIEW_CLASSES
-from rhd.split.ops import decode_video
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.training.study import TRAINING_CONFIG
 from rhd.valve.local import LocalValveModel

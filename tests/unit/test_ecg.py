@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from rhd.imaging.ecg import SYSTOLE_END, read_ecg, video_phases
-from rhd.split.ops import decode_video
+from rhd.imaging.video import decode_video
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.synth.render import SYSTOLE_END as TRUE_SYSTOLE_END
 

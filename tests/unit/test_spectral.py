@@ -8,9 +8,9 @@ import pytest
 from google.protobuf import json_format
 from rhd.assemble.ops import TRACE_FEATURES_USED, Trace
 from rhd.imaging.ecg import reading_message
+from rhd.imaging.video import decode_video
 from rhd.inspect.ops import SPECTRAL, inspect
 from rhd.spectral.ops import FEATURE_NAMES, SpectralError, spectral_features, spectral_region
-from rhd.split.ops import decode_video
 from rhd.synth import spectral as drawn
 from rhd.synth.generator import PROTOCOL, SynthConfig, load_truth, synth_studies
 from rhd.v1 import rhd_pb2 as pb

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 from rhd.cli import main
+from rhd.imaging.video import decode_video
 from rhd.labels import CLASSES, VIEW_CLASSES, VIEWS
-from rhd.split.ops import decode_video
 from rhd.synth import doppler
 from rhd.synth.criteria import Valves, whf_label
 from rhd.synth.generator import (

@@ -2,29 +2,16 @@
 metadata the analysis may use (the rest, identifying, stays behind)."""
 
 import datetime as dt
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
+from rhd.imaging.video import DecodedVideo
 from rhd.v1 import rhd_pb2 as pb
 
 # Metadata the analysis may use; identifying fields stay behind.
 CLINICAL_FIELDS = frozenset({"pixel_spacing_mm", "nyquist_cm_s", "fps", "device"})
-
-
-class VideoDecodeError(ValueError):
-    """The bytes are not a decodable video, or the video is truncated."""
-
-
-@dataclass(frozen=True)
-class DecodedVideo:
-    frames: list[np.ndarray]  # BGR uint8, H x W x 3
-    fps: float
-    declared_frame_count: int
 
 
 @dataclass(frozen=True)
@@ -63,38 +50,6 @@ def acquisition(metadata: Mapping[str, str]) -> Acquisition:
     if age is not None:
         clinical["age_years"] = f"{age:.1f}"
     return Acquisition(_number(metadata, "pixel_spacing_mm"), _number(metadata, "nyquist_cm_s"), clinical)
-
-
-def decode_video(data: bytes) -> DecodedVideo:
-    """Decode every frame; raise VideoDecodeError for empty, non-video or truncated input."""
-    if not data:
-        raise VideoDecodeError("empty video: 0 bytes")
-    # OpenCV's FFmpeg backend reads from a path, so the bytes go through a private temporary file.
-    fd, path = tempfile.mkstemp(suffix=".mp4")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        capture = cv2.VideoCapture(path)
-        try:
-            if not capture.isOpened():
-                raise VideoDecodeError(f"not a decodable video ({len(data)} bytes)")
-            fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-            declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-            frames = []
-            while True:
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                frames.append(frame)
-        finally:
-            capture.release()
-    finally:
-        os.unlink(path)
-    if not frames:
-        raise VideoDecodeError(f"no decodable frames ({len(data)} bytes, {declared} declared)")
-    if declared and len(frames) < declared:
-        raise VideoDecodeError(f"truncated video: decoded {len(frames)} of {declared} declared frames")
-    return DecodedVideo(frames=frames, fps=fps, declared_frame_count=declared)
 
 
 def video_frames(

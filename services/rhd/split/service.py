@@ -4,12 +4,13 @@ manifest; a video that cannot be decoded is dead-lettered and listed as failed i
 from functools import partial
 
 from rhd.imaging.codec import frame_pixels
+from rhd.imaging.video import VideoDecodeError, decode_video
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import Output, dead_letter_output
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_DECODED, FRAMES_DONE, STUDIES_UPLOADED
-from rhd.split.ops import VideoDecodeError, acquisition, decode_video, video_frames
+from rhd.split.ops import acquisition, video_frames
 from rhd.v1 import rhd_pb2 as pb
 
 

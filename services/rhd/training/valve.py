@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from rhd.split.ops import decode_video
+from rhd.imaging.video import decode_video
 from rhd.synth.generator import SynthConfig, generate, study_labels, video_mode
 from rhd.synth.render import VALVE_LABELS
 from rhd.training.provenance import environment, export_saved_model, write_version

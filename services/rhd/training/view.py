@@ -14,8 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rhd.imaging.video import decode_video
 from rhd.labels import VIEW_CLASSES
-from rhd.split.ops import decode_video
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.training.provenance import environment, export_saved_model, plot_confusion, write_version
 from rhd.view.model import FRAME_SHAPE, INPUT_SHAPE, classifier, preprocessor, served_model

@@ -1,0 +1,136 @@
+"""Burned-in text out of echo frames (DICOM PS3.15's Clean Pixel Data), keeping what the analysis reads.
+
+Scanners burn the patient's name, ID and dates, the hospital and the operator into every frame, outside the image.
+The rule is a keep-list, like the policy's: the ultrasound image (the fan, or a calibrated spectral region) stays
+whole; outside it, a mark stays only if it lies wholly inside a zone where the analysis's own marks are (the colour
+bar with its scale labels, the depth scale along the fan's edge) and is no larger than those marks are, or if it is
+the ECG trace (its colour, in the bottom band). Every other pixel outside the image is set to black. A text line
+that reaches into a zone is removed whole, since a mark is judged by its whole extent.
+
+The layout is found once per video (the fan and the colour bar do not move) from a few of its frames.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from rhd.imaging.colour import ColourBarError, find_colour_bar
+from rhd.imaging.ecg import BAND_FRACTION, HUE_TOLERANCE
+from rhd.imaging.sector import NON_BLACK_MIN, colour_pixels, fan_mask
+from rhd.v1 import rhd_pb2 as pb
+
+SAMPLED_FRAMES = 3  # frames a video's layout is read from: first, middle, last
+DEPTH_BAND_PX = 28  # at 240 rows: how far outside the fan's edge the depth scale's dots and numbers reach
+DEPTH_MARK_MAX = (22, 10)  # at 240 rows: the largest depth mark (w, h): a dot with a number of one or two digits
+BAR_LABEL_PX = 24  # at 240 rows: how far left of the colour bar its scale labels reach
+BAR_MARGIN_PX = 10  # at 240 rows: above and below the bar, where its end labels sit
+MARK_JOIN = (9, 3)  # at 240 rows: glyphs closer than this (w, h) are one mark, so a word or a line is judged whole
+MARK_GROW_PX = 1  # a removed mark takes its anti-aliased rim with it
+KEPT_SPATIAL_FORMATS = ("spectral", "m_mode", "waveform")  # calibrated regions kept whole (a 2D region's rectangle
+# also holds the corners outside the fan, where text is burned in, so for it the fan decides)
+
+
+@dataclass(frozen=True)
+class ScreenLayout:
+    """Where a video's frames hold what the analysis reads."""
+
+    image: np.ndarray  # bool H x W: the fan and the kept calibrated regions, left untouched
+    zones: np.ndarray  # bool H x W: where the colour bar, its labels and the depth scale lie
+    depth: np.ndarray  # bool H x W: the depth scale's band along the fan, where only small marks are kept
+    ecg_top: int  # the first row of the ECG band
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.image.shape  # type: ignore[return-value]
+
+
+def _px(value: float, height: int) -> int:
+    return max(1, round(value * height / 240.0))
+
+
+def screen_layout(frames: Sequence[np.ndarray], regions: Sequence[pb.UltrasoundRegion] = ()) -> ScreenLayout:
+    """The layout of a video's frames (all one size): fan, kept regions, colour bar and depth zones."""
+    if not len(frames):
+        raise ValueError("no frames")
+    h, w = frames[0].shape[:2]
+    picks = sorted({0, len(frames) // 2, len(frames) - 1})[:SAMPLED_FRAMES]
+    fan = np.zeros((h, w), bool)
+    for i in picks:
+        fan |= fan_mask(frames[i])
+    # A calibrated trace (spectral Doppler, M-mode) is the image where the scanner says so; else the fan is.
+    kept = [r for r in regions if r.spatial_format in KEPT_SPATIAL_FORMATS and r.data_type != "ecg"]
+    image = np.zeros((h, w), bool) if kept else fan.copy()
+    for region in kept:
+        image[max(0, region.y0) : region.y1, max(0, region.x0) : region.x1] = True
+    zones = np.zeros((h, w), bool)
+    for i in picks:
+        try:
+            bar = find_colour_bar(frames[i], 1.0, fan)
+        except ColourBarError:
+            continue
+        x0, y0, x1, y1 = bar.box
+        zones[
+            max(0, y0 - _px(BAR_MARGIN_PX, h)) : y1 + _px(BAR_MARGIN_PX, h),
+            max(0, x0 - _px(BAR_LABEL_PX, h)) : x1 + _px(BAR_MARGIN_PX, h),
+        ] = True
+        break
+    band = _px(DEPTH_BAND_PX, h)
+    grown = cv2.dilate(fan.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1)))
+    depth = grown.astype(bool) & ~fan
+    return ScreenLayout(image=image, zones=zones | depth, depth=depth, ecg_top=int(h * (1 - BAND_FRACTION)))
+
+
+def _ecg_trace(hsv: np.ndarray, outside: np.ndarray, top: int) -> np.ndarray:
+    """The ECG trace's pixels in the bottom band: saturated colour of the band's dominant hue, outside the image."""
+    trace = np.zeros(outside.shape, bool)
+    band = colour_pixels(hsv[top:]) & outside[top:]
+    if not band.any():
+        return trace
+    hue = hsv[top:, :, 0].astype(np.int16)
+    dominant = int(np.median(hue[band]))
+    near = np.abs(((hue - dominant + 90) % 180) - 90) <= HUE_TOLERANCE
+    trace[top:] = band & near
+    return trace
+
+
+def clean_frame(bgr: np.ndarray, layout: ScreenLayout) -> np.ndarray:
+    """The frame with every mark outside the image removed except the analysis's own (a new array)."""
+    h = bgr.shape[0]
+    if bgr.shape[:2] != layout.shape:
+        raise ValueError(f"frame {bgr.shape[:2]} does not match its video's layout {layout.shape}")
+    outside = ~layout.image
+    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+    marks = (hsv[..., 2] > NON_BLACK_MIN) & outside
+    trace = _ecg_trace(hsv, outside, layout.ecg_top)
+    marks &= ~trace
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (_px(MARK_JOIN[0], h), _px(MARK_JOIN[1], h)))
+    joined = cv2.dilate(marks.astype(np.uint8), kernel)
+    count, pieces, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    keep = np.zeros(count, bool)
+    if count > 1:
+        # A piece is kept only if all its marks lie in the zones; in the depth band only if it is as small as a depth
+        # mark (its extent less the joining kernel's).
+        total = np.bincount(pieces[marks], minlength=count)
+        keep = np.bincount(pieces[marks & layout.zones], minlength=count) == total
+        in_depth = np.bincount(pieces[marks & layout.depth], minlength=count) == total
+        width = stats[:, cv2.CC_STAT_WIDTH] - (kernel.shape[1] - 1)
+        height = stats[:, cv2.CC_STAT_HEIGHT] - (kernel.shape[0] - 1)
+        large = (width > _px(DEPTH_MARK_MAX[0], h)) | (height > _px(DEPTH_MARK_MAX[1], h))
+        keep &= ~(in_depth & large) & (total > 0)
+        keep[0] = False
+    kept = keep[pieces] & marks
+    removed = outside & ~kept & ~trace
+    if MARK_GROW_PX:
+        grow = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * MARK_GROW_PX + 1, 2 * MARK_GROW_PX + 1))
+        removed |= cv2.dilate((marks & ~kept).astype(np.uint8), grow).astype(bool) & outside & ~trace & ~kept
+    out = bgr.copy()
+    out[removed] = 0
+    return out
+
+
+def clean_frames(frames: Sequence[np.ndarray], regions: Sequence[pb.UltrasoundRegion] = ()) -> list[np.ndarray]:
+    """A video's frames with their burned-in text removed (layout found once for the video)."""
+    layout = screen_layout(frames, regions)
+    return [clean_frame(frame, layout) for frame in frames]

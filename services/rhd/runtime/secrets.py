@@ -1,0 +1,124 @@
+"""Keys for identifiable data, read from files that live outside the repository (a mounted secret in production,
+`<workdir>/secrets` for the embedded stack), and the AES-GCM envelopes sealed with them.
+
+A keyring is a directory of `<key id>.key` files (32 random bytes, hex) and a `current` file naming the key new
+envelopes are sealed with; older keys stay to open what they sealed (rotation: add a key, point `current` at it).
+The pseudonym key is one file: rotating it changes every pseudonym and ends re-linking, so it is backed up, not
+rotated.
+"""
+
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MAGIC = b"RHDE1"  # an envelope starts with this, the key id's length and the key id, then the nonce
+NONCE_BYTES = 12
+KEY_ID_HEADER = "rhd-key-id"  # the record header naming the key a payload was sealed with
+
+PSEUDONYM_KEY = "pseudonym.key"
+RAW_KEYRING = "raw"  # uploads, their blobs and dead letters
+LINK_KEYRING = "link"  # the re-link map: pseudonym -> the hospital's own identifiers
+
+
+class SecretError(RuntimeError):
+    """A key is missing or unreadable, or an envelope does not open with the keys at hand."""
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise SecretError(f"cannot read key {path.name}: {exc}") from None
+    if len(key) != 32:
+        raise SecretError(f"key {path.name} is {len(key)} bytes, not 32")
+    return key
+
+
+def _write_key(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+
+
+@dataclass(frozen=True)
+class Keyring:
+    keys: dict[str, bytes]
+    current: str
+
+    def seal(self, plaintext: bytes, aad: bytes = b"") -> bytes:
+        """An AES-256-GCM envelope of plaintext under the current key; `aad` is authenticated, not stored."""
+        kid = self.current.encode()
+        nonce = os.urandom(NONCE_BYTES)
+        return MAGIC + bytes([len(kid)]) + kid + nonce + AESGCM(self.keys[self.current]).encrypt(nonce, plaintext, aad)
+
+    def open(self, envelope: bytes, aad: bytes = b"") -> bytes:
+        kid = key_id(envelope)
+        if kid not in self.keys:
+            raise SecretError(f"envelope sealed with key {kid!r}, which this keyring does not hold")
+        start = len(MAGIC) + 1 + len(kid)
+        nonce, body = envelope[start : start + NONCE_BYTES], envelope[start + NONCE_BYTES :]
+        try:
+            return AESGCM(self.keys[kid]).decrypt(nonce, body, aad)
+        except Exception as exc:  # InvalidTag: altered, or sealed for another record
+            raise SecretError(f"envelope does not open with key {kid!r}: {type(exc).__name__}") from None
+
+
+def is_sealed(data: bytes) -> bool:
+    return data[: len(MAGIC)] == MAGIC
+
+
+def key_id(envelope: bytes) -> str:
+    if not is_sealed(envelope):
+        raise SecretError("not an envelope")
+    n = envelope[len(MAGIC)]
+    return envelope[len(MAGIC) + 1 : len(MAGIC) + 1 + n].decode()
+
+
+def load_keyring(directory: Path) -> Keyring:
+    directory = Path(directory)
+    try:
+        current = (directory / "current").read_text().strip()
+    except OSError:
+        raise SecretError(f"no keyring at {directory} (run `rhd keys init`)") from None
+    keys = {p.stem: _read_key(p) for p in sorted(directory.glob("*.key"))}
+    if current not in keys:
+        raise SecretError(f"keyring {directory.name}: current key {current!r} is missing")
+    return Keyring(keys, current)
+
+
+def load_pseudonym_key(secrets_dir: Path) -> bytes:
+    path = Path(secrets_dir) / PSEUDONYM_KEY
+    if not path.exists():
+        raise SecretError(f"no pseudonym key at {path} (run `rhd keys init`)")
+    return _read_key(path)
+
+
+def rotate(directory: Path, kid: str) -> None:
+    """Add a key to a keyring and seal with it from now on; the old keys stay to open old envelopes."""
+    _write_key(Path(directory) / f"{kid}.key")
+    (Path(directory) / "current").write_text(kid + "\n")
+
+
+def init_secrets(secrets_dir: Path) -> list[str]:
+    """Create whichever keys are missing (never overwriting one); returns what was created."""
+    secrets_dir = Path(secrets_dir)
+    created = []
+    if not (secrets_dir / PSEUDONYM_KEY).exists():
+        _write_key(secrets_dir / PSEUDONYM_KEY)
+        created.append(PSEUDONYM_KEY)
+    for ring in (RAW_KEYRING, LINK_KEYRING):
+        if not (secrets_dir / ring / "current").exists():
+            rotate(secrets_dir / ring, "k1")
+            created.append(f"{ring}/k1.key")
+    return created
+
+
+def keyed_digest(key: bytes, *parts: str) -> bytes:
+    """HMAC-SHA256 of the parts (joined unambiguously): the root of every pseudonym, shifted date and new UID."""
+    return hmac.new(key, "\x1f".join(parts).encode(), sha256).digest()
