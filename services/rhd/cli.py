@@ -148,7 +148,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.counts:
         counts = {k: int(v) for k, _, v in (part.partition("=") for part in args.counts.split(","))}
     started = time.perf_counter()
-    paths = synth_studies(args.seed, args.studies, Path(args.out), config, balanced=args.balanced, counts=counts)
+    paths = synth_studies(
+        args.seed, args.studies, Path(args.out), config, balanced=args.balanced, counts=counts, dicom=args.dicom
+    )
     elapsed = time.perf_counter() - started
     print(
         f"{len(paths)} studies written under {args.out} in {elapsed:.1f} s "
@@ -163,11 +165,34 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     blobs = BlobStore(settings.blob_dir)
-    uploads = [upload_from_dir(Path(d), blobs, settings.max_message_bytes) for d in args.study_dirs]
+    try:
+        uploads = [upload_from_dir(Path(d), blobs, settings.max_message_bytes, args.hospital) for d in args.study_dirs]
+    except ValueError as exc:
+        raise SystemExit(f"rhd publish: {exc}") from None
     asyncio.run(publish_uploads(settings, uploads))
     for upload in uploads:
         inline = sum(v.HasField("inline_data") for v in upload.videos)
-        print(f"published {upload.study_id}: {len(upload.videos)} videos ({inline} inline), {upload.ByteSize()} bytes")
+        print(
+            f"published {len(upload.videos)} videos ({inline} inline), {upload.ByteSize()} bytes, "
+            f"upload {upload.upload_id}"
+        )
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from rhd.runtime.secrets import init_secrets, load_keyring, rotate
+
+    directory = Path(args.dir) if args.dir else get_settings().secrets_dir
+    if args.action == "init":
+        created = init_secrets(directory)
+        print(f"{directory}: created {', '.join(created)}" if created else f"{directory}: every key already there")
+        return 0
+    if not args.ring:
+        raise SystemExit("rhd keys rotate: name the keyring (raw or link)")
+    ring = load_keyring(directory / args.ring)
+    kid = f"k{1 + max(int(k[1:]) for k in ring.keys if k[1:].isdigit())}"
+    rotate(directory / args.ring, kid)
+    print(f"{directory / args.ring}: new envelopes are sealed with {kid}; {', '.join(sorted(ring.keys))} still open")
     return 0
 
 
@@ -314,11 +339,27 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PNG",
         help="write a contact sheet (one frame per view, B-mode and Doppler, each class) and stop",
     )
+    p.add_argument(
+        "--dicom",
+        action="store_true",
+        help="also write each video as an echo machine sends it (Ultrasound Multi-frame DICOM, identifying "
+        "attributes, JPEG baseline or explicit VR little endian) under <study>/dicom/",
+    )
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("publish", help="publish study folders to studies.uploaded.v1")
+    p = sub.add_parser(
+        "publish",
+        help="publish study folders (MP4 + study.json, or one study's DICOM files) to studies.uploaded.v1",
+    )
     p.add_argument("study_dirs", nargs="+")
+    p.add_argument("--hospital", default="", help="the sending hospital's id (DICOM folders carry none)")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("keys", help="the keys for identifiable data (pseudonyms, sealed uploads, the re-link map)")
+    p.add_argument("action", choices=["init", "rotate"])
+    p.add_argument("ring", nargs="?", choices=["raw", "link"], help="rotate: the keyring to add a key to")
+    p.add_argument("--dir", help="the secrets directory (default: RHD_SECRETS_DIR)")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser(
         "watch",

@@ -13,11 +13,15 @@ import numpy as np
 from google.protobuf import json_format
 
 from rhd.assemble.ops import assemble_study
+from rhd.deid import ops as deid
+from rhd.deid.policy import load_policy
 from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, FeatureError, frame_features
+from rhd.imaging.burned_in import clean_frames
 from rhd.imaging.codec import decode_png, encode_png
 from rhd.imaging.ecg import reading_message
 from rhd.imaging.video import VideoDecodeError, decode_video
 from rhd.inspect.ops import ANATOMICAL, NOT_ECHO, SPECTRAL, inspect
+from rhd.runtime.settings import Settings
 from rhd.segment.ops import segment
 from rhd.spectral import ops as spectral
 from rhd.split.ops import acquisition
@@ -51,9 +55,31 @@ def _result(
     return result
 
 
-def analyse_study(study_dir: Path, predict_views: ViewPredictor, segment_valves: ValveSegmenter) -> StudyAnalysis:
+# In process nothing leaves the machine, so pseudonyms need no secret; the fields the analysis reads (age band, sex,
+# acquisition) do not depend on the key.
+IN_PROCESS_KEY = bytes(32)
+
+
+def analysis_fields(meta: dict) -> dict[str, str]:
+    """The sidecar's fields as deid's line profile lets them reach split."""
+    policy = load_policy()
+    profile = policy.profile(Settings().deid_profile)
+    fields = {k: str(v) for k, v in meta.items() if k != "videos"}
+    try:
+        ctx = deid.study_context(IN_PROCESS_KEY, profile, fields.get("hospital_id", ""), fields)
+    except deid.DeidError:
+        return {}
+    return deid.deidentify_fields(fields, policy, ctx)
+
+
+def analyse_study(
+    study_dir: Path, predict_views: ViewPredictor, segment_valves: ValveSegmenter, deidentify: bool = True
+) -> StudyAnalysis:
+    """Features of one study folder. `deidentify`: as the line sees it, through deid's fields and clean pixels (the
+    default); False reads the hospital's own fields and pixels, for the with/without comparison."""
     meta = json.loads((Path(study_dir) / "study.json").read_text())
-    scan = acquisition({k: str(v) for k, v in meta.items() if k != "videos"})
+    fields = analysis_fields(meta) if deidentify else {k: str(v) for k, v in meta.items() if k != "videos"}
+    scan = acquisition(fields)
     spacing, nyquist = scan.pixel_spacing_mm, scan.nyquist_cm_s
     manifest = pb.StudyManifest(study_id=meta["study_id"], metadata=scan.clinical)
     results: list[pb.FrameResult] = []
@@ -70,7 +96,8 @@ def analyse_study(study_dir: Path, predict_views: ViewPredictor, segment_valves:
         )
         regions = [json_format.ParseDict(r, pb.UltrasoundRegion()) for r in video.get("regions", [])]
         strip = spectral.spectral_region(regions)
-        for index, image in enumerate(decoded.frames):
+        images = clean_frames(decoded.frames, regions) if deidentify else decoded.frames
+        for index, image in enumerate(images):
             key = pb.FrameKey(
                 study_id=meta["study_id"],
                 video_id=video["video_id"],

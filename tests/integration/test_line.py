@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from conftest import missing_tool
+from rhd.deid.ops import record_key_pseudonym
 from rhd.diagnose.ops import CRITERION_MEASUREMENTS
 from rhd.labels import CRITERIA
 from rhd.local.broker import free_port
@@ -21,6 +22,7 @@ from rhd.local.demo import corrupt_one_video
 from rhd.local.publish import publish_uploads, upload_from_dir
 from rhd.local.stack import EmbeddedStack
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.secrets import RAW_KEYRING, is_sealed, load_keyring, load_pseudonym_key
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DECODED, STAGES, STUDIES_UPLOADED
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
@@ -108,7 +110,7 @@ PROMQL = {
     "up": "up",
     # Figures the dashboard shows, from the recording rules, at their highest during the run.
     "inspect_rate": 'max_over_time(stage:rhd_messages:rate1m{stage="inspect"}[5m])',
-    "split_dead_letters": 'max_over_time(stage_topic:rhd_dead_letters:rate1m{stage="split"}[5m])',
+    "deid_dead_letters": 'max_over_time(stage_topic:rhd_dead_letters:rate1m{stage="deid"}[5m])',
     "latency_p95": "max_over_time(stage_quantile:rhd_study_latency_seconds:histogram_quantile5m"
     '{stage="diagnose", quantile="0.95"}[5m])',
     "model_batch": "max_over_time(model:rhd_model_batch_size:mean1m[5m])",
@@ -204,7 +206,8 @@ def test_every_decoded_videos_cardiac_phase_is_known_per_frame_within_two_percen
         assert len(decoded) == study.videos_expected - study.videos_failed
         for cycle in study.cycles:
             assert cycle.known, cycle.reason
-            true_phase = np.array([f["phase"] for f in truth[cycle.video_id]["frames"]])
+            # Downstream of deid a video is known by its pseudonymous id; the home region's link names it.
+            true_phase = np.array([f["phase"] for f in truth[progress.video_names[cycle.video_id]]["frames"]])
             error = np.abs((np.array(cycle.phases) - true_phase + 0.5) % 1.0 - 0.5)
             assert np.median(error) <= 0.02 and error.max() <= 0.05, (cycle.video_id, error.round(3).tolist())
             checked += len(error)
@@ -226,9 +229,10 @@ def test_the_spectral_traces_are_read_in_the_line_as_the_valves_truth_has_them(l
         assert abs(f["ar_peak_velocity_m_s"] - truth["aortic"]["ar_peak_m_s"]) <= 0.3
         # Each measurement names the frame it was read on: a frame of the study, the traces' of their valve's video.
         videos = {v["video_id"]: v for v in load_truth(study_dir)["videos"]}
+        named = progress.video_names
         for e in study.evidence:
-            assert 0 <= e.frame_index < videos[e.video_id]["frame_count"], e
-        read_on = {e.feature: videos[e.video_id] for e in study.evidence}
+            assert 0 <= e.frame_index < videos[named[e.video_id]]["frame_count"], e
+        read_on = {e.feature: videos[named[e.video_id]] for e in study.evidence}
         assert read_on["ms_mean_gradient_mmhg"]["spectral"]["valve"] == "mitral"
 
 
@@ -245,7 +249,7 @@ def test_the_b_mode_videos_are_read_by_the_valve_stage_as_the_valves_truth_has_t
         assert f["mitral_valve_read"] == len(bmode) >= 1, study_dir.name
         assert abs(f["amvl_thickness_mm"] - truth["valves"]["mitral"]["amvl_thickness_mm"]) <= 1.0, study_dir.name
         read_on = {e.feature: e for e in study.evidence}
-        assert read_on["amvl_thickness_mm"].video_id in bmode
+        assert progress.video_names[read_on["amvl_thickness_mm"].video_id] in bmode
 
 
 def test_good_studies_are_complete_with_probabilities(line):
@@ -264,18 +268,23 @@ def test_good_studies_are_complete_with_probabilities(line):
         assert all(e.contribution >= 0.5 for e in d.evidence) and bool(d.evidence) == bool(likely)
 
 
-def test_truncated_video_is_dead_lettered_and_its_study_incomplete(line):
+def test_truncated_video_is_dead_lettered_sealed_and_its_study_incomplete(line):
+    """deid cannot read the truncated video: it dead-letters it on the raw topic's .dlq, sealed (the original video,
+    or its blob reference, opens only with the raw keyring), names it by its pseudonym, and the study goes on."""
     progress = line["progress"]
     study = line["studies"][2]
     d = progress.diagnoses[study][0]
     assert d.completeness == pb.COMPLETENESS_INCOMPLETE
-    letters = [x for x in progress.dead_letters if x.study_id == study]
-    assert len(letters) == 1 and letters[0].video_id.startswith(study)
-    assert letters[0].stage == "split" and letters[0].source_topic == STUDIES_UPLOADED
-    assert letters[0].reason and letters[0].reason in d.reason
-    # The original video travels with the letter: inline, or by the same blob reference the upload used.
-    assert letters[0].WhichOneof("original") in ("original_bytes", "original_blob_uri")
-    assert letters[0].original_bytes or letters[0].original_blob_uri.startswith("blob:sha256:")
+    pseudonym = next(p for p, name in progress.names.items() if name == study)
+    letters = [x for x in progress.dead_letters if x.study_id == pseudonym]
+    assert len(letters) == 1 and letters[0].video_id.startswith(pseudonym)
+    assert letters[0].stage == "deid" and letters[0].source_topic == STUDIES_UPLOADED
+    assert letters[0].reason and letters[0].reason in d.reason and study not in letters[0].reason
+    assert letters[0].WhichOneof("original") == "original_bytes" and is_sealed(letters[0].original_bytes)
+    raw = load_keyring(line["stack"].settings.secrets_dir / RAW_KEYRING)
+    original = raw.open(letters[0].original_bytes)
+    video = line["dirs"][2] / f"{progress.video_names[letters[0].video_id]}.mp4"
+    assert original == video.read_bytes() or original.startswith(b"blob:sha256:")
 
 
 def test_non_video_upload_fails_its_study_with_the_reason(line):
@@ -285,12 +294,17 @@ def test_non_video_upload_fails_its_study_with_the_reason(line):
 
 
 def test_bad_messages_are_dead_lettered_with_reasons(line):
-    letters = {x.key: x for x in line["progress"].dead_letters}
+    """Raw records that do not parse are dead-lettered by deid, sealed, known by their key's pseudonym."""
+    key = load_pseudonym_key(line["stack"].settings.secrets_dir)
+    named = {record_key_pseudonym(key, k).encode(): k for k in (b"garbage", b"short", b"oversized")}
+    letters = {named.get(x.key, x.key): x for x in line["progress"].dead_letters}
     assert "undecodable rhd.v1.StudyUpload" in letters[b"garbage"].reason
     assert letters[b"short"].reason  # decodes or not, it is not a usable upload
     oversized = letters[b"oversized"]
-    assert "over the 1000000-byte message limit" in oversized.reason
+    assert "over the 1000000-byte message limit" in oversized.reason and oversized.stage == "deid"
     assert oversized.original_blob_uri and not oversized.original_bytes
+    sealed = BlobStore(line["stack"].settings.blob_dir).get(oversized.original_blob_uri)
+    assert is_sealed(sealed) and b"\x00" * 1000 not in sealed
     assert "frame without study_id/video_id" in letters[b"frame-without-key"].reason
     assert letters[b"frame-without-key"].source_topic == FRAMES_DECODED
 
@@ -332,11 +346,13 @@ def test_every_service_exposes_what_happened_on_its_metrics_endpoint(line):
     assert all(samples is not None for samples in scraped.values()), "a target did not answer"
     by_job = {t.job: samples for t, samples in scraped.items()}
     progress = line["progress"]
-    # split: 6 uploads handled (one published twice), 3 rogue records dead-lettered whole; 5 dead letters in all
-    # with the truncated video and the non-video.
+    # deid: 6 uploads handled (one published twice), 3 rogue records dead-lettered whole; 5 dead letters in all
+    # with the truncated video and the non-video. split gets only what deid let through: 6 uploads, nothing bad.
+    assert total(by_job["deid"], "rhd_messages_total", stage="deid", outcome="ok") == 6
+    assert total(by_job["deid"], "rhd_messages_total", stage="deid", outcome="dead_letter") == 3
+    assert total(by_job["deid"], "rhd_dead_letters_total", stage="deid", topic=STUDIES_UPLOADED) == 5
     assert total(by_job["split"], "rhd_messages_total", stage="split", outcome="ok") == 6
-    assert total(by_job["split"], "rhd_messages_total", stage="split", outcome="dead_letter") == 3
-    assert total(by_job["split"], "rhd_dead_letters_total", stage="split", topic=STUDIES_UPLOADED) == 5
+    assert total(by_job["split"], "rhd_dead_letters_total", stage="split") == 0
     assert total(by_job["inspect"], "rhd_dead_letters_total", stage="inspect", topic=FRAMES_DECODED) == 1
     # Every terminal record reached assemble; the redelivered study's records were dropped as duplicates.
     assert total(by_job["assemble"], "rhd_messages_total", stage="assemble", outcome="ok") >= progress.terminal_records
@@ -371,7 +387,7 @@ def test_a_real_prometheus_scrapes_every_service_and_records_the_dashboard_figur
     assert {job for job, _ in up} == set(STAGES) | {"model-server"}
     assert all(value == 1 for value in up.values()), up
     assert float(answers["inspect_rate"][0]["value"][1]) > 0, answers
-    assert float(answers["split_dead_letters"][0]["value"][1]) > 0
+    assert float(answers["deid_dead_letters"][0]["value"][1]) > 0
     assert 0 < float(answers["latency_p95"][0]["value"][1]) <= 300
     assert float(answers["model_batch"][0]["value"][1]) >= 1
     assert answers["firing"] == []

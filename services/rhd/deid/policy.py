@@ -43,7 +43,9 @@ class Action:
         code, _, how = str(text).strip().partition(" ")
         how = how.strip()
         if code not in ACTIONS or how not in HOWS.get(code, {""}):
-            raise PolicyError(f"unknown action {text!r}: expected one of K X Z D U C, D with pseudonym/shifted/band/month")
+            raise PolicyError(
+                f"unknown action {text!r}: expected one of K X Z D U C, D with pseudonym/shifted/band/month"
+            )
         return cls(code, how)
 
 

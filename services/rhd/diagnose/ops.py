@@ -168,11 +168,16 @@ class Referral:
 def referral(clinical: Mapping[str, str], names: Sequence[str], values: Sequence[float]) -> Referral | None:
     """Why the study goes to a cardiologist instead of being labelled, or None: the criteria do not apply (age over
     20, or not known), or the evidence they need is missing."""
-    age = clinical.get("age_years")
-    if age is None:
+    age, band = clinical.get("age_years"), clinical.get("age_band")
+    if age is None and not band:
         return Referral("age unknown: the WHF 2012 criteria are for ages up to 20", scored=False)
-    if float(age) > MAX_AGE_YEARS:
+    if age is not None and float(age) > MAX_AGE_YEARS:
         return Referral(f"age {float(age):.0f} years: the WHF 2012 criteria are for ages up to 20", scored=False)
+    if age is None and band:
+        # De-identified studies carry an age band ("15-20", "21+"): scored only when all of it is 20 or under.
+        low, _, high = band.rstrip("+").partition("-")
+        if band.endswith("+") or not high.isdigit() or float(high) > MAX_AGE_YEARS:
+            return Referral(f"age band {band} years: the WHF 2012 criteria are for ages up to 20", scored=False)
     f = dict(zip(names, values, strict=True))
     if f.get("colour_videos_read", 0.0) == 0:
         return Referral(

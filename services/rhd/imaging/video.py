@@ -65,7 +65,7 @@ def encode_lossless(frames: Sequence[np.ndarray], fps: float) -> bytes:
     fd, path = tempfile.mkstemp(suffix=LOSSLESS_SUFFIX)
     os.close(fd)
     try:
-        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*LOSSLESS_FOURCC), fps or 1.0, (w, h))
+        writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*LOSSLESS_FOURCC), fps or 1.0, (w, h))
         if not writer.isOpened():
             raise OSError(f"OpenCV cannot write {LOSSLESS_FOURCC}{LOSSLESS_SUFFIX}")
         try:

@@ -1,12 +1,14 @@
-"""Hospital side: turn a study folder into a StudyUpload (videos inline while small, else by blob
-reference) and publish it to studies.uploaded.v1."""
+"""Hospital side: turn a study folder (MP4 videos with study.json, or the DICOM files of one study) into a
+StudyUpload (videos inline while small, else by blob reference) and publish it to studies.uploaded.v1."""
 
 import hashlib
 import json
 import uuid
 from pathlib import Path
 
+import pydicom
 from google.protobuf import json_format
+from pydicom.errors import InvalidDicomError
 
 from rhd.runtime import kafka
 from rhd.runtime.blobs import BlobStore
@@ -19,33 +21,75 @@ from rhd.v1 import rhd_pb2 as pb
 ENVELOPE_BYTES = 16_384
 
 
-def upload_from_dir(study_dir: Path, blobs: BlobStore, max_message_bytes: int) -> pb.StudyUpload:
-    """Read study.json and its videos; inline each video while the upload stays under the limit."""
+def upload_from_dir(study_dir: Path, blobs: BlobStore, max_message_bytes: int, hospital_id: str = "") -> pb.StudyUpload:
+    """A study folder as one upload: study.json and its MP4 videos, or (without study.json) the DICOM files in it,
+    one study. Each video is inline while the upload stays under the limit, else in the blob store."""
+    study_dir = Path(study_dir)
+    if not (study_dir / "study.json").exists():
+        return _dicom_upload(study_dir, blobs, max_message_bytes, hospital_id)
     meta = json.loads((study_dir / "study.json").read_text())
     upload = pb.StudyUpload(
         schema="rhd.v1.StudyUpload",
         study_id=meta["study_id"],
         upload_id=uuid.uuid4().hex,
-        hospital_id=str(meta.get("hospital_id", "")),
+        hospital_id=hospital_id or str(meta.get("hospital_id", "")),
         uploaded_at=now(),
         metadata={k: str(v) for k, v in meta.items() if k != "videos"},
     )
     budget = max_message_bytes - ENVELOPE_BYTES
     for video in meta["videos"]:
         data = (study_dir / video["filename"]).read_bytes()
-        ref = upload.videos.add(
-            video_id=video["video_id"],
-            filename=video["filename"],
-            sha256=hashlib.sha256(data).hexdigest(),
-            size_bytes=len(data),
-            # The scanner's calibrated regions (a spectral trace's baseline and scale), named as the proto names them.
-            regions=[json_format.ParseDict(r, pb.UltrasoundRegion()) for r in video.get("regions", [])],
-        )
-        if len(data) <= budget:
-            ref.inline_data = data
-            budget -= len(data)
-        else:
-            ref.blob_uri = blobs.put(data)
+        # The scanner's calibrated regions (a spectral trace's baseline and scale), named as the proto names them.
+        regions = [json_format.ParseDict(r, pb.UltrasoundRegion()) for r in video.get("regions", [])]
+        budget = _add_video(upload, video["video_id"], video["filename"], data, regions, blobs, budget)
+    return upload
+
+
+def _add_video(
+    upload: pb.StudyUpload,
+    video_id: str,
+    filename: str,
+    data: bytes,
+    regions: list[pb.UltrasoundRegion],
+    blobs: BlobStore,
+    budget: int,
+) -> int:
+    ref = upload.videos.add(
+        video_id=video_id, filename=filename, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)
+    )
+    ref.regions.extend(regions)
+    if len(data) <= budget:
+        ref.inline_data = data
+        return budget - len(data)
+    ref.blob_uri = blobs.put(data)
+    return budget
+
+
+def _dicom_upload(study_dir: Path, blobs: BlobStore, max_message_bytes: int, hospital_id: str) -> pb.StudyUpload:
+    """The DICOM files of a folder as one study, keyed by their Study Instance UID (which deid replaces by a
+    pseudonym). Files that are not DICOM, or of another study, are an error: nothing is published."""
+    files = sorted(p for p in study_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"{study_dir}: neither study.json nor DICOM files")
+    study_uids = set()
+    for path in files:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError) as exc:
+            raise ValueError(f"{path.name}: not a DICOM file ({type(exc).__name__})") from None
+        study_uids.add(str(header.get("StudyInstanceUID", "")))
+    if len(study_uids) != 1 or "" in study_uids:
+        raise ValueError(f"{study_dir}: DICOM files of {len(study_uids)} studies (or without Study Instance UID)")
+    upload = pb.StudyUpload(
+        schema="rhd.v1.StudyUpload",
+        study_id=study_uids.pop(),
+        upload_id=uuid.uuid4().hex,
+        hospital_id=hospital_id,
+        uploaded_at=now(),
+    )
+    budget = max_message_bytes - ENVELOPE_BYTES
+    for index, path in enumerate(files):
+        budget = _add_video(upload, f"{index:04d}", path.name, path.read_bytes(), [], blobs, budget)
     return upload
 
 

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rhd.local.broker import EmbeddedBroker, free_port
 from rhd.runtime.http import TFS_METRICS_PATH
+from rhd.runtime.secrets import init_secrets
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import STAGES
 from rhd.watch.figures import MODEL_SERVER_JOB, Target, fetch_samples, file_sd, total
@@ -109,6 +110,10 @@ class EmbeddedStack:
         self.broker = EmbeddedBroker(log_file=self.workdir / "logs" / "broker.log")
         self.model_port = free_port()
         self.services: list[ServiceProcess] = []
+        # The keys of this one-machine stack live in its workdir unless the caller names a secrets directory.
+        if settings.secrets_dir == Settings().secrets_dir:
+            settings = settings.model_copy(update={"secrets_dir": self.workdir / "secrets"})
+        self.base = settings
         self.settings = settings
         self.targets_path = self.workdir / "targets.json"
 
@@ -125,6 +130,9 @@ class EmbeddedStack:
                 "RHD_MODEL_RETRY_FOR_S": str(self.base.model_retry_for_s),
                 "RHD_WORKERS": str(self.base.workers),
                 "RHD_LOG_LEVEL": self.base.log_level,
+                "RHD_SECRETS_DIR": str(self.settings.secrets_dir.resolve()),
+                "RHD_REGION": self.base.region,
+                "RHD_HOME_REGION": self.base.home_region,
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -133,6 +141,7 @@ class EmbeddedStack:
 
     async def start(self, timeout_s: float = 180.0) -> Settings:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        init_secrets(self.base.secrets_dir)
         await self.broker.start(self.base.partitions)
         self.settings = self.base.model_copy(
             update={

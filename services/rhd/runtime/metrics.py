@@ -44,6 +44,11 @@ MODEL_BATCH_SIZE = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+DEID_REMOVED = Counter(
+    "rhd_deid_removed_total",
+    "Attributes and sidecar fields de-identification removed (unknown and private ones included), by profile.",
+    ["profile"],
+)
 BUILD = Info("rhd_build", "Version of the running service.")
 
 

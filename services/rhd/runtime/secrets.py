@@ -122,3 +122,14 @@ def init_secrets(secrets_dir: Path) -> list[str]:
 def keyed_digest(key: bytes, *parts: str) -> bytes:
     """HMAC-SHA256 of the parts (joined unambiguously): the root of every pseudonym, shifted date and new UID."""
     return hmac.new(key, "\x1f".join(parts).encode(), sha256).digest()
+
+
+class RegionError(RuntimeError):
+    """A service that reads identifiable data was started outside the home region."""
+
+
+def require_home_region(region: str, home_region: str, what: str) -> None:
+    if region != home_region:
+        raise RegionError(
+            f"{what} reads identifiable data and runs only in the home region {home_region!r}, not in {region!r}"
+        )

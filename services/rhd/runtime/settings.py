@@ -44,6 +44,16 @@ class Settings(BaseSettings):
     study_deadline_s: float = 300.0
     assemble_remember_s: float = 86_400.0  # after a restart, studies emitted this long ago are still known
     log_level: str = "INFO"
+    # Privacy. Where this service runs, and where the identifiable data lives (the patients' home region, Brazil in
+    # production): services that read identifiable data refuse to start anywhere else.
+    region: str = "home"
+    home_region: str = "home"
+    # Keys (rhd.runtime.secrets): a mounted secret in production; `rhd keys init` makes them for one machine.
+    secrets_dir: Path = Path("var/secrets")
+    # De-identification: the policy file (empty: the one shipped beside rhd.deid) and the profile the line's
+    # output is made under (one whose region is gpu: it leaves the home region).
+    deid_policy: Path | None = None
+    deid_profile: str = "analysis"
 
 
 @lru_cache(maxsize=1)

@@ -20,6 +20,7 @@ from rhd.runtime import kafka, metrics
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.http import start_http
 from rhd.runtime.records import Output, dead_letter_output, frame_key_of, frame_result
+from rhd.runtime.secrets import require_home_region
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import DLQ_SUFFIX
 from rhd.v1 import rhd_pb2 as pb
@@ -55,13 +56,24 @@ class StageService:
     tick_seconds: float = 0.0  # > 0: `tick` is called that often (deadlines)
     written_topic: str = ""
     written_window_s: float = 0.0
+    # Reads identifiable data: runs only in the home region, its dead letters are sealed (`seal`, `redact`) and what
+    # it logs of a failure names no value.
+    identifiable: bool = False
 
     def __init_subclass__(cls, **declared: Any) -> None:
         """A stage says what it is in its class line: `class Segment(StageService, name="segment", input_topic=...,
         input_type=...)`, and optionally concurrent, tick_seconds, written_topic."""
         super().__init_subclass__()
         for attribute, value in declared.items():
-            if attribute not in ("name", "input_topic", "input_type", "concurrent", "tick_seconds", "written_topic"):
+            if attribute not in (
+                "name",
+                "input_topic",
+                "input_type",
+                "concurrent",
+                "tick_seconds",
+                "written_topic",
+                "identifiable",
+            ):
                 raise TypeError(f"{cls.__name__}: a stage does not declare {attribute!r}")
             setattr(cls, attribute, value)
 
@@ -84,6 +96,13 @@ class StageService:
 
     def tick(self, now: float) -> list[Output]:
         return []
+
+    def seal(self, original: bytes) -> bytes:
+        """The original record as its dead letter keeps it (an identifiable stage returns it sealed)."""
+        return original
+
+    def redact(self, letter: pb.DeadLetter, message: Any) -> None:
+        """Take identifying values out of a dead letter's plain fields (an identifiable stage's: ids -> pseudonyms)."""
 
     def committable(self, partition: int, next_offset: int) -> int:
         """The offset to commit for a partition whose records up to next_offset are handled."""
@@ -125,6 +144,8 @@ class StageRunner:
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> None:
         s, svc = self.settings, self.service
+        if svc.identifiable:
+            require_home_region(s.region, s.home_region, f"stage {svc.name}")
         metrics.set_build_info(svc.name)
         metrics.declare_stage(svc.name, svc.input_topic)
         http_runner, self.http_port = await start_http(s.http_host, s.http_port, self.ready)
@@ -233,7 +254,11 @@ class StageRunner:
         except Exception as exc:  # the line never stops for one bad record
             reason = str(exc) if isinstance(exc, _Rejected) else f"{type(exc).__name__}: {exc}"
             error_type = "rejected" if isinstance(exc, _Rejected) else type(exc).__name__
-            if not isinstance(exc, _Rejected):
+            if svc.identifiable and not isinstance(exc, _Rejected):
+                # An exception's text may quote a value of the record: only its type leaves the stage.
+                reason = f"{type(exc).__name__} (details withheld: identifiable input)"
+                log.error("%s failed on %s[%d]@%d: %s", svc.name, record.topic, record.partition, record.offset, reason)
+            elif not isinstance(exc, _Rejected):
                 log.exception("%s failed on %s[%d]@%d", svc.name, record.topic, record.partition, record.offset)
             else:
                 log.warning(
@@ -248,7 +273,7 @@ class StageRunner:
     def _dead_letter(
         self, record: ConsumerRecord, message: Message | None, reason: str, error_type: str
     ) -> list[Output]:
-        value: bytes = record.value or b""
+        value: bytes = self.service.seal(record.value or b"")
         key = frame_key_of(message) if message is not None else None
         study_id = key.study_id if key else getattr(message, "study_id", "")
         original: dict[str, Any] = {"original": value}
@@ -269,6 +294,10 @@ class StageRunner:
                 **original,
             )
         ]
+        letter = outputs[0].message
+        assert isinstance(letter, pb.DeadLetter)
+        self.service.redact(letter, message)
+        outputs[0] = Output(outputs[0].topic, letter.key.decode(errors="replace"), letter)
         if message is not None:
             outputs += self.service.failed(message, reason)
         return outputs

@@ -11,6 +11,8 @@ from rhd.v1 import rhd_pb2 as pb
 log = logging.getLogger(__name__)
 
 STUDIES_UPLOADED = "studies.uploaded.v1"
+STUDIES_DEIDENTIFIED = "studies.deidentified.v1"
+STUDIES_LINKS = "studies.links.v1"
 FRAMES_DECODED = "frames.decoded.v1"
 FRAMES_DOPPLER = "frames.doppler.v1"
 FRAMES_SEGMENTED = "frames.segmented.v1"
@@ -25,6 +27,7 @@ TOPIC_ALREADY_EXISTS = 36
 
 # The stages in data-path order: the one name of each (folder, `rhd serve` argument, consumer group, metric label).
 STAGES: tuple[str, ...] = (
+    "deid",
     "split",
     "inspect",
     "segment",
@@ -46,6 +49,8 @@ class Topic:
 
 TOPICS: tuple[Topic, ...] = (
     Topic(STUDIES_UPLOADED, pb.StudyUpload, "study_id"),
+    Topic(STUDIES_DEIDENTIFIED, pb.StudyUpload, "study pseudonym"),
+    Topic(STUDIES_LINKS, pb.SealedRecord, "study pseudonym"),
     Topic(FRAMES_DECODED, pb.Frame, "video_id"),
     Topic(FRAMES_DOPPLER, pb.DopplerFrame, "video_id"),
     Topic(FRAMES_SEGMENTED, pb.SegmentedFrame, "video_id"),
@@ -57,6 +62,9 @@ TOPICS: tuple[Topic, ...] = (
     Topic(STUDIES_DIAGNOSED, pb.Diagnosis, "study_id"),
 )
 
+
+# Topics that hold identifiable data (sealed where it is stored): read only in the home region.
+IDENTIFIABLE_TOPICS = (STUDIES_UPLOADED, STUDIES_LINKS)
 
 DLQ_SUFFIX = ".dlq"
 

@@ -10,8 +10,8 @@ import numpy as np
 from rhd.imaging.video import DecodedVideo
 from rhd.v1 import rhd_pb2 as pb
 
-# Metadata the analysis may use; identifying fields stay behind.
-CLINICAL_FIELDS = frozenset({"pixel_spacing_mm", "nyquist_cm_s", "fps", "device"})
+# Metadata the analysis may use (after deid: the age as a band, the sex); identifying fields never reach split.
+CLINICAL_FIELDS = frozenset({"pixel_spacing_mm", "nyquist_cm_s", "fps", "device", "sex", "age_band"})
 
 
 @dataclass(frozen=True)

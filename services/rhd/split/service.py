@@ -1,4 +1,4 @@
-"""split: studies.uploaded.v1 -> frames.decoded.v1 (one lossless record per frame, raw or PNG) + the study's
+"""split: studies.deidentified.v1 -> frames.decoded.v1 (one lossless record per frame, raw or PNG) + the study's
 manifest; a video that cannot be decoded is dead-lettered and listed as failed in the manifest."""
 
 from functools import partial
@@ -9,12 +9,12 @@ from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import Output, dead_letter_output
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import Position, StageService
-from rhd.runtime.topics import FRAMES_DECODED, FRAMES_DONE, STUDIES_UPLOADED
+from rhd.runtime.topics import FRAMES_DECODED, FRAMES_DONE, STUDIES_DEIDENTIFIED
 from rhd.split.ops import acquisition, video_frames
 from rhd.v1 import rhd_pb2 as pb
 
 
-class Split(StageService, name="split", input_topic=STUDIES_UPLOADED, input_type=pb.StudyUpload):
+class Split(StageService, name="split", input_topic=STUDIES_DEIDENTIFIED, input_type=pb.StudyUpload):
     async def start(self, settings: Settings) -> None:
         self.blobs = BlobStore(settings.blob_dir)
         self.pixels = partial(frame_pixels, codec=settings.frame_codec, max_message_bytes=settings.max_message_bytes)
@@ -28,6 +28,9 @@ class Split(StageService, name="split", input_topic=STUDIES_UPLOADED, input_type
         manifest.uploaded_at.CopyFrom(upload.uploaded_at)
         outputs: list[Output] = []
         for video in upload.videos:
+            if video.error:  # deid could not de-identify it (and dead-lettered it, sealed): listed failed, no bytes
+                manifest.videos.add(video_id=video.video_id, status=pb.VIDEO_STATUS_FAILED, error=video.error)
+                continue
             try:
                 data = video.inline_data if video.HasField("inline_data") else self.blobs.get(video.blob_uri)
                 decoded = decode_video(data)
@@ -49,7 +52,9 @@ class Split(StageService, name="split", input_topic=STUDIES_UPLOADED, input_type
         inline = video.HasField("inline_data")
         original = {"original": video.inline_data} if inline else {"original_blob_uri": video.blob_uri}
         ids = {"study_id": upload.study_id, "video_id": video.video_id, "error_type": type(exc).__name__}
-        return dead_letter_output(STUDIES_UPLOADED, self.name, reason, key=upload.study_id.encode(), **ids, **original)
+        return dead_letter_output(
+            STUDIES_DEIDENTIFIED, self.name, reason, key=upload.study_id.encode(), **ids, **original
+        )
 
 
 def build() -> StageService:

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from google.protobuf import json_format
 
 from rhd.labels import CLASSES, VIEWS
+from rhd.synth import dicom as dcm
 from rhd.synth import overlays, spectral
 from rhd.synth.criteria import DiseaseKnobs, Valves, findings, sample_valves, whf_label
 from rhd.synth.render import (
@@ -32,6 +34,7 @@ from rhd.synth.render import (
     spectral_inflow_cm_s,
     spectral_jets,
 )
+from rhd.v1 import rhd_pb2 as pb
 
 assert tuple(VIEW_GEOMETRY) == VIEWS, "the renderer draws exactly the standard views"
 
@@ -125,6 +128,14 @@ HOSPITALS = (
     "UBS Jardim das Acácias",
     "Hospital Municipal Santa Rita",
     "Centro de Saúde São Vicente",
+)
+# Where each hospital is: (city, federative unit); the unit leaves the home region as a quasi-identifier.
+HOSPITAL_PLACES = (
+    ("Montes Claros", "MG"),
+    ("Araçuaí", "MG"),
+    ("São Paulo", "SP"),
+    ("Recife", "PE"),
+    ("Salvador", "BA"),
 )
 
 
@@ -224,6 +235,7 @@ def _metadata(study_id: str, rng: np.random.Generator, config: SynthConfig, nyqu
         "study_id": study_id,
         "hospital_id": f"H{hospital + 1:03d}",
         "hospital": HOSPITALS[hospital],
+        "state": HOSPITAL_PLACES[hospital][1],
         "patient_name": f"{first} {surnames[0]} {surnames[1]}",
         "patient_id": "7" + "".join(str(d) for d in rng.integers(0, 10, 14)),  # 15 digits, as a CNS card
         "birth_date": birth_date.isoformat(),
@@ -488,16 +500,21 @@ def _video_truth(video: Video, step: float) -> dict:
     }
 
 
-def write_study(study: Study, out_dir: Path) -> Path:
-    """Write <out_dir>/<study_id>/ (study.json and one MP4 per video, as a hospital exports them) and the ground
-    truth apart in <out_dir>/truth/<study_id>/ (truth.json, and per colour video an .npz of masks and velocities)."""
+def write_study(study: Study, out_dir: Path, dicom: bool = False) -> Path:
+    """Write <out_dir>/<study_id>/ (study.json and one MP4 per video, as a hospital exports them; with `dicom` each
+    video also as an echo machine sends it, in <study_id>/dicom/) and the ground truth apart in
+    <out_dir>/truth/<study_id>/ (truth.json, with every identifier written, and per colour video an .npz of masks
+    and velocities)."""
     config = study.config
     folder = Path(out_dir) / study.study_id
     folder.mkdir(parents=True, exist_ok=True)
     truth_folder = truth_dir(folder)
     truth_folder.mkdir(parents=True, exist_ok=True)
     entries = []
-    for video in study.videos:
+    hospital = HOSPITALS.index(study.metadata["hospital"])
+    identity = dcm.study_identity(study.study_id, *HOSPITAL_PLACES[hospital][::-1])
+    uids: list[str] = [identity.study_uid]
+    for index, video in enumerate(study.videos):
         filename = f"{video.video_id}.mp4"
         writer = cv2.VideoWriter(
             str(folder / filename), cv2.VideoWriter_fourcc(*"mp4v"), config.fps, (config.width, config.height)
@@ -514,6 +531,12 @@ def write_study(study: Study, out_dir: Path) -> Path:
             # As DICOM's Sequence of Ultrasound Regions calibrates a spectral trace.
             entry["regions"] = [spectral.region(config.height, config.width, video.scene.spectral).as_dict()]
         entries.append(entry)
+        if dicom:
+            regions = [json_format.ParseDict(r, pb.UltrasoundRegion()) for r in entry.get("regions", [])]
+            ds = dcm.video_dataset(study.metadata, identity, video.video_id, index, video.frames, config.fps, regions)
+            (folder / "dicom").mkdir(exist_ok=True)
+            ds.save_as(folder / "dicom" / f"{video.video_id}.dcm", enforce_file_format=True)
+            uids += [ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.FrameOfReferenceUID]
         if video.scene.colour:
             _write_npz(
                 truth_folder / f"{video.video_id}.npz",
@@ -534,6 +557,9 @@ def write_study(study: Study, out_dir: Path) -> Path:
         "acquisition": study.acquisition,
         "config": asdict(config),
         "videos": [_video_truth(v, step) for v in study.videos],
+        # Every identifying value the upload carries (sidecar, and the DICOM files when written), for the audit.
+        "identifiers": {**dcm.identifiers(study.metadata, identity), "uids": uids if dicom else []},
+        "dicom": {"transfer_syntax": identity.transfer_syntax, "charset": identity.charset} if dicom else None,
     }
     (truth_folder / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     return folder
@@ -576,7 +602,8 @@ def synth_studies(
     config: SynthConfig = SynthConfig(),
     balanced: bool = False,
     counts: dict[str, int] | None = None,
+    dicom: bool = False,
 ) -> list[Path]:
     """Write n studies (or sum(counts)) under out_dir; returns the study folders in order."""
     labels = study_labels(seed, n_studies, config, "balanced" if balanced else "prevalence", counts)
-    return [write_study(study, out_dir) for study in generate(seed, labels, config)]
+    return [write_study(study, out_dir, dicom) for study in generate(seed, labels, config)]

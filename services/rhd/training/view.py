@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rhd.imaging.burned_in import clean_frame, screen_layout
 from rhd.imaging.video import decode_video
 from rhd.labels import VIEW_CLASSES
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
@@ -51,7 +52,10 @@ def _frames(studies: list[Path]) -> FrameSet:
         for video in load_truth(study)["videos"]:
             if video["mode"] == "cw":
                 continue  # a spectral trace shows no view of the heart; the view stage never sees one
-            decoded = decode_video((study / f"{video['video_id']}.mp4").read_bytes()).frames[::EVERY]
+            # As the line sees them: burned-in text cleaned out by deid (the layout read from the whole video).
+            frames = decode_video((study / f"{video['video_id']}.mp4").read_bytes()).frames
+            layout = screen_layout(frames)
+            decoded = [clean_frame(frame, layout) for frame in frames[::EVERY]]
             batch = np.stack(decoded)
             labels = np.full(len(decoded), VIEW_CLASSES.index(video["view_class"]), np.int64)
             digest.update(batch.tobytes())

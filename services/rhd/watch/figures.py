@@ -15,40 +15,78 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rhd.runtime import kafka
 from rhd.runtime.http import TFS_METRICS_PATH
+from rhd.runtime.secrets import LINK_KEYRING, Keyring, SecretError, load_keyring
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import FRAMES_DONE, STUDIES_DIAGNOSED, STUDIES_FEATURES, TOPICS, dlq
+from rhd.runtime.topics import FRAMES_DONE, STUDIES_DIAGNOSED, STUDIES_FEATURES, STUDIES_LINKS, TOPICS, dlq
 from rhd.v1 import rhd_pb2 as pb
 
 
 @dataclass
 class Progress:
+    """What the line has answered, per study. Downstream of deid studies are known by their pseudonyms; in the home
+    region, where the link keyring is, each is filed under the hospital's own study id once its sealed link is read
+    (`links`), whichever arrives first."""
+
     expected_frames: dict[str, int] = field(default_factory=dict)  # study -> frames in its manifest
     frame_records: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # distinct frames ended
     terminal_records: int = 0  # including duplicates
     diagnoses: dict[str, list[pb.Diagnosis]] = field(default_factory=dict)
     studies: dict[str, list[pb.StudyFeatures]] = field(default_factory=dict)  # what assemble emitted
     dead_letters: list[pb.DeadLetter] = field(default_factory=list)
+    links: Keyring | None = None
+    names: dict[str, str] = field(default_factory=dict)  # pseudonym -> the hospital's study id
+    video_names: dict[str, str] = field(default_factory=dict)  # a video's pseudonymous id -> the hospital's
 
     def frames_accounted(self) -> int:
         return sum(len(v) for v in self.frame_records.values())
+
+    def _name(self, study_id: str) -> str:
+        return self.names.get(study_id, study_id)
+
+    def _relink(self, pseudonym: str, study_id: str) -> None:
+        self.names[pseudonym] = study_id
+        for table in (self.frame_records, self.diagnoses, self.studies):
+            if pseudonym in table:
+                old = table.pop(pseudonym)  # type: ignore[attr-defined]
+                mine = table.setdefault(study_id, type(old)())  # type: ignore[attr-defined]
+                mine.update(old) if isinstance(mine, set) else mine.extend(old)
+        if pseudonym in self.expected_frames:
+            self.expected_frames[study_id] = self.expected_frames.pop(pseudonym)
 
     def add(self, topic: str, value: bytes) -> None:
         if topic == FRAMES_DONE:
             done = pb.FrameDone.FromString(value)
             if done.HasField("manifest"):
-                self.expected_frames[done.manifest.study_id] = sum(v.frame_count for v in done.manifest.videos)
+                study_id = self._name(done.manifest.study_id)
+                self.expected_frames[study_id] = sum(v.frame_count for v in done.manifest.videos)
             else:
                 key = done.result.key
                 self.terminal_records += 1
-                self.frame_records.setdefault(key.study_id, set()).add((key.video_id, key.frame_index))
+                self.frame_records.setdefault(self._name(key.study_id), set()).add((key.video_id, key.frame_index))
         elif topic == STUDIES_FEATURES:
             study = pb.StudyFeatures.FromString(value)
-            self.studies.setdefault(study.study_id, []).append(study)
+            self.studies.setdefault(self._name(study.study_id), []).append(study)
         elif topic == STUDIES_DIAGNOSED:
             diagnosis = pb.Diagnosis.FromString(value)
-            self.diagnoses.setdefault(diagnosis.study_id, []).append(diagnosis)
+            self.diagnoses.setdefault(self._name(diagnosis.study_id), []).append(diagnosis)
+        elif topic == STUDIES_LINKS and self.links is not None:
+            sealed = pb.SealedRecord.FromString(value)
+            link = json.loads(self.links.open(sealed.envelope))
+            self.video_names.update({pseudo: original for original, pseudo in link["videos"].items()})
+            self._relink(link["pseudonym"], link["study_id"])
         elif topic.endswith(".dlq"):
             self.dead_letters.append(pb.DeadLetter.FromString(value))
+
+
+def home_links(settings: Settings) -> Keyring | None:
+    """The link keyring, where this runs in the home region and holds it: then results read under the hospitals'
+    own study ids; elsewhere they stay pseudonymous."""
+    if settings.region != settings.home_region:
+        return None
+    try:
+        return load_keyring(settings.secrets_dir / LINK_KEYRING)
+    except SecretError:
+        return None
 
 
 async def follow(
@@ -61,11 +99,14 @@ async def follow(
     """Read frames.done, the assembled studies, diagnoses and every dead-letter topic from the beginning until
     `until` holds (then `settle_s` more seconds, to catch anything duplicated) or the timeout passes."""
     topics = [FRAMES_DONE, STUDIES_FEATURES, STUDIES_DIAGNOSED, *(dlq(t.name) for t in TOPICS)]
+    links = home_links(settings)
+    if links is not None:
+        topics.append(STUDIES_LINKS)
     group = f"watch-{uuid.uuid4().hex[:8]}"
     consumer = kafka.consumer(settings, group, group)
     consumer.subscribe(topics)
     await consumer.start()
-    progress = Progress()
+    progress = Progress(links=links)
     deadline = time.monotonic() + timeout_s
     settle_until: float | None = None
     try:
