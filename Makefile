@@ -11,18 +11,18 @@ VIEW_MODEL  := models/view/1/saved_model.pb
 VALVE_MODEL := models/valve/1/saved_model.pb
 STUDY_MODEL := models/study/1/model.skops
 VIEW_CODE   := $(wildcard services/rhd/synth/*.py) services/rhd/training/view.py services/rhd/training/provenance.py \
-               services/rhd/view/model.py services/rhd/imaging/layers.py
+               services/rhd/view/model.py services/rhd/imaging/layers.py services/rhd/imaging/burned_in.py
 VALVE_CODE  := $(wildcard services/rhd/synth/*.py) services/rhd/training/valve.py services/rhd/training/provenance.py \
-               services/rhd/valve/model.py services/rhd/imaging/layers.py
+               services/rhd/valve/model.py services/rhd/imaging/layers.py services/rhd/imaging/burned_in.py
 STUDY_CODE  := $(wildcard services/rhd/*/ops.py) services/rhd/training/study.py services/rhd/training/report.py \
-               services/rhd/inprocess.py
+               services/rhd/inprocess.py services/rhd/deid/policy.yaml
 
-.PHONY: demo test test-fast bench setup models promtool lint lock clean
+.PHONY: demo test test-fast bench setup models promtool tools lint lock clean
 
 demo: setup models
 	$(BIN)/rhd demo
 
-test: setup models promtool
+test: setup models promtool tools
 	$(BIN)/python -m pytest -q
 
 # The edit-test loop: unit and contract tests only (no broker stack, no training; the view model is built once).
@@ -57,6 +57,16 @@ promtool: setup
 	  dpkg-deb --fsys-tarfile $$tmp/prometheus_*.deb | tar -x -C $$tmp ./usr/bin/promtool ./usr/bin/prometheus && \
 	  $$tmp/usr/bin/promtool --version >/dev/null 2>&1 && mv $$tmp/usr/bin/promtool $$tmp/usr/bin/prometheus $(BIN)/; \
 	  rm -rf $$tmp; test -x $(BIN)/promtool || echo "prometheus/promtool unavailable (no apt-get or no network): skipping their checks"; }
+
+# Debian's tesseract-ocr (the OCR that checks burned-in text is gone: tests and `rhd audit`) and dcmtk (storescu, the
+# DICOM sender the gateway is tested with). Installed with apt-get when this runs as root and they are missing;
+# otherwise the tests that need them skip, saying why (under CI=true they fail).
+tools:
+	@command -v tesseract >/dev/null && command -v storescu >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -q --no-install-recommends tesseract-ocr tesseract-ocr-eng dcmtk >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && \
+	      apt-get install -y -q --no-install-recommends tesseract-ocr tesseract-ocr-eng dcmtk >/dev/null 2>&1; }; }; } || \
+	  echo "tesseract/dcmtk unavailable (not root, or no package index): the tests that need them skip"
 
 $(VIEW_MODEL): $(VIEW_CODE) | setup
 	rm -rf models/view/1 && $(BIN)/rhd train view

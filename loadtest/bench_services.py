@@ -40,6 +40,8 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from rhd.deid.ops import deidentify_upload
+from rhd.deid.policy import load_policy
 from rhd.inspect.service import Inspect
 from rhd.labels import VIEW_CLASSES
 from rhd.local.broker import EmbeddedBroker, free_port
@@ -55,7 +57,7 @@ from rhd.runtime.topics import (
     FRAMES_DOPPLER,
     FRAMES_SEGMENTED,
     FRAMES_VIEWED,
-    STUDIES_UPLOADED,
+    STUDIES_DEIDENTIFIED,
     dlq,
 )
 from rhd.segment.service import Segment
@@ -67,7 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_STAGES: tuple[str, ...] = ("split", "inspect", "segment", "view", "features")
 # stage -> (input topic, the topic it forwards frames to, or None when its only output is frames.done.v1)
 TOPICS: dict[str, tuple[str, str | None]] = {
-    "split": (STUDIES_UPLOADED, FRAMES_DECODED),
+    "split": (STUDIES_DEIDENTIFIED, FRAMES_DECODED),
     "inspect": (FRAMES_DECODED, FRAMES_DOPPLER),
     "segment": (FRAMES_DOPPLER, FRAMES_SEGMENTED),
     "view": (FRAMES_SEGMENTED, FRAMES_VIEWED),
@@ -105,6 +107,16 @@ class Inputs:
     seconds: float = 0.0
 
 
+POLICY = load_policy()
+PROFILE = POLICY.profile("analysis")
+BENCH_KEY = bytes(32)  # the bench's own pseudonyms: nothing here leaves the machine
+DEID_BUDGET = 900_000
+
+
+def _read(blobs: BlobStore):
+    return lambda ref: ref.inline_data if ref.HasField("inline_data") else blobs.get(ref.blob_uri)
+
+
 def _records(outputs: list[Output]) -> list[Record]:
     return [(o.topic, o.key.encode(), o.message.SerializeToString()) for o in outputs]
 
@@ -127,7 +139,9 @@ def build_inputs(
     while True:
         study_dirs = synth_studies(seed, batch, workdir / "studies" / str(seed), SYNTH)
         for study_dir in study_dirs:
-            upload = upload_from_dir(study_dir, blobs, settings.max_message_bytes)
+            # split reads what deid lets through: the upload de-identified (clean lossless videos, pseudonyms).
+            raw = upload_from_dir(study_dir, blobs, settings.max_message_bytes)
+            upload = deidentify_upload(raw, _read(blobs), blobs.put, POLICY, PROFILE, BENCH_KEY, DEID_BUDGET).upload
             outputs = split.handle(upload, NOWHERE)
             study_frames = [o for o in outputs if o.topic == FRAMES_DECODED]
             if len(uploads) < n_uploads:
@@ -148,7 +162,7 @@ def build_inputs(
     inputs.doppler_share = len(doppler) / inspected if inspected else 1.0
     if "split" in stages:
         inputs.records["split"] = [
-            (STUDIES_UPLOADED, u.study_id.encode(), u.SerializeToString()) for u in uploads[:n_uploads]
+            (STUDIES_DEIDENTIFIED, u.study_id.encode(), u.SerializeToString()) for u in uploads[:n_uploads]
         ]
     if "inspect" in stages:
         inputs.records["inspect"] = _records(frames[:n_frames])

@@ -38,10 +38,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from rhd.deid.ops import study_pseudonym
 from rhd.local.publish import upload_from_dir
 from rhd.local.stack import EmbeddedStack, ServiceProcess
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import now
+from rhd.runtime.secrets import RAW_KEYRING, init_secrets, load_keyring, load_pseudonym_key, sealed_upload
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import STAGES, STUDIES_DIAGNOSED, STUDIES_UPLOADED
 from rhd.synth.generator import SynthConfig, synth_studies
@@ -64,8 +66,11 @@ def say(text: str) -> None:
 
 
 def study_pool(workdir: Path, n: int, seed: int, blobs: BlobStore, max_message_bytes: int) -> list[pb.StudyUpload]:
+    """Generated uploads, their stored videos sealed with the run's raw keyring (workdir/secrets, the stack's)."""
     dirs = synth_studies(seed, n, workdir / "pool", SYNTH, balanced=True)
-    return [upload_from_dir(d, blobs, max_message_bytes) for d in dirs]
+    init_secrets(workdir / "secrets")
+    seal = load_keyring(workdir / "secrets" / RAW_KEYRING).seal
+    return [upload_from_dir(d, blobs, max_message_bytes, seal=seal) for d in dirs]
 
 
 def arrival(template: pb.StudyUpload, tag: str, due: float) -> pb.StudyUpload:
@@ -234,6 +239,8 @@ async def run_step(
         linger_ms=0,
     )
     await producer.start()
+    raw = load_keyring(settings.secrets_dir / RAW_KEYRING)
+    pseudonym_key = load_pseudonym_key(settings.secrets_dir)
     ids: list[str] = []
     peak: dict[str, float] = {s: 0.0 for s in STAGES}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
@@ -256,10 +263,10 @@ async def run_step(
                 await asyncio.sleep(max(0.0, due - time.time()))
                 step.publish_late_s_max = max(step.publish_late_s_max, time.time() - due)
                 upload = arrival(pool[i % len(pool)], f"{name}-{i}", due)
-                ids.append(upload.study_id)
-                acks.append(
-                    await producer.send(STUDIES_UPLOADED, upload.SerializeToString(), key=upload.study_id.encode())
-                )
+                # Downstream of deid the study is known by its pseudonym, which the run's key makes here too.
+                ids.append(study_pseudonym(pseudonym_key, upload.hospital_id, upload.study_id))
+                key, value, headers = sealed_upload(upload, raw)
+                acks.append(await producer.send(STUDIES_UPLOADED, value, key=key, headers=headers))
             await asyncio.gather(*acks)
         finally:
             await producer.stop()
@@ -409,7 +416,13 @@ class Line:
         self.diagnoses: Diagnoses | None = None
 
     async def __aenter__(self) -> "Line":
-        base = Settings().model_copy(update={"blob_dir": self.workdir / "blobs", "study_deadline_s": 600.0})
+        base = Settings().model_copy(
+            update={
+                "blob_dir": self.workdir / "blobs",
+                "study_deadline_s": 600.0,
+                "secrets_dir": self.workdir / "secrets",
+            }
+        )
         if self.args.bootstrap:
             self.settings = base.model_copy(update={"bootstrap_servers": self.args.bootstrap})
         else:

@@ -160,13 +160,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from rhd.local.publish import publish_uploads, upload_from_dir
+    from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
     from rhd.runtime.blobs import BlobStore
 
     settings = get_settings()
     blobs = BlobStore(settings.blob_dir)
     try:
-        uploads = [upload_from_dir(Path(d), blobs, settings.max_message_bytes, args.hospital) for d in args.study_dirs]
+        seal = raw_keyring(settings).seal
+        uploads = [
+            upload_from_dir(Path(d), blobs, settings.max_message_bytes, args.hospital, seal) for d in args.study_dirs
+        ]
     except ValueError as exc:
         raise SystemExit(f"rhd publish: {exc}") from None
     asyncio.run(publish_uploads(settings, uploads))
@@ -177,6 +180,34 @@ def cmd_publish(args: argparse.Namespace) -> int:
             f"upload {upload.upload_id}"
         )
     return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from rhd.local.audit import run_audit, scrape_pages, tesseract_available
+    from rhd.synth.generator import load_truth
+    from rhd.watch.figures import read_targets
+
+    settings = get_settings()
+    identifiers = [load_truth(Path(d))["identifiers"] for d in args.studies]
+    if args.ocr and not tesseract_available():
+        raise SystemExit("rhd audit: --ocr needs tesseract (make tools)")
+    pages = asyncio.run(scrape_pages(read_targets(Path(args.targets)))) if args.targets else {}
+    report = run_audit(
+        settings,
+        identifiers,
+        blob_dir=settings.blob_dir if args.blobs else None,
+        log_dir=Path(args.logs) if args.logs else None,
+        metric_pages=pages,
+        frames_to_ocr=args.ocr,
+    )
+    print(
+        f"audited {report.records} records, {report.blobs} blobs, {report.log_files} log files, "
+        f"{report.metric_pages} metric pages, {report.frames_ocred} frames by OCR, for the identifiers of "
+        f"{len(identifiers)} studies: {len(report.hits)} hits"
+    )
+    for hit in report.hits[:50]:
+        print(f"  {hit.identifier} in {hit.where}")
+    return 0 if report.clean else 1
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -354,6 +385,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("study_dirs", nargs="+")
     p.add_argument("--hospital", default="", help="the sending hospital's id (DICOM folders carry none)")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser(
+        "audit",
+        help="look for every identifier of generated studies outside the raw topic: topics (dead letters "
+        "included), blobs, logs, metric labels, and frames by OCR; exits 1 on a hit",
+    )
+    p.add_argument("studies", nargs="+", help="generated study folders (their truth lists the identifiers)")
+    p.add_argument("--blobs", action="store_true", help="read the blob store (RHD_BLOB_DIR) too")
+    p.add_argument("--logs", help="a directory of the services' *.log files")
+    p.add_argument("--targets", help="a Prometheus file_sd JSON of the services to scrape for metric labels")
+    p.add_argument("--ocr", type=int, default=0, metavar="N", help="OCR up to N decoded frames (tesseract)")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("keys", help="the keys for identifiable data (pseudonyms, sealed uploads, the re-link map)")
     p.add_argument("action", choices=["init", "rotate"])

@@ -17,9 +17,10 @@ from conftest import missing_tool
 from rhd.deid.ops import record_key_pseudonym
 from rhd.diagnose.ops import CRITERION_MEASUREMENTS
 from rhd.labels import CRITERIA
+from rhd.local.audit import audit, scrape_pages, tesseract_available
 from rhd.local.broker import free_port
 from rhd.local.demo import corrupt_one_video
-from rhd.local.publish import publish_uploads, upload_from_dir
+from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
 from rhd.local.stack import EmbeddedStack
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.secrets import RAW_KEYRING, is_sealed, load_keyring, load_pseudonym_key
@@ -146,14 +147,16 @@ def line(tmp_path_factory):
         prometheus.start()
         await prometheus.scraping(len(STAGES) + 1)
         blobs = BlobStore(live.blob_dir)
-        uploads = [upload_from_dir(d, blobs, live.max_message_bytes) for d in studies]
-        uploads.append(upload_from_dir(studies[0], blobs, live.max_message_bytes))  # published twice
+        seal = raw_keyring(live).seal
+        uploads = [upload_from_dir(d, blobs, live.max_message_bytes, seal=seal) for d in studies]
+        uploads.append(upload_from_dir(studies[0], blobs, live.max_message_bytes, seal=seal))  # published twice
         await publish_uploads(live, uploads)
         rogue = AIOKafkaProducer(bootstrap_servers=live.bootstrap_servers, max_request_size=4_000_000)
         await rogue.start()
         await rogue.send_and_wait(STUDIES_UPLOADED, b"\xff\xfe garbage", key=b"garbage")
         await rogue.send_and_wait(STUDIES_UPLOADED, b"\x0a" + b"\x01" * 10, key=b"short")
         await rogue.send_and_wait(STUDIES_UPLOADED, b"\x00" * 1_500_000, key=b"oversized")
+        await rogue.send_and_wait(STUDIES_UPLOADED, uploads[0].SerializeToString(), key=b"plain")
         await rogue.send_and_wait(FRAMES_DECODED, b"\x12\x03abc", key=b"frame-without-key")
         await rogue.stop()
         ids = [d.name for d in studies]
@@ -162,10 +165,16 @@ def line(tmp_path_factory):
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             # What Prometheus would scrape from every service, found the way it would: the stack's file_sd list.
             scraped = await scrape_all(http, read_targets(stack.targets_path))
-        return progress, alive, scraped, await prometheus.answers(PROMQL)
+        # Nothing identifying outside the raw topic: every other topic (dead letters and the sealed links too), the
+        # blob store, the logs, the metric labels, and decoded frames read by OCR.
+        identifiers = [load_truth(d)["identifiers"] for d in studies if d.name != "S9999-0000"]
+        pages = await scrape_pages(read_targets(stack.targets_path))
+        ocr = 6 if tesseract_available() else 0
+        privacy = await audit(live, identifiers, live.blob_dir, workdir / "logs", pages, frames_to_ocr=ocr)
+        return progress, alive, scraped, await prometheus.answers(PROMQL), privacy
 
     try:
-        progress, alive, scraped, prometheus_answers = asyncio.run(run())
+        progress, alive, scraped, prometheus_answers, privacy = asyncio.run(run())
     finally:
         prometheus.stop()
         codes = stack.stop()
@@ -178,6 +187,7 @@ def line(tmp_path_factory):
         "dirs": studies,
         "metrics": scraped,
         "prometheus": prometheus_answers,
+        "privacy": privacy,
     }
 
 
@@ -195,6 +205,20 @@ def test_every_frame_is_accounted_for(line):
         assert counts.expected == progress.expected_frames[study]
         assert counts.analysed + counts.skipped + counts.failed == counts.expected
         assert counts.missing == 0
+
+
+def test_no_identifier_leaves_the_raw_topic(line):
+    """rhd audit over the whole line: no identifier the generator wrote (names, IDs, dates, the hospital's study ids,
+    UIDs) in any topic but the raw one, in the blob store, the logs or the metric labels, nor readable by OCR in the
+    decoded frames."""
+    report = line["privacy"]
+    assert report.hits == []
+    assert report.records > 1000 and report.blobs > 0
+    assert report.log_files == len(STAGES) + 2  # every stage, the model server, the broker
+    assert report.metric_pages == len(STAGES) + 1
+    if report.frames_ocred == 0:
+        missing_tool("no tesseract: `make tools` installs Debian's tesseract-ocr")
+    assert report.frames_ocred == 6
 
 
 def test_every_decoded_videos_cardiac_phase_is_known_per_frame_within_two_percent_of_the_cycle(line):
@@ -296,9 +320,11 @@ def test_non_video_upload_fails_its_study_with_the_reason(line):
 def test_bad_messages_are_dead_lettered_with_reasons(line):
     """Raw records that do not parse are dead-lettered by deid, sealed, known by their key's pseudonym."""
     key = load_pseudonym_key(line["stack"].settings.secrets_dir)
-    named = {record_key_pseudonym(key, k).encode(): k for k in (b"garbage", b"short", b"oversized")}
+    named = {record_key_pseudonym(key, k).encode(): k for k in (b"garbage", b"short", b"oversized", b"plain")}
     letters = {named.get(x.key, x.key): x for x in line["progress"].dead_letters}
-    assert "undecodable rhd.v1.StudyUpload" in letters[b"garbage"].reason
+    assert "undecodable rhd.v1.SealedRecord" in letters[b"garbage"].reason
+    # A hospital that publishes its upload unsealed is told so; what it sent is kept sealed.
+    assert "not a sealed upload" in letters[b"plain"].reason and is_sealed(letters[b"plain"].original_bytes)
     assert letters[b"short"].reason  # decodes or not, it is not a usable upload
     oversized = letters[b"oversized"]
     assert "over the 1000000-byte message limit" in oversized.reason and oversized.stage == "deid"
@@ -346,11 +372,11 @@ def test_every_service_exposes_what_happened_on_its_metrics_endpoint(line):
     assert all(samples is not None for samples in scraped.values()), "a target did not answer"
     by_job = {t.job: samples for t, samples in scraped.items()}
     progress = line["progress"]
-    # deid: 6 uploads handled (one published twice), 3 rogue records dead-lettered whole; 5 dead letters in all
-    # with the truncated video and the non-video. split gets only what deid let through: 6 uploads, nothing bad.
+    # deid: 6 uploads handled (one published twice), 4 rogue records dead-lettered whole (one an unsealed upload);
+    # 6 dead letters in all with the truncated video and the non-video. split gets only what deid let through.
     assert total(by_job["deid"], "rhd_messages_total", stage="deid", outcome="ok") == 6
-    assert total(by_job["deid"], "rhd_messages_total", stage="deid", outcome="dead_letter") == 3
-    assert total(by_job["deid"], "rhd_dead_letters_total", stage="deid", topic=STUDIES_UPLOADED) == 5
+    assert total(by_job["deid"], "rhd_messages_total", stage="deid", outcome="dead_letter") == 4
+    assert total(by_job["deid"], "rhd_dead_letters_total", stage="deid", topic=STUDIES_UPLOADED) == 6
     assert total(by_job["split"], "rhd_messages_total", stage="split", outcome="ok") == 6
     assert total(by_job["split"], "rhd_dead_letters_total", stage="split") == 0
     assert total(by_job["inspect"], "rhd_dead_letters_total", stage="inspect", topic=FRAMES_DECODED) == 1

@@ -80,6 +80,7 @@ class Policy:
     private: dict[tuple[str, int], str]  # (private creator, element byte) -> the name a profile keeps it by
     profiles: dict[str, Profile]
     digest: str  # sha256 of the policy file
+    raw_retention_s: float = 86_400.0  # sealed raw blobs are deleted this long after they were written
 
     def profile(self, name: str) -> Profile:
         try:
@@ -141,4 +142,5 @@ def load_policy(path: Path | None = None) -> Policy:
         private=private,
         profiles={str(n): _profile(str(n), p) for n, p in raw["profiles"].items()},
         digest=hashlib.sha256(text).hexdigest(),
+        raw_retention_s=float(raw.get("raw_retention_hours", 24)) * 3600.0,
     )

@@ -19,6 +19,7 @@ from rhd.runtime import kafka
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DECODED, STUDIES_UPLOADED, all_topic_names
 from rhd.v1 import rhd_pb2 as pb
+from rhd.watch.figures import Target
 
 OCR_SCALE = 3  # burned-in text is 8-10 px high at 240 rows; tesseract reads it at three times that
 OCR_MATCH = 0.8  # similarity (difflib ratio) at which an OCR'd window counts as the identifier
@@ -163,7 +164,7 @@ async def audit_topics(
                     report.hits += [Hit(where, name) for name in needles.in_bytes(data)]
                     if tp.topic == FRAMES_DECODED and report.frames_ocred < frames_to_ocr:
                         seen_frames += 1
-                        if seen_frames % every == 1:
+                        if (seen_frames - 1) % every == 0:
                             image = frame_image(pb.Frame.FromString(record.value or b""))
                             report.frames_ocred += 1
                             report.hits += [Hit(f"{where} (OCR)", n) for n in needles.in_ocr(ocr_text(image))]
@@ -191,6 +192,21 @@ def audit_metrics(pages: Mapping[str, str], needles: Needles, report: Report) ->
         report.hits += [Hit(f"metrics {where}", name) for name in needles.in_bytes(text.encode())]
 
 
+async def scrape_pages(targets: Iterable[Target]) -> dict[str, str]:
+    """Each target's metrics page, as Prometheus would scrape it (labels and all)."""
+    import aiohttp
+
+    pages = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        for target in targets:
+            try:
+                async with http.get(target.url) as response:
+                    pages[f"{target.job} {target.address}"] = await response.text()
+            except (aiohttp.ClientError, OSError):
+                continue
+    return pages
+
+
 def run_audit(
     settings: Settings,
     identifiers: Iterable[Mapping[str, object]],
@@ -199,16 +215,33 @@ def run_audit(
     metric_pages: Mapping[str, str] | None = None,
     frames_to_ocr: int = 0,
 ) -> Report:
+    return asyncio.run(audit(settings, identifiers, blob_dir, log_dir, metric_pages, frames_to_ocr))
+
+
+async def audit(
+    settings: Settings,
+    identifiers: Iterable[Mapping[str, object]],
+    blob_dir: Path | None = None,
+    log_dir: Path | None = None,
+    metric_pages: Mapping[str, str] | None = None,
+    frames_to_ocr: int = 0,
+    ocr_every: int = 25,
+) -> Report:
+    """Every place at once: topics (and OCR of every `ocr_every`-th decoded frame), blobs, logs, metric pages."""
     needles = Needles(_merged(identifiers))
     report = Report()
-    asyncio.run(audit_topics(settings, needles, report, frames_to_ocr))
+    await audit_topics(settings, needles, report, frames_to_ocr, ocr_every)
+    await asyncio.to_thread(_audit_stores, needles, report, blob_dir, log_dir)
+    if metric_pages:
+        audit_metrics(metric_pages, needles, report)
+    return report
+
+
+def _audit_stores(needles: Needles, report: Report, blob_dir: Path | None, log_dir: Path | None) -> None:
     if blob_dir is not None:
         audit_files(sorted(Path(blob_dir).rglob("*")), needles, report, "blob")
     if log_dir is not None:
         audit_files(sorted(Path(log_dir).glob("*.log")), needles, report, "log")
-    if metric_pages:
-        audit_metrics(metric_pages, needles, report)
-    return report
 
 
 def _merged(identifiers: Iterable[Mapping[str, object]]) -> dict[str, list]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import aiohttp
 
 from rhd.labels import CLASSES, CRITERIA
-from rhd.local.publish import publish_uploads, upload_from_dir
+from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
 from rhd.local.stack import EmbeddedStack, ServiceProcess, stage_seconds
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.settings import Settings
@@ -172,8 +172,9 @@ async def run_demo(settings: Settings, n_studies: int, seed: int, workdir: Path)
         live = await stack.start()
         print(f"  ready in {time.monotonic() - started:.1f} s (broker {live.bootstrap_servers})", flush=True)
         blobs = BlobStore(live.blob_dir)
-        uploads = [upload_from_dir(d, blobs, live.max_message_bytes) for d in study_dirs]
-        uploads.append(upload_from_dir(study_dirs[0], blobs, live.max_message_bytes))
+        seal = raw_keyring(live).seal  # the blob store holds raw videos sealed only
+        uploads = [upload_from_dir(d, blobs, live.max_message_bytes, seal=seal) for d in study_dirs]
+        uploads.append(upload_from_dir(study_dirs[0], blobs, live.max_message_bytes, seal=seal))
         published = time.monotonic()
         await publish_uploads(live, uploads)
         print(f"published {len(uploads)} uploads of {n_studies} studies", flush=True)

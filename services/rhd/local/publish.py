@@ -4,6 +4,7 @@ StudyUpload (videos inline while small, else by blob reference) and publish it t
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -13,20 +14,28 @@ from pydicom.errors import InvalidDicomError
 from rhd.runtime import kafka
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import now
+from rhd.runtime.secrets import RAW_KEYRING, Keyring, load_keyring, sealed_upload
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import STUDIES_UPLOADED
 from rhd.v1 import rhd_pb2 as pb
 
-# Room left in a message for everything but the video bytes.
+# Room left in a message for everything but the video bytes (and the envelope's 34 bytes).
 ENVELOPE_BYTES = 16_384
 
 
-def upload_from_dir(study_dir: Path, blobs: BlobStore, max_message_bytes: int, hospital_id: str = "") -> pb.StudyUpload:
+Seal = Callable[[bytes], bytes]
+
+
+def upload_from_dir(
+    study_dir: Path, blobs: BlobStore, max_message_bytes: int, hospital_id: str = "", seal: Seal | None = None
+) -> pb.StudyUpload:
     """A study folder as one upload: study.json and its MP4 videos, or (without study.json) the DICOM files in it,
-    one study. Each video is inline while the upload stays under the limit, else in the blob store."""
+    one study. Each video is inline while the upload stays under the limit, else in the blob store, sealed with
+    `seal` (the raw keyring's: the blob store holds no identifiable byte in the clear)."""
     study_dir = Path(study_dir)
+    seal = seal or (lambda data: data)
     if not (study_dir / "study.json").exists():
-        return _dicom_upload(study_dir, blobs, max_message_bytes, hospital_id)
+        return _dicom_upload(study_dir, blobs, max_message_bytes, hospital_id, seal)
     meta = json.loads((study_dir / "study.json").read_text())
     upload = pb.StudyUpload(
         schema="rhd.v1.StudyUpload",
@@ -41,7 +50,7 @@ def upload_from_dir(study_dir: Path, blobs: BlobStore, max_message_bytes: int, h
         data = (study_dir / video["filename"]).read_bytes()
         # The scanner's calibrated regions (a spectral trace's baseline and scale), named as the proto names them.
         regions = [json_format.ParseDict(r, pb.UltrasoundRegion()) for r in video.get("regions", [])]
-        budget = _add_video(upload, video["video_id"], video["filename"], data, regions, blobs, budget)
+        budget = _add_video(upload, video["video_id"], video["filename"], data, regions, blobs, budget, seal)
     return upload
 
 
@@ -53,6 +62,7 @@ def _add_video(
     regions: list[pb.UltrasoundRegion],
     blobs: BlobStore,
     budget: int,
+    seal: Seal,
 ) -> int:
     ref = upload.videos.add(
         video_id=video_id, filename=filename, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)
@@ -61,11 +71,13 @@ def _add_video(
     if len(data) <= budget:
         ref.inline_data = data
         return budget - len(data)
-    ref.blob_uri = blobs.put(data)
+    ref.blob_uri = blobs.put(seal(data))
     return budget
 
 
-def _dicom_upload(study_dir: Path, blobs: BlobStore, max_message_bytes: int, hospital_id: str) -> pb.StudyUpload:
+def _dicom_upload(
+    study_dir: Path, blobs: BlobStore, max_message_bytes: int, hospital_id: str, seal: Seal
+) -> pb.StudyUpload:
     """The DICOM files of a folder as one study, keyed by their Study Instance UID (which deid replaces by a
     pseudonym). Files that are not DICOM, or of another study, are an error: nothing is published."""
     files = sorted(p for p in study_dir.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -89,15 +101,22 @@ def _dicom_upload(study_dir: Path, blobs: BlobStore, max_message_bytes: int, hos
     )
     budget = max_message_bytes - ENVELOPE_BYTES
     for index, path in enumerate(files):
-        budget = _add_video(upload, f"{index:04d}", path.name, path.read_bytes(), [], blobs, budget)
+        budget = _add_video(upload, f"{index:04d}", path.name, path.read_bytes(), [], blobs, budget, seal)
     return upload
 
 
+def raw_keyring(settings: Settings) -> Keyring:
+    """The keyring uploads are sealed with (the home region's; a hospital's publisher holds it)."""
+    return load_keyring(settings.secrets_dir / RAW_KEYRING)
+
+
 async def publish_uploads(settings: Settings, uploads: list[pb.StudyUpload]) -> None:
+    raw = raw_keyring(settings)
     producer = kafka.producer(settings, "publish")
     await producer.start()
     try:
         for upload in uploads:
-            await producer.send_and_wait(STUDIES_UPLOADED, upload.SerializeToString(), key=upload.study_id.encode())
+            key, value, headers = sealed_upload(upload, raw)
+            await producer.send_and_wait(STUDIES_UPLOADED, value, key=key, headers=headers)
     finally:
         await producer.stop()

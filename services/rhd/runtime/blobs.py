@@ -1,6 +1,7 @@
 """Claim-check blob store: payloads too large for a Kafka message are stored by content hash."""
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 SCHEME = "blob:sha256:"
@@ -33,6 +34,24 @@ class BlobStore:
         if hashlib.sha256(data).hexdigest() != digest:
             raise ValueError(f"blob {uri} is corrupt: content hash differs")
         return data
+
+    def sweep_sealed(self, older_than: float, is_sealed: Callable[[bytes], bool]) -> tuple[int, int, int]:
+        """Delete the sealed blobs (raw uploads' videos, their dead letters' originals) last written before
+        `older_than` (epoch seconds): the raw data's retention. Returns (deleted, held, bytes held)."""
+        deleted = held = size = 0
+        for path in self.root.glob("??/*"):
+            if path.suffix == ".tmp" or not path.is_file():
+                continue
+            with path.open("rb") as f:
+                if not is_sealed(f.read(8)):
+                    continue
+            stat = path.stat()
+            if stat.st_mtime < older_than:
+                path.unlink(missing_ok=True)
+                deleted += 1
+            else:
+                held, size = held + 1, size + stat.st_size
+        return deleted, held, size
 
     def _path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):

@@ -49,6 +49,11 @@ DEID_REMOVED = Counter(
     "Attributes and sidecar fields de-identification removed (unknown and private ones included), by profile.",
     ["profile"],
 )
+RAW_BLOBS = Gauge("rhd_raw_blobs", "Sealed raw blobs held in the blob store, within the policy's retention.", ["stage"])
+RAW_BLOB_BYTES = Gauge("rhd_raw_blob_bytes", "Bytes of the sealed raw blobs held in the blob store.", ["stage"])
+RAW_BLOBS_DELETED = Counter(
+    "rhd_raw_blobs_deleted_total", "Sealed raw blobs deleted once past the policy's retention.", ["stage"]
+)
 BUILD = Info("rhd_build", "Version of the running service.")
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from rhd.v1 import rhd_pb2 as pb
+
 MAGIC = b"RHDE1"  # an envelope starts with this, the key id's length and the key id, then the nonce
 NONCE_BYTES = 12
 KEY_ID_HEADER = "rhd-key-id"  # the record header naming the key a payload was sealed with
@@ -122,6 +124,31 @@ def init_secrets(secrets_dir: Path) -> list[str]:
 def keyed_digest(key: bytes, *parts: str) -> bytes:
     """HMAC-SHA256 of the parts (joined unambiguously): the root of every pseudonym, shifted date and new UID."""
     return hmac.new(key, "\x1f".join(parts).encode(), sha256).digest()
+
+
+SEALED_SCHEMA = "rhd.v1.SealedRecord"
+UPLOAD_KIND = "upload"
+
+
+def sealed_upload(upload: pb.StudyUpload, raw: Keyring) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) of the record that carries an upload on studies.uploaded.v1: the upload sealed whole
+    (AES-256-GCM) in a SealedRecord, keyed by the upload's id (the study id is identifying), the key id in a header.
+    The envelope is bound to the record key, so a sealed upload cannot be replayed under another."""
+    key = upload.upload_id.encode()
+    record = pb.SealedRecord(
+        schema=SEALED_SCHEMA, kind=UPLOAD_KIND, key_id=raw.current, envelope=raw.seal(upload.SerializeToString(), key)
+    )
+    return key, record.SerializeToString(), [(KEY_ID_HEADER, raw.current.encode())]
+
+
+def opened_upload(record: pb.SealedRecord, record_key: bytes, raw: Keyring) -> pb.StudyUpload:
+    """The upload a sealed record carries; SecretError when it is not one, or does not open under its key."""
+    if record.schema != SEALED_SCHEMA or record.kind != UPLOAD_KIND:
+        raise SecretError("not a sealed upload (a SealedRecord of kind upload is expected)")
+    upload = pb.StudyUpload.FromString(raw.open(record.envelope, record_key))
+    if upload.upload_id.encode() != record_key:
+        raise SecretError("the sealed upload's id is not its record's key")
+    return upload
 
 
 class RegionError(RuntimeError):

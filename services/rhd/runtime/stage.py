@@ -20,7 +20,7 @@ from rhd.runtime import kafka, metrics
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.http import start_http
 from rhd.runtime.records import Output, dead_letter_output, frame_key_of, frame_result
-from rhd.runtime.secrets import require_home_region
+from rhd.runtime.secrets import SecretError, require_home_region
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import DLQ_SUFFIX
 from rhd.v1 import rhd_pb2 as pb
@@ -35,6 +35,7 @@ class Position:
     partition: int
     offset: int
     timestamp: float  # the record's timestamp (CreateTime), seconds
+    key: bytes = b""  # the record's key
 
 
 class StageService:
@@ -240,7 +241,7 @@ class StageRunner:
             problem = svc.validate(message)
             if problem:
                 raise _Rejected(f"invalid {svc.input_type.DESCRIPTOR.full_name}: {problem}")
-            at = Position(record.partition, record.offset, record.timestamp / 1000)
+            at = Position(record.partition, record.offset, record.timestamp / 1000, record.key or b"")
             if self._is_async:
                 outputs = await svc.handle(message, at)  # type: ignore[misc]  # typed as the plain one
             else:
@@ -254,7 +255,7 @@ class StageRunner:
         except Exception as exc:  # the line never stops for one bad record
             reason = str(exc) if isinstance(exc, _Rejected) else f"{type(exc).__name__}: {exc}"
             error_type = "rejected" if isinstance(exc, _Rejected) else type(exc).__name__
-            if svc.identifiable and not isinstance(exc, _Rejected):
+            if svc.identifiable and not isinstance(exc, (_Rejected, SecretError)):
                 # An exception's text may quote a value of the record: only its type leaves the stage.
                 reason = f"{type(exc).__name__} (details withheld: identifiable input)"
                 log.error("%s failed on %s[%d]@%d: %s", svc.name, record.topic, record.partition, record.offset, reason)
