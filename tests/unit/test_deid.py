@@ -321,3 +321,26 @@ def test_envelopes_open_only_with_their_key_and_survive_rotation(tmp_path):
     rotated = load_keyring(tmp_path / "raw")
     assert rotated.current == "k2" and rotated.open(sealed, aad=b"S1") == b"Lucas Mendes Carvalho"
     assert len(load_pseudonym_key(tmp_path)) == 32
+
+
+def test_a_hospital_sealing_by_the_documented_contract_is_opened_by_deid(tmp_path):
+    """docs/hospitals.md, followed with nothing of ours but the protobuf: the envelope built by hand with the
+    cryptography library, keyed by the upload id, opens as the same upload; under another record key it does not."""
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from rhd.runtime.secrets import opened_upload
+
+    init_secrets(tmp_path)
+    kid = (tmp_path / "raw" / "current").read_text().strip()
+    key = bytes.fromhex((tmp_path / "raw" / f"{kid}.key").read_text().strip())
+    upload = pb.StudyUpload(schema="rhd.v1.StudyUpload", study_id="AC123", upload_id="u-1", hospital_id="H7")
+    upload.videos.add(video_id="v", filename="v.mp4", inline_data=b"\x00\x01")
+    nonce = os.urandom(12)
+    envelope = b"RHDE1" + bytes([len(kid)]) + kid.encode() + nonce
+    envelope += AESGCM(key).encrypt(nonce, upload.SerializeToString(), b"u-1")
+    record = pb.SealedRecord(schema="rhd.v1.SealedRecord", kind="upload", key_id=kid, envelope=envelope)
+    raw = load_keyring(tmp_path / "raw")
+    assert opened_upload(pb.SealedRecord.FromString(record.SerializeToString()), b"u-1", raw) == upload
+    with pytest.raises(SecretError):
+        opened_upload(record, b"u-2", raw)
