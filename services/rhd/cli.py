@@ -22,7 +22,7 @@ DEMO_WORKDIR = "var/demo"  # `rhd demo`'s stack, whose targets.json `rhd watch` 
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("aiokafka", "kafka"):
+    for noisy in ("aiokafka", "kafka", "pynetdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -208,6 +208,27 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for hit in report.hits[:50]:
         print(f"  {hit.identifier} in {hit.where}")
     return 0 if report.clean else 1
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from rhd.local.gateway import GatewayConfig, run_gateway
+
+    senders = dict(part.split("=", 1) for part in args.allow)
+    if not senders:
+        raise SystemExit("rhd gateway: name at least one sender: --allow CALLING_AE=HOSPITAL_ID")
+    config = GatewayConfig(
+        port=args.port,
+        ae_title=args.ae_title,
+        senders=senders,
+        idle_s=args.idle_s,
+        spool=Path(args.spool),
+        host=args.host,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
+    )
+    asyncio.run(run_gateway(get_settings(), config))
+    return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -397,6 +418,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", help="a Prometheus file_sd JSON of the services to scrape for metric labels")
     p.add_argument("--ocr", type=int, default=0, metavar="N", help="OCR up to N decoded frames (tesseract)")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser(
+        "gateway", help="the home region's DICOM C-STORE SCP: studies from echo machines and PACS, sealed, published"
+    )
+    p.add_argument("--port", type=int, default=11112)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--ae-title", default="RHD-GATEWAY")
+    p.add_argument("--allow", action="append", default=[], metavar="CALLING_AE=HOSPITAL_ID", help="repeatable")
+    p.add_argument("--idle-s", type=float, default=30.0, help="a study is complete after this long without instances")
+    p.add_argument("--spool", default="var/gateway", help="where instances wait, sealed, until their study is sent")
+    p.add_argument("--tls-cert", help="the gateway's certificate (PEM): TLS only")
+    p.add_argument("--tls-key", help="its private key (PEM)")
+    p.add_argument("--tls-client-ca", help="require senders' certificates signed by this CA (PEM)")
+    p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("keys", help="the keys for identifiable data (pseudonyms, sealed uploads, the re-link map)")
     p.add_argument("action", choices=["init", "rotate"])
