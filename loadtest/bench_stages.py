@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 from google.protobuf import json_format
 from rhd.features.ops import frame_features
+from rhd.imaging.burned_in import clean_frames
 from rhd.imaging.codec import frame_image, frame_pixels
 from rhd.imaging.ecg import read_ecg, reading_message
-from rhd.imaging.video import decode_video
+from rhd.imaging.video import decode_video, encode_lossless
 from rhd.inspect.ops import inspect
 from rhd.segment.ops import segment
 from rhd.spectral.ops import spectral_features, spectral_region
@@ -71,6 +72,8 @@ def main(n_studies: int = 2) -> None:
     raws = [pb.Frame(height=f.shape[0], width=f.shape[1], **frame_pixels(f, "raw")) for f in frames]
     pngs = [pb.Frame(height=f.shape[0], width=f.shape[1], **frame_pixels(f, "png")) for f in frames]
     n_frames = len(frames)
+    by_video = [decode_video(v).frames for v in videos]
+    lossless = [encode_lossless(clean_frames(f), 24.0) for f in by_video]
     rows = [
         ("raw OpenCV decode (VideoCapture)", 1000 * _time(lambda: [decode_video(v) for v in videos]) / n_frames),
         ("raw HSV conversion", per_frame_ms(lambda f: cv2.cvtColor(f, cv2.COLOR_BGR2HSV), frames)),
@@ -81,6 +84,20 @@ def main(n_studies: int = 2) -> None:
         (
             "split: decode + PNG (RHD_FRAME_CODEC=png)",
             1000 * _time(lambda: [frame_pixels(f, "png") for v in videos for f in decode_video(v).frames]) / n_frames,
+        ),
+        (
+            "deid: decode + clean pixels + HuffYUV encode",
+            1000
+            * _time(lambda: [encode_lossless(clean_frames(decode_video(v).frames), 24.0) for v in videos])
+            / n_frames,
+        ),
+        (
+            "deid: clean pixels alone (layout per video)",
+            1000 * _time(lambda: [clean_frames(f) for f in by_video]) / n_frames,
+        ),
+        (
+            "split: decode of deid's lossless HuffYUV + raw frame",
+            1000 * _time(lambda: [frame_pixels(f, "raw") for v in lossless for f in decode_video(v).frames]) / n_frames,
         ),
         ("inspect: raw frame + fan + colour", per_frame_ms(lambda r: inspect(frame_image(r)), raws)),
         ("inspect: PNG decode + fan + colour", per_frame_ms(lambda p: inspect(frame_image(p)), pngs)),
