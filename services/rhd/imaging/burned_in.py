@@ -27,7 +27,6 @@ DEPTH_MARK_MAX = (22, 10)  # at 240 rows: the largest depth mark (w, h): a dot w
 BAR_LABEL_PX = 24  # at 240 rows: how far left of the colour bar its scale labels reach
 BAR_MARGIN_PX = 10  # at 240 rows: above and below the bar, where its end labels sit
 MARK_JOIN = (9, 3)  # at 240 rows: glyphs closer than this (w, h) are one mark, so a word or a line is judged whole
-MARK_GROW_PX = 1  # a removed mark takes its anti-aliased rim with it
 KEPT_SPATIAL_FORMATS = ("spectral", "m_mode", "waveform")  # calibrated regions kept whole (a 2D region's rectangle
 # also holds the corners outside the fan, where text is burned in, so for it the fan decides)
 
@@ -110,21 +109,19 @@ def clean_frame(bgr: np.ndarray, layout: ScreenLayout) -> np.ndarray:
     count, pieces, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     keep = np.zeros(count, bool)
     if count > 1:
-        # A piece is kept only if all its marks lie in the zones; in the depth band only if it is as small as a depth
-        # mark (its extent less the joining kernel's).
-        total = np.bincount(pieces[marks], minlength=count)
-        keep = np.bincount(pieces[marks & layout.zones], minlength=count) == total
-        in_depth = np.bincount(pieces[marks & layout.depth], minlength=count) == total
+        # A piece is kept only if none of its marks lies outside the zones; in the depth band only if it is as small
+        # as a depth mark (its extent less the joining kernel's). Every piece holds marks: it is their dilation.
+        keep[:] = True
+        keep[np.unique(pieces[marks & ~layout.zones])] = False
+        in_depth = np.ones(count, bool)
+        in_depth[np.unique(pieces[marks & ~layout.depth])] = False
         width = stats[:, cv2.CC_STAT_WIDTH] - (kernel.shape[1] - 1)
         height = stats[:, cv2.CC_STAT_HEIGHT] - (kernel.shape[0] - 1)
         large = (width > _px(DEPTH_MARK_MAX[0], h)) | (height > _px(DEPTH_MARK_MAX[1], h))
-        keep &= ~(in_depth & large) & (total > 0)
+        keep &= ~(in_depth & large)
         keep[0] = False
-    kept = keep[pieces] & marks
-    removed = outside & ~kept & ~trace
-    if MARK_GROW_PX:
-        grow = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * MARK_GROW_PX + 1, 2 * MARK_GROW_PX + 1))
-        removed |= cv2.dilate((marks & ~kept).astype(np.uint8), grow).astype(bool) & outside & ~trace & ~kept
+    # Outside the image only the kept marks and the ECG trace stay (a removed mark's anti-aliased rim with it).
+    removed = outside & ~(keep[pieces] & marks) & ~trace
     out = bgr.copy()
     out[removed] = 0
     return out
