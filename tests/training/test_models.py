@@ -69,20 +69,6 @@ def test_study_model_ranks_definite_studies_above_normal_ones(tmp_path):
     assert np.mean(p_definite["definite"]) > np.mean(p_definite["normal"]) + 0.2, p_definite
 
 
-def test_the_same_diagnoses_with_and_without_de_identification(tmp_path):
-    """deid changes only what the analysis does not read (text outside the image, identifying fields): on the same
-    studies the labels are identical and every probability within 0.01, with and without it."""
-    model = load_study_model(MODELS)
-    views, valves = LocalViewModel(MODELS), LocalValveModel(MODELS)
-    for study in synth_studies(78, 3, tmp_path, TRAINING_CONFIG, balanced=True):
-        with_deid = analyse_study(study, views, valves)
-        without = analyse_study(study, views, valves, deidentify=False)
-        a, b = diagnose(model, with_deid.names, with_deid.values), diagnose(model, without.names, without.values)
-        assert a.label == b.label, study.name
-        assert a.probabilities == pytest.approx(b.probabilities, abs=0.01), study.name
-        assert with_deid.analysed == without.analysed
-
-
 def test_study_model_refuses_wrong_features():
     model = load_study_model(MODELS)
     with pytest.raises(ValueError, match="feature names differ"):

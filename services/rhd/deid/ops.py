@@ -381,6 +381,7 @@ def deidentify_upload(
     videos = []
     for index, ref in enumerate(upload.videos):
         new_id = f"{pseudo}-V{index:02d}"
+        videos.append((ref.video_id or ref.filename, new_id))  # the link names every video, failed ones too
         try:
             decoded, regions, found = _read_video(read(ref), ref.filename, policy)
             if ctx is None:
@@ -410,7 +411,6 @@ def deidentify_upload(
             inline_budget -= len(data)
         else:
             video.blob_uri = store(data)
-        videos.append((ref.video_id or ref.filename, new_id))
     if ctx is None:
         try:
             ctx = study_context(key, profile, upload.hospital_id, fields)
