@@ -183,7 +183,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from rhd.local.audit import run_audit, scrape_pages, tesseract_available
+    from rhd.local.audit import audit, scrape_pages, tesseract_available
     from rhd.synth.generator import load_truth
     from rhd.watch.figures import read_targets
 
@@ -192,13 +192,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.ocr and not tesseract_available():
         raise SystemExit("rhd audit: --ocr needs tesseract (make tools)")
     pages = asyncio.run(scrape_pages(read_targets(Path(args.targets)))) if args.targets else {}
-    report = run_audit(
-        settings,
-        identifiers,
-        blob_dir=settings.blob_dir if args.blobs else None,
-        log_dir=Path(args.logs) if args.logs else None,
-        metric_pages=pages,
-        frames_to_ocr=args.ocr,
+    report = asyncio.run(
+        audit(
+            settings,
+            identifiers,
+            blob_dir=settings.blob_dir if args.blobs else None,
+            log_dir=Path(args.logs) if args.logs else None,
+            metric_pages=pages,
+            frames_to_ocr=args.ocr,
+        )
     )
     print(
         f"audited {report.records} records, {report.blobs} blobs, {report.log_files} log files, "

@@ -207,17 +207,6 @@ async def scrape_pages(targets: Iterable[Target]) -> dict[str, str]:
     return pages
 
 
-def run_audit(
-    settings: Settings,
-    identifiers: Iterable[Mapping[str, object]],
-    blob_dir: Path | None = None,
-    log_dir: Path | None = None,
-    metric_pages: Mapping[str, str] | None = None,
-    frames_to_ocr: int = 0,
-) -> Report:
-    return asyncio.run(audit(settings, identifiers, blob_dir, log_dir, metric_pages, frames_to_ocr))
-
-
 async def audit(
     settings: Settings,
     identifiers: Iterable[Mapping[str, object]],
