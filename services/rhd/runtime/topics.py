@@ -63,9 +63,6 @@ TOPICS: tuple[Topic, ...] = (
 )
 
 
-# Topics that hold identifiable data (sealed where it is stored): read only in the home region.
-IDENTIFIABLE_TOPICS = (STUDIES_UPLOADED, STUDIES_LINKS)
-
 DLQ_SUFFIX = ".dlq"
 
 
