@@ -72,14 +72,10 @@ def analysis_fields(meta: dict) -> dict[str, str]:
     return deid.deidentify_fields(fields, policy, ctx)
 
 
-def analyse_study(
-    study_dir: Path, predict_views: ViewPredictor, segment_valves: ValveSegmenter, deidentify: bool = True
-) -> StudyAnalysis:
-    """Features of one study folder. `deidentify`: as the line sees it, through deid's fields and clean pixels (the
-    default); False reads the hospital's own fields and pixels, for the with/without comparison."""
+def analyse_study(study_dir: Path, predict_views: ViewPredictor, segment_valves: ValveSegmenter) -> StudyAnalysis:
+    """Features of one study folder as the line sees it: through deid's fields and clean pixels."""
     meta = json.loads((Path(study_dir) / "study.json").read_text())
-    fields = analysis_fields(meta) if deidentify else {k: str(v) for k, v in meta.items() if k != "videos"}
-    scan = acquisition(fields)
+    scan = acquisition(analysis_fields(meta))
     spacing, nyquist = scan.pixel_spacing_mm, scan.nyquist_cm_s
     manifest = pb.StudyManifest(study_id=meta["study_id"], metadata=scan.clinical)
     results: list[pb.FrameResult] = []
@@ -96,8 +92,7 @@ def analyse_study(
         )
         regions = [json_format.ParseDict(r, pb.UltrasoundRegion()) for r in video.get("regions", [])]
         strip = spectral.spectral_region(regions)
-        images = clean_frames(decoded.frames, regions) if deidentify else decoded.frames
-        for index, image in enumerate(images):
+        for index, image in enumerate(clean_frames(decoded.frames, regions)):
             key = pb.FrameKey(
                 study_id=meta["study_id"],
                 video_id=video["video_id"],

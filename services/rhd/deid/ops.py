@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from rhd.deid.policy import Action, Policy, Profile
+from rhd.deid.policy import OPTION_MEANINGS, Action, Policy, Profile
 from rhd.imaging.burned_in import clean_frames
 from rhd.imaging.dicom import DicomError, dicom_regions, dicom_video, frames_per_second, is_dicom, read_dicom
 from rhd.imaging.video import LOSSLESS_SUFFIX, DecodedVideo, VideoDecodeError, decode_video, encode_lossless
@@ -100,14 +100,6 @@ def age_band(years: float, edges: Sequence[int]) -> str:
             return f"{low}-{edge - 1}"
         low = edge
     return f"{low}+"
-
-
-def band_limits(band: str) -> tuple[int, int | None]:
-    """'15-20' -> (15, 20); '21+' -> (21, None)."""
-    if band.endswith("+"):
-        return int(band[:-1]), None
-    low, _, high = band.partition("-")
-    return int(low), int(high)
 
 
 # -- one study's identity and the actions ---------------------------------------------------------------------------
@@ -277,9 +269,8 @@ def deidentify_dataset(
             out.add(element)
         else:
             out.add_new(element.tag, element.VR, value)
-    kept = {name for (_, _), name in policy.private.items() if ctx.profile.action(name).code == "K"}
     for (creator, element), name in policy.private.items():
-        if name not in kept:
+        if ctx.profile.action(name).code != "K":
             continue
         try:
             value = ds.private_block(_group_of(ds, creator), creator)[element]
@@ -304,8 +295,6 @@ def deidentify_dataset(
 
 def mark_deidentified(ds: Dataset, policy: Policy, profile: Profile) -> None:
     """Patient Identity Removed, the method and its codes (PS3.15 E.1.1), Burned In Annotation after cleaning."""
-    from rhd.deid.policy import OPTION_MEANINGS
-
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = profile.method(policy.digest)
     codes = DicomSequence()
@@ -432,7 +421,3 @@ def deidentify_upload(
 
 def link_bytes(link: Mapping[str, object]) -> bytes:
     return json.dumps(link, sort_keys=True, ensure_ascii=False).encode()
-
-
-def frames_equal(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))

@@ -122,7 +122,7 @@ class Deid(
                 upload = opened_upload(message, letter.key, self.raw)
                 pseudo = study_pseudonym(self.key, upload.hospital_id, upload.study_id)
             except (SecretError, ValueError):
-                pseudo = ""
+                pass
         letter.study_id = pseudo
         letter.key = (pseudo or record_key_pseudonym(self.key, letter.key)).encode()
 

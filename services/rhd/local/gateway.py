@@ -12,7 +12,6 @@ import signal
 import ssl
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,14 +28,12 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage, Verification
 
-from rhd.local.publish import ENVELOPE_BYTES, raw_keyring
+from rhd.local.publish import dicom_upload, raw_keyring
 from rhd.runtime import kafka
 from rhd.runtime.blobs import BlobStore
-from rhd.runtime.records import now
 from rhd.runtime.secrets import Keyring, require_home_region, sealed_upload
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import STUDIES_UPLOADED
-from rhd.v1 import rhd_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -125,32 +122,6 @@ class Spool:
         return sender, study_uid, [self.raw.open(p.read_bytes()) for p in files]
 
 
-def study_upload(
-    study_uid: str, hospital_id: str, instances: list[bytes], blobs: BlobStore, raw: Keyring, max_message_bytes: int
-) -> pb.StudyUpload:
-    """The instances of one study as one upload (each instance a video), large ones as sealed blobs."""
-    upload = pb.StudyUpload(
-        schema="rhd.v1.StudyUpload",
-        study_id=study_uid,
-        upload_id=uuid.uuid4().hex,
-        hospital_id=hospital_id,
-        uploaded_at=now(),
-    )
-    budget = max_message_bytes - ENVELOPE_BYTES
-    for index, data in enumerate(instances):
-        ref = upload.videos.add(
-            video_id=f"{index:04d}",
-            filename=f"IM{index + 1:04d}.dcm",
-            sha256=hashlib.sha256(data).hexdigest(),
-            size_bytes=len(data),
-        )
-        if len(data) <= budget:
-            ref.inline_data, budget = data, budget - len(data)
-        else:
-            ref.blob_uri = blobs.put(raw.seal(data))
-    return upload
-
-
 class Gateway:
     def __init__(self, settings: Settings, config: GatewayConfig) -> None:
         require_home_region(settings.region, settings.home_region, "rhd gateway")
@@ -224,7 +195,10 @@ class Gateway:
         for folder in self.spool.idle(self.config.idle_s, at):
             sender, study_uid, instances = self.spool.study(folder)
             hospital = self.config.senders.get(sender, sender)
-            upload = study_upload(study_uid, hospital, instances, self.blobs, self.raw, self.settings.max_message_bytes)
+            named = [(f"IM{i + 1:04d}.dcm", data) for i, data in enumerate(instances)]
+            upload = dicom_upload(
+                study_uid, hospital, named, self.blobs, self.settings.max_message_bytes, self.raw.seal
+            )
             key, value, headers = sealed_upload(upload, self.raw)
             await producer.send_and_wait(STUDIES_UPLOADED, value, key=key, headers=headers)
             for path in folder.iterdir():

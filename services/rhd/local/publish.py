@@ -92,16 +92,30 @@ def _dicom_upload(
         study_uids.add(str(header.get("StudyInstanceUID", "")))
     if len(study_uids) != 1 or "" in study_uids:
         raise ValueError(f"{study_dir}: DICOM files of {len(study_uids)} studies (or without Study Instance UID)")
+    instances = [(path.name, path.read_bytes()) for path in files]
+    return dicom_upload(study_uids.pop(), hospital_id, instances, blobs, max_message_bytes, seal)
+
+
+def dicom_upload(
+    study_uid: str,
+    hospital_id: str,
+    instances: list[tuple[str, bytes]],
+    blobs: BlobStore,
+    max_message_bytes: int,
+    seal: Seal,
+) -> pb.StudyUpload:
+    """One study's DICOM instances (file name, Part 10 bytes) as one upload, each instance a video, keyed by the
+    Study Instance UID (which deid replaces by a pseudonym); large ones stored sealed."""
     upload = pb.StudyUpload(
         schema="rhd.v1.StudyUpload",
-        study_id=study_uids.pop(),
+        study_id=study_uid,
         upload_id=uuid.uuid4().hex,
         hospital_id=hospital_id,
         uploaded_at=now(),
     )
     budget = max_message_bytes - ENVELOPE_BYTES
-    for index, path in enumerate(files):
-        budget = _add_video(upload, f"{index:04d}", path.name, path.read_bytes(), [], blobs, budget, seal)
+    for index, (name, data) in enumerate(instances):
+        budget = _add_video(upload, f"{index:04d}", name, data, [], blobs, budget, seal)
     return upload
 
 
