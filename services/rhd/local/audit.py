@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from aiokafka import TopicPartition
+from google.protobuf.message import DecodeError
 
 from rhd.imaging.codec import frame_image
 from rhd.runtime import kafka
@@ -163,15 +164,25 @@ async def audit_topics(
                     where = f"{tp.topic}[{tp.partition}]@{record.offset}"
                     report.hits += [Hit(where, name) for name in needles.in_bytes(data)]
                     if tp.topic == FRAMES_DECODED and report.frames_ocred < frames_to_ocr:
+                        image = _frame_pixels(record.value or b"")
+                        if image is None:  # not a frame (a bad record, dead-lettered by inspect): bytes only
+                            continue
                         seen_frames += 1
                         if (seen_frames - 1) % every == 0:
-                            image = frame_image(pb.Frame.FromString(record.value or b""))
                             report.frames_ocred += 1
                             report.hits += [Hit(f"{where} (OCR)", n) for n in needles.in_ocr(ocr_text(image))]
                 if records and records[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
     finally:
         await reader.stop()
+
+
+def _frame_pixels(value: bytes) -> np.ndarray | None:
+    """The pixels of a decoded-frame record, or None when the record is not a readable frame."""
+    try:
+        return frame_image(pb.Frame.FromString(value))
+    except (DecodeError, ValueError):
+        return None
 
 
 def audit_files(paths: Iterable[Path], needles: Needles, report: Report, kind: str) -> None:
