@@ -72,8 +72,11 @@ def analysis_fields(meta: dict) -> dict[str, str]:
     return deid.deidentify_fields(fields, policy, ctx)
 
 
-def analyse_study(study_dir: Path, predict_views: ViewPredictor, segment_valves: ValveSegmenter) -> StudyAnalysis:
-    """Features of one study folder as the line sees it: through deid's fields and clean pixels."""
+def analyse_study(
+    study_dir: Path, predict_views: ViewPredictor, segment_valves: ValveSegmenter, clean_pixels: bool = True
+) -> StudyAnalysis:
+    """Features of one study folder as the line sees it: through deid's fields and clean pixels (clean_pixels=False
+    reads the frames with their burned-in text, to show the analysis does not depend on the cleaning)."""
     meta = json.loads((Path(study_dir) / "study.json").read_text())
     scan = acquisition(analysis_fields(meta))
     spacing, nyquist = scan.pixel_spacing_mm, scan.nyquist_cm_s
@@ -92,7 +95,8 @@ def analyse_study(study_dir: Path, predict_views: ViewPredictor, segment_valves:
         )
         regions = [json_format.ParseDict(r, pb.UltrasoundRegion()) for r in video.get("regions", [])]
         strip = spectral.spectral_region(regions)
-        for index, image in enumerate(clean_frames(decoded.frames, regions)):
+        images = clean_frames(decoded.frames, regions) if clean_pixels else decoded.frames
+        for index, image in enumerate(images):
             key = pb.FrameKey(
                 study_id=meta["study_id"],
                 video_id=video["video_id"],

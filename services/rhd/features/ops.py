@@ -69,10 +69,18 @@ def first_order(values: np.ndarray, prefix: str) -> dict[str, float]:
     return out
 
 
-def texture(grey: np.ndarray) -> dict[str, float]:
-    """GLCM properties per distance, averaged over the four angles (rotation-tolerant)."""
-    quantised = (grey.astype(np.uint16) * GLCM_LEVELS // 256).astype(np.uint8)
-    glcm = graycomatrix(quantised, GLCM_DISTANCES, GLCM_ANGLES, levels=GLCM_LEVELS, symmetric=True, normed=True)
+def texture(grey: np.ndarray, region: np.ndarray | None = None) -> dict[str, float]:
+    """GLCM properties per distance, averaged over the four angles (rotation-tolerant), of the pixel pairs that lie
+    wholly inside `region` (the fan; default the whole image): what lies around the image (text, marks, the black
+    surround) takes no part. Outside pixels get a level of their own, whose row and column are then dropped."""
+    region = np.ones(grey.shape, bool) if region is None else region
+    rows, cols = np.nonzero(region)
+    if not rows.size:
+        return {f"glcm_{p}_d{d}": 0.0 for p in GLCM_PROPS for d in GLCM_DISTANCES}
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    quantised = np.where(region[box], 1 + grey[box].astype(np.uint16) * GLCM_LEVELS // 256, 0).astype(np.uint8)
+    counts = graycomatrix(quantised, GLCM_DISTANCES, GLCM_ANGLES, levels=GLCM_LEVELS + 1, symmetric=True)
+    glcm = counts[1:, 1:]  # graycoprops normalises each distance and angle itself
     out = {}
     for prop in GLCM_PROPS:
         per_distance = np.nan_to_num(graycoprops(glcm, prop)).mean(axis=1)
@@ -170,7 +178,7 @@ def frame_features(bgr: np.ndarray, labels: np.ndarray, spacing_mm: float, nyqui
     values = {
         **first_order(grey[fan], "grey"),
         **first_order(grey[labels > 0], "flow_grey"),
-        **texture(grey),
+        **texture(grey, fan),
         **flow(bgr, labels, spacing_mm, nyquist_cm_s, fan),
     }
     return [values[name] for name in FEATURE_NAMES]

@@ -4,10 +4,11 @@ Scanners burn the patient's name, ID and dates, the hospital and the operator in
 The rule is a keep-list, like the policy's: the ultrasound image (the fan, or a calibrated spectral region) stays
 whole; outside it, a mark stays only if it lies wholly inside a zone where the analysis's own marks are (the colour
 bar with its scale labels, the depth scale along the fan's edge) and is no larger than those marks are, or if it is
-the ECG trace (its colour, in the bottom band). Every other pixel outside the image is set to black. A text line
-that reaches into a zone is removed whole, since a mark is judged by its whole extent.
+the ECG trace (its colour, in the bottom band). Every other mark outside the image is set to black with its rim
+(pixels at grey level NON_BLACK_MIN or below, too dark to be text, are left as they are). A text line that reaches
+into a zone is removed whole, since a mark is judged by its whole extent.
 
-The layout is found once per video (the fan and the colour bar do not move) from a few of its frames.
+The layout is found once per video (the fan and the colour bar do not move): the fan is the union of every frame's.
 """
 
 from collections.abc import Sequence
@@ -21,12 +22,13 @@ from rhd.imaging.ecg import BAND_FRACTION, HUE_TOLERANCE
 from rhd.imaging.sector import NON_BLACK_MIN, colour_pixels, fan_mask
 from rhd.v1 import rhd_pb2 as pb
 
-SAMPLED_FRAMES = 3  # frames a video's layout is read from: first, middle, last
+SAMPLED_FRAMES = 3  # frames the colour bar is looked for in, evenly spread from the first to the last
 DEPTH_BAND_PX = 28  # at 240 rows: how far outside the fan's edge the depth scale's dots and numbers reach
 DEPTH_MARK_MAX = (22, 10)  # at 240 rows: the largest depth mark (w, h): a dot with a number of one or two digits
 BAR_LABEL_PX = 24  # at 240 rows: how far left of the colour bar its scale labels reach
 BAR_MARGIN_PX = 10  # at 240 rows: above and below the bar, where its end labels sit
 MARK_JOIN = (9, 3)  # at 240 rows: glyphs closer than this (w, h) are one mark, so a word or a line is judged whole
+RIM_PX = 3  # the codec rings this far outside the fan's edge; too narrow to hold a readable glyph
 KEPT_SPATIAL_FORMATS = ("spectral", "m_mode", "waveform")  # calibrated regions kept whole (a 2D region's rectangle
 # also holds the corners outside the fan, where text is burned in, so for it the fan decides)
 
@@ -36,6 +38,7 @@ class ScreenLayout:
     """Where a video's frames hold what the analysis reads."""
 
     image: np.ndarray  # bool H x W: the fan and the kept calibrated regions, left untouched
+    rim: np.ndarray  # bool H x W: a band RIM_PX wide around the image, left untouched (the codec's ringing at its edge)
     zones: np.ndarray  # bool H x W: where the colour bar, its labels and the depth scale lie
     depth: np.ndarray  # bool H x W: the depth scale's band along the fan, where only small marks are kept
     ecg_top: int  # the first row of the ECG band
@@ -54,10 +57,12 @@ def screen_layout(frames: Sequence[np.ndarray], regions: Sequence[pb.UltrasoundR
     if not len(frames):
         raise ValueError("no frames")
     h, w = frames[0].shape[:2]
-    picks = sorted({0, len(frames) // 2, len(frames) - 1})[:SAMPLED_FRAMES]
+    # Every frame's fan: its far edge moves with the speckle, and a shadow can cut a part of it off in some frames
+    # only. No pixel that is image in any frame is cleaned in another.
     fan = np.zeros((h, w), bool)
-    for i in picks:
-        fan |= fan_mask(frames[i])
+    for frame in frames:
+        fan |= fan_mask(frame)
+    picks = np.unique(np.linspace(0, len(frames) - 1, SAMPLED_FRAMES).round().astype(int))
     # A calibrated trace (spectral Doppler, M-mode) is the image where the scanner says so; else the fan is.
     kept = [r for r in regions if r.spatial_format in KEPT_SPATIAL_FORMATS and r.data_type != "ecg"]
     image = np.zeros((h, w), bool) if kept else fan.copy()
@@ -75,10 +80,14 @@ def screen_layout(frames: Sequence[np.ndarray], regions: Sequence[pb.UltrasoundR
             max(0, x0 - _px(BAR_LABEL_PX, h)) : x1 + _px(BAR_MARGIN_PX, h),
         ] = True
         break
-    band = _px(DEPTH_BAND_PX, h)
-    grown = cv2.dilate(fan.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1)))
-    depth = grown.astype(bool) & ~fan
-    return ScreenLayout(image=image, zones=zones | depth, depth=depth, ecg_top=int(h * (1 - BAND_FRACTION)))
+    depth = _grown(fan, _px(DEPTH_BAND_PX, h)) & ~fan
+    rim = _grown(image, _px(RIM_PX, h)) & ~image
+    return ScreenLayout(image=image, rim=rim, zones=zones | depth, depth=depth, ecg_top=int(h * (1 - BAND_FRACTION)))
+
+
+def _grown(mask: np.ndarray, px: int) -> np.ndarray:
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+    return cv2.dilate(mask.astype(np.uint8), disc).astype(bool)
 
 
 def _ecg_trace(hsv: np.ndarray, outside: np.ndarray, top: int) -> np.ndarray:
@@ -99,7 +108,7 @@ def clean_frame(bgr: np.ndarray, layout: ScreenLayout) -> np.ndarray:
     h = bgr.shape[0]
     if bgr.shape[:2] != layout.shape:
         raise ValueError(f"frame {bgr.shape[:2]} does not match its video's layout {layout.shape}")
-    outside = ~layout.image
+    outside = ~(layout.image | layout.rim)
     hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
     marks = (hsv[..., 2] > NON_BLACK_MIN) & outside
     trace = _ecg_trace(hsv, outside, layout.ecg_top)
@@ -119,9 +128,10 @@ def clean_frame(bgr: np.ndarray, layout: ScreenLayout) -> np.ndarray:
         height = stats[:, cv2.CC_STAT_HEIGHT] - (kernel.shape[0] - 1)
         large = (width > _px(DEPTH_MARK_MAX[0], h)) | (height > _px(DEPTH_MARK_MAX[1], h))
         keep &= ~(in_depth & large)
-        keep[0] = False
-    # Outside the image only the kept marks and the ECG trace stay (a removed mark's anti-aliased rim with it).
-    removed = outside & ~(keep[pieces] & marks) & ~trace
+    # A removed mark goes with its anti-aliased rim (the piece's extent); what is no mark (the black surround, the
+    # codec's faint ringing at the fan's edge, darker than any text) stays, so the fan reads the same after cleaning.
+    keep[0] = True
+    removed = outside & ~keep[pieces] & ~trace
     out = bgr.copy()
     out[removed] = 0
     return out

@@ -70,6 +70,17 @@ def fan_mask(bgr: np.ndarray) -> np.ndarray:
     return fan.astype(bool)
 
 
+def image_only(bgr: np.ndarray) -> np.ndarray:
+    """The frame with everything outside its fan black: what the networks read. Whatever a scanner writes around the
+    image (text, marks) cannot then sway a prediction, and a frame deid cleaned reads as the frame it came from."""
+    return np.where(fan_mask(bgr)[..., None], bgr, np.uint8(0))
+
+
+def images_only(frames: np.ndarray) -> np.ndarray:
+    """image_only of each frame of a stack (N x H x W x 3)."""
+    return np.stack([image_only(frame) for frame in frames]) if len(frames) else frames
+
+
 def flow_mask(bgr: np.ndarray, hsv: np.ndarray | None = None) -> np.ndarray:
     """The colour flow a Doppler frame shows: strongly saturated pixels inside the fan."""
     hsv = cv2.cvtColor(checked_frame(bgr), cv2.COLOR_BGR2HSV) if hsv is None else hsv

@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from rhd.imaging.burned_in import clean_frame, screen_layout
+from rhd.imaging.sector import image_only
 from rhd.imaging.video import decode_video
 from rhd.synth.generator import SynthConfig, generate, study_labels, video_mode
 from rhd.synth.render import VALVE_LABELS
@@ -82,7 +83,7 @@ def generated_masks(seed: int, n_studies: int, held_out: int = 0) -> tuple[MaskS
             # As the line sees them: through the hospital's codec, then burned-in text cleaned out by deid.
             frames = _roundtrip(video.frames, config.fps)
             layout = screen_layout(frames)
-            decoded = [clean_frame(frame, layout) for frame in frames[::EVERY]]
+            decoded = [image_only(clean_frame(frame, layout)) for frame in frames[::EVERY]]
             masks = np.stack([half_resolution(t.valve_mask) for t in video.truths[::EVERY]])
             batch = np.stack(decoded)
             digest.update(batch.tobytes())

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from rhd.imaging.burned_in import clean_frame, screen_layout
+from rhd.imaging.sector import image_only
 from rhd.imaging.video import decode_video
 from rhd.labels import VIEW_CLASSES
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
@@ -55,7 +56,7 @@ def _frames(studies: list[Path]) -> FrameSet:
             # As the line sees them: burned-in text cleaned out by deid (the layout read from the whole video).
             frames = decode_video((study / f"{video['video_id']}.mp4").read_bytes()).frames
             layout = screen_layout(frames)
-            decoded = [clean_frame(frame, layout) for frame in frames[::EVERY]]
+            decoded = [image_only(clean_frame(frame, layout)) for frame in frames[::EVERY]]
             batch = np.stack(decoded)
             labels = np.full(len(decoded), VIEW_CLASSES.index(video["view_class"]), np.int64)
             digest.update(batch.tobytes())

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rhd.imaging.sector import images_only
 from rhd.modelstore import LocalModel
 from rhd.valve.ops import PROBABILITIES
 
@@ -15,4 +16,4 @@ class LocalValveModel:
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames [N, 240, 320, 3] -> label probabilities [N, 108, 136, 4]."""
-        return self._model.outputs(frames)[PROBABILITIES]
+        return self._model.outputs(images_only(frames))[PROBABILITIES]

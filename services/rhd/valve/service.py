@@ -8,6 +8,7 @@ model server is down, frames wait and retry; after `RHD_MODEL_RETRY_FOR_S` they 
 import asyncio
 
 from rhd.imaging.codec import frame_image
+from rhd.imaging.sector import image_only
 from rhd.runtime import metrics
 from rhd.runtime.model_client import ModelClient
 from rhd.runtime.records import Output, frame_result
@@ -34,7 +35,8 @@ class Valve(StageService, name="valve", input_topic=FRAMES_BMODE, input_type=pb.
 
     async def handle(self, frame: pb.Frame, at: Position) -> list[Output]:
         image = frame_image(frame)
-        view_outputs, valve_outputs = await asyncio.gather(self.views.predict(image), self.valves.predict(image))
+        seen = image_only(image)
+        view_outputs, valve_outputs = await asyncio.gather(self.views.predict(seen), self.valves.predict(seen))
         if not self.view_version:
             self.view_version, self.valve_version = await asyncio.gather(self.views.metadata(), self.valves.metadata())
             metrics.set_build_info(

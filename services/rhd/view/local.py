@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rhd.imaging.sector import images_only
 from rhd.modelstore import LocalModel
 from rhd.view.ops import prediction_from_outputs
 
@@ -15,7 +16,7 @@ class LocalViewModel:
         self.version = self._model.version
 
     def __call__(self, frames: np.ndarray) -> Sequence[str]:
-        arrays = self._model.outputs(frames)
+        arrays = self._model.outputs(images_only(frames))
         rows = len(next(iter(arrays.values()))) if arrays else 0
         return [
             prediction_from_outputs({k: v[row] for k, v in arrays.items()}, self.version).label for row in range(rows)

@@ -5,6 +5,7 @@ model server is down, frames wait and retry; after `RHD_MODEL_RETRY_FOR_S` they 
 """
 
 from rhd.imaging.codec import frame_image
+from rhd.imaging.sector import image_only
 from rhd.runtime import metrics
 from rhd.runtime.model_client import ModelClient
 from rhd.runtime.records import Output
@@ -29,7 +30,7 @@ class View(StageService, name="view", input_topic=FRAMES_SEGMENTED, input_type=p
 
     async def handle(self, segmented: pb.SegmentedFrame, at: Position) -> list[Output]:
         image = frame_image(segmented.frame)
-        outputs = await self.client.predict(image)
+        outputs = await self.client.predict(image_only(image))
         if not self.model_version:
             self.model_version = await self.client.metadata()
             metrics.set_build_info(self.name, view_model=f"{self.model_name}/{self.model_version}")
