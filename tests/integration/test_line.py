@@ -15,11 +15,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from conftest import missing_tool
 from rhd.deid.ops import record_key_pseudonym
+from rhd.deid.policy import load_policy
 from rhd.diagnose.ops import CRITERION_MEASUREMENTS
 from rhd.labels import CRITERIA
 from rhd.local.audit import audit, scrape_pages, tesseract_available
 from rhd.local.broker import free_port
 from rhd.local.demo import corrupt_one_video
+from rhd.local.privacy_report import levels
 from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
 from rhd.local.stack import EmbeddedStack
 from rhd.runtime.blobs import BlobStore
@@ -379,6 +381,13 @@ def test_every_service_exposes_what_happened_on_its_metrics_endpoint(line):
     assert total(by_job["deid"], "rhd_messages_total", stage="deid", outcome="ok") == 6
     assert total(by_job["deid"], "rhd_messages_total", stage="deid", outcome="dead_letter") == 4
     assert total(by_job["deid"], "rhd_dead_letters_total", stage="deid", topic=STUDIES_UPLOADED) == 6
+    # The anonymity gauge is the k of what the link map says was released (the study published twice counts once):
+    # the age as the WHF cut and the sender, nothing finer.
+    links = list(progress.link_map.values())
+    assert len(links) == 5 and all(set(link["released"]) == {"age_band", "hospital_id"} for link in links)
+    assert {link["released"]["age_band"] for link in links} == {"0-20"}
+    k = levels(load_policy(), links, {}).released.k
+    assert total(by_job["deid"], "rhd_anonymity_k", window="all") == k >= 1
     assert total(by_job["split"], "rhd_messages_total", stage="split", outcome="ok") == 6
     assert total(by_job["split"], "rhd_dead_letters_total", stage="split") == 0
     assert total(by_job["inspect"], "rhd_dead_letters_total", stage="inspect", topic=FRAMES_DECODED) == 1

@@ -415,8 +415,28 @@ def deidentify_upload(
         "accession_number": fields.get("accession_number", ""),
         "patient": pseudonym(key, "patient", ctx.patient),
         "videos": dict(videos),
+        "quasi": quasi_identifiers(fields, ctx, policy, upload.hospital_id),
+        "released": released_quasi_identifiers(out.metadata, out.hospital_id, policy),
     }
     return DeidentifiedStudy(out, link, failures)
+
+
+def released_quasi_identifiers(metadata: Mapping[str, str], hospital_id: str, policy: Policy) -> dict[str, str]:
+    """The quasi-identifiers a de-identified study carries out of the region (the policy's `anonymity.released`)."""
+    return {q: hospital_id if q == "hospital_id" else str(metadata.get(q, "")) for q in policy.anonymity.released}
+
+
+def quasi_identifiers(fields: Mapping[str, str], ctx: StudyContext, policy: Policy, hospital_id: str) -> dict[str, str]:
+    """The study's quasi-identifiers at their finest measured level, for the link map (home region only)."""
+    bands = policy.anonymity.fine_age_bands
+    date = parse_date(str(fields.get("study_date", "")))
+    return {
+        "age_band": age_band(ctx.age, bands) if ctx.age is not None and bands else "",
+        "hospital_id": hospital_id,
+        "sex": str(fields.get("sex", "")).strip().upper()[:1],
+        "state": str(fields.get("state", "")).strip().upper(),
+        "study_month": date.strftime("%Y-%m") if date else "",
+    }
 
 
 def link_bytes(link: Mapping[str, object]) -> bytes:

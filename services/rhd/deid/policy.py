@@ -60,7 +60,6 @@ class Profile:
     clean_pixels: bool
     options: tuple[int, ...]
     age_bands: tuple[int, ...] = ()
-    min_k: int = 1
     keep_all: bool = False
     attributes: dict[str, Action] = field(default_factory=dict)
 
@@ -74,6 +73,16 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class Anonymity:
+    """The anonymisation level the policy asks of what leaves the region (see rhd.deid.anonymity)."""
+
+    min_k: int = 1
+    released: tuple[str, ...] = ()  # the quasi-identifiers the line's profile releases with each study
+    levels: tuple[tuple[str, ...], ...] = ()  # finer releases, measured for the report
+    fine_age_bands: tuple[int, ...] = ()  # the age band the link map keeps, for those levels
+
+
+@dataclass(frozen=True)
 class Policy:
     fields: dict[str, str]  # sidecar field -> DICOM keyword
     derived: dict[str, str]  # DICOM keyword -> the line's name for its generalised value (age_band, study_month)
@@ -81,6 +90,7 @@ class Policy:
     profiles: dict[str, Profile]
     digest: str  # sha256 of the policy file
     raw_retention_s: float = 86_400.0  # sealed raw blobs are deleted this long after they were written
+    anonymity: Anonymity = Anonymity()
 
     def profile(self, name: str) -> Profile:
         try:
@@ -116,7 +126,6 @@ def _profile(name: str, raw: dict) -> Profile:
         clean_pixels=bool(raw.get("clean_pixels", True)),
         options=options,
         age_bands=bands,
-        min_k=int(raw.get("min_k", 1)),
         keep_all=bool(raw.get("keep_all", False)),
         attributes={str(k): Action.parse(v) for k, v in (raw.get("attributes") or {}).items()},
     )
@@ -143,4 +152,17 @@ def load_policy(path: Path | None = None) -> Policy:
         profiles={str(n): _profile(str(n), p) for n, p in raw["profiles"].items()},
         digest=hashlib.sha256(text).hexdigest(),
         raw_retention_s=float(raw.get("raw_retention_hours", 24)) * 3600.0,
+        anonymity=_anonymity(raw.get("anonymity") or {}),
     )
+
+
+def _anonymity(raw: dict) -> Anonymity:
+    out = Anonymity(
+        min_k=int(raw.get("min_k", 1)),
+        released=tuple(str(q) for q in raw.get("released", [])),
+        levels=tuple(tuple(str(q) for q in level) for level in raw.get("levels", [])),
+        fine_age_bands=tuple(int(b) for b in raw.get("fine_age_bands", [])),
+    )
+    if out.min_k < 1 or any(not set(out.released) <= set(level) for level in out.levels):
+        raise PolicyError("anonymity: min_k must be at least 1 and every level must hold the released ones")
+    return out

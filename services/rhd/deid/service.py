@@ -4,13 +4,17 @@ studies.links.v1 (the re-link map, sealed, home region). A video that cannot be 
 (sealed) and listed as failed, so the study still gets its answer. Raw blobs are deleted past the policy's
 retention."""
 
+import datetime as dt
+import logging
 import time
 from typing import Any
 
+from rhd.deid.anonymity import Census, class_of
 from rhd.deid.ops import deidentify_upload, link_bytes, record_key_pseudonym, study_pseudonym
 from rhd.deid.policy import load_policy
 from rhd.runtime import metrics
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.links import read_link_map
 from rhd.runtime.records import Output, dead_letter_output
 from rhd.runtime.secrets import (
     LINK_KEYRING,
@@ -27,6 +31,8 @@ from rhd.runtime.settings import Settings
 from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import STUDIES_DEIDENTIFIED, STUDIES_LINKS, STUDIES_UPLOADED
 from rhd.v1 import rhd_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 # Room left in the de-identified upload for everything but the video bytes.
 ENVELOPE_BYTES = 65_536
@@ -50,7 +56,19 @@ class Deid(
         self.links = load_keyring(settings.secrets_dir / LINK_KEYRING)
         self.blobs = BlobStore(settings.blob_dir)
         self.budget = settings.max_message_bytes - ENVELOPE_BYTES
+        self.census = Census()
+        await self._count_releases(settings)
         self.tick(time.time())
+
+    async def _count_releases(self, settings: Settings) -> None:
+        """The anonymity census from the link map (what was released, when), so a restart keeps measuring k over
+        every release; an erased study's tombstone takes its release out."""
+        links = await read_link_map(settings, self.links, f"{self.name}-census")
+        for pseudo, link in links.items():
+            if "released" in link:
+                released = class_of(link["released"], self.policy.anonymity.released)
+                self.census.add(pseudo, str(link.get("day", "")), released)
+        log.info("anonymity census: %d releases in the link map", len(self.census.released))
 
     def validate(self, record: pb.SealedRecord) -> str | None:
         if record.schema != SEALED_SCHEMA or record.kind != UPLOAD_KIND or not record.envelope:
@@ -73,6 +91,10 @@ class Deid(
             raise SecretError("sealed upload without study_id or without videos")
         study = deidentify_upload(upload, self._read, self.blobs.put, self.policy, self.profile, self.key, self.budget)
         pseudo = study.upload.study_id
+        day = dt.datetime.now(dt.UTC).date().isoformat()
+        study.link["day"] = day
+        self.census.add(pseudo, day, class_of(study.link["released"], self.policy.anonymity.released))
+        self._gauge(day)
         sealed = pb.SealedRecord(
             schema=SEALED_SCHEMA,
             kind="link",
@@ -103,8 +125,14 @@ class Deid(
         # The de-identified study goes last: its link is written before anything downstream can answer for it.
         return [*outputs, Output(STUDIES_DEIDENTIFIED, pseudo, study.upload)]
 
+    def _gauge(self, day: str) -> None:
+        metrics.ANONYMITY_K.labels("day").set(self.census.k(day))
+        metrics.ANONYMITY_K.labels("all").set(self.census.k())
+
     def tick(self, now: float) -> list[Output]:
-        """The raw data's retention: sealed blobs older than the policy allows are deleted (and counted)."""
+        """The raw data's retention: sealed blobs older than the policy allows are deleted (and counted); the
+        day's k starts again at midnight UTC."""
+        self._gauge(dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat())
         deleted, held, size = self.blobs.sweep_sealed(now - self.policy.raw_retention_s, is_sealed)
         metrics.RAW_BLOBS_DELETED.labels(self.name).inc(deleted)
         metrics.RAW_BLOBS.labels(self.name).set(held)

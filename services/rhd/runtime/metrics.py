@@ -49,6 +49,12 @@ DEID_REMOVED = Counter(
     "Attributes and sidecar fields de-identification removed (unknown and private ones included), by profile.",
     ["profile"],
 )
+ANONYMITY_K = Gauge(
+    "rhd_anonymity_k",
+    "k-anonymity of the quasi-identifiers released to the analysis region: the smallest class, over the current UTC "
+    "day's releases (window=day) and all releases this replica knows (window=all).",
+    ["window"],
+)
 RAW_BLOBS = Gauge("rhd_raw_blobs", "Sealed raw blobs held in the blob store, within the policy's retention.", ["stage"])
 RAW_BLOB_BYTES = Gauge("rhd_raw_blob_bytes", "Bytes of the sealed raw blobs held in the blob store.", ["stage"])
 RAW_BLOBS_DELETED = Counter(
