@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import datetime as dt
 import importlib
 import json
 import logging
@@ -209,7 +210,86 @@ def cmd_audit(args: argparse.Namespace) -> int:
     )
     for hit in report.hits[:50]:
         print(f"  {hit.identifier} in {hit.where}")
+    if args.json:
+        summary = {
+            "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "studies": len(identifiers),
+            "records": report.records,
+            "blobs": report.blobs,
+            "log_files": report.log_files,
+            "metric_pages": report.metric_pages,
+            "frames_ocred": report.frames_ocred,
+            "hits": len(report.hits),
+            "where": sorted({hit.where for hit in report.hits}),
+        }
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0 if report.clean else 1
+
+
+def cmd_privacy_report(args: argparse.Namespace) -> int:
+    from rhd.deid.policy import load_policy
+    from rhd.local.privacy_report import levels, load_audit, read_inputs, report
+    from rhd.runtime.secrets import LINK_KEYRING, load_keyring, require_home_region
+
+    settings = get_settings()
+    require_home_region(settings.region, settings.home_region, "rhd privacy-report")
+    policy = load_policy(settings.deid_policy)
+    links, labels = asyncio.run(read_inputs(settings, load_keyring(settings.secrets_dir / LINK_KEYRING)))
+    text = report(policy, levels(policy, links, labels), load_audit(args.audit), settings.deid_profile)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from rhd.local.relink import csv_text, results, results_table, write_private
+    from rhd.runtime.secrets import RegionError, SecretError
+
+    try:
+        rows, waiting = asyncio.run(results(get_settings(), args.hospital, args.user, args.purpose))
+    except (RegionError, SecretError) as exc:
+        raise SystemExit(f"rhd results: {exc}") from None
+    if args.out:
+        write_private(Path(args.out), csv_text(rows))
+        print(f"{len(rows)} diagnoses of {args.hospital} written to {args.out}")
+    else:
+        print(results_table(rows))
+    print(f"{waiting} studies of {args.hospital} without a diagnosis yet; this read is in the access trail")
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from rhd.deid.ops import CNS_LENGTH
+    from rhd.local.relink import erase
+    from rhd.runtime.secrets import RegionError, SecretError
+
+    if args.cns and not (len(args.cns) == CNS_LENGTH and args.cns.isdigit()):
+        raise SystemExit(f"rhd erase: --cns takes the {CNS_LENGTH}-digit national health card number")
+    ids = [i for i in (args.patient_id, args.cns) if i]
+    try:
+        done = asyncio.run(erase(get_settings(), args.hospital, ids, args.user, args.purpose))
+    except (RegionError, SecretError, ValueError) as exc:
+        raise SystemExit(f"rhd erase: {exc}") from None
+    print(
+        f"erased {len(done.studies)} studies of the patient at {args.hospital}: their links tombstoned, "
+        f"{done.blobs_deleted} video blobs deleted; recorded in the access trail"
+    )
+    return 0
+
+
+def cmd_access_trail(args: argparse.Namespace) -> int:
+    from rhd.local.relink import access_trail, trail_lines
+    from rhd.runtime.secrets import RegionError, SecretError
+
+    try:
+        entries = asyncio.run(access_trail(get_settings(), args.hospital or ""))
+    except (RegionError, SecretError) as exc:
+        raise SystemExit(f"rhd access-trail: {exc}") from None
+    print("\n".join(trail_lines(entries)) if entries else "no entries")
+    return 0
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -419,7 +499,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logs", help="a directory of the services' *.log files")
     p.add_argument("--targets", help="a Prometheus file_sd JSON of the services to scrape for metric labels")
     p.add_argument("--ocr", type=int, default=0, metavar="N", help="OCR up to N decoded frames (tesseract)")
+    p.add_argument("--json", help="write the audit's summary here (what `rhd privacy-report --audit` reads)")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser(
+        "privacy-report",
+        help="home region: an LGPD / GDPR self-assessment from the policy, the measured k and l, and the last audit",
+    )
+    p.add_argument("--audit", help="the JSON summary `rhd audit --json` wrote")
+    p.add_argument("--out", help="write the Markdown here (default: print it)")
+    p.set_defaults(func=cmd_privacy_report)
+
+    p = sub.add_parser(
+        "results",
+        help="home region: a hospital's diagnoses under its own study ids and accession numbers (recorded in the "
+        "access trail)",
+    )
+    p.add_argument("--hospital", required=True, help="the hospital's id, as its uploads name it")
+    p.add_argument("--out", help="write a CSV (mode 0600) instead of printing")
+    p.add_argument("--user", default="", help="who reads (default: the OS user)")
+    p.add_argument("--purpose", default="", help="why, for the access trail")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser(
+        "erase",
+        help="home region, LGPD erasure: tombstone every link of a patient at a hospital, delete their videos' blobs",
+    )
+    p.add_argument("--hospital", required=True)
+    p.add_argument("--patient-id", default="", help="the hospital's patient ID (or the CNS) as its uploads sent it")
+    p.add_argument("--cns", default="", help="the patient's national health card number (15 digits)")
+    p.add_argument("--user", default="", help="who erases (default: the OS user)")
+    p.add_argument("--purpose", default="LGPD erasure request", help="why, for the access trail")
+    p.set_defaults(func=cmd_erase)
+
+    p = sub.add_parser("access-trail", help="home region: who read re-linked results or erased a patient, and why")
+    p.add_argument("--hospital", default="", help="only this hospital's entries")
+    p.set_defaults(func=cmd_access_trail)
 
     p = sub.add_parser(
         "gateway", help="the home region's DICOM C-STORE SCP: studies from echo machines and PACS, sealed, published"

@@ -8,7 +8,8 @@ the ECG trace (its colour, in the bottom band). Every other mark outside the ima
 (pixels at grey level NON_BLACK_MIN or below, too dark to be text, are left as they are). A text line that reaches
 into a zone is removed whole, since a mark is judged by its whole extent.
 
-The layout is found once per video (the fan and the colour bar do not move): the fan is the union of every frame's.
+The layout is found once per video (the fan and the colour bar do not move): the fan is the union of every frame's,
+the marks are those of any frame, and the pixels to remove are then the same in every frame.
 """
 
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import numpy as np
 
 from rhd.imaging.colour import ColourBarError, find_colour_bar
 from rhd.imaging.ecg import BAND_FRACTION, HUE_TOLERANCE
-from rhd.imaging.sector import NON_BLACK_MIN, colour_pixels, fan_mask
+from rhd.imaging.sector import NON_BLACK_MIN, colour_pixels, fan_of_solid, solid_of_value
 from rhd.v1 import rhd_pb2 as pb
 
 SAMPLED_FRAMES = 3  # frames the colour bar is looked for in, evenly spread from the first to the last
@@ -42,6 +43,7 @@ class ScreenLayout:
     zones: np.ndarray  # bool H x W: where the colour bar, its labels and the depth scale lie
     depth: np.ndarray  # bool H x W: the depth scale's band along the fan, where only small marks are kept
     ecg_top: int  # the first row of the ECG band
+    removed: np.ndarray  # bool H x W: the pixels set to black in every frame (marks not kept, with their rims)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -53,23 +55,31 @@ def _px(value: float, height: int) -> int:
 
 
 def screen_layout(frames: Sequence[np.ndarray], regions: Sequence[pb.UltrasoundRegion] = ()) -> ScreenLayout:
-    """The layout of a video's frames (all one size): fan, kept regions, colour bar and depth zones."""
+    """The layout of a video's frames (all one size): fan, kept regions, colour bar and depth zones, and the marks
+    to remove from every frame."""
     if not len(frames):
         raise ValueError("no frames")
     h, w = frames[0].shape[:2]
-    # Every frame's fan: its far edge moves with the speckle, and a shadow can cut a part of it off in some frames
-    # only. No pixel that is image in any frame is cleaned in another.
-    fan = np.zeros((h, w), bool)
+    if any(frame.shape[:2] != (h, w) for frame in frames):
+        raise ValueError("the frames of a video differ in size")
+    # The fan of every frame's solid regions at once: its far edge moves with the speckle, and a shadow can cut a part
+    # of it off in some frames only. No pixel that is image in any frame is cleaned in another.
+    top = int(h * (1 - BAND_FRACTION))
+    solid = np.zeros((h, w), np.uint8)
+    values, bands = [], []
     for frame in frames:
-        fan |= fan_mask(frame)
-    picks = np.unique(np.linspace(0, len(frames) - 1, SAMPLED_FRAMES).round().astype(int))
+        hsv = cv2.cvtColor(frame, cv2.COLOR_BGR2HSV)
+        solid |= solid_of_value(hsv[..., 2])
+        values.append(hsv[..., 2])
+        bands.append(hsv[top:])
+    fan = fan_of_solid(solid)
     # A calibrated trace (spectral Doppler, M-mode) is the image where the scanner says so; else the fan is.
     kept = [r for r in regions if r.spatial_format in KEPT_SPATIAL_FORMATS and r.data_type != "ecg"]
     image = np.zeros((h, w), bool) if kept else fan.copy()
     for region in kept:
         image[max(0, region.y0) : region.y1, max(0, region.x0) : region.x1] = True
     zones = np.zeros((h, w), bool)
-    for i in picks:
+    for i in np.unique(np.linspace(0, len(frames) - 1, SAMPLED_FRAMES).round().astype(int)):
         try:
             bar = find_colour_bar(frames[i], 1.0, fan)
         except ColourBarError:
@@ -82,48 +92,32 @@ def screen_layout(frames: Sequence[np.ndarray], regions: Sequence[pb.UltrasoundR
         break
     depth = _grown(fan, _px(DEPTH_BAND_PX, h)) & ~fan
     rim = _grown(image, _px(RIM_PX, h)) & ~image
-    return ScreenLayout(image=image, rim=rim, zones=zones | depth, depth=depth, ecg_top=int(h * (1 - BAND_FRACTION)))
+    zones |= depth
+    # The marks of the whole video at once (text stands still; a clock's digits change in place), and the ECG trace
+    # wherever its sweep passes.
+    outside = ~(image | rim)
+    marks, trace = np.zeros((h, w), bool), np.zeros((h, w), bool)
+    for value, band in zip(values, bands, strict=True):
+        marks |= value > NON_BLACK_MIN
+        trace[top:] |= _ecg_trace(band, outside[top:])
+    marks &= outside & ~trace
+    removed = outside & ~_kept_marks(marks, zones, depth) & ~trace
+    return ScreenLayout(image=image, rim=rim, zones=zones, depth=depth, ecg_top=top, removed=removed)
 
 
-def _grown(mask: np.ndarray, px: int) -> np.ndarray:
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
-    return cv2.dilate(mask.astype(np.uint8), disc).astype(bool)
-
-
-def _ecg_trace(hsv: np.ndarray, outside: np.ndarray, top: int) -> np.ndarray:
-    """The ECG trace's pixels in the bottom band: saturated colour of the band's dominant hue, outside the image."""
-    trace = np.zeros(outside.shape, bool)
-    band = colour_pixels(hsv[top:]) & outside[top:]
-    if not band.any():
-        return trace
-    hue = hsv[top:, :, 0].astype(np.int16)
-    dominant = int(np.median(hue[band]))
-    near = np.abs(((hue - dominant + 90) % 180) - 90) <= HUE_TOLERANCE
-    trace[top:] = band & near
-    return trace
-
-
-def clean_frame(bgr: np.ndarray, layout: ScreenLayout) -> np.ndarray:
-    """The frame with every mark outside the image removed except the analysis's own (a new array)."""
-    h = bgr.shape[0]
-    if bgr.shape[:2] != layout.shape:
-        raise ValueError(f"frame {bgr.shape[:2]} does not match its video's layout {layout.shape}")
-    outside = ~(layout.image | layout.rim)
-    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
-    marks = (hsv[..., 2] > NON_BLACK_MIN) & outside
-    trace = _ecg_trace(hsv, outside, layout.ecg_top)
-    marks &= ~trace
+def _kept_marks(marks: np.ndarray, zones: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Where marks are kept, with the black around them: a piece (marks joined into a word or a line) only if none of
+    its marks lies outside the zones, and in the depth band only if it is as small as a depth mark."""
+    h = marks.shape[0]
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (_px(MARK_JOIN[0], h), _px(MARK_JOIN[1], h)))
     joined = cv2.dilate(marks.astype(np.uint8), kernel)
     count, pieces, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
-    keep = np.zeros(count, bool)
+    keep = np.ones(count, bool)
     if count > 1:
-        # A piece is kept only if none of its marks lies outside the zones; in the depth band only if it is as small
-        # as a depth mark (its extent less the joining kernel's). Every piece holds marks: it is their dilation.
-        keep[:] = True
-        keep[np.unique(pieces[marks & ~layout.zones])] = False
+        # Every piece holds marks: it is their dilation. A piece's size is its extent less the joining kernel's.
+        keep[np.unique(pieces[marks & ~zones])] = False
         in_depth = np.ones(count, bool)
-        in_depth[np.unique(pieces[marks & ~layout.depth])] = False
+        in_depth[np.unique(pieces[marks & ~depth])] = False
         width = stats[:, cv2.CC_STAT_WIDTH] - (kernel.shape[1] - 1)
         height = stats[:, cv2.CC_STAT_HEIGHT] - (kernel.shape[0] - 1)
         large = (width > _px(DEPTH_MARK_MAX[0], h)) | (height > _px(DEPTH_MARK_MAX[1], h))
@@ -131,9 +125,32 @@ def clean_frame(bgr: np.ndarray, layout: ScreenLayout) -> np.ndarray:
     # A removed mark goes with its anti-aliased rim (the piece's extent); what is no mark (the black surround, the
     # codec's faint ringing at the fan's edge, darker than any text) stays, so the fan reads the same after cleaning.
     keep[0] = True
-    removed = outside & ~keep[pieces] & ~trace
+    return keep[pieces]
+
+
+def _grown(mask: np.ndarray, px: int) -> np.ndarray:
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+    return cv2.dilate(mask.astype(np.uint8), disc).astype(bool)
+
+
+def _ecg_trace(band_hsv: np.ndarray, outside: np.ndarray) -> np.ndarray:
+    """The ECG trace's pixels in the bottom band (HSV rows of the band): saturated colour of the band's dominant hue,
+    outside the image."""
+    band = colour_pixels(band_hsv) & outside
+    if not band.any():
+        return band
+    hue = band_hsv[..., 0].astype(np.int16)
+    dominant = int(np.median(hue[band]))
+    near = np.abs(((hue - dominant + 90) % 180) - 90) <= HUE_TOLERANCE
+    return band & near
+
+
+def clean_frame(bgr: np.ndarray, layout: ScreenLayout) -> np.ndarray:
+    """The frame with every mark outside the image removed except the analysis's own (a new array)."""
+    if bgr.shape[:2] != layout.shape:
+        raise ValueError(f"frame {bgr.shape[:2]} does not match its video's layout {layout.shape}")
     out = bgr.copy()
-    out[removed] = 0
+    out[layout.removed] = 0
     return out
 
 

@@ -60,8 +60,21 @@ def fan_with_flow(hsv: np.ndarray) -> np.ndarray:
 def fan_mask(bgr: np.ndarray) -> np.ndarray:
     """The ultrasound fan: the convex hull of the largest solid region of the image. Thin overlays are opened
     away and the hull fills the blood pools."""
-    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
-    solid = _opened((cv2.blur(hsv[..., 2], (5, 5)) > NON_BLACK_MIN).astype(np.uint8))
+    return fan_of_value(cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)[..., 2])
+
+
+def solid_of_value(value: np.ndarray) -> np.ndarray:
+    """The solid regions of a frame's HSV value channel (uint8 0/1): blurred, thresholded, thin strokes opened away."""
+    return _opened((cv2.blur(value, (5, 5)) > NON_BLACK_MIN).astype(np.uint8))
+
+
+def fan_of_value(value: np.ndarray) -> np.ndarray:
+    """fan_mask from the frame's HSV value channel (when the caller has it already)."""
+    return fan_of_solid(solid_of_value(value))
+
+
+def fan_of_solid(solid: np.ndarray) -> np.ndarray:
+    """The convex hull of the largest of the solid regions (uint8 0/1)."""
     count, components, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=4)
     fan = np.zeros(solid.shape, np.uint8)
     if count > 1:

@@ -138,7 +138,7 @@ async def audit_topics(
 ) -> None:
     """Read every topic but the identifiable ones from the beginning; OCR every `every`-th decoded frame, up to
     `frames_to_ocr` of them."""
-    # The raw topic's dead letters and the re-link map are read too: what they hold must be sealed.
+    # The raw topic's dead letters, the re-link map and the access trail are read too: what they hold must be sealed.
     topics = [t for t in all_topic_names() if t != STUDIES_UPLOADED]
     reader = kafka.consumer(settings, None, "rhd-audit")
     await reader.start()

@@ -35,6 +35,16 @@ class BlobStore:
             raise ValueError(f"blob {uri} is corrupt: content hash differs")
         return data
 
+    def delete(self, uri: str) -> bool:
+        """Remove one blob (an erasure); False when it was not there."""
+        if not uri.startswith(SCHEME):
+            raise ValueError(f"unknown blob reference {uri!r}")
+        try:
+            self._path(uri[len(SCHEME) :]).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def sweep_sealed(self, older_than: float, is_sealed: Callable[[bytes], bool]) -> tuple[int, int, int]:
         """Delete the sealed blobs (raw uploads' videos, their dead letters' originals) last written before
         `older_than` (epoch seconds): the raw data's retention. Returns (deleted, held, bytes held)."""

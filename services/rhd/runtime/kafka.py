@@ -1,6 +1,6 @@
-"""Kafka clients configured one way for every service: producers, consumers, and reading a topic's keys back."""
+"""Kafka clients configured one way for every service: producers, consumers, and reading a topic back."""
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from rhd.runtime.settings import Settings
 
@@ -39,6 +39,11 @@ def consumer(settings: Settings, group_id: str | None, client_id: str) -> AIOKaf
 
 async def read_keys(settings: Settings, topic: str, since: float, client_id: str) -> list[str]:
     """The keys of the records written to `topic` since `since` (epoch seconds), oldest first per partition."""
+    return [(r.key or b"").decode(errors="replace") for r in await read_records(settings, topic, since, client_id)]
+
+
+async def read_records(settings: Settings, topic: str, since: float, client_id: str) -> list[ConsumerRecord]:
+    """The records written to `topic` since `since` (epoch seconds; 0: all it holds), oldest first per partition."""
     reader = consumer(settings, None, client_id)
     await reader.start()
     try:
@@ -52,13 +57,13 @@ async def read_keys(settings: Settings, topic: str, since: float, client_id: str
         for tp in tps:
             found = starts.get(tp)
             reader.seek(tp, found.offset if found is not None else ends[tp])
-        keys: list[str] = []
+        out: list[ConsumerRecord] = []
         # Read to the end offsets, then once more: the embedded broker's end offsets can lag behind.
         while True:
             batch = await reader.getmany(timeout_ms=300)
             for records in batch.values():
-                keys += [(r.key or b"").decode(errors="replace") for r in records]
+                out += records
             if not batch and all([await reader.position(tp) >= ends[tp] for tp in tps]):
-                return keys
+                return out
     finally:
         await reader.stop()

@@ -22,8 +22,11 @@ FRAMES_BMODE = "frames.bmode.v1"
 FRAMES_DONE = "frames.done.v1"
 STUDIES_FEATURES = "studies.features.v1"
 STUDIES_DIAGNOSED = "studies.diagnosed.v1"
+ACCESS_TRAIL = "access.trail.v1"
 
 TOPIC_ALREADY_EXISTS = 36
+# A broker that refuses a topic's configs gets the topic without them (logged): Kafka names these refusals so.
+CONFIG_REFUSED = {40, 44}  # INVALID_CONFIG, POLICY_VIOLATION
 
 # The stages in data-path order: the one name of each (folder, `rhd serve` argument, consumer group, metric label).
 STAGES: tuple[str, ...] = (
@@ -40,17 +43,25 @@ STAGES: tuple[str, ...] = (
 )
 
 
+# The re-link map keeps each study's latest record: its link, or the tombstone that erased it (LGPD). Segments roll
+# daily so an erased link is compacted away within about a day, not at the default week.
+COMPACTED = (("cleanup.policy", "compact"), ("segment.ms", str(24 * 3600 * 1000)))
+# The access trail is evidence: the broker's time retention (compose: 48 h) does not apply to it.
+KEPT = (("cleanup.policy", "delete"), ("retention.ms", "-1"))
+
+
 @dataclass(frozen=True)
 class Topic:
     name: str
     message: type[Message]
     key: str  # what the record key is; it decides what stays in order on one partition
+    configs: tuple[tuple[str, str], ...] = ()  # set when the topic is created (the .dlq gets none)
 
 
 TOPICS: tuple[Topic, ...] = (
     Topic(STUDIES_UPLOADED, pb.StudyUpload, "study_id"),
     Topic(STUDIES_DEIDENTIFIED, pb.StudyUpload, "study pseudonym"),
-    Topic(STUDIES_LINKS, pb.SealedRecord, "study pseudonym"),
+    Topic(STUDIES_LINKS, pb.SealedRecord, "study pseudonym", configs=COMPACTED),
     Topic(FRAMES_DECODED, pb.Frame, "video_id"),
     Topic(FRAMES_DOPPLER, pb.DopplerFrame, "video_id"),
     Topic(FRAMES_SEGMENTED, pb.SegmentedFrame, "video_id"),
@@ -60,6 +71,9 @@ TOPICS: tuple[Topic, ...] = (
     Topic(FRAMES_DONE, pb.FrameDone, "study_id"),
     Topic(STUDIES_FEATURES, pb.StudyFeatures, "study_id"),
     Topic(STUDIES_DIAGNOSED, pb.Diagnosis, "study_id"),
+    # Home region, like the links: who read re-linked results or erased a patient, when and why. Sealed (link
+    # keyring), append-only, kept.
+    Topic(ACCESS_TRAIL, pb.SealedRecord, "hospital_id", configs=KEPT),
 )
 
 
@@ -74,6 +88,11 @@ def all_topic_names() -> list[str]:
     return [name for t in TOPICS for name in (t.name, dlq(t.name))]
 
 
+def topic_configs() -> dict[str, dict[str, str]]:
+    """The configs each topic is created with (its .dlq has none)."""
+    return {t.name: dict(t.configs) for t in TOPICS if t.configs}
+
+
 async def ensure_topics(bootstrap_servers: str, partitions: int, replication_factor: int = 1) -> list[str]:
     """Create every topic and its dead-letter topic explicitly; return the ones that were created.
 
@@ -81,12 +100,24 @@ async def ensure_topics(bootstrap_servers: str, partitions: int, replication_fac
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
+    configs = topic_configs()
     try:
         response = await admin.create_topics(
-            [NewTopic(name, partitions, replication_factor) for name in all_topic_names()]
+            [
+                NewTopic(name, partitions, replication_factor, topic_configs=configs.get(name))
+                for name in all_topic_names()
+            ]
         )
+        errors = list(response.topic_errors)
+        refused = [name for name, code, _ in errors if code in CONFIG_REFUSED and name in configs]
+        if refused:
+            # Tansu takes the configs and ignores them (docs/privacy.md); a broker that refuses them gets plain
+            # topics rather than none, and says so.
+            log.warning("the broker refused the configs of %s: created without them", ", ".join(refused))
+            retry = await admin.create_topics([NewTopic(name, partitions, replication_factor) for name in refused])
+            errors = [e for e in errors if e[0] not in refused] + list(retry.topic_errors)
         created = []
-        for name, code, message in response.topic_errors:
+        for name, code, message in errors:
             if code == 0:
                 created.append(name)
             elif code != TOPIC_ALREADY_EXISTS:

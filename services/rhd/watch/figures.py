@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rhd.runtime import kafka
 from rhd.runtime.http import TFS_METRICS_PATH
+from rhd.runtime.links import apply_link
 from rhd.runtime.secrets import LINK_KEYRING, Keyring, SecretError, load_keyring
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DONE, STUDIES_DIAGNOSED, STUDIES_FEATURES, STUDIES_LINKS, TOPICS, dlq
@@ -25,7 +26,7 @@ from rhd.v1 import rhd_pb2 as pb
 class Progress:
     """What the line has answered, per study. Downstream of deid studies are known by their pseudonyms; in the home
     region, where the link keyring is, each is filed under the hospital's own study id once its sealed link is read
-    (`links`), whichever arrives first."""
+    (`links`), whichever arrives first; an erased study's tombstone files it back under its pseudonym."""
 
     expected_frames: dict[str, int] = field(default_factory=dict)  # study -> frames in its manifest
     frame_records: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # distinct frames ended
@@ -36,6 +37,7 @@ class Progress:
     links: Keyring | None = None
     names: dict[str, str] = field(default_factory=dict)  # pseudonym -> the hospital's study id
     video_names: dict[str, str] = field(default_factory=dict)  # a video's pseudonymous id -> the hospital's
+    link_map: dict[str, dict] = field(default_factory=dict)  # pseudonym -> its opened link (rhd.runtime.links)
 
     def frames_accounted(self) -> int:
         return sum(len(v) for v in self.frame_records.values())
@@ -53,7 +55,26 @@ class Progress:
         if pseudonym in self.expected_frames:
             self.expected_frames[study_id] = self.expected_frames.pop(pseudonym)
 
-    def add(self, topic: str, value: bytes) -> None:
+    def _unlink(self, pseudonym: str, link: dict) -> None:
+        """The study was erased: what was filed under the hospital's id goes back under the pseudonym."""
+        study_id = self.names.pop(pseudonym, None)
+        for video in link.get("videos", {}).values():
+            self.video_names.pop(video, None)
+        if study_id is None:
+            return
+        for table in (self.frame_records, self.diagnoses, self.studies):
+            if study_id in table:
+                table[pseudonym] = table.pop(study_id)  # type: ignore[index]
+        if study_id in self.expected_frames:
+            self.expected_frames[pseudonym] = self.expected_frames.pop(study_id)
+
+    def add(self, topic: str, value: bytes | None, key: bytes | None = None) -> None:
+        """One record; `key` is needed for the link map only (a tombstone, value None, is known by its key)."""
+        if topic == STUDIES_LINKS:
+            if self.links is not None:
+                self._add_link(self.links, key, value)
+            return
+        value = value or b""
         if topic == FRAMES_DONE:
             done = pb.FrameDone.FromString(value)
             if done.HasField("manifest"):
@@ -69,13 +90,20 @@ class Progress:
         elif topic == STUDIES_DIAGNOSED:
             diagnosis = pb.Diagnosis.FromString(value)
             self.diagnoses.setdefault(self._name(diagnosis.study_id), []).append(diagnosis)
-        elif topic == STUDIES_LINKS and self.links is not None:
-            sealed = pb.SealedRecord.FromString(value)
-            link = json.loads(self.links.open(sealed.envelope))
-            self.video_names.update({pseudo: original for original, pseudo in link["videos"].items()})
-            self._relink(link["pseudonym"], link["study_id"])
         elif topic.endswith(".dlq"):
             self.dead_letters.append(pb.DeadLetter.FromString(value))
+
+    def _add_link(self, links: Keyring, key: bytes | None, value: bytes | None) -> None:
+        pseudonym = (key or b"").decode(errors="replace")
+        before = self.link_map.get(pseudonym)
+        apply_link(self.link_map, key, value, links)
+        link = self.link_map.get(pseudonym)
+        if link is None:
+            if before is not None:
+                self._unlink(pseudonym, before)
+            return
+        self.video_names.update({pseudo: original for original, pseudo in link["videos"].items()})
+        self._relink(pseudonym, link["study_id"])
 
 
 def home_links(settings: Settings) -> Keyring | None:
@@ -114,7 +142,7 @@ async def follow(
             batches = await consumer.getmany(timeout_ms=500)
             for tp, records in batches.items():
                 for record in records:
-                    progress.add(tp.topic, record.value or b"")
+                    progress.add(tp.topic, record.value, record.key)
             if on_update:
                 on_update(progress)
             if settle_until is None and until(progress):
