@@ -126,11 +126,4 @@ def raw_keyring(settings: Settings) -> Keyring:
 
 async def publish_uploads(settings: Settings, uploads: list[pb.StudyUpload]) -> None:
     raw = raw_keyring(settings)
-    producer = kafka.producer(settings, "publish")
-    await producer.start()
-    try:
-        for upload in uploads:
-            key, value, headers = sealed_upload(upload, raw)
-            await producer.send_and_wait(STUDIES_UPLOADED, value, key=key, headers=headers)
-    finally:
-        await producer.stop()
+    await kafka.send_all(settings, "publish", STUDIES_UPLOADED, (sealed_upload(upload, raw) for upload in uploads))

@@ -294,14 +294,7 @@ def _home(settings: Settings, what: str) -> Keyring:
 
 
 async def append_trail(settings: Settings, keyring: Keyring, entries: Iterable[TrailEntry]) -> None:
-    producer = kafka.producer(settings, "rhd-access-trail")
-    await producer.start()
-    try:
-        for entry in entries:
-            key, value, headers = sealed_trail(entry, keyring)
-            await producer.send_and_wait(ACCESS_TRAIL, value, key=key, headers=headers)
-    finally:
-        await producer.stop()
+    await kafka.send_all(settings, "rhd-access-trail", ACCESS_TRAIL, (sealed_trail(e, keyring) for e in entries))
 
 
 async def results(settings: Settings, hospital: str, user: str = "", purpose: str = "") -> tuple[list[Result], int]:

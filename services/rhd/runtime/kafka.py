@@ -1,5 +1,7 @@
 """Kafka clients configured one way for every service: producers, consumers, and reading a topic back."""
 
+from collections.abc import Iterable
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from rhd.runtime.settings import Settings
@@ -35,6 +37,19 @@ def consumer(settings: Settings, group_id: str | None, client_id: str) -> AIOKaf
         max_partition_fetch_bytes=MAX_FETCH_BYTES,
         fetch_max_bytes=MAX_FETCH_BYTES,
     )
+
+
+async def send_all(
+    settings: Settings, client_id: str, topic: str, records: Iterable[tuple[bytes, bytes, list[tuple[str, bytes]]]]
+) -> None:
+    """Write (key, value, headers) records to `topic`, each acknowledged before the next, then close."""
+    writer = producer(settings, client_id)
+    await writer.start()
+    try:
+        for key, value, headers in records:
+            await writer.send_and_wait(topic, value, key=key, headers=headers)
+    finally:
+        await writer.stop()
 
 
 async def read_keys(settings: Settings, topic: str, since: float, client_id: str) -> list[str]:

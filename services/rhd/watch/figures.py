@@ -38,6 +38,7 @@ class Progress:
     names: dict[str, str] = field(default_factory=dict)  # pseudonym -> the hospital's study id
     video_names: dict[str, str] = field(default_factory=dict)  # a video's pseudonymous id -> the hospital's
     link_map: dict[str, dict] = field(default_factory=dict)  # pseudonym -> its opened link (rhd.runtime.links)
+    ids_seen: dict[str, tuple[str, str]] = field(default_factory=dict)  # pseudonym -> (hospital, study id), erased too
 
     def frames_accounted(self) -> int:
         return sum(len(v) for v in self.frame_records.values())
@@ -45,28 +46,39 @@ class Progress:
     def _name(self, study_id: str) -> str:
         return self.names.get(study_id, study_id)
 
-    def _relink(self, pseudonym: str, study_id: str) -> None:
-        self.names[pseudonym] = study_id
+    def _rename(self, old: str, new: str) -> None:
+        """What is filed under `old` (a pseudonym or a name) goes under `new`."""
+        if old == new:
+            return
         for table in (self.frame_records, self.diagnoses, self.studies):
-            if pseudonym in table:
-                old = table.pop(pseudonym)  # type: ignore[attr-defined]
-                mine = table.setdefault(study_id, type(old)())  # type: ignore[attr-defined]
-                mine.update(old) if isinstance(mine, set) else mine.extend(old)
-        if pseudonym in self.expected_frames:
-            self.expected_frames[study_id] = self.expected_frames.pop(pseudonym)
+            if old in table:
+                moved = table.pop(old)  # type: ignore[attr-defined]
+                mine = table.setdefault(new, type(moved)())  # type: ignore[attr-defined]
+                mine.update(moved) if isinstance(mine, set) else mine.extend(moved)
+        if old in self.expected_frames:
+            self.expected_frames[new] = self.expected_frames.pop(old)
+
+    def _relink(self, pseudonym: str, link: dict) -> None:
+        """File the study under the hospital's own id; where two hospitals use the same id, each under `hospital/id`,
+        so two studies never merge."""
+        study_id, hospital = str(link["study_id"]), str(link.get("hospital_id", ""))
+        self.ids_seen[pseudonym] = (hospital, study_id)
+        # Any link seen, erased ones included, so the names do not depend on the order the partitions are read in.
+        clash = [q for q, (h, sid) in self.ids_seen.items() if q != pseudonym and sid == study_id and h != hospital]
+        for q in clash:
+            qualified = f"{self.ids_seen[q][0]}/{study_id}"
+            if q in self.names:
+                self._rename(self.names[q], qualified)
+                self.names[q] = qualified
+        name = f"{hospital}/{study_id}" if clash else study_id
+        self._rename(self.names.get(pseudonym, pseudonym), name)
+        self.names[pseudonym] = name
 
     def _unlink(self, pseudonym: str, link: dict) -> None:
         """The study was erased: what was filed under the hospital's id goes back under the pseudonym."""
-        study_id = self.names.pop(pseudonym, None)
         for video in link.get("videos", {}).values():
             self.video_names.pop(video, None)
-        if study_id is None:
-            return
-        for table in (self.frame_records, self.diagnoses, self.studies):
-            if study_id in table:
-                table[pseudonym] = table.pop(study_id)  # type: ignore[index]
-        if study_id in self.expected_frames:
-            self.expected_frames[pseudonym] = self.expected_frames.pop(study_id)
+        self._rename(self.names.pop(pseudonym, pseudonym), pseudonym)
 
     def add(self, topic: str, value: bytes | None, key: bytes | None = None) -> None:
         """One record; `key` is needed for the link map only (a tombstone, value None, is known by its key)."""
@@ -103,7 +115,7 @@ class Progress:
                 self._unlink(pseudonym, before)
             return
         self.video_names.update({pseudo: original for original, pseudo in link["videos"].items()})
-        self._relink(pseudonym, link["study_id"])
+        self._relink(pseudonym, link)
 
 
 def home_links(settings: Settings) -> Keyring | None:
