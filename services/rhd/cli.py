@@ -226,6 +226,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from rhd.deid.policy import load_policy
+    from rhd.local.export import write_export
+    from rhd.runtime.secrets import load_pseudonym_key, require_home_region
+
+    settings = get_settings()
+    require_home_region(settings.region, settings.home_region, "rhd export")
+    policy = load_policy(settings.deid_policy)
+    profile = policy.profile(args.profile)
+    if profile.region != "home":
+        raise SystemExit(f"rhd export: profile {profile.name!r} is the line's; use research or clinician")
+    key = load_pseudonym_key(settings.secrets_dir)
+    count = write_export(Path(args.study), Path(args.out), args.hospital, policy, profile, key)
+    print(f"{count} files under profile {profile.name} in {args.out}")
+    return 0
+
+
 def cmd_privacy_report(args: argparse.Namespace) -> int:
     from rhd.deid.policy import load_policy
     from rhd.local.privacy_report import levels, load_audit, read_inputs, report
@@ -501,6 +518,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ocr", type=int, default=0, metavar="N", help="OCR up to N decoded frames (tesseract)")
     p.add_argument("--json", help="write the audit's summary here (what `rhd privacy-report --audit` reads)")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser(
+        "export",
+        help="home region: one study's DICOM files under a home profile of the policy (research: pseudonymised, "
+        "dates shifted; clinician: everything)",
+    )
+    p.add_argument("study", help="a folder of one study's DICOM files")
+    p.add_argument("--profile", default="research")
+    p.add_argument("--hospital", required=True, help="the hospital the study is from (keys the pseudonyms)")
+    p.add_argument("--out", required=True, help="the folder to write the files to (mode 0600)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "privacy-report",

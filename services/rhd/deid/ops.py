@@ -5,6 +5,7 @@ bands, burned-in text cleaned out of the pixels (kept lossless from there on), a
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -159,6 +160,7 @@ def _remove_casefold(text: str, needle: str) -> str:
     return "".join(out)
 
 
+PERSON_FIELDS = ("patient_name", "operator", "referring_physician")
 IDENTIFYING_FIELDS = (
     "patient_name",
     "patient_id",
@@ -180,7 +182,8 @@ def study_context(key: bytes, profile: Profile, hospital_id: str, fields: Mappin
     if age is None:
         age = age_years(str(fields.get("birth_date", "")), str(fields.get("study_date", "")))
     identifying = [str(fields[f]) for f in IDENTIFYING_FIELDS if fields.get(f)]
-    identifying += [part for name in ("patient_name", "operator") for part in str(fields.get(name, "")).split()]
+    # Each part of a person's name alone too, however it is written (a DICOM PN: Family^Given^Middle=ideographic).
+    identifying += [part for name in PERSON_FIELDS for part in re.split(r"[\s^=]+", str(fields.get(name, ""))) if part]
     return StudyContext(key, profile, patient_key(hospital_id, str(fields["patient_id"])), age, identifying)
 
 
