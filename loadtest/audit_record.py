@@ -22,7 +22,7 @@ from rhd.deid.policy import load_policy
 from rhd.local.audit import audit, scrape_pages, tesseract_available
 from rhd.local.demo import corrupt_one_video
 from rhd.local.privacy_report import label_name, levels
-from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
+from rhd.local.publish import dicom_upload, publish_uploads, raw_keyring, upload_from_dir
 from rhd.local.stack import EmbeddedStack
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.settings import Settings
@@ -73,7 +73,13 @@ def main() -> int:
         uploads = []
         for i, d in enumerate(studies):
             hospital = json.loads((d / "study.json").read_text())["hospital_id"]  # the sender, as its client knows
-            uploads.append(upload_from_dir(d / "dicom" if i % 2 else d, blobs, live.max_message_bytes, hospital, seal))
+            if i % 2:
+                # As a PACS's own client would send them, broken files and all (rhd publish would refuse them).
+                instances = [(p.name, p.read_bytes()) for p in sorted((d / "dicom").glob("*.dcm"))]
+                uid = load_truth(d)["identifiers"]["study_uid"]
+                uploads.append(dicom_upload(uid, hospital, instances, blobs, live.max_message_bytes, seal))
+            else:
+                uploads.append(upload_from_dir(d, blobs, live.max_message_bytes, hospital, seal))
         started = time.monotonic()
         await publish_uploads(live, uploads)
         progress = await follow(live, lambda p: len(p.diagnoses) >= len(studies), args.timeout, settle_s=10.0)
@@ -91,7 +97,9 @@ def main() -> int:
     labels = {sid: label_name(d[-1]) for sid, d in progress.diagnoses.items()}
     pseudo_labels = {link["pseudonym"]: labels.get(link["study_id"], "") for link in progress.link_map.values()}
     measured = levels(policy, progress.link_map.values(), pseudo_labels)
-    answered = sum(1 for d in studies if d.name in progress.diagnoses)
+    # Each study as its hospital knows it: the folder's study id (MP4), the Study Instance UID (DICOM).
+    names = [load_truth(d)["identifiers"]["study_uid"] if i % 2 else d.name for i, d in enumerate(studies)]
+    answered = sum(1 for name in names if name in progress.diagnoses)
     summary = {
         "studies": len(studies),
         "dicom": sum(1 for i in range(len(studies)) if i % 2),

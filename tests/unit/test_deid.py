@@ -337,3 +337,17 @@ def test_a_hospital_sealing_by_the_documented_contract_is_opened_by_deid(tmp_pat
     assert opened_upload(pb.SealedRecord.FromString(record.SerializeToString()), b"u-1", raw) == upload
     with pytest.raises(SecretError):
         opened_upload(record, b"u-2", raw)
+
+
+def test_the_audit_searches_records_as_bytes_but_pixels_only_by_ocr():
+    """Pixel bytes match a short identifier by chance (a time as digits among grey levels): a frame's pixels are
+    left to OCR; every other byte of the record, and every byte of a record that does not parse, is searched."""
+    from rhd.local.audit import _searchable
+
+    needles = Needles({"study_time": "10:59"})
+    frame = pb.Frame(key=pb.FrameKey(study_id="P1"), bgr=b"\x00" * 64 + b"105900" + b"\x00" * 64)
+    assert needles.in_bytes(frame.SerializeToString()) == ["study_time"]
+    assert needles.in_bytes(_searchable("frames.decoded.v1", frame.SerializeToString())) == []
+    leaked = pb.Frame(key=pb.FrameKey(study_id="10:59"), bgr=b"\x00" * 8)
+    assert needles.in_bytes(_searchable("frames.decoded.v1", leaked.SerializeToString())) == ["study_time"]
+    assert needles.in_bytes(_searchable("frames.decoded.v1", b"\xff\xff 10:59")) == ["study_time"]

@@ -13,12 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 from aiokafka import TopicPartition
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from rhd.imaging.codec import frame_image
 from rhd.runtime import kafka
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import FRAMES_DECODED, STUDIES_UPLOADED, all_topic_names
+from rhd.runtime.topics import FRAMES_DECODED, STUDIES_UPLOADED, TOPICS, all_topic_names
 from rhd.v1 import rhd_pb2 as pb
 from rhd.watch.figures import Target
 
@@ -159,7 +160,7 @@ async def audit_topics(
             for tp, records in batches.items():
                 for record in records:
                     report.records += 1
-                    data = (record.key or b"") + b"\x00" + (record.value or b"")
+                    data = (record.key or b"") + b"\x00" + _searchable(tp.topic, record.value or b"")
                     data += b"".join(k.encode() + b"\x00" + (v or b"") for k, v in (record.headers or ()))
                     where = f"{tp.topic}[{tp.partition}]@{record.offset}"
                     report.hits += [Hit(where, name) for name in needles.in_bytes(data)]
@@ -175,6 +176,36 @@ async def audit_topics(
                     remaining.discard(tp)
     finally:
         await reader.stop()
+
+
+# Messages whose bytes fields are pixels: text in them is pixels, read by OCR; as bytes they only match by chance.
+PIXEL_MESSAGES = (pb.Frame, pb.Mask)
+MESSAGE_OF = {t.name: t.message for t in TOPICS}
+
+
+def _clear_pixels(message: Message) -> None:
+    for descriptor, value in message.ListFields():
+        if descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+            if descriptor.message_type.GetOptions().map_entry:
+                continue  # a map of messages: none holds pixels
+            for child in value if descriptor.is_repeated else [value]:
+                _clear_pixels(child)
+        elif descriptor.type == FieldDescriptor.TYPE_BYTES and isinstance(message, PIXEL_MESSAGES):
+            message.ClearField(descriptor.name)
+
+
+def _searchable(topic: str, value: bytes) -> bytes:
+    """A record's bytes to search for identifiers: its message without pixel data where it parses as its topic's
+    message, else every byte."""
+    kind = MESSAGE_OF.get(topic)
+    if kind is None:
+        return value
+    try:
+        message = kind.FromString(value)
+    except DecodeError:
+        return value
+    _clear_pixels(message)
+    return message.SerializeToString()
 
 
 def _frame_pixels(value: bytes) -> np.ndarray | None:
