@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from rhd.imaging.sector import checked_frame
+from rhd.imaging.sector import checked_frame, image_only
 
 INPUT_NAME = "frames"  # uint8 [batch, 240, 320, 3], BGR as OpenCV decodes
 PROBABILITIES = "label_probabilities"  # float32 [batch, 108, 136, 4]: LABELS per half-resolution pixel
@@ -279,7 +279,8 @@ def valve_features(bgr: np.ndarray, probabilities: np.ndarray | None, spacing_mm
         raise ValveError(f"the valve model's answer has no {PROBABILITIES!r}")
     if not np.isfinite(spacing_mm) or spacing_mm <= 0:
         raise ValveError(f"pixel spacing must be a positive number of mm, got {spacing_mm}")
-    image = checked_frame(bgr)
+    # Measured on the image alone, as the network reads it: text around the fan must not move the tissue level.
+    image = image_only(checked_frame(bgr))
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
     try:
         labels = full_resolution(labels_from_probabilities(probabilities), grey.shape)
