@@ -4,9 +4,9 @@ Scanners burn the patient's name, ID and dates, the hospital and the operator in
 The rule is a keep-list, like the policy's: the ultrasound image (the fan, or a calibrated spectral region) stays
 whole; outside it, a mark stays only if it lies wholly inside a zone where the analysis's own marks are (the colour
 bar with its scale labels, the depth scale along the fan's edge) and is no larger than those marks are, or if it is
-the ECG trace (its colour, in the bottom band). Every other mark outside the image is set to black with its rim
-(pixels at grey level NON_BLACK_MIN or below, too dark to be text, are left as they are). A text line that reaches
-into a zone is removed whole, since a mark is judged by its whole extent.
+the ECG trace (its colour, in the bottom band). Every other pixel outside the image is set to black, except in a band
+RIM_PX wide around it where the codec rings (left as it is, so the fan reads the same after cleaning). A text line
+that reaches into a zone is removed whole, since a mark is judged by its whole extent.
 
 The layout is found once per video (the fan and the colour bar do not move): the fan is the union of every frame's,
 the marks are those of any frame, and the pixels to remove are then the same in every frame.
@@ -122,9 +122,9 @@ def _kept_marks(marks: np.ndarray, zones: np.ndarray, depth: np.ndarray) -> np.n
         height = stats[:, cv2.CC_STAT_HEIGHT] - (kernel.shape[0] - 1)
         large = (width > _px(DEPTH_MARK_MAX[0], h)) | (height > _px(DEPTH_MARK_MAX[1], h))
         keep &= ~(in_depth & large)
-    # A removed mark goes with its anti-aliased rim (the piece's extent); what is no mark (the black surround, the
-    # codec's faint ringing at the fan's edge, darker than any text) stays, so the fan reads the same after cleaning.
-    keep[0] = True
+    # A removed mark goes with its anti-aliased rim (the piece's extent), and what is no mark goes black too: the
+    # codec leaves faint ghosts of text (grey level 8 or less) that OCR reads once it stretches the contrast.
+    keep[0] = False
     return keep[pieces]
 
 

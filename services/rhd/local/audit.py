@@ -25,6 +25,9 @@ from rhd.watch.figures import Target
 
 OCR_SCALE = 3  # burned-in text is 8-10 px high at 240 rows; tesseract reads it at three times that
 OCR_MATCH = 0.8  # similarity (difflib ratio) at which an OCR'd window counts as the identifier
+# A short word nearly matches somewhere in what OCR makes of speckle (a name part of 6 letters did, at 0.8): below
+# this length an identifier must be read exactly.
+OCR_NEAR_MIN = 10
 MIN_TEXT = 5  # shorter identifier forms are not searched for in free text (too common to mean anything)
 
 
@@ -100,7 +103,7 @@ class Needles:
                 target = normalised(f)
                 if len(target) < MIN_TEXT + 1:
                     continue
-                if target in page or _near(target, page):
+                if target in page or (len(target) >= OCR_NEAR_MIN and _near(target, page)):
                     found.append(name)
                     break
         return sorted(found)
