@@ -14,6 +14,7 @@ the marks are those of any frame, and the pixels to remove are then the same in 
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -45,6 +46,11 @@ class ScreenLayout:
     ecg_top: int  # the first row of the ECG band
     removed: np.ndarray  # bool H x W: the pixels set to black in every frame (marks not kept, with their rims)
 
+    @cached_property
+    def kept(self) -> np.ndarray:
+        """uint8 H x W: 255 where a frame's pixel stays, 0 where it goes black."""
+        return np.where(self.removed, np.uint8(0), np.uint8(255))
+
     @property
     def shape(self) -> tuple[int, int]:
         return self.image.shape  # type: ignore[return-value]
@@ -68,10 +74,11 @@ def screen_layout(frames: Sequence[np.ndarray], regions: Sequence[pb.UltrasoundR
     solid = np.zeros((h, w), np.uint8)
     values, bands = [], []
     for frame in frames:
-        hsv = cv2.cvtColor(frame, cv2.COLOR_BGR2HSV)
-        solid |= solid_of_value(hsv[..., 2])
-        values.append(hsv[..., 2])
-        bands.append(hsv[top:])
+        blue, green, red = cv2.split(frame)
+        value = cv2.max(cv2.max(blue, green), red)  # HSV's V, at 0.1 ms against 0.24
+        solid |= solid_of_value(value)
+        values.append(value)
+        bands.append(cv2.cvtColor(frame[top:], cv2.COLOR_BGR2HSV))
     fan = fan_of_solid(solid)
     # A calibrated trace (spectral Doppler, M-mode) is the image where the scanner says so; else the fan is.
     kept = [r for r in regions if r.spatial_format in KEPT_SPATIAL_FORMATS and r.data_type != "ecg"]
@@ -149,9 +156,7 @@ def clean_frame(bgr: np.ndarray, layout: ScreenLayout) -> np.ndarray:
     """The frame with every mark outside the image removed except the analysis's own (a new array)."""
     if bgr.shape[:2] != layout.shape:
         raise ValueError(f"frame {bgr.shape[:2]} does not match its video's layout {layout.shape}")
-    out = bgr.copy()
-    out[layout.removed] = 0
-    return out
+    return cv2.bitwise_and(bgr, bgr, mask=layout.kept)  # 0.03 ms; numpy's masked assignment took 0.8
 
 
 def clean_frames(frames: Sequence[np.ndarray], regions: Sequence[pb.UltrasoundRegion] = ()) -> list[np.ndarray]:
