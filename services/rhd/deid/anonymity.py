@@ -55,18 +55,22 @@ def measure(rows: Iterable[tuple[Class, str]], min_k: int) -> Measured:
 
 class Census:
     """What deid has released, per UTC day and in all: its gauge of k (labels are not known at release). A study is
-    counted once however often it is redelivered or published again (by its pseudonym)."""
+    counted once however often it is redelivered or published again (by its pseudonym); the counts are kept per
+    class, so k costs the number of classes, not of studies. Built again from the link map when deid starts, where
+    an erased study's tombstone has taken its link out."""
 
     def __init__(self) -> None:
         self.released: dict[str, tuple[str, Class]] = {}  # study pseudonym -> (day, class)
+        self.all: Counter[Class] = Counter()
+        self.days: dict[str, Counter[Class]] = defaultdict(Counter)
 
     def add(self, study: str, day: str, cls: Class) -> None:
-        self.released.setdefault(study, (day, cls))
-
-    def remove(self, study: str) -> None:
-        """An erased study leaves the counts (its released record no longer counts as anyone's)."""
-        self.released.pop(study, None)
+        if study in self.released:
+            return
+        self.released[study] = (day, cls)
+        self.all[cls] += 1
+        self.days[day][cls] += 1
 
     def k(self, day: str | None = None) -> int:
-        counts = Counter(cls for d, cls in self.released.values() if day is None or d == day)
+        counts = self.all if day is None else self.days.get(day, Counter())
         return min(counts.values()) if counts else 0
