@@ -21,6 +21,7 @@ from rhd.runtime.secrets import Keyring
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import STUDIES_DIAGNOSED
 from rhd.v1 import rhd_pb2 as pb
+from rhd.watch import console
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def label_name(diagnosis: pb.Diagnosis) -> str:
     """The label a class's diversity counts: the class, "referred", or "" when no answer yet (or FAILED)."""
     if diagnosis.referred:
         return "referred"
-    return pb.Label.Name(diagnosis.label).removeprefix("LABEL_").lower() if diagnosis.label else ""
+    return console.label_name(diagnosis.label) if diagnosis.label else ""
 
 
 def levels(policy: Policy, links: Iterable[Mapping], labels: Mapping[str, str]) -> Levels:
