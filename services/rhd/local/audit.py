@@ -50,6 +50,10 @@ def forms(name: str, value: str) -> set[str]:
         found |= {f"{y}{m}{d}", f"{d}/{m}/{y}", f"{d}-{m}-{y}", f"{d}.{m}.{y}"}
     if re.fullmatch(r"\d{2}:\d{2}", value):
         found |= {value.replace(":", "") + "00"}
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", value):  # a date and time, as an overlay or DICOM writes it
+        date, time = value.split()
+        y, m, d = date.split("-")
+        found |= {f"{y}{m}{d}{time.replace(':', '')}", f"{d}/{m}/{y} {time}", f"{y}{m}{d} {time.replace(':', '')}"}
     words = value.split()
     if name in ("patient_name", "operator", "referring_physician", "performing_physician") and len(words) > 1:
         found.add(f"{' '.join(words[1:])}^{words[0]}")
@@ -279,8 +283,13 @@ def _audit_stores(needles: Needles, report: Report, blob_dir: Path | None, log_d
 
 
 def _merged(identifiers: Iterable[Mapping[str, object]]) -> dict[str, list]:
+    """Every study's identifiers under one name each. A study's time of day is looked for with its date: alone, a
+    time is any log line's clock (a log written at 07:46 matched a study done at 07:46)."""
     merged: dict[str, list] = {}
     for one in identifiers:
+        one = dict(one)
+        if one.get("study_time") and one.get("study_date"):
+            one["study_time"] = f"{one['study_date']} {one['study_time']}"
         for name, value in one.items():
             merged.setdefault(name, []).extend(value if isinstance(value, list) else [value])
     return merged
