@@ -166,7 +166,14 @@ def line(tmp_path_factory):
         alive = {s.name: s.alive() for s in stack.services}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             # What Prometheus would scrape from every service, found the way it would: the stack's file_sd list.
-            scraped = await scrape_all(http, read_targets(stack.targets_path))
+            # The study published twice may be answered (deduplicated) before deid has counted the copy: wait for
+            # deid to have handled all six uploads, up to 30 s.
+            for _ in range(30):
+                scraped = await scrape_all(http, read_targets(stack.targets_path))
+                deid = [samples for t, samples in scraped.samples.items() if t.job == "deid"]
+                if deid and deid[0] and total(deid[0], "rhd_messages_total", stage="deid", outcome="ok") >= 6:
+                    break
+                await asyncio.sleep(1)
         # Nothing identifying outside the raw topic: every other topic (dead letters and the sealed links too), the
         # blob store, the logs, the metric labels, and decoded frames read by OCR.
         identifiers = [load_truth(d)["identifiers"] for d in studies if d.name != "S9999-0000"]
