@@ -429,6 +429,18 @@ def released_quasi_identifiers(metadata: Mapping[str, str], hospital_id: str, po
     return {q: hospital_id if q == "hospital_id" else str(metadata.get(q, "")) for q in policy.anonymity.released}
 
 
+def release_as(study: DeidentifiedStudy, released: Sequence[str], policy: Policy) -> None:
+    """Release the study with these values of the policy's released quasi-identifiers (some withheld to hold k):
+    in the de-identified upload, and recorded in its link."""
+    values = dict(zip(policy.anonymity.released, released, strict=True))
+    for name, value in values.items():
+        if name == "hospital_id":
+            study.upload.hospital_id = value
+        if name in study.upload.metadata:
+            study.upload.metadata[name] = value
+    study.link["released"] = values
+
+
 def quasi_identifiers(fields: Mapping[str, str], ctx: StudyContext, policy: Policy, hospital_id: str) -> dict[str, str]:
     """The study's quasi-identifiers at their finest measured level, for the link map (home region only)."""
     bands = policy.anonymity.fine_age_bands

@@ -80,6 +80,11 @@ class Anonymity:
     released: tuple[str, ...] = ()  # the quasi-identifiers the line's profile releases with each study
     levels: tuple[tuple[str, ...], ...] = ()  # finer releases, measured for the report
     fine_age_bands: tuple[int, ...] = ()  # the age band the link map keeps, for those levels
+    generalise: tuple[str, ...] = ()  # released quasi-identifiers deid may withhold, in this order, to hold min_k
+
+    @property
+    def generalise_positions(self) -> tuple[int, ...]:
+        return tuple(self.released.index(name) for name in self.generalise)
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,10 @@ def _anonymity(raw: dict) -> Anonymity:
         released=tuple(str(q) for q in raw.get("released", [])),
         levels=tuple(tuple(str(q) for q in level) for level in raw.get("levels", [])),
         fine_age_bands=tuple(int(b) for b in raw.get("fine_age_bands", [])),
+        generalise=tuple(str(q) for q in raw.get("generalise", [])),
     )
     if out.min_k < 1 or any(not set(out.released) <= set(level) for level in out.levels):
         raise PolicyError("anonymity: min_k must be at least 1 and every level must hold the released ones")
+    if not set(out.generalise) <= set(out.released):
+        raise PolicyError("anonymity: only released quasi-identifiers can be generalised")
     return out

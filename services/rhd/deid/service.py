@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from rhd.deid.anonymity import Census, class_of
-from rhd.deid.ops import deidentify_upload, link_bytes, record_key_pseudonym, study_pseudonym
+from rhd.deid.ops import deidentify_upload, link_bytes, record_key_pseudonym, release_as, study_pseudonym
 from rhd.deid.policy import load_policy
 from rhd.runtime import metrics
 from rhd.runtime.blobs import BlobStore
@@ -93,7 +93,12 @@ class Deid(
         pseudo = study.upload.study_id
         day = dt.datetime.now(dt.UTC).date().isoformat()
         study.link["day"] = day
-        self.census.add(pseudo, day, class_of(study.link["released"], self.policy.anonymity.released))
+        anonymity = self.policy.anonymity
+        own = class_of(study.link["released"], anonymity.released)
+        released = self.census.release(pseudo, day, own, anonymity.generalise_positions, anonymity.min_k)
+        if released != own:
+            metrics.ANONYMITY_WITHHELD.labels(self.profile.name).inc()
+        release_as(study, released, self.policy)
         self._gauge(day)
         sealed = pb.SealedRecord(
             schema=SEALED_SCHEMA,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from rhd.deid.anonymity import Measured, class_of, measure
+from rhd.deid.anonymity import WITHHELD, Measured, class_of, measure
 from rhd.deid.policy import OPTION_MEANINGS, Policy
 from rhd.runtime.kafka import read_records
 from rhd.runtime.links import read_link_map
@@ -29,6 +29,7 @@ class Levels:
     released: Measured  # cumulative, what the line releases
     days: dict[str, Measured]  # per UTC day of release
     finer: list[tuple[tuple[str, ...], Measured]]  # each finer level the policy lists, cumulative
+    withheld: int = 0  # releases with a quasi-identifier withheld to hold the minimum k
 
 
 def label_name(diagnosis: pb.Diagnosis) -> str:
@@ -52,6 +53,7 @@ def levels(policy: Policy, links: Iterable[Mapping], labels: Mapping[str, str]) 
             (level, measure(((class_of(lk.get("quasi", {}), level), lb) for lk, lb in rows), anonymity.min_k))
             for level in anonymity.levels
         ],
+        withheld=sum(WITHHELD in class_of(lk["released"], anonymity.released) for lk, _ in rows),
     )
 
 
@@ -89,7 +91,11 @@ def report(
         "",
         f"The line's profile (`{profile.name}`, region {profile.region}) releases with each study the "
         f"quasi-identifiers **{released}**; the minimum k is {a.min_k}. k is the smallest class of releases with "
-        "the same values, l the fewest distinct answers (normal, borderline, definite, referred) in a class.",
+        "the same values, l the fewest distinct answers (normal, borderline, definite, referred) in a class. While "
+        f"a study's class would hold fewer than {a.min_k} of the day's releases, deid withholds its "
+        f"{', '.join(a.generalise) or '(nothing: the policy names no quasi-identifier to withhold)'} (released as "
+        f"`{WITHHELD}`, which could be any value, so a withheld release counts in every class it matches): "
+        f"{measured.withheld} of {measured.released.n} releases were.",
         "",
         "| release | studies | classes | k | l | studies in classes below k | min k |",
         "|---|---|---|---|---|---|---|",
@@ -97,7 +103,8 @@ def report(
         *(_row(f"released, day {day}", m, a.min_k) for day, m in measured.days.items()),
         *(_row(f"finer (not released): {', '.join(level)}", m, a.min_k) for level, m in measured.finer),
         "",
-        "A day's first studies fall in small classes until the day's volume fills them: the gauge "
+        "A day's first studies go out withheld until the day's volume fills the classes; a day with fewer than "
+        f"{a.min_k} studies stays below k. The gauge "
         '`rhd_anonymity_k{window="day"}` shows it live. The finer levels are what releasing sex, state or the '
         "study's month would give; they stay in the home region.",
         "",
@@ -150,7 +157,8 @@ def report(
     elif audit.get("hits", 0):
         gaps.append(f"the last audit found {audit['hits']} identifiers outside the home region.")
     gaps += [
-        "the sending hospital leaves with each study (it routes the results): a small hospital is a small class.",
+        "the sending hospital leaves with most studies: a hospital's own releases form its class once the day's "
+        "withheld ones make it large enough, so a day's volume, not the hospital's, sets k.",
         "spectral Doppler frames without a Sequence of Ultrasound Regions are cleaned by the fan rule, which keeps "
         "the trace's whole rectangle only when the scanner declares it.",
         "after an erasure the study's pseudonymous records stay on the analysis topics until their retention; the "

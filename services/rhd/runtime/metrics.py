@@ -52,8 +52,14 @@ DEID_REMOVED = Counter(
 ANONYMITY_K = Gauge(
     "rhd_anonymity_k",
     "k-anonymity of the quasi-identifiers released to the analysis region: the smallest class, over the current UTC "
-    "day's releases (window=day) and all releases this replica knows (window=all).",
+    "day's releases (window=day) and all releases this replica knows (window=all); a class counts the releases that "
+    "could be its patient (withheld values match any).",
     ["window"],
+)
+ANONYMITY_WITHHELD = Counter(
+    "rhd_anonymity_withheld_total",
+    "Studies released with quasi-identifiers withheld (the policy's anonymity.generalise) to hold the minimum k.",
+    ["profile"],
 )
 RAW_BLOBS = Gauge("rhd_raw_blobs", "Sealed raw blobs held in the blob store, within the policy's retention.", ["stage"])
 RAW_BLOB_BYTES = Gauge("rhd_raw_blob_bytes", "Bytes of the sealed raw blobs held in the blob store.", ["stage"])
