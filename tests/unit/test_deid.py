@@ -216,6 +216,15 @@ def test_ocr_reads_the_identifiers_before_cleaning_and_none_after(studies):
     assert after == []
 
 
+def test_ocr_near_matches_are_looked_for_within_a_line_not_across_the_scraps_ocr_makes_of_speckle():
+    needles = Needles({"operator": "Lucas Souza", "patient_id": "785477219536797"})
+    assert needles.in_ocr("24Hz\n\nLucas Sooza\n") == ["operator"]  # a misread character, on its line
+    assert needles.in_ocr("ID 785477219536797\n") == ["patient_id"]
+    # The same letters in scraps of speckle on separate lines: exact nowhere, near only once joined.
+    assert needles.in_ocr("luc\n\nas\n\nsxuza\n") == []
+    assert needles.in_ocr("a5\n\nlucassouza\n") == ["operator"]  # exact is exact wherever it is
+
+
 def test_lossless_video_decodes_to_exactly_the_frames_written(studies):
     frames = decode_video((studies[0] / "S0021-0000-V00.mp4").read_bytes()).frames
     cleaned = clean_frames(frames)

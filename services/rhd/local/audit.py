@@ -99,24 +99,27 @@ class Needles:
         return sorted(name for name, patterns in self.patterns.items() if any(p in data for p in patterns))
 
     def in_ocr(self, text: str) -> list[str]:
-        """Identifiers whose normalised form OCR'd text holds, exactly or nearly (OCR misreads a character or two)."""
+        """Identifiers whose normalised form OCR'd text holds: exactly anywhere, or nearly (OCR misreads a character
+        or two) within one line it read. A burned-in identifier is one line of text; across lines, OCR's reading of
+        speckle (hundreds of short scraps on a cleaned frame) joins into strings that nearly match anything long."""
         page = normalised(text)
+        lines = [line for line in map(normalised, text.splitlines()) if line]
         found = []
         for name, fs in self.by_name.items():
             for f in fs:
                 target = normalised(f)
                 if len(target) < MIN_TEXT + 1:
                     continue
-                if target in page or (len(target) >= OCR_NEAR_MIN and _near(target, page)):
+                if target in page or (len(target) >= OCR_NEAR_MIN and any(_near(target, line) for line in lines)):
                     found.append(name)
                     break
         return sorted(found)
 
 
-def _near(target: str, page: str) -> bool:
+def _near(target: str, line: str) -> bool:
     n = len(target)
-    for start in range(0, max(1, len(page) - n + 1)):
-        window = page[start : start + n]
+    for start in range(0, max(1, len(line) - n + 1)):
+        window = line[start : start + n]
         if window[:1] in target and SequenceMatcher(None, target, window).ratio() >= OCR_MATCH:
             return True
     return False
