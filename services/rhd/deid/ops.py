@@ -380,7 +380,9 @@ def deidentify_upload(
                 fields = {**fields, **found}
                 ctx = study_context(key, profile, upload.hospital_id, fields)
             frames = (
-                clean_frames(decoded.frames, list(ref.regions) or regions) if profile.clean_pixels else decoded.frames
+                clean_frames(decoded.frames, list(ref.regions) or regions, in_place=True)
+                if profile.clean_pixels
+                else decoded.frames
             )
             data = encode_lossless(frames, decoded.fps)
         except (DicomError, VideoDecodeError, DeidError) as exc:

@@ -30,6 +30,7 @@ DEPTH_MARK_MAX = (22, 10)  # at 240 rows: the largest depth mark (w, h): a dot w
 BAR_LABEL_PX = 24  # at 240 rows: how far left of the colour bar its scale labels reach
 BAR_MARGIN_PX = 10  # at 240 rows: above and below the bar, where its end labels sit
 MARK_JOIN = (9, 3)  # at 240 rows: glyphs closer than this (w, h) are one mark, so a word or a line is judged whole
+SMALL_DISC_PX = 5  # grown by a dilation up to this radius, by a distance transform beyond
 RIM_PX = 3  # the codec rings this far outside the fan's edge; too narrow to hold a readable glyph
 KEPT_SPATIAL_FORMATS = ("spectral", "m_mode", "waveform")  # calibrated regions kept whole (a 2D region's rectangle
 # also holds the corners outside the fan, where text is burned in, so for it the fan decides)
@@ -50,6 +51,11 @@ class ScreenLayout:
     def kept(self) -> np.ndarray:
         """uint8 H x W: 255 where a frame's pixel stays, 0 where it goes black."""
         return np.where(self.removed, np.uint8(0), np.uint8(255))
+
+    @cached_property
+    def kept_bgr(self) -> np.ndarray:
+        """kept in each of a frame's three channels (H x W x 3), for a mask without allocation."""
+        return cv2.merge([self.kept] * 3)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -136,8 +142,13 @@ def _kept_marks(marks: np.ndarray, zones: np.ndarray, depth: np.ndarray) -> np.n
 
 
 def _grown(mask: np.ndarray, px: int) -> np.ndarray:
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
-    return cv2.dilate(mask.astype(np.uint8), disc).astype(bool)
+    """The mask and every pixel within px of it. A small disc dilates; a wide one (the depth band's 57 px disc
+    cost 3.5 ms a video) is a threshold on the distance to the mask (0.3 ms)."""
+    if px <= SMALL_DISC_PX:
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+        return cv2.dilate(mask.astype(np.uint8), disc).astype(bool)
+    distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return distance <= px
 
 
 def _ecg_trace(band_hsv: np.ndarray, outside: np.ndarray) -> np.ndarray:
@@ -161,14 +172,20 @@ def _median(values: np.ndarray) -> int:
     return (int(middle[(n - 1) // 2]) + int(middle[n // 2])) // 2
 
 
-def clean_frame(bgr: np.ndarray, layout: ScreenLayout) -> np.ndarray:
-    """The frame with every mark outside the image removed except the analysis's own (a new array)."""
-    if bgr.shape[:2] != layout.shape:
-        raise ValueError(f"frame {bgr.shape[:2]} does not match its video's layout {layout.shape}")
+def clean_frame(bgr: np.ndarray, layout: ScreenLayout, in_place: bool = False) -> np.ndarray:
+    """The frame with every mark outside the image removed except the analysis's own (a new array, or the frame
+    itself cleaned when in_place: no allocation, a third of the cost)."""
+    if bgr.shape[:2] != layout.shape or bgr.ndim != 3 or bgr.shape[2] != 3:
+        raise ValueError(f"frame {bgr.shape} does not match its video's layout {layout.shape}")
+    if in_place and bgr.flags.writeable and bgr.flags.c_contiguous:
+        return cv2.bitwise_and(bgr, layout.kept_bgr, dst=bgr)
     return cv2.bitwise_and(bgr, bgr, mask=layout.kept)  # 0.03 ms; numpy's masked assignment took 0.8
 
 
-def clean_frames(frames: Sequence[np.ndarray], regions: Sequence[pb.UltrasoundRegion] = ()) -> list[np.ndarray]:
-    """A video's frames with their burned-in text removed (layout found once for the video)."""
+def clean_frames(
+    frames: Sequence[np.ndarray], regions: Sequence[pb.UltrasoundRegion] = (), in_place: bool = False
+) -> list[np.ndarray]:
+    """A video's frames with their burned-in text removed (layout found once for the video); in_place cleans the
+    frames given (a caller that has no further use for the originals)."""
     layout = screen_layout(frames, regions)
-    return [clean_frame(frame, layout) for frame in frames]
+    return [clean_frame(frame, layout, in_place) for frame in frames]
