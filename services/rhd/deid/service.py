@@ -95,8 +95,9 @@ class Deid(
         study.link["day"] = day
         anonymity = self.policy.anonymity
         own = class_of(study.link["released"], anonymity.released)
+        first = pseudo not in self.census.released  # a study published again is counted once
         released = self.census.release(pseudo, day, own, anonymity.generalise_positions, anonymity.min_k)
-        if released != own:
+        if first and released != own:
             metrics.ANONYMITY_WITHHELD.labels(self.profile.name).inc()
         release_as(study, released, self.policy)
         self._gauge(day)
