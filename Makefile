@@ -111,4 +111,4 @@ bench: setup models
 # `rhd audit` over everything but the raw topic, with k and l of what was released. Each exits 1 on a miss.
 privacy-record: setup models tools
 	$(BIN)/python loadtest/deid_parity.py --studies 24
-	$(BIN)/python loadtest/audit_record.py --studies 200
+	$(BIN)/python loadtest/audit_record.py --studies 200 --ocr 300
