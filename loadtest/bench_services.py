@@ -47,8 +47,9 @@ from rhd.labels import VIEW_CLASSES
 from rhd.local.broker import EmbeddedBroker, free_port
 from rhd.local.publish import upload_from_dir
 from rhd.local.stack import ServiceProcess, stage_seconds, wait_serving
+from rhd.runtime import topics as line_topics
 from rhd.runtime.blobs import BlobStore
-from rhd.runtime.records import Output
+from rhd.runtime.records import Output, schema_headers
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import Position
 from rhd.runtime.topics import (
@@ -89,6 +90,11 @@ POLL_S = 0.05
 MAX_FETCH_BYTES = 16 * 1024 * 1024
 
 Record = tuple[str, bytes, bytes]  # topic, key, value
+
+
+def headers_of(topic: str) -> list[tuple[str, bytes]]:
+    """The schema header a stage wants on what it reads (the runner writes it on everything it produces)."""
+    return schema_headers(next(t.message for t in line_topics.TOPICS if t.name == topic)())
 
 
 def say(text: str) -> None:
@@ -259,7 +265,9 @@ async def produce(bootstrap: str, settings: Settings, records: list[Record]) -> 
     )
     await producer.start()
     try:
-        pending = [await producer.send(topic, value, key=key) for topic, key, value in records]
+        pending = [
+            await producer.send(topic, value, key=key, headers=headers_of(topic)) for topic, key, value in records
+        ]
         await asyncio.gather(*pending)
     finally:
         await producer.stop()

@@ -11,6 +11,7 @@ from aiokafka import ConsumerRecord
 from prometheus_client import REGISTRY
 from rhd.local.broker import free_port
 from rhd.model_server.server import start_server
+from rhd.runtime.records import schema_headers
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import StageRunner
 from rhd.runtime.topics import FRAMES_DONE, FRAMES_SEGMENTED, FRAMES_VIEWED, dlq
@@ -41,7 +42,7 @@ def segmented(view: str, index: int) -> ConsumerRecord:
         checksum=None,
         serialized_key_size=0,
         serialized_value_size=len(value),
-        headers=(),
+        headers=schema_headers(pb.SegmentedFrame()),
     )
 
 
@@ -65,7 +66,7 @@ async def test_frames_get_their_view_through_the_model_server(tmp_path):
     try:
         assert await stage.service.ready()
         for index, view in enumerate(("plax", "psax", "a4c", "a5c")):
-            [(topic, key, value)] = await stage._process(segmented(view, index))
+            [(topic, key, value, _)] = await stage._process(segmented(view, index))
             viewed = pb.ViewedFrame.FromString(value)
             assert (topic, key) == (FRAMES_VIEWED, f"s1-{view}")
             assert viewed.view.label == view, dict(viewed.view.probabilities)
@@ -93,7 +94,7 @@ async def test_without_a_model_server_frames_end_dead_lettered_and_failed_with_t
     try:
         assert not await stage.service.ready()
         record = segmented("plax", 3)
-        outputs = {topic: value for topic, _, value in await stage._process(record)}
+        outputs = {topic: value for topic, _, value, _ in await stage._process(record)}
         assert set(outputs) == {dlq(FRAMES_SEGMENTED), FRAMES_DONE}
         letter = pb.DeadLetter.FromString(outputs[dlq(FRAMES_SEGMENTED)])
         assert letter.stage == "view" and letter.error_type == "ModelUnavailableError"

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rhd.features.ops import FEATURE_NAMES
 from rhd.local.broker import EmbeddedBroker, free_port
 from rhd.local.stack import ServiceProcess
+from rhd.runtime.records import schema_headers
 from rhd.runtime.topics import FRAMES_DONE, STUDIES_FEATURES
 from rhd.v1 import rhd_pb2 as pb
 
@@ -49,7 +50,9 @@ async def produce(bootstrap: str, records: list[pb.FrameDone]) -> None:
             study = done.manifest.study_id if done.HasField("manifest") else done.result.key.study_id
             # One partition for all: the closed study's records come after the open one's first record, so a
             # restart replays them too.
-            await producer.send_and_wait(FRAMES_DONE, done.SerializeToString(), key=study.encode(), partition=0)
+            await producer.send_and_wait(
+                FRAMES_DONE, done.SerializeToString(), key=study.encode(), partition=0, headers=schema_headers(done)
+            )
     finally:
         await producer.stop()
 

@@ -3,6 +3,7 @@ that still shows the estimates when the evidence is short, and a referral withou
 not apply to the patient (over 20, or age unknown)."""
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import pytest
@@ -43,11 +44,15 @@ GOOD = {
 }
 
 
+STUDY_IDS = itertools.count()
+
+
 def study(age: str | None, **changes: float) -> pb.StudyFeatures:
     values = {**GOOD, **changes}
     return pb.StudyFeatures(
-        study_id="S1",
+        study_id=f"S{next(STUDY_IDS)}",
         completeness=pb.COMPLETENESS_COMPLETE,
+        frames=pb.FrameCounts(expected=300, analysed=280, skipped=20),
         features=pb.FeatureVector(
             feature_set=STUDY_FEATURE_SET, names=STUDY_FEATURE_NAMES, values=[values[n] for n in STUDY_FEATURE_NAMES]
         ),
@@ -87,3 +92,24 @@ def test_the_criteria_do_not_apply_to_adults_or_unknown_ages_who_are_referred_un
     d = answer(stage, study(age))
     assert d.referred and why in d.referral
     assert d.label == pb.LABEL_UNSPECIFIED and not d.probabilities and not d.criteria
+
+
+def test_a_replayed_or_republished_study_is_diagnosed_once(stage):
+    features = study("12.4")
+    assert answer(stage, features).study_id == features.study_id
+    assert stage.handle(features, AT) == []  # the same record again (a restart, a rebalance, a replay)
+    # Studies diagnosed before this replica started (read back from studies.diagnosed.v1) are not diagnosed again.
+    before = study("12.4")
+    asyncio.run(stage.partitions_assigned({0}, [before.study_id]))
+    assert stage.handle(before, AT) == []
+
+
+def test_a_study_with_no_frame_analysed_gets_no_label_but_says_why(stage):
+    features = study("12.4")
+    features.completeness = pb.COMPLETENESS_INCOMPLETE
+    features.frames.CopyFrom(pb.FrameCounts(expected=40, failed=40))
+    features.reason = "40 frames failed (first: view: model server unavailable)"
+    d = answer(stage, features)
+    assert d.completeness == pb.COMPLETENESS_FAILED and d.label == pb.LABEL_UNSPECIFIED
+    assert not d.probabilities and not d.criteria
+    assert d.reason.startswith("no diagnosis possible: not one frame") and "model server unavailable" in d.reason

@@ -71,12 +71,26 @@ def test_deadline_emits_incomplete_with_what_is_missing():
     assembler = Assembler(deadline_s=10)
     assembler.add("S1", manifest(), at=0.0)
     assembler.add("S1", result("V0", 0), at=0.0)
-    assert assembler.expire(at=9.0) == []
-    (study,) = assembler.expire(at=10.0)
+    assert assembler.expire(at=9.0) == ([], [])
+    (study,), strays = assembler.expire(at=10.0)
+    assert strays == []
     assert study.completeness == pb.COMPLETENESS_INCOMPLETE
     assert study.frames.missing == 4
     assert "4 of 5 frames unaccounted" in study.reason
     assert assembler.add("S1", result("V0", 1), at=11.0) is None  # late records do not reopen it
+
+
+def test_frame_results_for_a_study_never_registered_are_strays_not_a_study():
+    assembler = Assembler(deadline_s=10)
+    assembler.add("GHOST", result("V0", 0), at=0.0, partition=1, offset=7)
+    assembler.add("GHOST", result("V0", 1), at=0.0, partition=1, offset=8)
+    assert assembler.watermark(1, 9) == 7
+    assert assembler.expire(at=10.0) == ([], [("GHOST", 2)])  # no StudyFeatures: nothing to diagnose
+    assert assembler.watermark(1, 9) == 9 and "GHOST" not in assembler.closed
+    # Were its manifest only late, the study opens when it comes and is answered at its own deadline.
+    assembler.add("GHOST", manifest(frames=(2,)), at=20.0)
+    (study,), _ = assembler.expire(at=30.0)
+    assert study.study_id == "GHOST" and study.frames.missing == 2
 
 
 def test_failed_video_makes_the_study_incomplete_with_its_reason():
@@ -161,7 +175,7 @@ def test_studies_emitted_before_are_not_emitted_again_and_revoked_partitions_are
     assert assembler.duplicates == 2 and "A" not in assembler.open
     assembler.add("B", manifest(frames=(2,)), at=0, partition=3, offset=0)
     assert assembler.drop_partitions({3}) == 1 and assembler.open == {}
-    assert assembler.expire(at=1_000) == []  # a forgotten study is not expired here: its new reader owns it
+    assert assembler.expire(at=1_000) == ([], [])  # a forgotten study is not expired here: its new reader owns it
 
 
 def test_each_decoded_videos_cardiac_cycle_is_fitted_from_its_frames_readings_or_says_why_not():

@@ -168,3 +168,94 @@ def test_split_keeps_only_the_clinical_metadata_and_reads_the_scan_settings():
     assert set(scan.clinical) <= CLINICAL_FIELDS
     unknown = acquisition({"pixel_spacing_mm": "n/a"})
     assert (unknown.pixel_spacing_mm, unknown.nyquist_cm_s, unknown.clinical) == (0.0, 0.0, {"pixel_spacing_mm": "n/a"})
+
+
+def _record(value: bytes, headers=(), topic="frames.in.v1", offset=0):
+    from aiokafka import ConsumerRecord
+
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"k",
+        value=value,
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=len(value),
+        headers=tuple(headers),
+    )
+
+
+def test_a_record_of_another_type_or_version_or_written_by_something_else_is_dead_lettered(tmp_path):
+    """Protobuf parses most bytes as most messages (a Diagnosis reads as StudyFeatures): the schema header decides."""
+    import asyncio
+
+    from rhd.runtime.records import schema_headers
+    from rhd.runtime.stage import StageRunner, StageService
+
+    class Probe(StageService):
+        name, input_topic, input_type = "schemaprobe", "studies.in.v1", pb.StudyFeatures
+
+        def handle(self, message, at):
+            return []
+
+    runner = StageRunner(Probe(), Settings(blob_dir=tmp_path))
+    diagnosis = pb.Diagnosis(study_id="S1", label=pb.LABEL_DEFINITE)
+    assert pb.StudyFeatures.FromString(diagnosis.SerializeToString()).study_id == "S1"  # why a header is needed
+
+    def outcome(headers):
+        [out] = asyncio.run(runner._process(_record(diagnosis.SerializeToString(), headers)))
+        return pb.DeadLetter.FromString(out[2]).reason if out[0].endswith(".dlq") else "handled"
+
+    assert "a rhd.v1.Diagnosis record where a rhd.v1.StudyFeatures is read" in outcome(schema_headers(diagnosis))
+    assert "a rhd.v2.StudyFeatures record" in outcome([("rhd-schema", b"rhd.v2.StudyFeatures")])
+    assert "no rhd-schema header" in outcome([])
+    assert asyncio.run(runner._process(_record(b"", schema_headers(pb.StudyFeatures())))) == []
+    runner.pool.shutdown()
+
+
+def test_a_dead_letter_too_large_for_a_message_keeps_its_original_in_the_blob_store(tmp_path):
+    from rhd.runtime.records import dead_letter_output
+    from rhd.runtime.stage import StageRunner, StageService
+
+    class Probe(StageService):
+        name, input_topic, input_type = "dlqprobe", "frames.in.v1", pb.Frame
+
+    settings = Settings(blob_dir=tmp_path, max_message_bytes=100_000)
+    runner = StageRunner(Probe(), settings)
+    original = bytes(range(256)) * 1_000  # 256 kB
+    letter = dead_letter_output("frames.in.v1", "dlqprobe", "x" * 200_000, key=b"k", original=original)
+    topic, key, value, schema = runner._encode(letter)
+    written = pb.DeadLetter.FromString(value)
+    assert len(value) <= settings.max_message_bytes and schema == "rhd.v1.DeadLetter"
+    assert BlobStore(tmp_path).get(written.original_blob_uri) == original  # nothing lost
+    assert written.reason.startswith("x" * 100) and "reason cut" in written.reason
+    runner.pool.shutdown()
+
+
+def test_health_says_stuck_when_the_loop_stops_coming_round_and_ready_needs_the_broker(tmp_path):
+    import asyncio
+    import time
+
+    from rhd.local.broker import free_port
+    from rhd.runtime import kafka
+    from rhd.runtime.stage import StageRunner, StageService
+
+    class Probe(StageService):
+        name, input_topic, input_type = "healthprobe", "frames.in.v1", pb.Frame
+
+    settings = Settings(blob_dir=tmp_path, stuck_after_s=5.0, bootstrap_servers=f"127.0.0.1:{free_port()}")
+    runner = StageRunner(Probe(), settings)
+    assert runner.alive()
+    runner._alive = time.monotonic() - 6.0  # the loop has not come round for 6 s
+    assert not runner.alive()
+
+    async def ready_without_a_broker():
+        runner.producer = kafka.producer(settings, "healthprobe")
+        runner.consumer = kafka.consumer(settings, None, "healthprobe")  # started, but nothing listens there
+        return await runner.ready()
+
+    assert asyncio.run(ready_without_a_broker()) is False
+    runner.pool.shutdown()

@@ -433,9 +433,15 @@ class Assembler:
             del self.open[study_id]
         return len(gone)
 
-    def expire(self, at: float) -> list[pb.StudyFeatures]:
+    def expire(self, at: float) -> tuple[list[pb.StudyFeatures], list[tuple[str, int]]]:
+        """The studies whose deadline passed, closed as they stand; and the strays: (study, records) of frame
+        results for a study the line never registered (no manifest from split by the deadline). A stray is not a
+        study, so it gets no diagnosis; it is forgotten, not closed, so were its manifest only late the study
+        still opens when it comes (and is answered at its own deadline)."""
         late = [sid for sid, s in self.open.items() if at - s.first_seen >= self.deadline_s]
-        return [self._close(sid, self.open[sid], deadline_passed=True) for sid in late]
+        strays = [(sid, len(self.open.pop(sid).results)) for sid in late if self.open[sid].manifest is None]
+        studies = [self._close(sid, self.open[sid], deadline_passed=True) for sid in late if sid in self.open]
+        return studies, strays
 
     def _close(self, study_id: str, study: _Study, deadline_passed: bool) -> pb.StudyFeatures:
         del self.open[study_id]

@@ -6,7 +6,7 @@ record) and from the studies it already emitted, read back from studies.features
 
 from rhd.assemble.ops import Assembler, study_of
 from rhd.runtime import metrics
-from rhd.runtime.records import Output
+from rhd.runtime.records import Output, dead_letter_output
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_DONE, STUDIES_FEATURES
@@ -34,7 +34,20 @@ class Assemble(StageService, name="assemble", input_topic=FRAMES_DONE, input_typ
         return self._emitted([study] if study is not None else [])
 
     def tick(self, now: float) -> list[Output]:
-        return self._emitted(self.assembler.expire(now))
+        studies, strays = self.assembler.expire(now)
+        letters = [
+            dead_letter_output(
+                FRAMES_DONE,
+                self.name,
+                f"{records} frame results for a study the line never registered (no manifest from split within "
+                f"{self.assembler.deadline_s:.0f} s): not a study, no diagnosis",
+                key=study_id.encode(),
+                error_type="stray",
+                study_id=study_id,
+            )
+            for study_id, records in strays
+        ]
+        return [*letters, *self._emitted(studies)]
 
     def _emitted(self, studies: list[pb.StudyFeatures]) -> list[Output]:
         for study in studies:

@@ -1,6 +1,8 @@
 """diagnose: studies.features.v1 -> studies.diagnosed.v1 (per-criterion estimates combined by the WHF rules, with
 the measurements each rests on)."""
 
+from collections import OrderedDict
+
 from rhd.diagnose.ops import diagnose, load_study_model, referral
 from rhd.labels import CLASSES
 from rhd.runtime import metrics
@@ -11,17 +13,47 @@ from rhd.runtime.topics import STUDIES_DIAGNOSED, STUDIES_FEATURES
 from rhd.v1 import rhd_pb2 as pb
 
 LABELS = {name: pb.Label.Value(f"LABEL_{name.upper()}") for name in CLASSES}
+REMEMBER_STUDIES = 1_000_000  # study ids kept to drop a replayed record (about 100 MB at most)
+NOTHING_READ = "no diagnosis possible: not one frame of the study could be analysed"
 
 
 class Diagnose(StageService, name="diagnose", input_topic=STUDIES_FEATURES, input_type=pb.StudyFeatures):
+    concurrent = False  # a study's record delivered twice in one batch is still diagnosed once
+    written_topic = STUDIES_DIAGNOSED  # read back before each assignment: the studies already diagnosed
+
     async def start(self, settings: Settings) -> None:
         self.model = load_study_model(settings.models_dir)
+        self.written_window_s = settings.assemble_remember_s
+        self.diagnosed: OrderedDict[str, None] = OrderedDict()
         metrics.set_build_info(self.name, study_model=self.model.version)
 
     def validate(self, study: pb.StudyFeatures) -> str | None:
         return None if study.study_id else "study features without study_id"
 
+    async def partitions_assigned(self, partitions: set[int], written: list[str]) -> None:
+        for study_id in written:
+            self._remember(study_id)
+
+    def _remember(self, study_id: str) -> None:
+        self.diagnosed[study_id] = None
+        self.diagnosed.move_to_end(study_id)
+        while len(self.diagnosed) > REMEMBER_STUDIES:
+            self.diagnosed.popitem(last=False)
+
     def handle(self, study: pb.StudyFeatures, at: Position) -> list[Output]:
+        """One diagnosis per study: a record replayed (a restart, a rebalance, a dead letter replayed) or published
+        again gets none."""
+        if study.study_id in self.diagnosed:
+            metrics.DUPLICATES.labels(self.name).inc()
+            return []
+        self._remember(study.study_id)
+        if study.completeness != pb.COMPLETENESS_FAILED and not study.frames.analysed:
+            # Nothing of the study was read: a label would come from a vector of zeros. Say so instead.
+            failed = pb.StudyFeatures()
+            failed.CopyFrom(study)
+            failed.completeness = pb.COMPLETENESS_FAILED
+            failed.reason = "; ".join(r for r in (NOTHING_READ, study.reason) if r)
+            study = failed
         diagnosis = pb.Diagnosis(
             study_id=study.study_id,
             model_version=self.model.version,

@@ -14,16 +14,23 @@ TFS_METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 async def start_http(
-    host: str, port: int, ready: Callable[[], Awaitable[bool]], metrics_path: str | None = "/metrics"
+    host: str,
+    port: int,
+    ready: Callable[[], Awaitable[bool]],
+    metrics_path: str | None = "/metrics",
+    alive: Callable[[], bool] = lambda: True,
 ) -> tuple[web.AppRunner, int]:
     """Listen on host:port (0 picks a free one); return the runner and the bound port. The model server puts its
-    metrics where TF Serving's monitoring config says (metrics_path), or serves none (None), as tensorflow/serving."""
+    metrics where TF Serving's monitoring config says (metrics_path), or serves none (None), as tensorflow/serving.
+    /healthz answers 503 once `alive` says the service is stuck (a liveness probe then restarts it); /readyz 503
+    while `ready` says it cannot do its work (no traffic is sent to it)."""
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
+        ok = alive()
+        return web.json_response({"status": "alive" if ok else "stuck"}, status=200 if ok else 503)
 
     async def readyz(_: web.Request) -> web.Response:
         ok = await ready()

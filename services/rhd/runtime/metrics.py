@@ -66,6 +66,11 @@ RAW_BLOB_BYTES = Gauge("rhd_raw_blob_bytes", "Bytes of the sealed raw blobs held
 RAW_BLOBS_DELETED = Counter(
     "rhd_raw_blobs_deleted_total", "Sealed raw blobs deleted once past the policy's retention.", ["stage"]
 )
+RECOVERY_FAILURES = Counter(
+    "rhd_recovery_read_failures_total",
+    "Failed tries to read a stage's own output back on partition assignment (each is tried again).",
+    ["stage"],
+)
 BUILD = Info("rhd_build", "Version of the running service.")
 
 

@@ -13,6 +13,29 @@ def now() -> Timestamp:
     return stamp
 
 
+# Every record the line writes names its message type in this header; a stage refuses a record that names another
+# type (or another version of its own) or none, since protobuf would parse most bytes as most messages.
+SCHEMA_HEADER = "rhd-schema"
+
+
+def schema_of(message: Message) -> str:
+    return message.DESCRIPTOR.full_name
+
+
+def schema_headers(message: Message) -> list[tuple[str, bytes]]:
+    """The headers a record carrying `message` is written with (by the runner, and by anything else that writes
+    to a topic a stage reads)."""
+    return [(SCHEMA_HEADER, schema_of(message).encode())]
+
+
+def header(headers: object, name: str) -> str | None:
+    """A record header's value as text (the first of that name), or None."""
+    for key, value in headers or ():  # type: ignore[attr-defined]
+        if key == name:
+            return (value or b"").decode(errors="replace")
+    return None
+
+
 class Output:
     """One record to produce: topic, key and message."""
 

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     # assemble: a study not fully accounted for this long after its first record is emitted INCOMPLETE.
     study_deadline_s: float = 300.0
     assemble_remember_s: float = 86_400.0  # after a restart, studies emitted this long ago are still known
+    # A stage that writes each key once (assemble, diagnose) reads its output back on every assignment: each try
+    # of that read is given this long, and tried again (the partitions wait) until it succeeds.
+    recovery_read_timeout_s: float = 30.0
+    # /healthz fails when the consume loop has not come round for this long (stuck, not merely busy: a batch's
+    # records each finish well within it).
+    stuck_after_s: float = 120.0
     log_level: str = "INFO"
     # Privacy. Where this service runs, and where the identifiable data lives (the patients' home region, Brazil in
     # production): services that read identifiable data refuse to start anywhere else.

@@ -14,18 +14,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from google.protobuf.message import DecodeError, Message
 
 from rhd.runtime import kafka, metrics
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.http import start_http
-from rhd.runtime.records import Output, dead_letter_output, frame_key_of, frame_result
+from rhd.runtime.records import SCHEMA_HEADER, Output, dead_letter_output, frame_key_of, frame_result, header, schema_of
 from rhd.runtime.secrets import SecretError, require_home_region
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import DLQ_SUFFIX
 from rhd.v1 import rhd_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+Encoded = tuple[str, str, bytes, str]  # topic, key, value, the message type (its schema header)
+MAX_REASON = 2_000  # characters of a dead letter's reason kept when the letter would not fit a message
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,9 @@ class StageService:
         return True
 
 
+READY_TIMEOUT_S = 2.0  # /readyz: how long the broker has to answer a metadata request
+
+
 class StageRunner:
     def __init__(self, service: StageService, settings: Settings) -> None:
         self.service = service
@@ -138,6 +145,7 @@ class StageRunner:
         self.http_port = 0
         self._positions: dict[TopicPartition, int] = {}
         self._is_async = inspect.iscoroutinefunction(service.handle)
+        self._alive = time.monotonic()  # when the consume loop last came round or a record last finished
         # Records are handled only while no partition hook runs: aiokafka may fetch for new partitions before
         # on_partitions_assigned has finished, and a stateful stage must rebuild its state first.
         self._hooks = asyncio.Lock()
@@ -149,12 +157,12 @@ class StageRunner:
             require_home_region(s.region, s.home_region, f"stage {svc.name}")
         metrics.set_build_info(svc.name)
         metrics.declare_stage(svc.name, svc.input_topic)
-        http_runner, self.http_port = await start_http(s.http_host, s.http_port, self.ready)
+        http_runner, self.http_port = await start_http(s.http_host, s.http_port, self.ready, alive=self.alive)
         self.producer = kafka.producer(s, svc.name, linger_ms=2)
         self.consumer = kafka.consumer(s, svc.name, svc.name)
         await svc.start(s)
         await self.producer.start()
-        self.consumer.subscribe([svc.input_topic], listener=_PartitionListener(svc, s, self._hooks))
+        self.consumer.subscribe([svc.input_topic], listener=_PartitionListener(svc, s, self._hooks, self.stopping))
         await self.consumer.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -171,51 +179,82 @@ class StageRunner:
             log.info("stage %s stopped", svc.name)
 
     async def ready(self) -> bool:
-        started = self.consumer is not None and self.producer is not None and not self.stopping.is_set()
-        return started and await self.service.ready()
+        """Started, the broker answering (a metadata request), and whatever the stage itself needs (its model)."""
+        if self.consumer is None or self.producer is None or self.stopping.is_set():
+            return False
+        try:
+            await asyncio.wait_for(self.consumer.topics(), timeout=READY_TIMEOUT_S)
+        except (TimeoutError, KafkaError, OSError):
+            return False
+        return await self.service.ready()
+
+    def alive(self) -> bool:
+        """False once the consume loop has not come round (nor a record finished) for settings.stuck_after_s."""
+        return time.monotonic() - self._alive < self.settings.stuck_after_s
 
     async def _loop(self) -> None:
         assert self.consumer is not None
         next_tick = next_lag = time.monotonic()
         while not self.stopping.is_set():
+            self._alive = time.monotonic()
             batches = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.fetch_max_records)
             for tp, records in batches.items():
                 await self._process_batch(tp, records)
             now = time.monotonic()
             if self.service.tick_seconds and now >= next_tick:
                 next_tick = now + self.service.tick_seconds
-                await self._produce(self.service.tick(time.time()))
+                async with self._hooks:  # no partition moves while the tick's outputs are made and written
+                    await self._produce(self.service.tick(time.time()))
             if now >= next_lag:
                 next_lag = now + 2.0
                 self._record_lag()
 
     # -- one batch of one partition ------------------------------------------------------------
     async def _process_batch(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        """Handle, write and commit one batch with no partition moving meanwhile: a revoke waits for the commit,
+        so a stateful stage never drops state its commit still needs, nor commits past state it dropped."""
         assert self.consumer is not None
         async with self._hooks:
+            if tp not in self.consumer.assignment():  # revoked between the fetch and now: its new owner reads it
+                return
             if self.service.concurrent:
                 results = await asyncio.gather(*(self._process(r) for r in records))
             else:
                 results = [await self._process(r) for r in records]
-        await self._produce([out for outputs in results for out in outputs])
-        await self.consumer.commit({tp: self.service.committable(tp.partition, records[-1].offset + 1)})
-        self._positions[tp] = records[-1].offset + 1
+            await self._produce([out for outputs in results for out in outputs])
+            try:
+                await self.consumer.commit({tp: self.service.committable(tp.partition, records[-1].offset + 1)})
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group moved on without us (a session timed out): the partition's new owner reads these
+                # records again, and the stages downstream drop what they already have.
+                log.warning("%s could not commit %s: %s", self.service.name, tp, exc)
+                return
+            self._positions[tp] = records[-1].offset + 1
 
-    async def _produce(self, outputs: list[tuple[str, str, bytes]] | list[Output]) -> None:
+    async def _produce(self, outputs: list[Encoded] | list[Output]) -> None:
         assert self.producer is not None
         pending = []
         for out in outputs:
-            topic, key, value = out if isinstance(out, tuple) else self._encode(out)
-            pending.append(await self.producer.send(topic, value, key=key.encode()))
+            topic, key, value, schema = out if isinstance(out, tuple) else self._encode(out)
+            headers = [(SCHEMA_HEADER, schema.encode())]
+            pending.append(await self.producer.send(topic, value, key=key.encode(), headers=headers))
             metrics.OUTPUTS.labels(self.service.name, topic).inc()
             if topic.endswith(DLQ_SUFFIX):  # a whole record, or a part of one (a video of an upload)
                 metrics.DEAD_LETTERS.labels(self.service.name, topic.removesuffix(DLQ_SUFFIX)).inc()
         if pending:
             await asyncio.gather(*pending)
 
-    @staticmethod
-    def _encode(out: Output) -> tuple[str, str, bytes]:
-        return out.topic, out.key, out.message.SerializeToString()
+    def _encode(self, out: Output) -> Encoded:
+        """The record's bytes. A dead letter too large for a message keeps its original in the blob store (and,
+        were it still too large, a shortened reason): a letter that cannot be written would stop the stage."""
+        message, limit = out.message, self.settings.max_message_bytes
+        if isinstance(message, pb.DeadLetter) and message.ByteSize() > limit:
+            message = pb.DeadLetter.FromString(message.SerializeToString())
+            if message.WhichOneof("original") == "original_bytes":
+                message.original_blob_uri = self.blobs.put(message.original_bytes)
+            if message.ByteSize() > limit:
+                message.reason = message.reason[:MAX_REASON] + " [reason cut: too long for a dead letter]"
+        return out.topic, out.key, message.SerializeToString(), schema_of(message)
 
     def _timed_handle(self, message: Message, at: Position) -> list[Output]:
         # Timed in the worker so the histogram shows the work, not the wait for a free worker.
@@ -225,7 +264,7 @@ class StageRunner:
         finally:
             metrics.STAGE_SECONDS.labels(self.service.name).observe(time.perf_counter() - started)
 
-    async def _process(self, record: ConsumerRecord) -> list[tuple[str, str, bytes]]:
+    async def _process(self, record: ConsumerRecord) -> list[Encoded]:
         """Decode, handle, encode one record; every problem becomes a dead letter, never an exception."""
         svc, limit = self.service, self.settings.max_message_bytes
         started = time.perf_counter()
@@ -234,6 +273,9 @@ class StageRunner:
         try:
             if len(value) > limit:
                 raise _Rejected(f"payload of {len(value)} bytes is over the {limit}-byte message limit")
+            problem = schema_problem(svc.input_type, header(record.headers, SCHEMA_HEADER))
+            if problem:
+                raise _Rejected(problem)
             try:
                 message = svc.input_type.FromString(value)
             except DecodeError as exc:
@@ -247,7 +289,7 @@ class StageRunner:
             else:
                 outputs = await asyncio.get_running_loop().run_in_executor(self.pool, self._timed_handle, message, at)
             encoded = [self._encode(out) for out in outputs]
-            for topic, _, data in encoded:
+            for topic, _, data, _ in encoded:
                 if len(data) > limit and not topic.endswith(DLQ_SUFFIX):
                     raise _Rejected(f"output for {topic} of {len(data)} bytes is over the {limit}-byte limit")
             metrics.MESSAGES.labels(svc.name, "ok").inc()
@@ -268,6 +310,7 @@ class StageRunner:
             metrics.MESSAGES.labels(svc.name, "dead_letter").inc()
             return [self._encode(out) for out in self._dead_letter(record, message, reason, error_type)]
         finally:
+            self._alive = time.monotonic()
             if self._is_async:
                 metrics.STAGE_SECONDS.labels(svc.name).observe(time.perf_counter() - started)
 
@@ -323,8 +366,8 @@ class StageRunner:
 class _PartitionListener(ConsumerRebalanceListener):
     """Tells the stage which partitions of its input it now reads (aiokafka awaits these during a rebalance)."""
 
-    def __init__(self, service: StageService, settings: Settings, hooks: asyncio.Lock) -> None:
-        self.service, self.settings, self.hooks = service, settings, hooks
+    def __init__(self, service: StageService, settings: Settings, hooks: asyncio.Lock, stopping: asyncio.Event) -> None:
+        self.service, self.settings, self.hooks, self.stopping = service, settings, hooks, stopping
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
@@ -337,18 +380,47 @@ class _PartitionListener(ConsumerRebalanceListener):
             async with self.hooks:
                 svc, written = self.service, []
                 if svc.written_topic:
-                    started = time.monotonic()
-                    since = time.time() - svc.written_window_s
-                    written = await kafka.read_keys(self.settings, svc.written_topic, since, f"{svc.name}-recovery")
-                    log.info(
-                        "%s read %d keys written to %s back in %.2f s",
-                        svc.name,
-                        len(written),
-                        svc.written_topic,
-                        time.monotonic() - started,
-                    )
+                    written = await self._written()
                 log.info("%s reads partitions %s", svc.name, sorted(tp.partition for tp in assigned))
                 await svc.partitions_assigned({tp.partition for tp in assigned}, written)
+
+    async def _written(self) -> list[str]:
+        """The keys the stage wrote in its window, read back. Each try has a time limit; a failed try is tried again
+        (the new partitions wait, holding no records) rather than going on without them, which would write some
+        keys a second time."""
+        svc, backoff = self.service, 1.0
+        while True:
+            started = time.monotonic()
+            since = time.time() - svc.written_window_s
+            try:
+                written = await asyncio.wait_for(
+                    kafka.read_keys(self.settings, svc.written_topic, since, f"{svc.name}-recovery"),
+                    timeout=self.settings.recovery_read_timeout_s,
+                )
+            except (TimeoutError, KafkaError, OSError) as exc:
+                metrics.RECOVERY_FAILURES.labels(svc.name).inc()
+                log.warning("%s could not read %s back (%s): trying again", svc.name, svc.written_topic, exc)
+                if self.stopping.is_set():
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            took = time.monotonic() - started
+            log.info("%s read %d keys written to %s back in %.2f s", svc.name, len(written), svc.written_topic, took)
+            return written
+
+
+def schema_problem(expected: type[Message], declared: str | None) -> str | None:
+    """Why a record's schema header rules it out for a stage reading `expected`, or None. A type with a `schema`
+    field of its own (what hospitals publish, with their own clients) may come without the header."""
+    name = expected.DESCRIPTOR.full_name
+    if declared is None:
+        if "schema" in expected.DESCRIPTOR.fields_by_name:
+            return None
+        return f"no {SCHEMA_HEADER} header: a record the line did not write (a {name} is read here)"
+    if declared != name:
+        return f"a {declared} record where a {name} is read ({SCHEMA_HEADER} header)"
+    return None
 
 
 class _Rejected(Exception):

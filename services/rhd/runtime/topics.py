@@ -59,7 +59,7 @@ class Topic:
 
 
 TOPICS: tuple[Topic, ...] = (
-    Topic(STUDIES_UPLOADED, pb.StudyUpload, "study_id"),
+    Topic(STUDIES_UPLOADED, pb.SealedRecord, "upload_id"),  # a StudyUpload sealed whole (rhd.runtime.secrets)
     Topic(STUDIES_DEIDENTIFIED, pb.StudyUpload, "study pseudonym"),
     Topic(STUDIES_LINKS, pb.SealedRecord, "study pseudonym", configs=COMPACTED),
     Topic(FRAMES_DECODED, pb.Frame, "video_id"),
