@@ -105,3 +105,25 @@ async def test_without_a_model_server_frames_end_dead_lettered_and_failed_with_t
         assert "gave no answer" in done.result.reason
     finally:
         await stage.service.stop()
+
+
+async def test_a_frame_waits_for_a_model_server_that_comes_back_and_the_stage_counts_as_alive_meanwhile(tmp_path):
+    import asyncio
+    import time
+
+    port = free_port()
+    stage = await runner(tmp_path, f"127.0.0.1:{port}", 60.0)  # nothing listens there yet
+    stage._alive = time.monotonic() - 10 * stage.settings.stuck_after_s  # the loop has not come round for long
+    server = None
+    try:
+        waiting = asyncio.create_task(stage._process(segmented("a4c", 1)))
+        await asyncio.sleep(2.0)
+        assert not waiting.done() and stage.service.waiting() and stage.alive()  # blocked, not stuck
+        server, _ = await start_server(MODELS, "127.0.0.1", port, ["view"])
+        [(topic, _, value, _)] = await asyncio.wait_for(waiting, timeout=30)
+        assert topic == FRAMES_VIEWED and pb.ViewedFrame.FromString(value).view.label  # answered, not FAILED
+        assert not stage.service.waiting()
+    finally:
+        await stage.service.stop()
+        if server is not None:
+            await server.stop(0)

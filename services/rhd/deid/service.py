@@ -89,7 +89,12 @@ class Deid(
         upload = opened_upload(record, at.key, self.raw)
         if not (upload.study_id and upload.videos):
             raise SecretError("sealed upload without study_id or without videos")
-        study = deidentify_upload(upload, self._read, self.blobs.put, self.policy, self.profile, self.key, self.budget)
+        try:
+            study = deidentify_upload(
+                upload, self._read, self.blobs.put, self.policy, self.profile, self.key, self.budget
+            )
+        except Exception as exc:  # the upload as a whole: its study is still answered (FAILED, saying why)
+            return self._not_deidentified(upload, record, at, exc)
         pseudo = study.upload.study_id
         day = dt.datetime.now(dt.UTC).date().isoformat()
         study.link["day"] = day
@@ -130,6 +135,43 @@ class Deid(
         metrics.DEID_REMOVED.labels(self.profile.name).inc(int(study.upload.metadata.get("removed_fields", "0")))
         # The de-identified study goes last: its link is written before anything downstream can answer for it.
         return [*outputs, Output(STUDIES_DEIDENTIFIED, pseudo, study.upload)]
+
+    def _not_deidentified(
+        self, upload: pb.StudyUpload, record: pb.SealedRecord, at: Position, exc: Exception
+    ) -> list[Output]:
+        """An upload that opened but could not be de-identified: dead-lettered sealed (its reason names the error's
+        type only: its text may quote a value), and answered: the study goes on with every video failed, and its
+        link, so the hospital reads its FAILED diagnosis under its own ids."""
+        pseudo = study_pseudonym(self.key, upload.hospital_id, upload.study_id)
+        reason = f"upload not de-identified: {type(exc).__name__} (details withheld: identifiable input)"
+        log.error("deid: study %s: %s", pseudo, reason)
+        out = pb.StudyUpload(schema="rhd.v1.StudyUpload", study_id=pseudo, upload_id=upload.upload_id)
+        out.uploaded_at.CopyFrom(upload.uploaded_at)
+        for index, _ in enumerate(upload.videos):
+            out.videos.add(video_id=f"{pseudo}-V{index:02d}", error=reason)
+        link = {
+            "pseudonym": pseudo,
+            "hospital_id": upload.hospital_id,
+            "study_id": upload.study_id,
+            "upload_id": upload.upload_id,
+            "videos": {v.video_id or v.filename: f"{pseudo}-V{i:02d}" for i, v in enumerate(upload.videos)},
+            "day": dt.datetime.now(dt.UTC).date().isoformat(),
+        }
+        sealed = pb.SealedRecord(
+            schema=SEALED_SCHEMA, kind="link", key_id=self.links.current, envelope=self.links.seal(link_bytes(link))
+        )
+        letter = dead_letter_output(
+            STUDIES_UPLOADED,
+            self.name,
+            reason,
+            key=pseudo.encode(),
+            error_type=type(exc).__name__,
+            study_id=pseudo,
+            partition=at.partition,
+            offset=at.offset,
+            original=record.SerializeToString(),  # sealed already
+        )
+        return [letter, Output(STUDIES_LINKS, pseudo, sealed), Output(STUDIES_DEIDENTIFIED, pseudo, out)]
 
     def _gauge(self, day: str) -> None:
         metrics.ANONYMITY_K.labels("day").set(self.census.k(day))

@@ -111,7 +111,7 @@ class ModelClient:
         timeout_s: float = 10.0,
         max_batch: int = 32,
         max_wait_ms: float = 5.0,
-        retry_for_s: float = 60.0,
+        retry_for_s: float = 240.0,
         input_name: str = "frames",
     ) -> None:
         if max_batch < 1:
@@ -119,6 +119,7 @@ class ModelClient:
         self.target, self.model_name, self.version, self.signature = target, model_name, version, signature
         self.timeout_s, self.max_batch, self.max_wait_s = timeout_s, max_batch, max_wait_ms / 1000.0
         self.retry_for_s, self.input_name = retry_for_s, input_name
+        self.retrying = 0  # calls waiting (in backoff) for the model server
         self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
@@ -249,30 +250,45 @@ class ModelClient:
     async def _call(self, method, request, timed: bool = False):
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.retry_for_s
-        delay = FIRST_BACKOFF_S
-        while True:
-            started = time.perf_counter()
-            try:
-                response = await method(request, timeout=self.timeout_s)
-                if timed:
-                    metrics.MODEL_REQUEST_SECONDS.labels(self.model_name, "OK").observe(time.perf_counter() - started)
-                return response
-            except grpc.aio.AioRpcError as err:
-                if timed:
-                    metrics.MODEL_REQUEST_SECONDS.labels(self.model_name, err.code().name).observe(
-                        time.perf_counter() - started
-                    )
-                status = f"{err.code().name}: {err.details()}"
-                if err.code() not in RETRYABLE:
-                    raise ModelRequestError(f"model server {self.target}, model {self.model_name}: {status}") from None
-                if loop.time() >= give_up:
-                    raise ModelUnavailableError(
-                        f"model server {self.target} (model {self.model_name}) gave no answer for "
-                        f"{self.retry_for_s:g} s; last status {status}"
-                    ) from None
-                # One warning per call: a down server would otherwise log every backoff of every batch.
-                (log.warning if delay == FIRST_BACKOFF_S else log.debug)(
-                    "model server %s: %s; retrying for up to %.0f s", self.target, status, give_up - loop.time()
-                )
-                await asyncio.sleep(min(delay, max(0.0, give_up - loop.time())))
-                delay = min(2 * delay, MAX_BACKOFF_S)
+        delay, waiting = FIRST_BACKOFF_S, False
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    response = await method(request, timeout=self.timeout_s)
+                    if timed:
+                        metrics.MODEL_REQUEST_SECONDS.labels(self.model_name, "OK").observe(
+                            time.perf_counter() - started
+                        )
+                    return response
+                except grpc.aio.AioRpcError as err:
+                    if timed:
+                        metrics.MODEL_REQUEST_SECONDS.labels(self.model_name, err.code().name).observe(
+                            time.perf_counter() - started
+                        )
+                    status = f"{err.code().name}: {err.details()}"
+                    if err.code() not in RETRYABLE:
+                        raise ModelRequestError(
+                            f"model server {self.target}, model {self.model_name}: {status}"
+                        ) from None
+                    if loop.time() >= give_up:
+                        raise ModelUnavailableError(
+                            f"model server {self.target} (model {self.model_name}) gave no answer for "
+                            f"{self.retry_for_s:g} s; last status {status}"
+                        ) from None
+                    if not waiting:  # one warning per call: not one per backoff of every batch
+                        waiting = True
+                        self.retrying += 1
+                        log.warning(
+                            "model server %s: %s; retrying for up to %.0f s", self.target, status, give_up - loop.time()
+                        )
+                    await asyncio.sleep(min(delay, max(0.0, give_up - loop.time())))
+                    delay = min(2 * delay, MAX_BACKOFF_S)
+        finally:
+            if waiting:
+                self.retrying -= 1
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a call is waiting for the model server to come back (the stage is blocked, not stuck)."""
+        return self.retrying > 0

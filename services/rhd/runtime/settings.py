@@ -38,7 +38,10 @@ class Settings(BaseSettings):
     model_timeout_s: float = 10.0
     model_max_batch: int = 32
     model_max_wait_ms: float = 5.0
-    model_retry_for_s: float = 60.0  # then frames are dead-lettered with the reason
+    # While the model server does not answer, a frame waits (its stage blocked, its partition not consumed) this
+    # long, then is dead-lettered FAILED with the reason: a little under the study deadline, so an outage shorter
+    # than that delays studies but leaves them COMPLETE.
+    model_retry_for_s: float = 240.0
     models_dir: Path = Path("models")
     # assemble: a study not fully accounted for this long after its first record is emitted INCOMPLETE.
     study_deadline_s: float = 300.0

@@ -129,6 +129,10 @@ class StageService:
     async def ready(self) -> bool:
         return True
 
+    def waiting(self) -> bool:
+        """Whether the stage is blocked on a dependency coming back (the model server): not stuck."""
+        return False
+
 
 READY_TIMEOUT_S = 2.0  # /readyz: how long the broker has to answer a metadata request
 
@@ -190,7 +194,7 @@ class StageRunner:
 
     def alive(self) -> bool:
         """False once the consume loop has not come round (nor a record finished) for settings.stuck_after_s."""
-        return time.monotonic() - self._alive < self.settings.stuck_after_s
+        return self.service.waiting() or time.monotonic() - self._alive < self.settings.stuck_after_s
 
     async def _loop(self) -> None:
         assert self.consumer is not None

@@ -45,6 +45,18 @@ class Split(StageService, name="split", input_topic=STUDIES_DEIDENTIFIED, input_
         # The manifest goes last: assemble waits for it and for every frame it lists.
         return [*outputs, Output(FRAMES_DONE, upload.study_id, pb.FrameDone(manifest=manifest))]
 
+    def failed(self, upload: pb.StudyUpload, reason: str) -> list[Output]:
+        """The upload could not be split at all (the runner dead-letters it whole): its study still gets an answer,
+        a manifest listing every video failed with the reason, which assemble closes FAILED at once."""
+        if not upload.study_id:
+            return []  # nothing names the study: the dead letter is all there can be
+        manifest = pb.StudyManifest(study_id=upload.study_id, upload_id=upload.upload_id)
+        manifest.uploaded_at.CopyFrom(upload.uploaded_at)
+        for index, video in enumerate(upload.videos or [pb.VideoRef()]):
+            video_id = video.video_id or f"{upload.study_id}-V{index:02d}"
+            manifest.videos.add(video_id=video_id, status=pb.VIDEO_STATUS_FAILED, error=f"upload not split: {reason}")
+        return [Output(FRAMES_DONE, upload.study_id, pb.FrameDone(manifest=manifest))]
+
     def _failed(self, upload: pb.StudyUpload, video: pb.VideoRef, exc: Exception, manifest: pb.StudyManifest) -> Output:
         """The video is listed as failed in the manifest and dead-lettered with its bytes (or their reference)."""
         reason = f"video {video.video_id or video.filename!r}: {exc}"

@@ -30,6 +30,9 @@ class Valve(StageService, name="valve", input_topic=FRAMES_BMODE, input_type=pb.
     async def stop(self) -> None:
         await asyncio.gather(self.views.close(), self.valves.close())
 
+    def waiting(self) -> bool:
+        return self.views.waiting or self.valves.waiting
+
     async def ready(self) -> bool:
         return all(await asyncio.gather(self.views.ready(), self.valves.ready()))
 

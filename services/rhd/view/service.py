@@ -25,6 +25,9 @@ class View(StageService, name="view", input_topic=FRAMES_SEGMENTED, input_type=p
     async def stop(self) -> None:
         await self.client.close()
 
+    def waiting(self) -> bool:
+        return self.client.waiting
+
     async def ready(self) -> bool:
         return await self.client.ready()
 
