@@ -23,7 +23,7 @@ from rhd.local.audit import Report, audit, scrape_pages, tesseract_available
 from rhd.local.demo import corrupt_one_video
 from rhd.local.privacy_report import label_name, levels
 from rhd.local.publish import dicom_upload, publish_uploads, raw_keyring, upload_from_dir
-from rhd.local.stack import EmbeddedStack
+from rhd.local.stack import EmbeddedStack, stop_on_sigterm
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.settings import Settings
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
@@ -90,6 +90,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--out", default="loadtest/results")
     args = parser.parse_args()
+    stop_on_sigterm()  # a SIGTERM stops the services this started, as Ctrl-C does
     if args.ocr and not tesseract_available():
         raise SystemExit("--ocr needs tesseract (make tools)")
     workdir = Path(tempfile.mkdtemp(prefix="rhd-audit-"))

@@ -46,7 +46,7 @@ from rhd.inspect.service import Inspect
 from rhd.labels import VIEW_CLASSES
 from rhd.local.broker import EmbeddedBroker, free_port
 from rhd.local.publish import upload_from_dir
-from rhd.local.stack import ServiceProcess, stage_seconds, wait_serving
+from rhd.local.stack import ServiceProcess, stage_seconds, stop_on_sigterm, wait_serving
 from rhd.runtime import topics as line_topics
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import Output, schema_headers
@@ -542,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (service logs) and say where")
     args = parser.parse_args(argv)
+    stop_on_sigterm()  # a SIGTERM stops the services this started, as Ctrl-C does
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = set(stages) - set(BENCH_STAGES)
     if unknown or not stages:

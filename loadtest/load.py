@@ -40,7 +40,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rhd.deid.ops import study_pseudonym
 from rhd.local.publish import upload_from_dir
-from rhd.local.stack import EmbeddedStack, ServiceProcess
+from rhd.local.stack import EmbeddedStack, ServiceProcess, stop_on_sigterm
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import now
 from rhd.runtime.secrets import RAW_KEYRING, init_secrets, load_keyring, load_pseudonym_key, sealed_upload
@@ -589,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", help="load the line already running on this broker")
     parser.add_argument("--out", default="var/loadtest", help="JSON and PNG go here")
     args = parser.parse_args(argv)
+    stop_on_sigterm()  # a SIGTERM stops the services this started, as Ctrl-C does
     if args.search and args.bootstrap:
         raise SystemExit("--search starts the embedded stack itself (replicas included): leave out --bootstrap")
     if not args.search and not args.rates:

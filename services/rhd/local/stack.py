@@ -24,6 +24,17 @@ from rhd.watch.figures import MODEL_SERVER_JOB, Target, fetch_samples, file_sd, 
 log = logging.getLogger(__name__)
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM as Ctrl-C: a command that starts processes of its own (broker, model server, stages) stops them in
+    its `finally` blocks whichever way it is told to stop. (Python's default for SIGTERM is to die at once, which
+    left a started broker running: it runs in a session of its own, out of reach of the terminal's signals.)"""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 async def stage_seconds(
     http: aiohttp.ClientSession, port: int, stage: str | None = None, path: str = "/metrics"
 ) -> tuple[float, float]:
