@@ -1,8 +1,12 @@
 """The models/<name>/<version>/ tree (TensorFlow Serving's layout), shared by every model we ship."""
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+# What a model server loads of a SavedModel version folder (the rest, the manifest and reports, it does not read).
+SAVED_MODEL_PARTS = ("saved_model.pb", "variables", "assets")
 
 
 def versions(models_dir: Path, name: str) -> list[int]:
@@ -27,6 +31,40 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "manifest.json").read_text())
 
 
+def saved_model_sha256(folder: Path) -> str:
+    """sha256 over the files a server loads of a SavedModel (graph, variables, assets), by relative path and
+    content: what the manifest's `saved_model_sha256` records at export and the model server checks at load."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for part in SAVED_MODEL_PARTS:
+        path = folder / part
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+        for file in files:
+            digest.update(str(file.relative_to(folder)).encode() + b"\0")
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+class ModelIntegrityError(ValueError):
+    """A model's files are not the ones its manifest recorded (changed, swapped or damaged since export)."""
+
+
+def check_saved_model(folder: Path) -> None:
+    """Refuse a SavedModel whose files do not hash to its manifest's saved_model_sha256 (or that has none)."""
+    folder = Path(folder)
+    try:
+        recorded = read_manifest(folder).get("saved_model_sha256")
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(f"refusing {folder}: no readable manifest.json ({exc})") from None
+    if not recorded:
+        raise ModelIntegrityError(f"refusing {folder}: its manifest records no saved_model_sha256 (retrain it)")
+    found = saved_model_sha256(folder)
+    if found != recorded:
+        raise ModelIntegrityError(
+            f"refusing {folder}: its files hash to {found[:12]}, the manifest recorded {recorded[:12]}"
+        )
+
+
 class LocalModel:
     """A SavedModel's serving signature called in-process (training, the in-process path); services ask the
     model server instead. Frames go in batches of `batch`; each output comes back with one row per frame."""
@@ -35,6 +73,7 @@ class LocalModel:
         import tensorflow as tf  # heavy: only where a model runs in-process
 
         path = version_dir(models_dir, name, version)
+        check_saved_model(path)
         self.name, self.version, self.batch = name, int(path.name), batch
         self._signature = tf.saved_model.load(str(path)).signatures["serving_default"]
         self._tf = tf

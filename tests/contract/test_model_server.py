@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import threading
@@ -31,6 +32,7 @@ from rhd.model_server.server import (
     start_rest,
     start_server,
 )
+from rhd.modelstore import saved_model_sha256
 from rhd.runtime.http import TFS_METRICS_PATH
 from rhd.runtime.model_client import (
     ModelClient,
@@ -89,7 +91,9 @@ def models_dir(tmp_path_factory):
     for version in (1, 2):
         module = _Mean()
         signatures = {"serving_default": module.serve, "any_size": module.any_size, "overall": module.overall}
-        tf.saved_model.save(module, str(root / "view" / str(version)), signatures=signatures)
+        folder = root / "view" / str(version)
+        tf.saved_model.save(module, str(folder), signatures=signatures)
+        (folder / "manifest.json").write_text(json.dumps({"saved_model_sha256": saved_model_sha256(folder)}))
     # Other artefacts share the tree (the study model is scikit-learn): the server must pass them by.
     (root / "study" / "1").mkdir(parents=True)
     (root / "study" / "1" / "model.skops").write_bytes(b"not a SavedModel")
@@ -745,3 +749,22 @@ async def test_closing_the_client_fails_waiting_callers_instead_of_hanging():
         await asyncio.wait_for(pending, 5)
     with pytest.raises(ModelRequestError, match="closed"):
         await client.predict(frames([0])[0])
+
+
+def test_a_model_whose_files_are_not_those_its_manifest_recorded_is_refused(models_dir, tmp_path):
+    """The manifest's saved_model_sha256 is checked when a version loads: changed variables are not served."""
+    import shutil
+
+    from rhd.model_server.server import load_models
+    from rhd.modelstore import ModelIntegrityError
+
+    copy = tmp_path / "models"
+    shutil.copytree(models_dir / "view" / "1", copy / "view" / "1")
+    assert set(load_models(copy, ["view"])["view"]) == {1}
+    data = next((copy / "view" / "1" / "variables").glob("*.data-*"))
+    data.write_bytes(data.read_bytes()[:-1] + bytes([data.read_bytes()[-1] ^ 1]))  # one bit of the parameters
+    with pytest.raises(ModelIntegrityError, match="the manifest recorded"):
+        load_models(copy, ["view"])
+    (copy / "view" / "1" / "manifest.json").unlink()
+    with pytest.raises(ModelIntegrityError, match="no readable manifest"):
+        load_models(copy, ["view"])

@@ -113,3 +113,19 @@ def test_a_study_with_no_frame_analysed_gets_no_label_but_says_why(stage):
     assert d.completeness == pb.COMPLETENESS_FAILED and d.label == pb.LABEL_UNSPECIFIED
     assert not d.probabilities and not d.criteria
     assert d.reason.startswith("no diagnosis possible: not one frame") and "model server unavailable" in d.reason
+
+
+def test_a_study_model_whose_parameters_are_not_those_its_manifest_recorded_is_refused(tmp_path):
+    import json
+    import shutil
+
+    from rhd.diagnose.ops import load_study_model
+    from rhd.modelstore import ModelIntegrityError
+
+    shutil.copytree(MODELS / "study" / "1", tmp_path / "study" / "1")
+    assert load_study_model(tmp_path).version == "study/1"
+    manifest = json.loads((tmp_path / "study" / "1" / "manifest.json").read_text())
+    manifest["thresholds"] = {k: v / 2 for k, v in manifest["thresholds"].items()}  # a threshold edited by hand
+    (tmp_path / "study" / "1" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelIntegrityError, match="the manifest recorded"):
+        load_study_model(tmp_path)

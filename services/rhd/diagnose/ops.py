@@ -5,7 +5,9 @@ parts' (pathological MR: jet >= 2 cm, seen in >= 2 views, >= 3 m/s, pan-systolic
 combined by the guideline's rules into P(normal), P(borderline), P(definite), and the label follows from decision
 thresholds chosen on cross-validation. The evidence is each criterion's estimate with the measurements it rests on."""
 
+import hashlib
 import itertools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ import skops.io as sio
 from sklearn.pipeline import Pipeline
 
 from rhd.labels import CLASSES, CRITERIA, CRITERION_NEEDS, CRITERION_PARTS, PARTS, whf_class
-from rhd.modelstore import read_manifest, version_dir
+from rhd.modelstore import ModelIntegrityError, read_manifest, version_dir
 
 MODEL_NAME = "study"
 MODEL_FILE = "model.skops"
@@ -192,6 +194,22 @@ def referral(clinical: Mapping[str, str], names: Sequence[str], values: Sequence
     return None
 
 
+def parameters_hash(parts: Mapping[str, Pipeline], thresholds: Mapping[str, float]) -> str:
+    """sha256 of the fitted parameters (each part's scaler and estimator) and the thresholds: recorded in the
+    manifest at training (the skops file is a zip with timestamps) and checked when the model loads."""
+    digest = hashlib.sha256()
+    for name in PARTS:
+        scaler, classifier = parts[name][0], parts[name][-1]
+        arrays = [scaler.mean_, scaler.scale_]
+        arrays += (
+            [classifier.coef_, classifier.intercept_] if hasattr(classifier, "coef_") else [classifier.class_prior_]
+        )
+        for array in arrays:
+            digest.update(np.ascontiguousarray(array, np.float64).tobytes())
+    digest.update(json.dumps(dict(thresholds), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
 def load_study_model(models_dir: Path, version: int = 0) -> StudyModel:
     path = version_dir(models_dir, MODEL_NAME, version)
     found = set(sio.get_untrusted_types(file=path / MODEL_FILE))
@@ -203,12 +221,15 @@ def load_study_model(models_dir: Path, version: int = 0) -> StudyModel:
     if not isinstance(parts, dict) or set(parts) != set(PARTS):
         raise ValueError(f"{path / MODEL_FILE} is not a per-criterion study model (parts {list(PARTS)})")
     manifest = read_manifest(path)
+    thresholds = {k: float(v) for k, v in manifest.get("thresholds", {}).items()}
+    found_hash = parameters_hash(parts, thresholds)
+    if found_hash != manifest.get("parameters_sha256"):
+        raise ModelIntegrityError(
+            f"refusing {path}: its parameters hash to {found_hash[:12]}, the manifest recorded "
+            f"{str(manifest.get('parameters_sha256'))[:12]}"
+        )
     return StudyModel(
-        parts,
-        f"{MODEL_NAME}/{path.name}",
-        tuple(manifest["feature_names"]),
-        tuple(manifest["classes"]),
-        {k: float(v) for k, v in manifest.get("thresholds", {}).items()},
+        parts, f"{MODEL_NAME}/{path.name}", tuple(manifest["feature_names"]), tuple(manifest["classes"]), thresholds
     )
 
 

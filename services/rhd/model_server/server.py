@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from rhd.modelstore import versions
+from rhd.modelstore import check_saved_model, versions
 from rhd.runtime.http import TFS_METRICS_PATH, start_http
 from rhd.v1 import tfs_config_pb2
 
@@ -159,6 +159,7 @@ class Servable:
 
     def __init__(self, name: str, version: int, path: Path) -> None:
         self.name, self.version = name, version
+        check_saved_model(path)  # the files its manifest recorded at export, or it is not served
         self.model = tf.saved_model.load(str(path))
         saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
         self.signature_defs = saved.meta_graphs[0].signature_def

@@ -36,6 +36,7 @@ from rhd.diagnose.ops import (
     class_probabilities,
     criterion_probabilities,
     decide,
+    parameters_hash,
     part_columns,
     part_probabilities,
     referral,
@@ -173,20 +174,6 @@ def choose_thresholds(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> d
 
 def decisions(proba: np.ndarray, classes: list[str], thresholds: dict[str, float]) -> np.ndarray:
     return np.array([decide(dict(zip(classes, row, strict=True)), thresholds) for row in proba])
-
-
-def parameters_hash(parts: dict[str, Pipeline], thresholds: dict[str, float]) -> str:
-    digest = hashlib.sha256()
-    for name in PARTS:
-        scaler, classifier = parts[name][0], parts[name][-1]
-        arrays = [scaler.mean_, scaler.scale_]
-        arrays += (
-            [classifier.coef_, classifier.intercept_] if hasattr(classifier, "coef_") else [classifier.class_prior_]
-        )
-        for array in arrays:
-            digest.update(np.ascontiguousarray(array, np.float64).tobytes())
-    digest.update(json.dumps(thresholds, sort_keys=True).encode())
-    return digest.hexdigest()
 
 
 REFERRED = "referred"  # what a referred study is called instead of a class

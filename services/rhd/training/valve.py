@@ -19,6 +19,7 @@ from keras import ops
 from rhd.imaging.burned_in import clean_frame, screen_layout
 from rhd.imaging.sector import image_only
 from rhd.imaging.video import decode_video
+from rhd.modelstore import saved_model_sha256
 from rhd.synth.generator import SynthConfig, generate, study_labels, video_mode
 from rhd.synth.render import VALVE_LABELS
 from rhd.training.provenance import environment, export_saved_model, write_version
@@ -194,6 +195,7 @@ def train_valve_model(
 
     def fill(folder: Path) -> None:
         export(model, folder)
+        manifest["saved_model_sha256"] = saved_model_sha256(folder)  # checked by the model server at load
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
     out = write_version(models_dir, MODEL_NAME, version, fill)

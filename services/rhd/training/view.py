@@ -18,6 +18,7 @@ from rhd.imaging.burned_in import clean_frame, screen_layout
 from rhd.imaging.sector import image_only
 from rhd.imaging.video import decode_video
 from rhd.labels import VIEW_CLASSES
+from rhd.modelstore import saved_model_sha256
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.training.provenance import environment, export_saved_model, plot_confusion, write_version
 from rhd.view.model import FRAME_SHAPE, INPUT_SHAPE, classifier, preprocessor, served_model
@@ -177,6 +178,7 @@ def train_view_model(
 
     def fill(folder: Path) -> None:
         export(model, folder)
+        manifest["saved_model_sha256"] = saved_model_sha256(folder)  # checked by the model server at load
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         plot_confusion(
             np.array(metrics["confusion_matrix"]["rows_truth"]),
