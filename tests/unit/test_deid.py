@@ -294,6 +294,22 @@ def test_bad_dicom_is_a_failed_video_with_a_reason_naming_no_identifier(studies,
     assert sum(1 for v in result.upload.videos if not v.error) == 11  # the study goes on
 
 
+def test_an_upload_over_its_frame_budget_fails_the_videos_past_it_and_keeps_the_rest(studies, tmp_path):
+    from rhd.imaging.video import VideoLimits
+
+    blobs = BlobStore(tmp_path / "blobs")
+    upload = upload_from_dir(studies[0], blobs, 1_000_000, hospital_id="H001")
+    limits = VideoLimits(max_frames=1800, max_frame_pixels=1920 * 1080)
+    whole = deid.deidentify_upload(upload, _reader(blobs), blobs.put, POLICY, ANALYSIS, KEY, 900_000, limits)
+    frames = [len(decode_video(_reader(blobs)(v)).frames) for v in whole.upload.videos]
+    budget = sum(frames[:3]) + 5  # room for the first three videos and 5 frames of the fourth
+    result = deid.deidentify_upload(upload, _reader(blobs), blobs.put, POLICY, ANALYSIS, KEY, 900_000, limits, budget)
+    assert [bool(v.error) for v in result.upload.videos] == [False] * 3 + [True] * (len(frames) - 3)
+    # Each later video is refused as soon as it decodes past what is left (a refused video uses none of it).
+    refused = f"more than 5 frames: over the limit (left of the upload's {budget})"
+    assert all(refused in f.reason for f in result.failures)
+
+
 def test_a_study_without_patient_id_fails_its_videos_saying_so(studies, tmp_path):
     blobs = BlobStore(tmp_path / "blobs")
     upload = upload_from_dir(studies[0], blobs, 1_000_000)

@@ -5,6 +5,7 @@ from rhd.assemble.ops import Assembler
 from rhd.deid import service as deid_service
 from rhd.deid.anonymity import Census
 from rhd.deid.policy import load_policy
+from rhd.imaging.video import VideoLimits
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import Output
 from rhd.runtime.secrets import init_secrets, load_keyring, load_pseudonym_key, sealed_upload
@@ -23,6 +24,7 @@ def _deid(tmp_path) -> deid_service.Deid:
     stage.key = load_pseudonym_key(tmp_path / "secrets")
     stage.raw, stage.links = load_keyring(tmp_path / "secrets" / "raw"), load_keyring(tmp_path / "secrets" / "link")
     stage.blobs, stage.budget, stage.census = BlobStore(tmp_path / "blobs"), 900_000, Census()
+    stage.limits, stage.max_upload_frames = VideoLimits(1800, 1920 * 1080), 4000
     return stage
 
 
@@ -61,3 +63,75 @@ def test_an_upload_split_cannot_handle_whole_still_closes_its_study_failed(tmp_p
     assert study is not None and study.completeness == pb.COMPLETENESS_FAILED
     assert "metadata is not UTF-8" in study.reason
     assert split.failed(pb.StudyUpload(), "no id") == []  # nothing names a study: the dead letter is all
+
+
+def test_a_video_over_the_limits_is_refused_before_it_is_decoded(tmp_path):
+    import cv2
+    import numpy as np
+    import pytest
+    from rhd.imaging.video import VideoDecodeError, VideoLimits, decode_video
+
+    def mp4(frames: int, height: int, width: int) -> bytes:
+        path = tmp_path / f"{frames}-{height}.mp4"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 30.0, (width, height))
+        for _ in range(frames):
+            writer.write(np.zeros((height, width, 3), np.uint8))
+        writer.release()
+        return path.read_bytes()
+
+    limits = VideoLimits(max_frames=20, max_frame_pixels=320 * 240)
+    assert len(decode_video(mp4(20, 240, 320), limits).frames) == 20
+    many, large = mp4(60, 240, 320), mp4(2, 480, 640)
+    with pytest.raises(VideoDecodeError, match="more than 20 frames"):
+        decode_video(many, limits)
+    with pytest.raises(VideoDecodeError, match="480 x 640 pixels"):
+        decode_video(large, limits)
+    assert len(many) < 20_000  # small files: what they decode to is what the limits bound
+
+
+def test_a_dicom_declaring_more_than_the_limits_is_refused_before_its_pixels_are_read():
+    import pytest
+    from pydicom.dataset import Dataset
+    from rhd.imaging.dicom import DicomError, dicom_video
+    from rhd.imaging.video import VideoLimits
+
+    ds = Dataset()
+    ds.NumberOfFrames, ds.Rows, ds.Columns = 100_000, 240, 320  # no pixel data needed: refused before
+    with pytest.raises(DicomError, match="more than 1800 frames"):
+        dicom_video(ds, VideoLimits(max_frames=1800, max_frame_pixels=1920 * 1080))
+    ds.NumberOfFrames, ds.Rows, ds.Columns = 10, 4000, 4000
+    with pytest.raises(DicomError, match="4000 x 4000 pixels"):
+        dicom_video(ds, VideoLimits(max_frames=1800, max_frame_pixels=1920 * 1080))
+
+
+def test_an_upload_whose_text_is_latin_1_not_utf_8_is_read_not_refused():
+    from rhd.runtime.secrets import parse_upload
+
+    # What a hospital's older client writes: the same wire format, its text in Latin-1 (protobuf refuses it).
+    loose = pb.StudyUploadBytes(
+        schema=b"rhd.v1.StudyUpload",
+        study_id=b"AC-9",
+        upload_id=b"u-9",
+        hospital_id=b"H002",
+        metadata=[pb.BytesEntry(key=b"patient_name", value="Conceição".encode("latin-1"))],
+        videos=[pb.VideoRefBytes(video_id=b"v0", filename="vídeo.mp4".encode("latin-1"), inline_data=b"\x00")],
+    )
+    data = loose.SerializeToString()
+    try:
+        pb.StudyUpload.FromString(data)
+        raise AssertionError("protobuf took non-UTF-8 text")
+    except Exception as exc:  # DecodeError, as the stage met it
+        assert "DecodeError" in type(exc).__name__
+    upload, recoded = parse_upload(data)
+    assert recoded == 2 and upload.study_id == "AC-9" and upload.metadata["patient_name"] == "Conceição"
+    assert upload.videos[0].filename == "vídeo.mp4" and upload.videos[0].inline_data == b"\x00"
+    assert parse_upload(pb.StudyUpload(study_id="S").SerializeToString()) == (pb.StudyUpload(study_id="S"), 0)
+
+
+def test_a_nyquist_limit_that_is_not_a_positive_finite_number_is_unknown_and_not_passed_on():
+    from rhd.split.ops import acquisition
+
+    for bad in ("nan", "inf", "-60", "fast"):
+        scan = acquisition({"nyquist_cm_s": bad, "pixel_spacing_mm": "0.6", "sex": "F"})
+        assert scan.nyquist_cm_s == 0.0 and "nyquist_cm_s" not in scan.clinical
+        assert scan.pixel_spacing_mm == 0.6 and scan.clinical["pixel_spacing_mm"] == "0.6"

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -17,7 +17,15 @@ from pydicom.uid import ExplicitVRLittleEndian
 from rhd.deid.policy import OPTION_MEANINGS, Action, Policy, Profile
 from rhd.imaging.burned_in import clean_frames
 from rhd.imaging.dicom import DicomError, dicom_regions, dicom_video, frames_per_second, is_dicom, read_dicom
-from rhd.imaging.video import LOSSLESS_SUFFIX, DecodedVideo, VideoDecodeError, decode_video, encode_lossless
+from rhd.imaging.video import (
+    LOSSLESS_SUFFIX,
+    NO_LIMITS,
+    DecodedVideo,
+    VideoDecodeError,
+    VideoLimits,
+    decode_video,
+    encode_lossless,
+)
 from rhd.runtime.secrets import keyed_digest
 from rhd.v1 import rhd_pb2 as pb
 
@@ -340,14 +348,14 @@ class DeidentifiedStudy:
 
 
 def _read_video(
-    data: bytes, filename: str, policy: Policy
+    data: bytes, filename: str, policy: Policy, limits: VideoLimits
 ) -> tuple[DecodedVideo, list[pb.UltrasoundRegion], dict[str, str]]:
     if is_dicom(data):
         ds = read_dicom(data)
-        return dicom_video(ds), dicom_regions(ds), dicom_fields(ds, policy)
+        return dicom_video(ds, limits), dicom_regions(ds), dicom_fields(ds, policy)
     if filename.lower().endswith((".dcm", ".dicom")):
         raise DicomError("named as DICOM but not a DICOM Part 10 file (no DICM marker)")
-    return decode_video(data), [], {}
+    return decode_video(data, limits), [], {}
 
 
 def deidentify_upload(
@@ -358,6 +366,8 @@ def deidentify_upload(
     profile: Profile,
     key: bytes,
     inline_budget: int,
+    limits: VideoLimits = NO_LIMITS,
+    max_upload_frames: int = 0,
 ) -> DeidentifiedStudy:
     """The upload as `profile` lets it go. Each readable video is cleaned and written lossless (inline while the
     budget lasts, else stored by `store`); a video that cannot be read or de-identified is listed with its reason,
@@ -371,11 +381,21 @@ def deidentify_upload(
     fields: dict[str, str] = dict(upload.metadata)
     ctx: StudyContext | None = None
     videos = []
+    frames_seen = 0
     for index, ref in enumerate(upload.videos):
         new_id = f"{pseudo}-V{index:02d}"
         videos.append((ref.video_id or ref.filename, new_id))  # the link names every video, failed ones too
         try:
-            decoded, regions, found = _read_video(read(ref), ref.filename, policy)
+            # What is left of the upload's frame budget bounds this video (a bomb spread over many videos too).
+            bounded = limits
+            if max_upload_frames:
+                left = max_upload_frames - frames_seen
+                if left <= 0:
+                    raise VideoDecodeError(f"the upload is over its limit of {max_upload_frames} frames")
+                if not limits.max_frames or left < limits.max_frames:
+                    bounded = replace(limits, max_frames=left, scope=f"left of the upload's {max_upload_frames}")
+            decoded, regions, found = _read_video(read(ref), ref.filename, policy, bounded)
+            frames_seen += len(decoded.frames)
             if ctx is None:
                 fields = {**fields, **found}
                 ctx = study_context(key, profile, upload.hospital_id, fields)

@@ -12,6 +12,7 @@ from typing import Any
 from rhd.deid.anonymity import Census, class_of
 from rhd.deid.ops import deidentify_upload, link_bytes, record_key_pseudonym, release_as, study_pseudonym
 from rhd.deid.policy import load_policy
+from rhd.imaging.video import VideoLimits
 from rhd.runtime import metrics
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.links import read_link_map
@@ -56,6 +57,8 @@ class Deid(
         self.links = load_keyring(settings.secrets_dir / LINK_KEYRING)
         self.blobs = BlobStore(settings.blob_dir)
         self.budget = settings.max_message_bytes - ENVELOPE_BYTES
+        self.limits = VideoLimits(max_frames=settings.max_video_frames, max_frame_pixels=settings.max_frame_pixels)
+        self.max_upload_frames = settings.max_upload_frames
         self.census = Census()
         await self._count_releases(settings)
         self.tick(time.time())
@@ -91,7 +94,15 @@ class Deid(
             raise SecretError("sealed upload without study_id or without videos")
         try:
             study = deidentify_upload(
-                upload, self._read, self.blobs.put, self.policy, self.profile, self.key, self.budget
+                upload,
+                self._read,
+                self.blobs.put,
+                self.policy,
+                self.profile,
+                self.key,
+                self.budget,
+                self.limits,
+                self.max_upload_frames,
             )
         except Exception as exc:  # the upload as a whole: its study is still answered (FAILED, saying why)
             return self._not_deidentified(upload, record, at, exc)

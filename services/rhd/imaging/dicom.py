@@ -11,7 +11,7 @@ from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from rhd.imaging.video import DecodedVideo
+from rhd.imaging.video import NO_LIMITS, DecodedVideo, VideoDecodeError, VideoLimits
 from rhd.v1 import rhd_pb2 as pb
 
 ULTRASOUND_SOP_CLASSES = {
@@ -76,8 +76,17 @@ def frames_per_second(ds: Dataset) -> float:
     return 0.0
 
 
-def dicom_video(ds: Dataset) -> DecodedVideo:
-    """Every frame as BGR uint8 (as OpenCV decodes an MP4), whatever the transfer syntax and colour space."""
+def dicom_video(ds: Dataset, limits: VideoLimits = NO_LIMITS) -> DecodedVideo:
+    """Every frame as BGR uint8 (as OpenCV decodes an MP4), whatever the transfer syntax and colour space. The
+    declared frames and size are checked against `limits` before any pixel is decoded."""
+    try:
+        declared = int(ds.get("NumberOfFrames", 1) or 1)
+        limits.check_count(declared)
+        limits.check_size(int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+    except VideoDecodeError as exc:
+        raise DicomError(str(exc)) from None
+    except (TypeError, ValueError):
+        raise DicomError("NumberOfFrames, Rows or Columns is not a number") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

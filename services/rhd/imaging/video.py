@@ -21,14 +21,38 @@ class VideoDecodeError(ValueError):
 
 
 @dataclass(frozen=True)
+class VideoLimits:
+    """What one video may hold, checked before and while it is decoded: a file that declares (or turns out) larger
+    is refused, so a small file that decodes to gigabytes (a decompression bomb) cannot take a service down."""
+
+    max_frames: int = 0  # 0: no limit
+    max_frame_pixels: int = 0  # height x width
+    scope: str = "per video"  # what max_frames is, as the refusal says it
+
+    def check_size(self, height: int, width: int) -> None:
+        if self.max_frame_pixels and height * width > self.max_frame_pixels:
+            raise VideoDecodeError(
+                f"frames of {height} x {width} pixels: over the {self.max_frame_pixels}-pixel limit per frame"
+            )
+
+    def check_count(self, frames: int) -> None:
+        if self.max_frames and frames > self.max_frames:
+            raise VideoDecodeError(f"more than {self.max_frames} frames: over the limit ({self.scope})")
+
+
+NO_LIMITS = VideoLimits()
+
+
+@dataclass(frozen=True)
 class DecodedVideo:
     frames: list[np.ndarray]  # BGR uint8, H x W x 3
     fps: float
     declared_frame_count: int
 
 
-def decode_video(data: bytes) -> DecodedVideo:
-    """Decode every frame; raise VideoDecodeError for empty, non-video or truncated input."""
+def decode_video(data: bytes, limits: VideoLimits = NO_LIMITS) -> DecodedVideo:
+    """Decode every frame; raise VideoDecodeError for empty, non-video, truncated or over-limit input (the declared
+    size and frame count are checked before decoding, the frames as they come)."""
     if not data:
         raise VideoDecodeError("empty video: 0 bytes")
     # OpenCV's FFmpeg backend reads from a path, so the bytes go through a private temporary file.
@@ -42,12 +66,16 @@ def decode_video(data: bytes) -> DecodedVideo:
                 raise VideoDecodeError(f"not a decodable video ({len(data)} bytes)")
             fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
             declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            limits.check_size(int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
+            limits.check_count(declared)
             frames = []
             while True:
                 ok, frame = capture.read()
                 if not ok:
                     break
                 frames.append(frame)
+                limits.check_count(len(frames))  # a container may understate its frames
+                limits.check_size(*frame.shape[:2])
         finally:
             capture.release()
     finally:

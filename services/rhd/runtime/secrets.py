@@ -7,6 +7,7 @@ The pseudonym key is one file: rotating it changes every pseudonym and ends re-l
 rotated.
 """
 
+import contextlib
 import hmac
 import os
 import secrets
@@ -15,6 +16,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
 
 from rhd.v1 import rhd_pb2 as pb
 
@@ -145,10 +147,51 @@ def opened_upload(record: pb.SealedRecord, record_key: bytes, raw: Keyring) -> p
     """The upload a sealed record carries; SecretError when it is not one, or does not open under its key."""
     if record.schema != SEALED_SCHEMA or record.kind != UPLOAD_KIND:
         raise SecretError("not a sealed upload (a SealedRecord of kind upload is expected)")
-    upload = pb.StudyUpload.FromString(raw.open(record.envelope, record_key))
+    upload, _ = parse_upload(raw.open(record.envelope, record_key))
     if upload.upload_id.encode() != record_key:
         raise SecretError("the sealed upload's id is not its record's key")
     return upload
+
+
+def parse_upload(data: bytes) -> tuple[pb.StudyUpload, int]:
+    """A StudyUpload, and how many of its text values were not UTF-8 and were read as Latin-1 (0 for most). Bytes
+    that are no StudyUpload at all still raise DecodeError."""
+    try:
+        return pb.StudyUpload.FromString(data), 0
+    except DecodeError:
+        loose = pb.StudyUploadBytes.FromString(data)
+    recoded = 0
+
+    def text(value: bytes) -> str:
+        nonlocal recoded
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            recoded += 1
+            return value.decode("latin-1")
+
+    upload = pb.StudyUpload(
+        schema=text(loose.schema),
+        study_id=text(loose.study_id),
+        upload_id=text(loose.upload_id),
+        hospital_id=text(loose.hospital_id),
+        metadata={text(e.key): text(e.value) for e in loose.metadata},
+    )
+    if loose.HasField("uploaded_at"):
+        upload.uploaded_at.CopyFrom(loose.uploaded_at)
+    for v in loose.videos:
+        video = upload.videos.add(
+            video_id=text(v.video_id), filename=text(v.filename), sha256=text(v.sha256), error=text(v.error)
+        )
+        video.size_bytes = v.size_bytes
+        if v.inline_data:
+            video.inline_data = v.inline_data
+        elif v.blob_uri:
+            video.blob_uri = text(v.blob_uri)
+        for region in v.regions:
+            with contextlib.suppress(DecodeError):  # an unreadable region is left out: the fan rule cleans the video
+                video.regions.append(pb.UltrasoundRegion.FromString(region))
+    return upload, recoded
 
 
 class RegionError(RuntimeError):

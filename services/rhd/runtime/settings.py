@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     # than that delays studies but leaves them COMPLETE.
     model_retry_for_s: float = 240.0
     models_dir: Path = Path("models")
+    # Input bounds (deid and split refuse a video beyond them, saying why; the rest of its study goes on): frames per
+    # video (30 s at 60 frames/s), pixels per frame (1920 x 1080), frames per upload (15 videos of 3 s at 60 frames/s
+    # pass, with room).
+    max_video_frames: int = 1_800
+    max_frame_pixels: int = 1920 * 1080
+    max_upload_frames: int = 4_000
     # assemble: a study not fully accounted for this long after its first record is emitted INCOMPLETE.
     study_deadline_s: float = 300.0
     assemble_remember_s: float = 86_400.0  # after a restart, studies emitted this long ago are still known

@@ -2,6 +2,7 @@
 metadata the analysis may use (the rest, identifying, stays behind)."""
 
 import datetime as dt
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,11 +24,16 @@ class Acquisition:
     clinical: dict[str, str]  # the metadata that travels on with the study
 
 
+NUMERIC_FIELDS = frozenset({"pixel_spacing_mm", "nyquist_cm_s", "fps"})
+
+
 def _number(metadata: Mapping[str, str], name: str) -> float:
+    """A positive finite number, or 0.0 (unknown): "nan", "inf", "-3" or "fast" are not a scanner's setting."""
     try:
-        return float(metadata.get(name, 0.0))
+        value = float(metadata.get(name, 0.0))
     except ValueError:
         return 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0
 
 
 def age_years(metadata: Mapping[str, str]) -> float | None:
@@ -45,7 +51,9 @@ def age_years(metadata: Mapping[str, str]) -> float | None:
 def acquisition(metadata: Mapping[str, str]) -> Acquisition:
     """The upload's metadata reduced to what the analysis may use: CLINICAL_FIELDS and no other, and the age in
     years (the WHF 2012 criteria depend on it) instead of the dates it comes from."""
-    clinical = {k: v for k, v in metadata.items() if k in CLINICAL_FIELDS}
+    clinical = {
+        k: v for k, v in metadata.items() if k in CLINICAL_FIELDS and (k not in NUMERIC_FIELDS or _number(metadata, k))
+    }
     age = age_years(metadata)
     if age is not None:
         clinical["age_years"] = f"{age:.1f}"

@@ -4,7 +4,7 @@ manifest; a video that cannot be decoded is dead-lettered and listed as failed i
 from functools import partial
 
 from rhd.imaging.codec import frame_pixels
-from rhd.imaging.video import VideoDecodeError, decode_video
+from rhd.imaging.video import VideoDecodeError, VideoLimits, decode_video
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import Output, dead_letter_output
 from rhd.runtime.settings import Settings
@@ -17,6 +17,7 @@ from rhd.v1 import rhd_pb2 as pb
 class Split(StageService, name="split", input_topic=STUDIES_DEIDENTIFIED, input_type=pb.StudyUpload):
     async def start(self, settings: Settings) -> None:
         self.blobs = BlobStore(settings.blob_dir)
+        self.limits = VideoLimits(max_frames=settings.max_video_frames, max_frame_pixels=settings.max_frame_pixels)
         self.pixels = partial(frame_pixels, codec=settings.frame_codec, max_message_bytes=settings.max_message_bytes)
 
     def validate(self, upload: pb.StudyUpload) -> str | None:
@@ -33,7 +34,7 @@ class Split(StageService, name="split", input_topic=STUDIES_DEIDENTIFIED, input_
                 continue
             try:
                 data = video.inline_data if video.HasField("inline_data") else self.blobs.get(video.blob_uri)
-                decoded = decode_video(data)
+                decoded = decode_video(data, self.limits)
                 frames = video_frames(upload, video.video_id, decoded, scan, self.pixels, video.regions)
             except (VideoDecodeError, ValueError, FileNotFoundError) as exc:
                 outputs.append(self._failed(upload, video, exc, manifest))
