@@ -297,6 +297,31 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from rhd.local import dlq
+    from rhd.runtime.secrets import RegionError, SecretError
+
+    settings = get_settings()
+    try:
+        letters = dlq.select(
+            asyncio.run(dlq.read_letters(settings, args.topic)), args.stage, args.study, getattr(args, "letter", "")
+        )
+        if args.action == "list":
+            print(dlq.table(letters), end="")
+        elif args.action == "show":
+            if not letters:
+                raise SystemExit(f"rhd dlq show: no letter {args.letter}")
+            print(dlq.describe(letters[0]), end="")
+        else:
+            if not (args.letter or args.topic or args.stage or args.study or args.all):
+                raise SystemExit("rhd dlq replay: name a letter, or --topic/--stage/--study, or --all")
+            for letter, what in asyncio.run(dlq.replay(settings, letters, args.dry_run)):
+                print(f"{letter.where}: {what}")
+    except (ValueError, RegionError, SecretError) as exc:
+        raise SystemExit(f"rhd dlq: {exc}") from None
+    return 0
+
+
 def cmd_access_trail(args: argparse.Namespace) -> int:
     from rhd.local.relink import access_trail, trail_lines
     from rhd.runtime.secrets import RegionError, SecretError
@@ -559,6 +584,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user", default="", help="who erases (default: the OS user)")
     p.add_argument("--purpose", default="LGPD erasure request", help="why, for the access trail")
     p.set_defaults(func=cmd_erase)
+
+    p = sub.add_parser("dlq", help="dead letters: list them, show one, replay them once the cause is fixed")
+    dlq_actions = p.add_subparsers(dest="action", required=True)
+    for action, helptext in (
+        ("list", "every dead letter (or those of --topic, --stage, --study), oldest first per partition"),
+        ("show", "one letter in full: LETTER as list names it, <topic>.dlq[<partition>]@<offset>"),
+        ("replay", "write the originals back to the topics they came from (diagnoses are never duplicated)"),
+    ):
+        q = dlq_actions.add_parser(action, help=helptext)
+        q.add_argument("--topic", default="", help="only the letters of this topic (its .dlq)")
+        q.add_argument("--stage", default="", help="only the letters of this stage")
+        q.add_argument("--study", default="", help="only the letters of this study (its pseudonym)")
+        if action in ("show", "replay"):
+            q.add_argument("letter", nargs="?" if action == "replay" else None, default="", help="one letter")
+        if action == "replay":
+            q.add_argument("--dry-run", action="store_true", help="say what would be replayed, write nothing")
+            q.add_argument("--all", action="store_true", help="every letter (without a letter or a filter)")
+        q.set_defaults(func=cmd_dlq)
 
     p = sub.add_parser("access-trail", help="home region: who read re-linked results or erased a patient, and why")
     p.add_argument("--hospital", default="", help="only this hospital's entries")

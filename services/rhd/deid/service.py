@@ -182,6 +182,7 @@ class Deid(
             offset=at.offset,
             original=record.SerializeToString(),  # sealed already
         )
+        letter.message.sealed_key = self.raw.seal(at.key)  # type: ignore[attr-defined]
         return [letter, Output(STUDIES_LINKS, pseudo, sealed), Output(STUDIES_DEIDENTIFIED, pseudo, out)]
 
     def _gauge(self, day: str) -> None:
@@ -211,6 +212,7 @@ class Deid(
             except (SecretError, ValueError):
                 pass
         letter.study_id = pseudo
+        letter.sealed_key = self.raw.seal(letter.key)  # the envelope is bound to it: what a replay writes again
         letter.key = (pseudo or record_key_pseudonym(self.key, letter.key)).encode()
 
 
