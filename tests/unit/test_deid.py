@@ -1,6 +1,7 @@
 """De-identification: the policy's actions, keyed pseudonyms and dates, DICOM as echo machines send it, clean pixels
 (checked against the generator's overlay boxes and by OCR), sealed envelopes, and bad input."""
 
+import hashlib
 import io
 import json
 
@@ -286,12 +287,22 @@ def test_bad_dicom_is_a_failed_video_with_a_reason_naming_no_identifier(studies,
     bad = upload.videos[1]
     bad.ClearField("content")
     bad.inline_data, bad.filename = make(studies), "IM0002.dcm"
+    bad.sha256 = hashlib.sha256(bad.inline_data).hexdigest()  # as the sender hashed what it sent
     result = deid.deidentify_upload(upload, _reader(blobs), blobs.put, POLICY, ANALYSIS, KEY, 900_000)
     [failure] = result.failures
     assert reason in failure.reason, failure.reason
     assert result.upload.videos[1].error == failure.reason and not result.upload.videos[1].HasField("inline_data")
     assert Needles(_identifiers(studies[0])).in_bytes(failure.reason.encode()) == []
     assert sum(1 for v in result.upload.videos if not v.error) == 11  # the study goes on
+
+
+def test_a_video_whose_bytes_are_not_those_its_sender_hashed_fails_with_the_reason(studies, tmp_path):
+    blobs = BlobStore(tmp_path / "blobs")
+    upload = upload_from_dir(studies[0], blobs, 1_000_000, hospital_id="H001")
+    upload.videos[2].sha256 = "0" * 64
+    result = deid.deidentify_upload(upload, _reader(blobs), blobs.put, POLICY, ANALYSIS, KEY, 900_000)
+    [failure] = result.failures
+    assert failure.index == 2 and "checksum mismatch" in failure.reason
 
 
 def test_an_upload_over_its_frame_budget_fails_the_videos_past_it_and_keeps_the_rest(studies, tmp_path):

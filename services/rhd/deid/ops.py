@@ -394,7 +394,10 @@ def deidentify_upload(
                     raise VideoDecodeError(f"the upload is over its limit of {max_upload_frames} frames")
                 if not limits.max_frames or left < limits.max_frames:
                     bounded = replace(limits, max_frames=left, scope=f"left of the upload's {max_upload_frames}")
-            decoded, regions, found = _read_video(read(ref), ref.filename, policy, bounded)
+            data = read(ref)
+            if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256.lower():
+                raise DeidError("checksum mismatch: the video's bytes are not those its sender hashed (sha256)")
+            decoded, regions, found = _read_video(data, ref.filename, policy, bounded)
             frames_seen += len(decoded.frames)
             if ctx is None:
                 fields = {**fields, **found}
