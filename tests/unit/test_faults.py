@@ -135,3 +135,25 @@ def test_a_nyquist_limit_that_is_not_a_positive_finite_number_is_unknown_and_not
         scan = acquisition({"nyquist_cm_s": bad, "pixel_spacing_mm": "0.6", "sex": "F"})
         assert scan.nyquist_cm_s == 0.0 and "nyquist_cm_s" not in scan.clinical
         assert scan.pixel_spacing_mm == 0.6 and scan.clinical["pixel_spacing_mm"] == "0.6"
+
+
+def test_frames_of_another_size_are_fitted_to_the_line_with_their_spacing_and_regions():
+    import numpy as np
+    from rhd.imaging.video import DecodedVideo
+    from rhd.split.ops import Acquisition, video_frames
+
+    upload = pb.StudyUpload(study_id="P1")
+    region = pb.UltrasoundRegion(spatial_format="spectral", x0=100, y0=300, x1=500, y1=460, delta_x=0.01, delta_y=2.0)
+    image = np.full((480, 480, 3), 200, np.uint8)  # a square scanner frame
+    video = DecodedVideo(frames=[image, image], fps=30.0, declared_frame_count=2)
+    scan = Acquisition(pixel_spacing_mm=0.3, nyquist_cm_s=60.0, clinical={})
+    frames = video_frames(upload, "P1-V00", video, scan, lambda f: {"bgr": f.tobytes()}, [region])
+    first = frames[0]
+    assert (first.height, first.width) == (240, 320) and len(first.bgr) == 240 * 320 * 3
+    assert first.pixel_spacing_mm == 0.6  # half the pixels: each covers twice the millimetres
+    pixels = np.frombuffer(first.bgr, np.uint8).reshape(240, 320, 3)
+    assert pixels[:, :40].max() == 0 and pixels[:, 280:].max() == 0 and pixels[:, 40:280].min() == 200
+    r = first.regions[0]
+    assert (r.x0, r.y0, r.x1, r.y1) == (90, 150, 290, 230) and (r.delta_x, r.delta_y) == (0.02, 4.0)
+    same = video_frames(upload, "P1-V00", DecodedVideo([pixels], 30.0, 1), scan, lambda f: {"bgr": f.tobytes()})
+    assert same[0].bgr == first.bgr and same[0].pixel_spacing_mm == 0.3  # the line's size: left as it is

@@ -107,3 +107,39 @@ def encode_lossless(frames: Sequence[np.ndarray], fps: float) -> bytes:
             return f.read()
     finally:
         os.unlink(path)
+
+
+LINE_SHAPE = (240, 320)  # rows x columns of every frame the analysis reads (the networks' input)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How a video's frames are brought to LINE_SHAPE: scaled by `scale` (aspect kept), then placed at (x, y)."""
+
+    scale: float
+    x: int
+    y: int
+
+    @property
+    def identity(self) -> bool:
+        return self.scale == 1.0 and self.x == 0 and self.y == 0
+
+
+def fit_of(height: int, width: int, shape: tuple[int, int] = LINE_SHAPE) -> Fit:
+    """The fit of height x width frames into `shape`: the largest scale that keeps the whole frame, centred."""
+    if (height, width) == shape:
+        return Fit(1.0, 0, 0)
+    scale = min(shape[0] / height, shape[1] / width)
+    return Fit(scale, (shape[1] - round(width * scale)) // 2, (shape[0] - round(height * scale)) // 2)
+
+
+def fitted(image: np.ndarray, fit: Fit, shape: tuple[int, int] = LINE_SHAPE) -> np.ndarray:
+    """The frame scaled by the fit (area averaging down, linear up) on a black canvas of `shape`."""
+    if fit.identity:
+        return image
+    h, w = image.shape[:2]
+    size = (round(w * fit.scale), round(h * fit.scale))
+    scaled = cv2.resize(image, size, interpolation=cv2.INTER_AREA if fit.scale < 1 else cv2.INTER_LINEAR)
+    canvas = np.zeros((*shape, 3), np.uint8)
+    canvas[fit.y : fit.y + size[1], fit.x : fit.x + size[0]] = scaled
+    return canvas

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rhd.imaging.video import DecodedVideo
+from rhd.imaging.video import LINE_SHAPE, DecodedVideo, Fit, fit_of, fitted
 from rhd.v1 import rhd_pb2 as pb
 
 # Metadata the analysis may use (after deid: the age as a band, the sex); identifying fields never reach split.
@@ -60,6 +60,19 @@ def acquisition(metadata: Mapping[str, str]) -> Acquisition:
     return Acquisition(_number(metadata, "pixel_spacing_mm"), _number(metadata, "nyquist_cm_s"), clinical)
 
 
+def fitted_region(region: pb.UltrasoundRegion, fit: Fit) -> pb.UltrasoundRegion:
+    """A calibrated region where it lies after the fit: its corners moved, its physical units per pixel scaled."""
+    if fit.identity:
+        return region
+    out = pb.UltrasoundRegion()
+    out.CopyFrom(region)
+    out.x0, out.x1 = round(region.x0 * fit.scale) + fit.x, round(region.x1 * fit.scale) + fit.x
+    out.y0, out.y1 = round(region.y0 * fit.scale) + fit.y, round(region.y1 * fit.scale) + fit.y
+    out.reference_y = region.reference_y * fit.scale
+    out.delta_x, out.delta_y = region.delta_x / fit.scale, region.delta_y / fit.scale
+    return out
+
+
 def video_frames(
     upload: pb.StudyUpload,
     video_id: str,
@@ -69,9 +82,18 @@ def video_frames(
     regions: Sequence[pb.UltrasoundRegion] = (),
 ) -> list[pb.Frame]:
     """One Frame per decoded frame, keyed for frame accounting, its pixels packed by `pixels` (raw or PNG), with the
-    video's calibrated regions."""
+    video's calibrated regions. Frames of another size than the line reads (a scanner's 600 x 800, say) are scaled
+    to it, aspect kept, on black; the pixel spacing and the regions are scaled with them."""
     frames = []
-    for index, image in enumerate(decoded.frames):
+    fit = fit_of(*decoded.frames[0].shape[:2]) if decoded.frames else fit_of(*LINE_SHAPE)
+    spacing = scan.pixel_spacing_mm / fit.scale if scan.pixel_spacing_mm else 0.0
+    regions = [fitted_region(r, fit) for r in regions]
+    for index, original in enumerate(decoded.frames):
+        if original.shape[:2] != decoded.frames[0].shape[:2]:
+            raise ValueError(
+                f"frame {index} is {original.shape[1]} x {original.shape[0]}: a video's frames are one size"
+            )
+        image = fitted(original, fit)
         key = pb.FrameKey(
             study_id=upload.study_id,
             video_id=video_id,
@@ -84,7 +106,7 @@ def video_frames(
             height=image.shape[0],
             width=image.shape[1],
             fps=decoded.fps,
-            pixel_spacing_mm=scan.pixel_spacing_mm,
+            pixel_spacing_mm=spacing,
             nyquist_cm_s=scan.nyquist_cm_s,
             regions=regions,
             **pixels(image),
