@@ -90,8 +90,10 @@ class Deid(
 
     def handle(self, record: pb.SealedRecord, at: Position) -> list[Output]:
         upload = opened_upload(record, at.key, self.raw)
-        if not (upload.study_id and upload.videos):
-            raise SecretError("sealed upload without study_id or without videos")
+        if not upload.study_id:
+            raise SecretError("sealed upload without study_id: no study to answer")
+        if not upload.videos:
+            return self._not_deidentified(upload, record, at, "upload without videos", "rejected")
         try:
             study = deidentify_upload(
                 upload,
@@ -105,7 +107,8 @@ class Deid(
                 self.max_upload_frames,
             )
         except Exception as exc:  # the upload as a whole: its study is still answered (FAILED, saying why)
-            return self._not_deidentified(upload, record, at, exc)
+            reason = f"upload not de-identified: {type(exc).__name__} (details withheld: identifiable input)"
+            return self._not_deidentified(upload, record, at, reason, type(exc).__name__)
         pseudo = study.upload.study_id
         day = dt.datetime.now(dt.UTC).date().isoformat()
         study.link["day"] = day
@@ -148,17 +151,16 @@ class Deid(
         return [*outputs, Output(STUDIES_DEIDENTIFIED, pseudo, study.upload)]
 
     def _not_deidentified(
-        self, upload: pb.StudyUpload, record: pb.SealedRecord, at: Position, exc: Exception
+        self, upload: pb.StudyUpload, record: pb.SealedRecord, at: Position, reason: str, error_type: str
     ) -> list[Output]:
-        """An upload that opened but could not be de-identified: dead-lettered sealed (its reason names the error's
-        type only: its text may quote a value), and answered: the study goes on with every video failed, and its
-        link, so the hospital reads its FAILED diagnosis under its own ids."""
+        """An upload that opened but cannot be de-identified (or holds no video): dead-lettered sealed (its reason
+        names no value of it), and answered: the study goes on with every video failed and the reason (or none),
+        and its link, so the hospital reads its FAILED diagnosis under its own ids."""
         pseudo = study_pseudonym(self.key, upload.hospital_id, upload.study_id)
-        reason = f"upload not de-identified: {type(exc).__name__} (details withheld: identifiable input)"
         log.error("deid: study %s: %s", pseudo, reason)
         out = pb.StudyUpload(schema="rhd.v1.StudyUpload", study_id=pseudo, upload_id=upload.upload_id)
         out.uploaded_at.CopyFrom(upload.uploaded_at)
-        for index, _ in enumerate(upload.videos):
+        for index in range(max(1, len(upload.videos))):  # an upload without videos: one entry saying so
             out.videos.add(video_id=f"{pseudo}-V{index:02d}", error=reason)
         link = {
             "pseudonym": pseudo,
@@ -176,7 +178,7 @@ class Deid(
             self.name,
             reason,
             key=pseudo.encode(),
-            error_type=type(exc).__name__,
+            error_type=error_type,
             study_id=pseudo,
             partition=at.partition,
             offset=at.offset,
