@@ -259,3 +259,28 @@ def test_health_says_stuck_when_the_loop_stops_coming_round_and_ready_needs_the_
 
     assert asyncio.run(ready_without_a_broker()) is False
     runner.pool.shutdown()
+
+
+def test_a_stage_whose_redaction_fails_still_writes_the_letter_and_keeps_no_plain_id(tmp_path):
+    """A record that opened but did not parse once crashed deid in its redaction (a DecodeError it did not expect)."""
+    import asyncio
+
+    from rhd.runtime.records import schema_headers
+    from rhd.runtime.stage import StageRunner, StageService
+
+    class Fragile(StageService):
+        name, input_topic, input_type = "fragileprobe", "studies.in.v1", pb.StudyFeatures
+
+        def handle(self, message, at):
+            raise RuntimeError("cannot handle it")
+
+        def redact(self, letter, message):
+            raise ValueError("cannot redact it either")
+
+    runner = StageRunner(Fragile(), Settings(blob_dir=tmp_path))
+    value = pb.StudyFeatures(study_id="S-123").SerializeToString()
+    [(topic, key, data, _)] = asyncio.run(runner._process(_record(value, schema_headers(pb.StudyFeatures()))))
+    letter = pb.DeadLetter.FromString(data)
+    assert topic == "studies.in.v1.dlq" and "cannot handle it" in letter.reason
+    assert key == "" and letter.study_id == "" and letter.original_bytes == value
+    runner.pool.shutdown()

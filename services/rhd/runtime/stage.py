@@ -344,10 +344,17 @@ class StageRunner:
         ]
         letter = outputs[0].message
         assert isinstance(letter, pb.DeadLetter)
-        self.service.redact(letter, message)
+        try:
+            self.service.redact(letter, message)
+        except Exception:  # a letter is written whatever happens: one that cannot be redacted keeps no plain id
+            log.exception("%s could not redact a dead letter; its ids are dropped", self.service.name)
+            letter.key, letter.study_id, letter.video_id = b"", "", ""
         outputs[0] = Output(outputs[0].topic, letter.key.decode(errors="replace"), letter)
         if message is not None:
-            outputs += self.service.failed(message, reason)
+            try:
+                outputs += self.service.failed(message, reason)
+            except Exception:  # the letter still goes: the study's answer then comes from its deadline
+                log.exception("%s could not make the terminal records of a failed record", self.service.name)
         return outputs
 
     def _record_lag(self) -> None:
