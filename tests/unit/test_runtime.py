@@ -167,7 +167,8 @@ def test_split_keeps_only_the_clinical_metadata_and_reads_the_scan_settings():
     assert scan.clinical == {"pixel_spacing_mm": "0.6", "nyquist_cm_s": "62.5", "device": "Vivid iq", "fps": "30"}
     assert set(scan.clinical) <= CLINICAL_FIELDS
     unknown = acquisition({"pixel_spacing_mm": "n/a"})
-    assert (unknown.pixel_spacing_mm, unknown.nyquist_cm_s, unknown.clinical) == (0.0, 0.0, {"pixel_spacing_mm": "n/a"})
+    # Not a number: unknown, and not passed on as if it were one.
+    assert (unknown.pixel_spacing_mm, unknown.nyquist_cm_s, unknown.clinical) == (0.0, 0.0, {})
 
 
 def _record(value: bytes, headers=(), topic="frames.in.v1", offset=0):
@@ -279,7 +280,8 @@ def test_a_stage_whose_redaction_fails_still_writes_the_letter_and_keeps_no_plai
 
     runner = StageRunner(Fragile(), Settings(blob_dir=tmp_path))
     value = pb.StudyFeatures(study_id="S-123").SerializeToString()
-    [(topic, key, data, _)] = asyncio.run(runner._process(_record(value, schema_headers(pb.StudyFeatures()))))
+    record = _record(value, schema_headers(pb.StudyFeatures()), topic="studies.in.v1")
+    [(topic, key, data, _)] = asyncio.run(runner._process(record))
     letter = pb.DeadLetter.FromString(data)
     assert topic == "studies.in.v1.dlq" and "cannot handle it" in letter.reason
     assert key == "" and letter.study_id == "" and letter.original_bytes == value
