@@ -152,7 +152,9 @@ class Catalogue:
         upload = self.upload("ODD-NYQUIST")
         upload.metadata["nyquist_cm_s"] = "nan"
         self.uploads.append(upload)
-        self.kinds.append(Kind("a NaN Nyquist limit", None, "ODD-NYQUIST", "answered"))
+        # Without a Nyquist limit no velocity can be read off a colour Doppler frame: its study (one colour video)
+        # ends FAILED, saying so, instead of measuring velocities on a scale of NaN.
+        self.kinds.append(Kind("a NaN Nyquist limit", None, "ODD-NYQUIST", "failed", "Nyquist limit unknown"))
         large = _mp4([cv2.resize(f, (640, 480)) for f in frames], self.work / "large.mp4")
         upload = self.upload("ODD-SIZE")
         upload.videos[0].ClearField("content")

@@ -286,3 +286,14 @@ def test_a_stage_whose_redaction_fails_still_writes_the_letter_and_keeps_no_plai
     assert topic == "studies.in.v1.dlq" and "cannot handle it" in letter.reason
     assert key == "" and letter.study_id == "" and letter.original_bytes == value
     runner.pool.shutdown()
+
+
+def test_the_blob_store_takes_the_same_content_from_many_writers_at_once(tmp_path):
+    """An upload published twice and handled at once wrote one blob from two threads: the second rename failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store, data = BlobStore(tmp_path), bytes(range(256)) * 4_000
+    with ThreadPoolExecutor(8) as pool:
+        uris = set(pool.map(lambda _: store.put(data), range(64)))
+    assert len(uris) == 1 and store.get(uris.pop()) == data
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -130,6 +130,15 @@ class EmbeddedStack:
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RHD_")}
+        # Every setting the stack was given that is not its default (limits, deadlines, ...), then its own wiring.
+        defaults = Settings()
+        env.update(
+            {
+                f"RHD_{name.upper()}": str(value)
+                for name, value in self.base.model_dump().items()
+                if value != getattr(defaults, name) and value is not None
+            }
+        )
         env.update(
             {
                 "RHD_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,

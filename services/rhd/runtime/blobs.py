@@ -1,6 +1,8 @@
 """Claim-check blob store: payloads too large for a Kafka message are stored by content hash."""
 
 import hashlib
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,9 +20,16 @@ class BlobStore:
         path = self._path(digest)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            # A temporary file of its own: two writers of the same content (an upload published twice, handled at
+            # once) shared one name, and the second rename found it gone. The rename is atomic either way.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{digest[:16]}-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         return SCHEME + digest
 
     def get(self, uri: str) -> bytes:
