@@ -20,7 +20,7 @@ from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
 from rhd.local.stack import EmbeddedStack
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import SCHEMA_HEADER, schema_headers
-from rhd.runtime.secrets import KEY_ID_HEADER, SEALED_SCHEMA, UPLOAD_KIND, sealed_upload
+from rhd.runtime.secrets import KEY_ID_HEADER, SEALED_SCHEMA, SENDER_HEADER, UPLOAD_KIND, sealed_upload
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DONE, STUDIES_FEATURES, STUDIES_UPLOADED
 from rhd.synth.generator import SynthConfig, synth_studies
@@ -197,6 +197,11 @@ class Catalogue:
         ):
             self.records.append((STUDIES_UPLOADED, record_key, record_value, headers))
             self.kinds.append(Kind(f"raw upload record: {letter}", letter, None))
+        # An upload sealed for one hospital, sent under another's name: refused, never filed under either.
+        key, value, headers = sealed_upload(self.upload("BAD-SENDER", "H001"), self.raw)
+        headers = [(name, b"H002" if name == SENDER_HEADER else v) for name, v in headers]
+        self.records.append((STUDIES_UPLOADED, key, value, headers))
+        self.kinds.append(Kind("sent under another hospital's name", "sealed for another hospital", None))
         diagnosis = pb.Diagnosis(study_id="X", label=pb.LABEL_DEFINITE)
         for name, value, found_headers, letter in (
             ("a record of another type", diagnosis, schema_headers(diagnosis), "a rhd.v1.Diagnosis record where"),
@@ -294,3 +299,4 @@ def test_nothing_is_diagnosed_for_records_that_name_no_study(outcome):
     _, progress, _, _ = outcome
     assert "GHOST" not in progress.diagnoses and "X" not in progress.diagnoses and "Y" not in progress.diagnoses
     assert json.dumps(sorted(progress.diagnoses)).count("BAD-NOID") == 0
+    assert not any("BAD-SENDER" in name for name in progress.diagnoses)

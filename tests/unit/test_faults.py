@@ -157,3 +157,17 @@ def test_frames_of_another_size_are_fitted_to_the_line_with_their_spacing_and_re
     assert (r.x0, r.y0, r.x1, r.y1) == (90, 150, 290, 230) and (r.delta_x, r.delta_y) == (0.02, 4.0)
     same = video_frames(upload, "P1-V00", DecodedVideo([pixels], 30.0, 1), scan, lambda f: {"bgr": f.tobytes()})
     assert same[0].bgr == first.bgr and same[0].pixel_spacing_mm == 0.3  # the line's size: left as it is
+
+
+def test_an_upload_sent_under_another_hospitals_name_is_refused(tmp_path):
+    import pytest
+    from rhd.runtime.secrets import SENDER_HEADER, SecretError
+
+    stage = _deid(tmp_path)
+    upload = pb.StudyUpload(schema="rhd.v1.StudyUpload", study_id="ECHO-1", upload_id="u-1", hospital_id="H001")
+    upload.videos.add(video_id="v0", inline_data=b"\x00")
+    key, value, headers = sealed_upload(upload, stage.raw)
+    assert (SENDER_HEADER, b"H001") in headers  # what rhd publish and the gateway write
+    forged = tuple((n, b"H002" if n == SENDER_HEADER else v) for n, v in headers)
+    with pytest.raises(SecretError, match="sealed for another hospital"):
+        stage.handle(pb.SealedRecord.FromString(value), Position(0, 1, 0.0, key, forged))

@@ -16,11 +16,12 @@ from rhd.imaging.video import VideoLimits
 from rhd.runtime import metrics
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.links import read_link_map
-from rhd.runtime.records import Output, dead_letter_output
+from rhd.runtime.records import Output, dead_letter_output, header
 from rhd.runtime.secrets import (
     LINK_KEYRING,
     RAW_KEYRING,
     SEALED_SCHEMA,
+    SENDER_HEADER,
     UPLOAD_KIND,
     SecretError,
     is_sealed,
@@ -90,6 +91,11 @@ class Deid(
 
     def handle(self, record: pb.SealedRecord, at: Position) -> list[Output]:
         upload = opened_upload(record, at.key, self.raw)
+        sender = header(at.headers, SENDER_HEADER)
+        if sender is not None and sender != upload.hospital_id:
+            raise SecretError(
+                f"sent as {sender!r} but sealed for another hospital: refused (one sender, one namespace)"
+            )
         if not upload.study_id:
             raise SecretError("sealed upload without study_id: no study to answer")
         if not upload.videos:

@@ -23,6 +23,9 @@ from rhd.v1 import rhd_pb2 as pb
 MAGIC = b"RHDE1"  # an envelope starts with this, the key id's length and the key id, then the nonce
 NONCE_BYTES = 12
 KEY_ID_HEADER = "rhd-key-id"  # the record header naming the key a payload was sealed with
+# The record header naming the sending hospital (an organisation, not a patient): deid refuses an upload whose sealed
+# hospital_id says otherwise. Where the broker authenticates (Apache Kafka with SASL), the sender is the principal.
+SENDER_HEADER = "rhd-sender"
 
 PSEUDONYM_KEY = "pseudonym.key"
 RAW_KEYRING = "raw"  # uploads, their blobs and dead letters
@@ -140,7 +143,11 @@ def sealed_upload(upload: pb.StudyUpload, raw: Keyring) -> tuple[bytes, bytes, l
     record = pb.SealedRecord(
         schema=SEALED_SCHEMA, kind=UPLOAD_KIND, key_id=raw.current, envelope=raw.seal(upload.SerializeToString(), key)
     )
-    return key, record.SerializeToString(), [(KEY_ID_HEADER, raw.current.encode())]
+    return (
+        key,
+        record.SerializeToString(),
+        [(KEY_ID_HEADER, raw.current.encode()), (SENDER_HEADER, upload.hospital_id.encode())],
+    )
 
 
 def opened_upload(record: pb.SealedRecord, record_key: bytes, raw: Keyring) -> pb.StudyUpload:

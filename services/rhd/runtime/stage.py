@@ -40,6 +40,7 @@ class Position:
     offset: int
     timestamp: float  # the record's timestamp (CreateTime), seconds
     key: bytes = b""  # the record's key
+    headers: tuple[tuple[str, bytes], ...] = ()  # the record's headers
 
 
 class StageService:
@@ -287,7 +288,9 @@ class StageRunner:
             problem = svc.validate(message)
             if problem:
                 raise _Rejected(f"invalid {svc.input_type.DESCRIPTOR.full_name}: {problem}")
-            at = Position(record.partition, record.offset, record.timestamp / 1000, record.key or b"")
+            at = Position(
+                record.partition, record.offset, record.timestamp / 1000, record.key or b"", tuple(record.headers or ())
+            )
             if self._is_async:
                 outputs = await svc.handle(message, at)  # type: ignore[misc]  # typed as the plain one
             else:

@@ -1,0 +1,130 @@
+"""Chaos on the real embedded broker (figures for the record, not a test): every stage a separate process, killed
+with SIGKILL mid-stream and started again; prints, per fault, the studies published, diagnosed once, diagnosed twice
+and lost, and the seconds until the killed service was ready again. Exits 1 if a study was lost or diagnosed twice.
+
+    .venv/bin/python loadtest/chaos.py [--studies-per-fault 2] [--pairs] [--model-server-down 120] [--out DIR]
+
+Faults: each stage in turn; with --pairs, two stages at once (split with assemble, view with diagnose, deid with
+features); with --model-server-down S, the model server killed for S seconds (frames wait for it, up to
+RHD_MODEL_RETRY_FOR_S) then started again.
+"""
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
+from rhd.local.stack import MODEL_SERVER_JOB, EmbeddedStack, ServiceProcess, stop_on_sigterm, wait_serving
+from rhd.runtime.blobs import BlobStore
+from rhd.runtime.settings import Settings
+from rhd.runtime.topics import STAGES
+from rhd.synth.generator import SynthConfig, synth_studies
+from rhd.watch.figures import follow
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = (("split", "assemble"), ("view", "diagnose"), ("deid", "features"))
+
+
+async def ready_again(service: ServiceProcess, timeout_s: float = 120.0) -> float:
+    """Seconds until the restarted service answers /readyz 200 (the model server: its gRPC health SERVING)."""
+    started = time.monotonic()
+    if service.name == MODEL_SERVER_JOB:
+        port = int(service.argv[service.argv.index("--port") + 1])
+        return await wait_serving(port, service, timeout_s)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while time.monotonic() - started < timeout_s:
+            try:
+                async with http.get(f"http://127.0.0.1:{service.http_port}/readyz") as response:
+                    if response.status == 200:
+                        return time.monotonic() - started
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{service.name} not ready {timeout_s:.0f} s after its restart")
+
+
+async def fault(
+    stack: EmbeddedStack, live: Settings, victims: list[str], studies: list[Path], kill_after_s: float, down_s: float
+) -> float:
+    """Publish the studies, SIGKILL the victims once their frames flow, start them again; the slowest recovery."""
+    blobs, seal = BlobStore(live.blob_dir), raw_keyring(live).seal
+    await publish_uploads(live, [upload_from_dir(d, blobs, live.max_message_bytes, seal=seal) for d in studies])
+    await asyncio.sleep(kill_after_s)
+    services = [s for s in stack.services if s.name in victims]
+    for service in services:
+        service.stop(signal.SIGKILL)  # no goodbye: no commit, no graceful drain
+    await asyncio.sleep(down_s)
+    for service in services:
+        service.start()
+    return max([await ready_again(s) for s in services], default=0.0)
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict:
+    faults: list[tuple[str, list[str], float]] = [(stage, [stage], 0.5) for stage in STAGES]
+    if args.pairs:
+        faults += [(" + ".join(pair), list(pair), 0.5) for pair in PAIRS]
+    if args.model_server_down:
+        faults.append((f"model server down {args.model_server_down:g} s", [MODEL_SERVER_JOB], args.model_server_down))
+    config = SynthConfig(videos_per_study=4, duration_s=(1.0, 1.0))
+    studies = synth_studies(args.seed, args.studies_per_fault * len(faults), workdir / "studies", config)
+    settings = Settings(blob_dir=workdir / "blobs", models_dir=ROOT / "models", study_deadline_s=args.deadline)
+    stack = EmbeddedStack(workdir / "stack", settings)
+    rows = []
+    try:
+        live = await stack.start()
+        for i, (name, victims, down_s) in enumerate(faults):
+            batch = studies[i * args.studies_per_fault : (i + 1) * args.studies_per_fault]
+            recovery = await fault(stack, live, victims, batch, args.kill_after, down_s)
+            rows.append({"fault": name, "studies": [d.name for d in batch], "recovery_s": round(recovery, 1)})
+            print(f"{name}: killed, ready again in {recovery:.1f} s", flush=True)
+        names = [d.name for d in studies]
+        progress = await follow(live, lambda p: all(n in p.diagnoses for n in names), args.timeout, settle_s=15.0)
+    finally:
+        stack.stop()
+    counts = Counter({name: len(progress.diagnoses.get(name, [])) for name in (d.name for d in studies)})
+    for row in rows:
+        row["diagnosed_once"] = sum(counts[s] == 1 for s in row["studies"])
+        row["diagnosed_twice"] = sum(counts[s] > 1 for s in row["studies"])
+        row["lost"] = sum(counts[s] == 0 for s in row["studies"])
+        row["complete"] = sum(
+            1 for s in row["studies"] for d in progress.diagnoses.get(s, [])[:1] if d.completeness == 1
+        )
+    return {"faults": rows, "deadline_s": args.deadline, "studies_per_fault": args.studies_per_fault}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies-per-fault", type=int, default=2)
+    parser.add_argument("--pairs", action="store_true", help="also two stages at once")
+    parser.add_argument("--model-server-down", type=float, default=0.0, help="seconds the model server stays down")
+    parser.add_argument("--kill-after", type=float, default=3.0, help="seconds after publishing that the kill comes")
+    parser.add_argument("--deadline", type=float, default=300.0, help="RHD_STUDY_DEADLINE_S of the stack")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--seed", type=int, default=1818)
+    parser.add_argument("--out", default="loadtest/results")
+    args = parser.parse_args()
+    stop_on_sigterm()  # a SIGTERM stops the services this started, as Ctrl-C does
+    result = asyncio.run(run(args, Path(tempfile.mkdtemp(prefix="rhd-chaos-"))))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "chaos.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{'fault':<28} {'studies':>7} {'once':>5} {'twice':>6} {'lost':>5} {'COMPLETE':>9} {'ready again':>12}")
+    for row in result["faults"]:
+        print(
+            f"{row['fault']:<28} {len(row['studies']):>7} {row['diagnosed_once']:>5} {row['diagnosed_twice']:>6} "
+            f"{row['lost']:>5} {row['complete']:>9} {row['recovery_s']:>10.1f} s"
+        )
+    bad = sum(r["lost"] + r["diagnosed_twice"] for r in result["faults"])
+    print(f"\n{'PASS' if not bad else 'FAIL'}: {bad} studies lost or diagnosed twice")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
