@@ -25,6 +25,7 @@ from rhd.local.privacy_report import levels
 from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
 from rhd.local.stack import EmbeddedStack
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.records import schema_headers
 from rhd.runtime.secrets import RAW_KEYRING, is_sealed, load_keyring, load_pseudonym_key
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DECODED, STAGES, STUDIES_UPLOADED
@@ -159,7 +160,8 @@ def line(tmp_path_factory):
         await rogue.send_and_wait(STUDIES_UPLOADED, b"\x0a" + b"\x01" * 10, key=b"short")
         await rogue.send_and_wait(STUDIES_UPLOADED, b"\x00" * 1_500_000, key=b"oversized")
         await rogue.send_and_wait(STUDIES_UPLOADED, uploads[0].SerializeToString(), key=b"plain")
-        await rogue.send_and_wait(FRAMES_DECODED, b"\x12\x03abc", key=b"frame-without-key")
+        frame_header = schema_headers(pb.Frame())  # written as a Frame, so its content is what is refused
+        await rogue.send_and_wait(FRAMES_DECODED, b"\x12\x03abc", key=b"frame-without-key", headers=frame_header)
         await rogue.stop()
         ids = [d.name for d in studies]
         progress = await follow(live, lambda p: _expected_done(p, ids), timeout_s=300, settle_s=8.0)
