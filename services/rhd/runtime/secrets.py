@@ -83,8 +83,14 @@ def is_sealed(data: bytes) -> bool:
 def key_id(envelope: bytes) -> str:
     if not is_sealed(envelope):
         raise SecretError("not an envelope")
+    # Cut short or not text where the key id should be: not an envelope (found by the property tests).
+    if len(envelope) <= len(MAGIC) or len(envelope) < len(MAGIC) + 1 + envelope[len(MAGIC)] + NONCE_BYTES:
+        raise SecretError("not an envelope (cut short)")
     n = envelope[len(MAGIC)]
-    return envelope[len(MAGIC) + 1 : len(MAGIC) + 1 + n].decode()
+    try:
+        return envelope[len(MAGIC) + 1 : len(MAGIC) + 1 + n].decode()
+    except UnicodeDecodeError:
+        raise SecretError("not an envelope (its key id is not text)") from None
 
 
 def load_keyring(directory: Path) -> Keyring:
