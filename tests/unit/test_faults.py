@@ -171,3 +171,18 @@ def test_an_upload_sent_under_another_hospitals_name_is_refused(tmp_path):
     forged = tuple((n, b"H002" if n == SENDER_HEADER else v) for n, v in headers)
     with pytest.raises(SecretError, match="sealed for another hospital"):
         stage.handle(pb.SealedRecord.FromString(value), Position(0, 1, 0.0, key, forged))
+
+
+def test_a_video_that_takes_too_long_to_decode_is_refused_and_the_limits_decode_the_same_frames(tmp_path):
+    import numpy as np
+    import pytest
+    from rhd.imaging.video import VideoDecodeError, VideoLimits, decode_video
+    from rhd.synth.generator import SynthConfig, synth_studies
+
+    (study,) = synth_studies(3, 1, tmp_path, SynthConfig(videos_per_study=1, duration_s=(1.0, 1.0)))
+    data = next(study.glob("*.mp4")).read_bytes()
+    plain = decode_video(data).frames
+    bounded = decode_video(data, VideoLimits(max_frames=1800, max_frame_pixels=1920 * 1080, max_seconds=60)).frames
+    assert len(plain) == len(bounded) and all(np.array_equal(a, b) for a, b in zip(plain, bounded, strict=True))
+    with pytest.raises(VideoDecodeError, match="decoding took longer than"):
+        decode_video(data, VideoLimits(max_seconds=1e-6))

@@ -58,7 +58,11 @@ class Deid(
         self.links = load_keyring(settings.secrets_dir / LINK_KEYRING)
         self.blobs = BlobStore(settings.blob_dir)
         self.budget = settings.max_message_bytes - ENVELOPE_BYTES
-        self.limits = VideoLimits(max_frames=settings.max_video_frames, max_frame_pixels=settings.max_frame_pixels)
+        self.limits = VideoLimits(
+            max_frames=settings.max_video_frames,
+            max_frame_pixels=settings.max_frame_pixels,
+            max_seconds=settings.max_decode_s,
+        )
         self.max_upload_frames = settings.max_upload_frames
         self.census = Census()
         await self._count_releases(settings)

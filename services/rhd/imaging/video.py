@@ -3,6 +3,7 @@ writes), and encoded losslessly (HuffYUV in AVI) so that cleaned pixels reach th
 
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ class VideoLimits:
     max_frames: int = 0  # 0: no limit
     max_frame_pixels: int = 0  # height x width
     scope: str = "per video"  # what max_frames is, as the refusal says it
+    max_seconds: float = 0.0  # wall time to decode the video (0: no limit); OpenCV's own open/read timeouts too
 
     def check_size(self, height: int, width: int) -> None:
         if self.max_frame_pixels and height * width > self.max_frame_pixels:
@@ -60,7 +62,12 @@ def decode_video(data: bytes, limits: VideoLimits = NO_LIMITS) -> DecodedVideo:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        capture = cv2.VideoCapture(path)
+        timeouts = []
+        if limits.max_seconds:  # FFmpeg's own limits: a stream that stalls in open or read gives up
+            ms = int(limits.max_seconds * 1000)
+            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG, timeouts) if timeouts else cv2.VideoCapture(path)
+        started = time.monotonic()
         try:
             if not capture.isOpened():
                 raise VideoDecodeError(f"not a decodable video ({len(data)} bytes)")
@@ -76,6 +83,8 @@ def decode_video(data: bytes, limits: VideoLimits = NO_LIMITS) -> DecodedVideo:
                 frames.append(frame)
                 limits.check_count(len(frames))  # a container may understate its frames
                 limits.check_size(*frame.shape[:2])
+                if limits.max_seconds and time.monotonic() - started > limits.max_seconds:
+                    raise VideoDecodeError(f"decoding took longer than {limits.max_seconds:g} s: refused")
         finally:
             capture.release()
     finally:

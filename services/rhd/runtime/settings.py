@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_video_frames: int = 1_800
     max_frame_pixels: int = 1920 * 1080
     max_upload_frames: int = 4_000
+    max_decode_s: float = 120.0  # wall time to decode one video (a pathological file that decodes forever)
     # assemble: a study not fully accounted for this long after its first record is emitted INCOMPLETE.
     study_deadline_s: float = 300.0
     assemble_remember_s: float = 86_400.0  # after a restart, studies emitted this long ago are still known

@@ -17,7 +17,11 @@ from rhd.v1 import rhd_pb2 as pb
 class Split(StageService, name="split", input_topic=STUDIES_DEIDENTIFIED, input_type=pb.StudyUpload):
     async def start(self, settings: Settings) -> None:
         self.blobs = BlobStore(settings.blob_dir)
-        self.limits = VideoLimits(max_frames=settings.max_video_frames, max_frame_pixels=settings.max_frame_pixels)
+        self.limits = VideoLimits(
+            max_frames=settings.max_video_frames,
+            max_frame_pixels=settings.max_frame_pixels,
+            max_seconds=settings.max_decode_s,
+        )
         self.pixels = partial(frame_pixels, codec=settings.frame_codec, max_message_bytes=settings.max_message_bytes)
 
     def validate(self, upload: pb.StudyUpload) -> str | None:
