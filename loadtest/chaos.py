@@ -6,7 +6,9 @@ and lost, and the seconds until the killed service was ready again. Exits 1 if a
 
 Faults: each stage in turn; with --pairs, two stages at once (split with assemble, view with diagnose, deid with
 features); with --model-server-down S, the model server killed for S seconds (frames wait for it, up to
-RHD_MODEL_RETRY_FOR_S) then started again.
+RHD_MODEL_RETRY_FOR_S) then started again; with --assemble-replicas N (>= 2), one of N assemble replicas killed and
+started again (two rebalances during load), and the same with the broker paused (SIGSTOP) for 10 s while that
+replica starts and reads its output back (each try of the read has 5 s).
 """
 
 import argparse
@@ -50,19 +52,35 @@ async def ready_again(service: ServiceProcess, timeout_s: float = 120.0) -> floa
     raise TimeoutError(f"{service.name} not ready {timeout_s:.0f} s after its restart")
 
 
+BROKER_PAUSE_S = 10.0
+
+
 async def fault(
     stack: EmbeddedStack, live: Settings, victims: list[str], studies: list[Path], kill_after_s: float, down_s: float
 ) -> float:
-    """Publish the studies, SIGKILL the victims once their frames flow, start them again; the slowest recovery."""
+    """Publish the studies, SIGKILL the victims once their frames flow, start them again; the slowest recovery.
+    A victim named `assemble#1` is that replica only; `+broker-pause` pauses the broker while the victims start."""
     blobs, seal = BlobStore(live.blob_dir), raw_keyring(live).seal
     await publish_uploads(live, [upload_from_dir(d, blobs, live.max_message_bytes, seal=seal) for d in studies])
     await asyncio.sleep(kill_after_s)
-    services = [s for s in stack.services if s.name in victims]
+    services = []
+    for victim in victims:
+        if victim == "+broker-pause":
+            continue
+        name, _, replica = victim.partition("#")
+        matching = [s for s in stack.services if s.name == name]
+        services += [matching[int(replica)]] if replica else matching
     for service in services:
         service.stop(signal.SIGKILL)  # no goodbye: no commit, no graceful drain
     await asyncio.sleep(down_s)
+    pause = "+broker-pause" in victims and stack.broker.process is not None
+    if pause:
+        stack.broker.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
     for service in services:
         service.start()
+    if pause:
+        await asyncio.sleep(BROKER_PAUSE_S)
+        stack.broker.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
     return max([await ready_again(s) for s in services], default=0.0)
 
 
@@ -72,10 +90,19 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict:
         faults += [(" + ".join(pair), list(pair), 0.5) for pair in PAIRS]
     if args.model_server_down:
         faults.append((f"model server down {args.model_server_down:g} s", [MODEL_SERVER_JOB], args.model_server_down))
+    if args.assemble_replicas >= 2:
+        faults.append((f"1 of {args.assemble_replicas} assemble replicas", ["assemble#1"], 2.0))
+        faults.append(("assemble replica, broker paused", ["assemble#1", "+broker-pause"], 2.0))
     config = SynthConfig(videos_per_study=4, duration_s=(1.0, 1.0))
     studies = synth_studies(args.seed, args.studies_per_fault * len(faults), workdir / "studies", config)
-    settings = Settings(blob_dir=workdir / "blobs", models_dir=ROOT / "models", study_deadline_s=args.deadline)
-    stack = EmbeddedStack(workdir / "stack", settings)
+    settings = Settings(
+        blob_dir=workdir / "blobs",
+        models_dir=ROOT / "models",
+        study_deadline_s=args.deadline,
+        recovery_read_timeout_s=5.0,
+    )
+    replicas = {"assemble": args.assemble_replicas} if args.assemble_replicas >= 2 else {}
+    stack = EmbeddedStack(workdir / "stack", settings, replicas)
     rows = []
     try:
         live = await stack.start()
@@ -104,6 +131,7 @@ def main() -> int:
     parser.add_argument("--studies-per-fault", type=int, default=2)
     parser.add_argument("--pairs", action="store_true", help="also two stages at once")
     parser.add_argument("--model-server-down", type=float, default=0.0, help="seconds the model server stays down")
+    parser.add_argument("--assemble-replicas", type=int, default=1, help=">= 2: also kill one replica, then pause")
     parser.add_argument("--kill-after", type=float, default=3.0, help="seconds after publishing that the kill comes")
     parser.add_argument("--deadline", type=float, default=300.0, help="RHD_STUDY_DEADLINE_S of the stack")
     parser.add_argument("--timeout", type=float, default=900.0)
