@@ -47,6 +47,7 @@ class Deid(
     input_type=pb.SealedRecord,
     identifiable=True,
     tick_seconds=30.0,
+    batch_records=1,  # an upload at a time: each is a whole study's videos
 ):
     async def start(self, settings: Settings) -> None:
         self.policy = load_policy(settings.deid_policy)

@@ -59,6 +59,10 @@ class StageService:
     input_topic: str
     input_type: type[Message]
     concurrent: bool = True  # may the records of one batch be handled at once?
+    # The most records a batch holds (0: RHD_FETCH_MAX_RECORDS). A stage whose record is a whole study (deid, split)
+    # takes one at a time: a batch's outputs are held until they are written, so 32 studies at once would hold 32
+    # studies' frames.
+    batch_records: int = 0
     tick_seconds: float = 0.0  # > 0: `tick` is called that often (deadlines)
     written_topic: str = ""
     written_window_s: float = 0.0
@@ -76,6 +80,7 @@ class StageService:
                 "input_topic",
                 "input_type",
                 "concurrent",
+                "batch_records",
                 "tick_seconds",
                 "written_topic",
                 "identifiable",
@@ -202,7 +207,9 @@ class StageRunner:
         next_tick = next_lag = time.monotonic()
         while not self.stopping.is_set():
             self._alive = time.monotonic()
-            batches = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.fetch_max_records)
+            batches = await self.consumer.getmany(
+                timeout_ms=200, max_records=self.service.batch_records or self.settings.fetch_max_records
+            )
             for tp, records in batches.items():
                 await self._process_batch(tp, records)
             now = time.monotonic()

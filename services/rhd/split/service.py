@@ -14,7 +14,7 @@ from rhd.split.ops import acquisition, video_frames
 from rhd.v1 import rhd_pb2 as pb
 
 
-class Split(StageService, name="split", input_topic=STUDIES_DEIDENTIFIED, input_type=pb.StudyUpload):
+class Split(StageService, name="split", input_topic=STUDIES_DEIDENTIFIED, input_type=pb.StudyUpload, batch_records=1):
     async def start(self, settings: Settings) -> None:
         self.blobs = BlobStore(settings.blob_dir)
         self.limits = VideoLimits(
