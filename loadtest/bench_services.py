@@ -47,7 +47,6 @@ from rhd.labels import VIEW_CLASSES
 from rhd.local.broker import EmbeddedBroker, free_port
 from rhd.local.publish import upload_from_dir
 from rhd.local.stack import ServiceProcess, stage_seconds, stop_on_sigterm, wait_serving
-from rhd.runtime import topics as line_topics
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import Output, schema_headers
 from rhd.runtime.settings import Settings
@@ -58,6 +57,7 @@ from rhd.runtime.topics import (
     FRAMES_DOPPLER,
     FRAMES_SEGMENTED,
     FRAMES_VIEWED,
+    MESSAGE_OF,
     STUDIES_DEIDENTIFIED,
     dlq,
 )
@@ -94,7 +94,7 @@ Record = tuple[str, bytes, bytes]  # topic, key, value
 
 def headers_of(topic: str) -> list[tuple[str, bytes]]:
     """The schema header a stage wants on what it reads (the runner writes it on everything it produces)."""
-    return schema_headers(next(t.message for t in line_topics.TOPICS if t.name == topic)())
+    return schema_headers(MESSAGE_OF[topic]())
 
 
 def say(text: str) -> None:

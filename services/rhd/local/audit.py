@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from rhd.imaging.codec import frame_image
 from rhd.runtime import kafka
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import FRAMES_DECODED, STUDIES_UPLOADED, TOPICS, all_topic_names
+from rhd.runtime.topics import FRAMES_DECODED, MESSAGE_OF, STUDIES_UPLOADED, all_topic_names
 from rhd.v1 import rhd_pb2 as pb
 from rhd.watch.figures import Target
 
@@ -190,7 +190,6 @@ async def audit_topics(
 
 # Messages whose bytes fields are pixels: text in them is pixels, read by OCR; as bytes they only match by chance.
 PIXEL_MESSAGES = (pb.Frame, pb.Mask)
-MESSAGE_OF = {t.name: t.message for t in TOPICS}
 
 
 def _clear_pixels(message: Message) -> None:

@@ -18,7 +18,7 @@ from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import SCHEMA_HEADER, schema_of
 from rhd.runtime.secrets import RAW_KEYRING, Keyring, load_keyring, require_home_region
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import DLQ_SUFFIX, STUDIES_UPLOADED, TOPICS, dlq
+from rhd.runtime.topics import DLQ_SUFFIX, MESSAGE_OF, TOPICS, dlq
 from rhd.v1 import rhd_pb2 as pb
 
 REPLAY_HEADER = "rhd-replay-of"
@@ -117,17 +117,16 @@ def replay_record(
 ) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
     """(topic, key, value, headers) that puts the letter's original back where it came from."""
     letter = x.letter
-    topic = next((t for t in TOPICS if t.name == letter.source_topic), None)
-    if topic is None:
+    message = MESSAGE_OF.get(letter.source_topic)
+    if message is None:
         raise ValueError(f"the letter came from {letter.source_topic!r}, not a topic of the line")
     key = letter.key
     if letter.sealed_key:
         if raw is None:
             raise ValueError("the original is sealed: replay it in the home region (the raw keyring opens its key)")
         key = raw.open(letter.sealed_key)
-    schema = schema_of(pb.SealedRecord()) if topic.name == STUDIES_UPLOADED else schema_of(topic.message())
-    headers = [(SCHEMA_HEADER, schema.encode()), (REPLAY_HEADER, x.where.encode())]
-    return topic.name, key, original_of(letter, blobs), headers
+    headers = [(SCHEMA_HEADER, schema_of(message()).encode()), (REPLAY_HEADER, x.where.encode())]
+    return letter.source_topic, key, original_of(letter, blobs), headers
 
 
 async def replay(settings: Settings, letters: list[Letter], dry_run: bool = False) -> list[tuple[Letter, str]]:

@@ -77,6 +77,8 @@ TOPICS: tuple[Topic, ...] = (
 )
 
 
+MESSAGE_OF: dict[str, type[Message]] = {t.name: t.message for t in TOPICS}  # topic -> the message it carries
+
 DLQ_SUFFIX = ".dlq"
 
 
