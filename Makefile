@@ -17,12 +17,14 @@ VALVE_CODE  := $(wildcard services/rhd/synth/*.py) services/rhd/training/valve.p
 STUDY_CODE  := $(wildcard services/rhd/*/ops.py) services/rhd/training/study.py services/rhd/training/report.py \
                services/rhd/inprocess.py services/rhd/deid/policy.yaml
 
-.PHONY: demo test test-fast bench privacy-record setup models promtool tools lint lock clean
+KAFKA_LIBS  := kafka/target/libs/.copied
+
+.PHONY: demo test test-fast bench privacy-record setup models promtool tools kafka lint lock clean
 
 demo: setup models
 	$(BIN)/rhd demo
 
-test: setup models promtool tools
+test: setup models promtool tools kafka
 	$(BIN)/python -m pytest -q
 
 # The edit-test loop: unit and contract tests only (no broker stack, no training; the view model is built once).
@@ -44,6 +46,16 @@ $(GEN): $(PROTOS) $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=services --pyi_out=services $(PROTOS)
 
 models: $(VIEW_MODEL) $(VALVE_MODEL) $(STUDY_MODEL)
+
+# Apache Kafka 4 (KRaft) for RHD_BROKER=kafka, `rhd broker --kafka` and the tests that run on both brokers: Maven
+# resolves kafka/pom.xml (versions pinned there) from Maven Central and copies the jars to kafka/target/libs. Needs
+# Java 17 and Maven; without them the Kafka half of the tests skips, saying why (under CI=true it fails).
+kafka: $(KAFKA_LIBS)
+
+$(KAFKA_LIBS): kafka/pom.xml
+	@if command -v mvn >/dev/null && command -v java >/dev/null; then \
+	  rm -rf kafka/target && mvn -q -B -f kafka/pom.xml package && touch $@; \
+	else echo "java/mvn unavailable: Apache Kafka not installed (RHD_BROKER=kafka and its tests need it)"; fi
 
 # Prometheus itself and promtool, from Debian's prometheus package, into the venv: promtool checks compose/prometheus
 # (tests/contract/test_monitoring_files.py) and the line's integration test runs a real Prometheus on the embedded
@@ -95,7 +107,7 @@ lock: $(STAMP)
 	  --custom-compile-command "make lock" -o requirements-dev.lock
 
 clean:
-	rm -rf $(VENV) var models/view/[0-9]* models/valve/[0-9]* models/study/[0-9]* $(GEN) services/rhd/v1/*_pb2.pyi
+	rm -rf $(VENV) var kafka/target models/view/[0-9]* models/valve/[0-9]* models/study/[0-9]* $(GEN) services/rhd/v1/*_pb2.pyi
 
 # Figures, not tests (about 30 minutes on 2 cores): per-frame cost of each stage's functions beside raw decode
 # and HSV; the view model bare vs served; each stage service alone through the broker; then the whole line under

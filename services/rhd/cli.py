@@ -90,12 +90,26 @@ def cmd_model_server(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from rhd.local.broker import EmbeddedBroker
+    from rhd.local.broker import broker_for
+
+    settings = get_settings()
+    if args.kafka:
+        settings = settings.model_copy(update={"broker": "kafka"})
 
     async def run() -> None:
-        broker = EmbeddedBroker(host=args.host, port=args.port)
-        await broker.start(get_settings().partitions)
-        print(f"broker ready at {broker.bootstrap_servers} (Ctrl-C stops it)", flush=True)
+        broker = broker_for(settings, Path(args.data_dir), host=args.host, port=args.port)
+        await broker.start(settings.partitions)
+        where = "loopback only" if args.host in ("127.0.0.1", "localhost", "::1") else f"listening on {args.host}"
+        storage = (
+            f"records on disk under {Path(args.data_dir) / 'kafka'}, kept across restarts"
+            if broker.kind == "kafka"
+            else "records in memory only, lost when it stops"
+        )
+        print(
+            f"{broker.kind} broker ready at {broker.bootstrap_servers} ({where}, no authentication; {storage}). "
+            "Ctrl-C stops it",
+            flush=True,
+        )
         try:
             await asyncio.to_thread(broker.process.wait)  # type: ignore[union-attr]
         finally:
@@ -487,9 +501,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(func=cmd_model_server)
 
-    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) with every topic")
-    p.add_argument("--host", default="127.0.0.1")
+    p = sub.add_parser(
+        "broker",
+        help="run a broker of the project's own with every topic: Tansu (the zero-install default) or, with --kafka "
+        "or RHD_BROKER=kafka, Apache Kafka in KRaft mode (`make kafka` first)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="the address it listens on (default: loopback only)")
     p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--kafka", action="store_true", help="Apache Kafka 4 (KRaft) instead of Tansu")
+    p.add_argument("--data-dir", default="var/broker", help="Apache Kafka's storage lives under it (default: var/broker)")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("topics", help="create every topic and its .dlq on RHD_BOOTSTRAP_SERVERS")

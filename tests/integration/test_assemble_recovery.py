@@ -11,9 +11,11 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rhd.features.ops import FEATURE_NAMES
-from rhd.local.broker import EmbeddedBroker, free_port
+from rhd.local.broker import broker_for, free_port
 from rhd.local.stack import ServiceProcess
+from rhd.runtime.kafka import partitions
 from rhd.runtime.records import schema_headers
+from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DONE, STUDIES_FEATURES
 from rhd.v1 import rhd_pb2 as pb
 
@@ -58,13 +60,10 @@ async def produce(bootstrap: str, records: list[pb.FrameDone]) -> None:
 
 
 async def emitted(bootstrap: str) -> list[pb.StudyFeatures]:
+    tps = await partitions(Settings(bootstrap_servers=bootstrap), [STUDIES_FEATURES])
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        tps = [TopicPartition(STUDIES_FEATURES, p) for p in consumer.partitions_for_topic(STUDIES_FEATURES) or []]
-        if not tps:
-            await consumer.topics()
-            tps = [TopicPartition(STUDIES_FEATURES, p) for p in consumer.partitions_for_topic(STUDIES_FEATURES)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out = []
@@ -109,8 +108,8 @@ async def until(check, timeout_s: float = 60.0):
     raise AssertionError(f"not reached in {timeout_s:.0f} s: {check}")
 
 
-def test_a_killed_assemble_rebuilds_its_open_studies_and_re_emits_none(tmp_path):
-    broker = EmbeddedBroker(log_file=tmp_path / "broker.log")
+def test_a_killed_assemble_rebuilds_its_open_studies_and_re_emits_none(tmp_path, broker_kind):
+    broker = broker_for(Settings(broker=broker_kind), tmp_path, log_file=tmp_path / "broker.log")
 
     def assemble(name: str, port: int) -> ServiceProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RHD_")}

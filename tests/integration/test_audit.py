@@ -11,7 +11,7 @@ from rhd.deid.policy import load_policy
 from rhd.imaging.codec import frame_pixels
 from rhd.imaging.video import DecodedVideo, decode_video
 from rhd.local.audit import audit, tesseract_available
-from rhd.local.broker import EmbeddedBroker
+from rhd.local.broker import broker_for
 from rhd.local.publish import upload_from_dir
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.settings import Settings
@@ -30,7 +30,7 @@ def _frames(upload, read, count: int):
     return video_frames(upload, ref.video_id, few, acquisition(upload.metadata), lambda f: frame_pixels(f, "raw"))
 
 
-def test_the_audit_passes_a_de_identified_study_and_fails_the_same_study_without_deid(tmp_path):
+def test_the_audit_passes_a_de_identified_study_and_fails_the_same_study_without_deid(tmp_path, broker_kind):
     if not tesseract_available():
         missing_tool("no tesseract: `make tools` installs Debian's tesseract-ocr")
     [study] = synth_studies(31, 1, tmp_path / "studies", SynthConfig(videos_per_study=3, duration_s=(1.0, 1.0)))
@@ -40,7 +40,7 @@ def test_the_audit_passes_a_de_identified_study_and_fails_the_same_study_without
     read = lambda ref: ref.inline_data if ref.HasField("inline_data") else blobs.get(ref.blob_uri)  # noqa: E731
     policy = load_policy()
     clean = deidentify_upload(raw, read, blobs.put, policy, policy.profile("analysis"), bytes(32), 900_000).upload
-    broker = EmbeddedBroker(log_file=tmp_path / "broker.log")
+    broker = broker_for(Settings(broker=broker_kind), tmp_path, log_file=tmp_path / "broker.log")
 
     async def run():
         await broker.start(2)

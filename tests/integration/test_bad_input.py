@@ -231,9 +231,10 @@ def answered(catalogue: Catalogue) -> Callable[[Progress], bool]:
 
 
 @pytest.fixture(scope="module")
-def outcome(tmp_path_factory):
+def outcome(tmp_path_factory, broker_kind):
     workdir = tmp_path_factory.mktemp("bad")
     settings = Settings(
+        broker=broker_kind,
         blob_dir=workdir / "blobs",
         models_dir=ROOT / "models",
         study_deadline_s=DEADLINE_S,

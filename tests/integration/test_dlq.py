@@ -6,7 +6,7 @@ import asyncio
 import pytest
 from rhd.cli import main
 from rhd.local import dlq
-from rhd.local.broker import EmbeddedBroker
+from rhd.local.broker import broker_for
 from rhd.runtime import kafka
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import SCHEMA_HEADER, dead_letter_output, header, schema_headers
@@ -19,7 +19,7 @@ from rhd.v1 import rhd_pb2 as pb
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-def test_dead_letters_are_listed_shown_and_replayed_where_they_came_from(tmp_path, monkeypatch, capsys):
+def test_dead_letters_are_listed_shown_and_replayed_where_they_came_from(tmp_path, monkeypatch, capsys, broker_kind):
     init_secrets(tmp_path / "secrets")
     raw = load_keyring(tmp_path / "secrets" / RAW_KEYRING)
     blobs = BlobStore(tmp_path / "blobs")
@@ -59,7 +59,7 @@ def test_dead_letters_are_listed_shown_and_replayed_where_they_came_from(tmp_pat
         }
         return listed, done, back
 
-    broker = EmbeddedBroker()
+    broker = broker_for(Settings(broker=broker_kind), tmp_path)
     try:
         asyncio.run(broker.start(2))
         settings = Settings(

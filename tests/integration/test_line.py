@@ -124,10 +124,14 @@ PROMQL = {
 
 
 @pytest.fixture(scope="module")
-def line(tmp_path_factory):
+def line(tmp_path_factory, broker_kind):
     workdir = tmp_path_factory.mktemp("line")
     settings = Settings(
-        blob_dir=workdir / "blobs", models_dir=ROOT / "models", study_deadline_s=90.0, model_retry_for_s=20.0
+        broker=broker_kind,
+        blob_dir=workdir / "blobs",
+        models_dir=ROOT / "models",
+        study_deadline_s=90.0,
+        model_retry_for_s=20.0,
     )
     studies = synth_studies(
         5, 4, workdir / "studies", SynthConfig(videos_per_study=8, duration_s=(1.0, 1.0)), balanced=True

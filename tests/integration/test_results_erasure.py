@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 from rhd.cli import main
 from rhd.deid.ops import link_bytes, patient_key, pseudonym, study_pseudonym
 from rhd.local.audit import audit
-from rhd.local.broker import EmbeddedBroker
+from rhd.local.broker import broker_for
 from rhd.local.relink import ERASE, RESULTS, access_trail, erase, results
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.secrets import LINK_KEYRING, SEALED_SCHEMA, init_secrets, load_keyring, load_pseudonym_key
@@ -47,14 +47,14 @@ def studies(key: bytes) -> list[dict]:
     ]
 
 
-def test_results_go_back_to_their_own_hospital_and_erasure_takes_a_patient_out(tmp_path, monkeypatch):
+def test_results_go_back_to_their_own_hospital_and_erasure_takes_a_patient_out(tmp_path, monkeypatch, broker_kind):
     secrets, blob_dir = tmp_path / "secrets", tmp_path / "blobs"
     init_secrets(secrets)
     key, links = load_pseudonym_key(secrets), load_keyring(secrets / LINK_KEYRING)
     linked = studies(key)
     blobs = BlobStore(blob_dir)
     video_blob = {s["pseudonym"]: blobs.put(f"clean video of {s['pseudonym']}".encode()) for s in linked}
-    broker = EmbeddedBroker(log_file=tmp_path / "broker.log")
+    broker = broker_for(Settings(broker=broker_kind), tmp_path, log_file=tmp_path / "broker.log")
 
     async def publish(settings: Settings) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)

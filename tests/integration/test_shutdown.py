@@ -1,5 +1,5 @@
-"""Stopping what the project starts: a SIGTERM to `rhd broker` stops its Tansu process too (it runs in a session of
-its own, out of reach of the terminal's signals, and was left running)."""
+"""Stopping what the project starts: a SIGTERM to `rhd broker` stops its broker process too, Tansu or Apache Kafka
+(it runs in a session of its own, out of reach of the terminal's signals, and was left running)."""
 
 import os
 import signal
@@ -34,10 +34,11 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_sigterm_to_rhd_broker_stops_its_tansu_process():
+def test_sigterm_to_rhd_broker_stops_its_broker_process(tmp_path, broker_kind):
     port, tansu = free_port(), []
+    kafka = ["--kafka", "--data-dir", str(tmp_path)] if broker_kind == "kafka" else []
     rhd = subprocess.Popen(
-        [sys.executable, "-m", "rhd.cli", "broker", "--port", str(port)],
+        [sys.executable, "-m", "rhd.cli", "broker", "--port", str(port), *kafka],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -54,7 +55,7 @@ def test_sigterm_to_rhd_broker_stops_its_tansu_process():
         deadline = time.monotonic() + 15
         while any(alive(p) for p in tansu) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(alive(p) for p in tansu), "Tansu left running after SIGTERM"
+        assert not any(alive(p) for p in tansu), f"{broker_kind} left running after SIGTERM"
     finally:
         if rhd.poll() is None:
             rhd.kill()

@@ -151,11 +151,10 @@ async def audit_topics(
     `frames_to_ocr` of them."""
     # The raw topic's dead letters, the re-link map and the access trail are read too: what they hold must be sealed.
     topics = [t for t in all_topic_names() if t != STUDIES_UPLOADED]
+    tps = await kafka.partitions(settings, topics)
     reader = kafka.consumer(settings, None, "rhd-audit")
     await reader.start()
     try:
-        await reader.topics()
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(reader.partitions_for_topic(t) or set())]
         reader.assign(tps)
         ends = await reader.end_offsets(tps)
         await reader.seek_to_beginning(*tps)

@@ -15,7 +15,7 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rhd.local.broker import EmbeddedBroker, free_port
+from rhd.local.broker import broker_for, free_port
 from rhd.runtime.http import TFS_METRICS_PATH
 from rhd.runtime.secrets import init_secrets
 from rhd.runtime.settings import Settings
@@ -120,7 +120,7 @@ class EmbeddedStack:
         self.workdir = Path(workdir)
         self.base = settings
         self.replicas = replicas or {}
-        self.broker = EmbeddedBroker(log_file=self.workdir / "logs" / "broker.log")
+        self.broker = broker_for(settings, self.workdir, log_file=self.workdir / "logs" / "broker.log")
         self.model_port = free_port()
         self.services: list[ServiceProcess] = []
         # The keys of this one-machine stack live in its workdir unless the caller names a secrets directory.

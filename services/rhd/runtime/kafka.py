@@ -3,6 +3,7 @@
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from rhd.runtime.settings import Settings
 
@@ -52,6 +53,23 @@ async def send_all(
         await writer.stop()
 
 
+async def partitions(settings: Settings, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of the named topics that exist, in order. (A consumer's own metadata covers only the topics it
+    has been told of: Apache Kafka answers a request for no topics with none, so ask for these by name.)"""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        if t["error_code"] == 0
+        for p in sorted(t["partitions"], key=lambda p: p["partition"])
+    ]
+
+
 async def read_keys(settings: Settings, topic: str, since: float, client_id: str) -> list[str]:
     """The keys of the records written to `topic` since `since` (epoch seconds), oldest first per partition."""
     return [(r.key or b"").decode(errors="replace") for r in await read_records(settings, topic, since, client_id)]
@@ -59,13 +77,12 @@ async def read_keys(settings: Settings, topic: str, since: float, client_id: str
 
 async def read_records(settings: Settings, topic: str, since: float, client_id: str) -> list[ConsumerRecord]:
     """The records written to `topic` since `since` (epoch seconds; 0: all it holds), oldest first per partition."""
+    tps = await partitions(settings, [topic])
+    if not tps:
+        return []
     reader = consumer(settings, None, client_id)
     await reader.start()
     try:
-        await reader.topics()  # metadata
-        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or set())]
-        if not tps:
-            return []
         reader.assign(tps)
         ends = await reader.end_offsets(tps)
         starts = await reader.offsets_for_times({tp: int(since * 1000) for tp in tps})

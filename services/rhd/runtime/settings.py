@@ -12,6 +12,13 @@ class Settings(BaseSettings):
 
     # Kafka
     bootstrap_servers: str = "127.0.0.1:9092"
+    # The broker the project starts itself (`rhd broker`, `rhd demo`, the tests' stacks): tansu, the zero-install
+    # default (memory storage, no retention), or kafka, Apache Kafka 4 in KRaft mode from kafka/pom.xml's jars
+    # (`make kafka`; needs Java 17). Services only ever see bootstrap_servers.
+    broker: Literal["tansu", "kafka"] = "tansu"
+    kafka_libs: Path | None = None  # the jars (default: kafka/target/libs of this checkout)
+    kafka_heap: str = "512m"
+    kafka_retention_ms: int = 0  # records older are deleted (0: Kafka's default, a week); compose keeps 48 h
     partitions: int = 4
     # Replicas of each topic `rhd topics` creates: 3 on a production cluster (min.insync.replicas 2 needs >= 2).
     replication_factor: int = 1
