@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="the address it listens on (default: loopback only)")
     p.add_argument("--port", type=int, default=9092)
     p.add_argument("--kafka", action="store_true", help="Apache Kafka 4 (KRaft) instead of Tansu")
-    p.add_argument("--data-dir", default="var/broker", help="Apache Kafka's storage lives under it (default: var/broker)")
+    p.add_argument("--data-dir", default="var/broker", help="Apache Kafka's storage goes under it (var/broker)")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("topics", help="create every topic and its .dlq on RHD_BOOTSTRAP_SERVERS")

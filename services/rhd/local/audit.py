@@ -12,7 +12,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from aiokafka import TopicPartition
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
