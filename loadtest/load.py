@@ -65,9 +65,11 @@ def say(text: str) -> None:
 # -- the study pool and its arrivals ----------------------------------------------------------------------------
 
 
-def study_pool(workdir: Path, n: int, seed: int, blobs: BlobStore, max_message_bytes: int) -> list[pb.StudyUpload]:
+def study_pool(
+    workdir: Path, n: int, seed: int, blobs: BlobStore, max_message_bytes: int, config: SynthConfig = SYNTH
+) -> list[pb.StudyUpload]:
     """Generated uploads, their stored videos sealed with the run's raw keyring (workdir/secrets, the stack's)."""
-    dirs = synth_studies(seed, n, workdir / "pool", SYNTH, balanced=True)
+    dirs = synth_studies(seed, n, workdir / "pool", config, balanced=True)
     init_secrets(workdir / "secrets")
     seal = load_keyring(workdir / "secrets" / RAW_KEYRING).seal
     return [upload_from_dir(d, blobs, max_message_bytes, seal=seal) for d in dirs]
