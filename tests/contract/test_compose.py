@@ -5,11 +5,13 @@ import os
 import re
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from rhd.runtime.kafka import MAX_FETCH_BYTES
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import STAGES
 
@@ -151,6 +153,17 @@ def test_kafka_is_kraft_and_creates_no_topic_by_itself():
     assert "controller" in kafka["KAFKA_PROCESS_ROLES"].split(","), "KRaft: the node is its own controller"
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", "topics are created by `rhd topics` only"
     assert kafka.get("CLUSTER_ID"), "the apache/kafka image formats its storage with CLUSTER_ID in KRaft mode"
+
+
+def test_compose_runs_the_kafka_the_tests_run():
+    """The apache/kafka image is the version kafka/pom.xml pins (what `make test` runs the line on), with the same
+    largest message as the tests' broker and the stages' fetch size."""
+    pom = ET.parse(ROOT / "kafka" / "pom.xml").getroot()
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    version = pom.find("m:properties/m:kafka.version", ns).text  # type: ignore[union-attr]
+    assert SERVICES["kafka"]["image"] == f"apache/kafka:{version}"
+    assert int(environment(SERVICES["kafka"])["KAFKA_MESSAGE_MAX_BYTES"]) == MAX_FETCH_BYTES
+    assert all(environment(SERVICES[name]).get("RHD_IDEMPOTENCE") == "true" for name in stage_services())
 
 
 def test_topics_are_created_once_before_any_stage_starts():

@@ -130,6 +130,10 @@ class EmbeddedStack:
         self.settings = settings
         self.targets_path = self.workdir / "targets.json"
 
+    @property
+    def idempotence(self) -> bool:
+        return self.base.idempotence or self.broker.kind == "kafka"
+
     def _env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RHD_")}
         # Every setting the stack was given that is not its default (limits, deadlines, ...), then its own wiring.
@@ -154,6 +158,7 @@ class EmbeddedStack:
                 "RHD_LOG_LEVEL": self.base.log_level,
                 "RHD_SECRETS_DIR": str(self.settings.secrets_dir.resolve()),
                 "RHD_REGION": self.base.region,
+                "RHD_IDEMPOTENCE": str(self.idempotence).lower(),
                 "RHD_HOME_REGION": self.base.home_region,
                 "PYTHONUNBUFFERED": "1",
             }
@@ -169,6 +174,7 @@ class EmbeddedStack:
             update={
                 "bootstrap_servers": self.broker.bootstrap_servers,
                 "model_server": f"127.0.0.1:{self.model_port}",
+                "idempotence": self.idempotence,
             }
         )
         rhd = [sys.executable, "-m", "rhd.cli"]

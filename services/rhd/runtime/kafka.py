@@ -13,13 +13,14 @@ MAX_FETCH_BYTES = 16 * 1024 * 1024
 
 
 def producer(settings: Settings, client_id: str, linger_ms: int = 0) -> AIOKafkaProducer:
-    """At least once: acks from every in-sync replica, no idempotence (the embedded broker has none); messages
-    capped at RHD_MAX_MESSAGE_BYTES (the embedded broker enforces no size of its own)."""
+    """At least once: acks from every in-sync replica; idempotent where the broker supports it (RHD_IDEMPOTENCE:
+    Apache Kafka does, Tansu does not), so a retried send is never written twice; messages capped at
+    RHD_MAX_MESSAGE_BYTES (the embedded broker enforces no size of its own)."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=client_id,
         acks="all",
-        enable_idempotence=False,
+        enable_idempotence=settings.idempotence,
         max_request_size=settings.max_message_bytes,
         linger_ms=linger_ms,
     )

@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     kafka_libs: Path | None = None  # the jars (default: kafka/target/libs of this checkout)
     kafka_heap: str = "512m"
     kafka_retention_ms: int = 0  # records older are deleted (0: Kafka's default, a week); compose keeps 48 h
+    # Idempotent producers (a retried send is written once): on for Apache Kafka (the stacks set it with
+    # RHD_BROKER=kafka; compose and k8s set it), off for Tansu, which has no InitProducerId. The stages' own
+    # deduplication by key stays on either way.
+    idempotence: bool = False
     partitions: int = 4
     # Replicas of each topic `rhd topics` creates: 3 on a production cluster (min.insync.replicas 2 needs >= 2).
     replication_factor: int = 1
