@@ -126,7 +126,7 @@ def cmd_topics(_: argparse.Namespace) -> int:
     from rhd.runtime.topics import ensure_topics
 
     settings = get_settings()
-    created = asyncio.run(ensure_topics(settings.bootstrap_servers, settings.partitions, settings.replication_factor))
+    created = asyncio.run(ensure_topics(settings))
     print(f"{len(created)} topics created on {settings.bootstrap_servers}")
     return 0
 

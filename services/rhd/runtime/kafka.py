@@ -1,9 +1,11 @@
 """Kafka clients configured one way for every service: producers, consumers, and reading a topic back."""
 
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
 
 from rhd.runtime.settings import Settings
 
@@ -12,12 +14,39 @@ from rhd.runtime.settings import Settings
 MAX_FETCH_BYTES = 16 * 1024 * 1024
 
 
+SASL_MECHANISM = "SCRAM-SHA-512"
+
+
+def connection(settings: Settings) -> dict[str, Any]:
+    """How every client of ours reaches the broker: its address and, on SASL_SSL, the service's principal and the
+    CA that signed the broker's certificate (the certificate's name checked against the address)."""
+    options: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers}
+    if settings.security_protocol == "SASL_SSL":
+        password = settings.sasl_password
+        if settings.sasl_password_file is not None:
+            password = settings.sasl_password_file.read_text().strip()
+        if not (settings.sasl_username and password):
+            raise ValueError("SASL_SSL needs RHD_SASL_USERNAME and RHD_SASL_PASSWORD_FILE (or RHD_SASL_PASSWORD)")
+        options.update(
+            security_protocol="SASL_SSL",
+            sasl_mechanism=SASL_MECHANISM,
+            sasl_plain_username=settings.sasl_username,
+            sasl_plain_password=password,
+            ssl_context=create_ssl_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None),
+        )
+    return options
+
+
+def admin(settings: Settings, **extra: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**connection(settings), **extra)
+
+
 def producer(settings: Settings, client_id: str, linger_ms: int = 0) -> AIOKafkaProducer:
     """At least once: acks from every in-sync replica; idempotent where the broker supports it (RHD_IDEMPOTENCE:
     Apache Kafka does, Tansu does not), so a retried send is never written twice; messages capped at
     RHD_MAX_MESSAGE_BYTES (the embedded broker enforces no size of its own)."""
     return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **connection(settings),
         client_id=client_id,
         acks="all",
         enable_idempotence=settings.idempotence,
@@ -29,7 +58,7 @@ def producer(settings: Settings, client_id: str, linger_ms: int = 0) -> AIOKafka
 def consumer(settings: Settings, group_id: str | None, client_id: str) -> AIOKafkaConsumer:
     """Offsets committed by hand (after the outputs are acknowledged), from the earliest record of a new group."""
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **connection(settings),
         group_id=group_id,
         client_id=client_id,
         enable_auto_commit=False,
@@ -57,12 +86,12 @@ async def send_all(
 async def partitions(settings: Settings, topics: Iterable[str]) -> list[TopicPartition]:
     """Every partition of the named topics that exist, in order. (A consumer's own metadata covers only the topics it
     has been told of: Apache Kafka answers a request for no topics with none, so ask for these by name.)"""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
+    client = admin(settings)
+    await client.start()
     try:
-        described = await admin.describe_topics(list(topics))
+        described = await client.describe_topics(list(topics))
     finally:
-        await admin.close()
+        await client.close()
     return [
         TopicPartition(t["topic"], p["partition"])
         for t in described

@@ -2,13 +2,17 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RHD_", frozen=True)
+    # How a client reaches the broker, as whom: what differs between two services of one line.
+    CONNECTION: ClassVar[frozenset[str]] = frozenset(
+        {"bootstrap_servers", "security_protocol", "sasl_username", "sasl_password", "sasl_password_file", "ssl_cafile"}
+    )
 
     # Kafka
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -23,6 +27,19 @@ class Settings(BaseSettings):
     # RHD_BROKER=kafka; compose and k8s set it), off for Tansu, which has no InitProducerId. The stages' own
     # deduplication by key stays on either way.
     idempotence: bool = False
+    # How this service authenticates to the broker: PLAINTEXT (the loopback brokers of `rhd demo`), or SASL_SSL with
+    # SCRAM-SHA-512 as its own principal (one per service and per hospital; ACLs grant each what it needs). The
+    # password from RHD_SASL_PASSWORD_FILE (a mounted secret) or RHD_SASL_PASSWORD; the broker's certificate checked
+    # against RHD_SSL_CAFILE.
+    security_protocol: Literal["PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    # The Apache Kafka the project starts itself (RHD_BROKER=kafka) with SASL_SSL, one principal per service and per
+    # hospital in RHD_HOSPITALS (a JSON list), and ACLs (rhd.local.security); made under the stack's workdir.
+    broker_secure: bool = False
+    hospitals: list[str] = []
     partitions: int = 4
     # Replicas of each topic `rhd topics` creates: 3 on a production cluster (min.insync.replicas 2 needs >= 2).
     replication_factor: int = 1

@@ -23,7 +23,7 @@ from rhd.runtime.http import start_http
 from rhd.runtime.records import SCHEMA_HEADER, Output, dead_letter_output, frame_key_of, frame_result, header, schema_of
 from rhd.runtime.secrets import SecretError, require_home_region
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import DLQ_SUFFIX
+from rhd.runtime.topics import DLQ_SUFFIX, FLOWS, Flow
 from rhd.v1 import rhd_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class StageService:
     name: str
     input_topic: str
     input_type: type[Message]
+    # What a stage outside the line writes (the line's stages are in topics.FLOWS, which holds their outputs).
+    outputs: tuple[str, ...] = ()
     concurrent: bool = True  # may the records of one batch be handled at once?
     # The most records a batch holds (0: RHD_FETCH_MAX_RECORDS). A stage whose record is a whole study (deid, split)
     # takes one at a time: a batch's outputs are held until they are written, so 32 studies at once would hold 32
@@ -79,6 +81,7 @@ class StageService:
                 "name",
                 "input_topic",
                 "input_type",
+                "outputs",
                 "concurrent",
                 "batch_records",
                 "tick_seconds",
@@ -87,6 +90,19 @@ class StageService:
             ):
                 raise TypeError(f"{cls.__name__}: a stage does not declare {attribute!r}")
             setattr(cls, attribute, value)
+        flow = FLOWS.get(getattr(cls, "name", ""))
+        if flow is not None and (cls.input_topic, cls.written_topic) != (flow.input, flow.reads_back):
+            raise TypeError(f"{cls.__name__}: its topics differ from FLOWS[{cls.name!r}]")
+
+    @classmethod
+    def flow(cls) -> Flow:
+        """What it reads and writes: the line's entry in FLOWS, or what a stage outside it declares."""
+        return FLOWS.get(cls.name) or Flow(cls.input_topic, cls.outputs, reads_back=cls.written_topic)
+
+    @classmethod
+    def writes(cls) -> tuple[str, ...]:
+        """The topics this stage may write: its outputs and its input's dead-letter topic."""
+        return cls.flow().writes()
 
     def handle(self, message: Any, at: Position) -> list[Output]:
         raise NotImplementedError
@@ -246,8 +262,12 @@ class StageRunner:
     async def _produce(self, outputs: list[Encoded] | list[Output]) -> None:
         assert self.producer is not None
         pending = []
+        allowed = self.service.writes()
         for out in outputs:
             topic, key, value, schema = out if isinstance(out, tuple) else self._encode(out)
+            if topic not in allowed:
+                # A programming error, not bad input: the broker's ACLs would refuse it too.
+                raise RuntimeError(f"{self.service.name} writes {topic}, which is not among its outputs {allowed}")
             headers = [(SCHEMA_HEADER, schema.encode())]
             pending.append(await self.producer.send(topic, value, key=key.encode(), headers=headers))
             metrics.OUTPUTS.labels(self.service.name, topic).inc()

@@ -3,9 +3,11 @@
 import logging
 from dataclasses import dataclass
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from google.protobuf.message import Message
 
+from rhd.runtime import kafka
+from rhd.runtime.settings import Settings
 from rhd.v1 import rhd_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -77,13 +79,46 @@ TOPICS: tuple[Topic, ...] = (
 )
 
 
-MESSAGE_OF: dict[str, type[Message]] = {t.name: t.message for t in TOPICS}  # topic -> the message it carries
-
 DLQ_SUFFIX = ".dlq"
 
 
 def dlq(topic: str) -> str:
     return f"{topic}{DLQ_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class Flow:
+    """What one stage reads and writes: the one list the runner holds each stage to and the broker's ACLs are
+    generated from (rhd.local.security). Its input's dead-letter topic is written too."""
+
+    input: str
+    outputs: tuple[str, ...]
+    reads_back: str = ""  # its own output, read back on every assignment (a stage that writes each key once)
+    state: tuple[str, ...] = ()  # read from the start, without a group, when it starts
+
+    def reads(self) -> tuple[str, ...]:
+        return (self.input, *((self.reads_back,) if self.reads_back else ()), *self.state)
+
+    def writes(self) -> tuple[str, ...]:
+        return (*self.outputs, dlq(self.input))
+
+
+FLOWS: dict[str, Flow] = {
+    "deid": Flow(STUDIES_UPLOADED, (STUDIES_DEIDENTIFIED, STUDIES_LINKS), state=(STUDIES_LINKS,)),
+    "split": Flow(STUDIES_DEIDENTIFIED, (FRAMES_DECODED, FRAMES_DONE)),
+    # Frame stages write FRAMES_DONE too: a frame that fails there is accounted FAILED.
+    "inspect": Flow(FRAMES_DECODED, (FRAMES_DOPPLER, FRAMES_SPECTRAL, FRAMES_BMODE, FRAMES_DONE)),
+    "segment": Flow(FRAMES_DOPPLER, (FRAMES_SEGMENTED, FRAMES_DONE)),
+    "view": Flow(FRAMES_SEGMENTED, (FRAMES_VIEWED, FRAMES_DONE)),
+    "features": Flow(FRAMES_VIEWED, (FRAMES_DONE,)),
+    "spectral": Flow(FRAMES_SPECTRAL, (FRAMES_DONE,)),
+    "valve": Flow(FRAMES_BMODE, (FRAMES_DONE,)),
+    "assemble": Flow(FRAMES_DONE, (STUDIES_FEATURES,), reads_back=STUDIES_FEATURES),
+    "diagnose": Flow(STUDIES_FEATURES, (STUDIES_DIAGNOSED,), reads_back=STUDIES_DIAGNOSED),
+}
+
+
+MESSAGE_OF: dict[str, type[Message]] = {t.name: t.message for t in TOPICS}  # topic -> the message it carries
 
 
 def all_topic_names() -> list[str]:
@@ -95,12 +130,16 @@ def topic_configs() -> dict[str, dict[str, str]]:
     return {t.name: dict(t.configs) for t in TOPICS if t.configs}
 
 
-async def ensure_topics(bootstrap_servers: str, partitions: int, replication_factor: int = 1) -> list[str]:
+async def ensure_topics(
+    settings: Settings, partitions: int | None = None, replication_factor: int | None = None
+) -> list[str]:
     """Create every topic and its dead-letter topic explicitly; return the ones that were created.
 
     Brokers that auto-create topics pick their own partition count, so nothing is left to that.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    partitions = partitions or settings.partitions
+    replication_factor = replication_factor or settings.replication_factor
+    admin = kafka.admin(settings)
     await admin.start()
     configs = topic_configs()
     try:

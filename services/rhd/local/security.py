@@ -1,0 +1,277 @@
+"""The broker's security for one machine (`rhd broker --kafka --secure`, the secured test stacks): a CA and the
+broker's TLS certificate made with `cryptography`, one SCRAM-SHA-512 principal per service and per hospital with a
+random password in a file of its own, and the ACLs every principal gets, generated from the stages' own declarations
+(`rhd.runtime.topics.FLOWS`) and the hospital list. Nothing here is in the repository: it is all made at
+set-up, under a directory the caller names (the stack's workdir), files 0600.
+
+Who may do what (`acls`):
+- a stage reads its input topic (in its consumer group, named after it), the output it reads back on assignment and
+  its state topics; it writes its outputs and its input's dead-letter topic. Nothing else.
+- a hospital writes the raw upload topic. It reads nothing on the broker: results reach it through `rhd results` in
+  the home region, under its own ids.
+- `admin`, the broker's super user, creates topics and ACLs; the operators' tools and the test harness use it.
+"""
+
+import datetime as dt
+import ipaddress
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from rhd.runtime.kafka import SASL_MECHANISM
+from rhd.runtime.settings import Settings
+from rhd.runtime.topics import FLOWS, STUDIES_UPLOADED
+
+ADMIN = "admin"
+CERT_DAYS = 825
+
+
+def stage_principal(stage: str) -> str:
+    return f"stage-{stage}"
+
+
+def hospital_principal(hospital: str) -> str:
+    return f"hospital-{hospital}"
+
+
+@dataclass(frozen=True)
+class Acl:
+    principal: str  # without the User: prefix
+    resource: str  # "topic" | "group"
+    name: str
+    operation: str  # "read" | "write" | "describe"
+
+
+def acls(hospitals: Iterable[str]) -> list[Acl]:
+    """Every grant of the line: from the stages' declarations and the hospital list (module docstring)."""
+    grants: list[Acl] = []
+    for stage, flow in FLOWS.items():
+        who = stage_principal(stage)
+        for topic in flow.reads():
+            grants += [Acl(who, "topic", topic, "read"), Acl(who, "topic", topic, "describe")]
+        grants.append(Acl(who, "group", stage, "read"))
+        for topic in flow.writes():
+            grants += [Acl(who, "topic", topic, "write"), Acl(who, "topic", topic, "describe")]
+    for hospital in hospitals:
+        who = hospital_principal(hospital)
+        grants += [Acl(who, "topic", STUDIES_UPLOADED, "write"), Acl(who, "topic", STUDIES_UPLOADED, "describe")]
+    return list(dict.fromkeys(grants))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rhd-pipeline"), x509.NameAttribute(NameOID.COMMON_NAME, common)]
+    )
+
+
+def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@dataclass(frozen=True)
+class Security:
+    """A directory of TLS material and SCRAM passwords: tls/ca.pem (what clients trust), tls/ca.key, tls/<name>.pem
+    (a server's PKCS#8 key and certificate chain), users/<principal>.password."""
+
+    root: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "tls" / "ca.pem"
+
+    def server_pem(self, name: str) -> Path:
+        return self.root / "tls" / f"{name}.pem"
+
+    def password_file(self, principal: str) -> Path:
+        return self.root / "users" / f"{principal}.password"
+
+    def password(self, principal: str) -> str:
+        return self.password_file(principal).read_text().strip()
+
+    def principals(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / "users").glob("*.password"))
+
+    @classmethod
+    def create(cls, root: Path, principals: Iterable[str], servers: Iterable[str] = ("broker",)) -> "Security":
+        """Make whatever is missing (never replacing a key or password): the CA, a certificate per server for
+        127.0.0.1 and localhost, a password per principal (admin always)."""
+        security = cls(Path(root))
+        security._ca()
+        for server in servers:
+            security._server(server)
+        for principal in (ADMIN, *principals):
+            path = security.password_file(principal)
+            if not path.exists():
+                _write_private(path, (secrets.token_urlsafe(24) + "\n").encode())
+        return security
+
+    def _ca(self) -> None:
+        key_path = self.root / "tls" / "ca.key"
+        if key_path.exists() and self.ca.exists():
+            return
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("rhd-pipeline local CA"))
+            .issuer_name(_name("rhd-pipeline local CA"))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        _write_private(key_path, _pkcs8(key))
+        _write_private(self.ca, cert.public_bytes(serialization.Encoding.PEM))
+
+    def _server(self, name: str) -> None:
+        path = self.server_pem(name)
+        if path.exists():
+            return
+        ca_key = serialization.load_pem_private_key((self.root / "tls" / "ca.key").read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(self.ca.read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(f"rhd {name}"))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        pem = _pkcs8(key) + cert.public_bytes(serialization.Encoding.PEM) + self.ca.read_bytes()
+        _write_private(path, pem)
+
+    def client(self, settings: Settings, principal: str) -> Settings:
+        """Settings that connect as `principal` over SASL_SSL."""
+        return settings.model_copy(
+            update={
+                "security_protocol": "SASL_SSL",
+                "sasl_username": principal,
+                "sasl_password": "",
+                "sasl_password_file": self.password_file(principal),
+                "ssl_cafile": self.ca,
+            }
+        )
+
+    def client_env(self, principal: str) -> dict[str, str]:
+        """The same as environment variables, for a service process."""
+        return {
+            "RHD_SECURITY_PROTOCOL": "SASL_SSL",
+            "RHD_SASL_USERNAME": principal,
+            "RHD_SASL_PASSWORD_FILE": str(self.password_file(principal).resolve()),
+            "RHD_SSL_CAFILE": str(self.ca.resolve()),
+        }
+
+
+def librdkafka_config(settings: Settings) -> dict[str, str]:
+    """The same connection for a librdkafka client (confluent-kafka, kcat), as `rhd.runtime.kafka.connection`."""
+    config = {"bootstrap.servers": settings.bootstrap_servers}
+    if settings.security_protocol == "SASL_SSL":
+        password = settings.sasl_password
+        if settings.sasl_password_file is not None:
+            password = settings.sasl_password_file.read_text().strip()
+        config.update(
+            {
+                "security.protocol": "SASL_SSL",
+                "sasl.mechanism": SASL_MECHANISM,
+                "sasl.username": settings.sasl_username,
+                "sasl.password": password,
+            }
+        )
+        if settings.ssl_cafile is not None:
+            config["ssl.ca.location"] = str(settings.ssl_cafile)
+    return config
+
+
+_OPERATION = {"read": AclOperation.READ, "write": AclOperation.WRITE, "describe": AclOperation.DESCRIBE}
+_RESOURCE = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
+
+
+def apply_acls(admin_settings: Settings, grants: Iterable[Acl], timeout_s: float = 30.0) -> int:
+    """Create the grants on the broker (as its super user); an existing one is left as it is. Returns how many."""
+    bindings = [
+        AclBinding(
+            _RESOURCE[g.resource],
+            g.name,
+            ResourcePatternType.LITERAL,
+            f"User:{g.principal}",
+            "*",
+            _OPERATION[g.operation],
+            AclPermissionType.ALLOW,
+        )
+        for g in grants
+    ]
+    if bindings:
+        client = AdminClient(librdkafka_config(admin_settings))
+        for future in client.create_acls(bindings, request_timeout=timeout_s).values():
+            future.result(timeout_s)
+    return len(bindings)
+
+
+def add_users(
+    admin_settings: Settings, security: "Security", principals: Iterable[str], timeout_s: float = 30.0
+) -> None:
+    """SCRAM-SHA-512 credentials for principals the broker does not know yet (a new hospital, a new service)."""
+    upserts = [
+        UserScramCredentialUpsertion(
+            p, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192), security.password(p).encode()
+        )
+        for p in principals
+    ]
+    if upserts:
+        client = AdminClient(librdkafka_config(admin_settings))
+        for future in client.alter_user_scram_credentials(upserts, request_timeout=timeout_s).values():
+            future.result(timeout_s)

@@ -1,0 +1,173 @@
+"""The production broker's security, on a real Apache Kafka 4.1 (KRaft) the project starts with SASL_SSL
+(SCRAM-SHA-512), TLS certificates it made at set-up, and ACLs generated from the stages' topic list: who is refused
+what. (The whole line on the same secured broker: tests/integration/test_line.py on Kafka.)"""
+
+import asyncio
+import ssl
+import stat
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
+from confluent_kafka import Producer as LibrdkafkaProducer
+from conftest import require_broker
+from rhd.local.broker import broker_for
+from rhd.local.security import ADMIN, acls, hospital_principal, librdkafka_config, stage_principal
+from rhd.runtime import kafka
+from rhd.runtime.settings import Settings
+from rhd.runtime.topics import (
+    FRAMES_DECODED,
+    FRAMES_DONE,
+    FRAMES_SEGMENTED,
+    STUDIES_DIAGNOSED,
+    STUDIES_UPLOADED,
+    dlq,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+async def can_write(settings: Settings, topic: str) -> bool:
+    producer = kafka.producer(settings, "security-test")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"probe", key=b"probe")
+        return True
+    except TopicAuthorizationFailedError:
+        return False
+    finally:
+        await producer.stop()
+
+
+async def can_read(settings: Settings, topic: str, group: str | None) -> bool:
+    """Read the record the administrator left at the start of the topic's partition 0: in `group` (committing, as a
+    stage does), or assigned without one. A refused read raises, or (aiokafka logs a fetch it is refused) gets
+    nothing."""
+    consumer = kafka.consumer(settings, group, "security-test")
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        if group is None:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.subscribe([topic])
+        for _ in range(6):
+            if await consumer.getmany(timeout_ms=1000):
+                if group is not None:
+                    await consumer.commit()
+                return True
+        return False
+    except (TopicAuthorizationFailedError, GroupAuthorizationFailedError):
+        return False
+    finally:
+        await consumer.stop()
+
+
+async def leave_a_record(settings: Settings, topics: list[str]) -> None:
+    producer = kafka.producer(settings, "security-test")
+    await producer.start()
+    try:
+        for topic in topics:
+            await producer.send_and_wait(topic, b"left here", key=b"probe", partition=0)
+    finally:
+        await producer.stop()
+
+
+async def refused_at_the_door(settings: Settings) -> bool:
+    producer = kafka.producer(settings, "security-test")
+    try:
+        await asyncio.wait_for(producer.start(), 30)
+    except (KafkaConnectionError, KafkaError, ssl.SSLError, OSError, TimeoutError):
+        return True
+    else:
+        return False
+    finally:
+        await producer.stop()
+
+
+def test_each_principal_may_do_its_job_and_nothing_else(tmp_path):
+    require_broker("kafka")
+    settings = Settings(broker="kafka", broker_secure=True, hospitals=["H1", "H2"])
+    broker = broker_for(settings, tmp_path, log_file=tmp_path / "broker.log")
+    security = broker.security  # type: ignore[attr-defined]
+    assert security is not None
+
+    async def run() -> dict[str, bool]:
+        await broker.start(2)
+        plain = Settings(bootstrap_servers=broker.bootstrap_servers)
+        as_ = lambda who: security.client(plain, who)  # noqa: E731
+        segment, hospital = as_(stage_principal("segment")), as_(hospital_principal("H1"))
+        wrong_password = segment.model_copy(update={"sasl_password_file": None, "sasl_password": "not-the-one"})
+        await leave_a_record(as_(ADMIN), ["frames.doppler.v1", STUDIES_UPLOADED, STUDIES_DIAGNOSED])
+        return {
+            # No credentials (plaintext to the TLS listener), or the wrong password: not let in at all.
+            "anonymous refused": await refused_at_the_door(plain),
+            "wrong password refused": await refused_at_the_door(wrong_password),
+            # A stage writes its output and its input's dead letters, nothing else.
+            "segment writes its output": await can_write(segment, FRAMES_SEGMENTED),
+            "segment writes its dead letters": await can_write(segment, dlq("frames.doppler.v1")),
+            "segment writes frame results": await can_write(segment, FRAMES_DONE),
+            "segment writes diagnoses": await can_write(segment, STUDIES_DIAGNOSED),
+            "segment writes uploads": await can_write(segment, STUDIES_UPLOADED),
+            # ... and reads its input in its own group only.
+            "segment reads its input": await can_read(segment, "frames.doppler.v1", "segment"),
+            "segment reads in another's group": await can_read(segment, "frames.doppler.v1", "features"),
+            "segment reads raw uploads": await can_read(segment, STUDIES_UPLOADED, None),
+            # A hospital writes uploads; it reads no result on the broker (nor anyone's uploads).
+            "hospital writes uploads": await can_write(hospital, STUDIES_UPLOADED),
+            "hospital writes frames": await can_write(hospital, FRAMES_DECODED),
+            "hospital reads diagnoses": await can_read(hospital, STUDIES_DIAGNOSED, None),
+            "hospital reads uploads": await can_read(hospital, STUDIES_UPLOADED, None),
+            "admin reads diagnoses": await can_read(as_(ADMIN), STUDIES_DIAGNOSED, None),
+        }
+
+    try:
+        outcome = asyncio.run(run())
+        # A hospital's own Kafka client (librdkafka, as kcat and confluent-kafka are) publishes over SASL_SSL too.
+        hospital = security.client(Settings(bootstrap_servers=broker.bootstrap_servers), hospital_principal("H2"))
+        producer = LibrdkafkaProducer(librdkafka_config(hospital))
+        delivered: list[object] = []
+        producer.produce(STUDIES_UPLOADED, b"upload", key=b"u1", on_delivery=lambda err, msg: delivered.append(err))
+        assert producer.flush(30) == 0
+        assert delivered == [None]
+    finally:
+        broker.stop()
+    assert outcome == {
+        "anonymous refused": True,
+        "wrong password refused": True,
+        "segment writes its output": True,
+        "segment writes its dead letters": True,
+        "segment writes frame results": True,
+        "segment writes diagnoses": False,
+        "segment writes uploads": False,
+        "segment reads its input": True,
+        "segment reads in another's group": False,
+        "segment reads raw uploads": False,
+        "hospital writes uploads": True,
+        "hospital writes frames": False,
+        "hospital reads diagnoses": False,
+        "hospital reads uploads": False,
+        "admin reads diagnoses": True,
+    }
+    # Made at set-up, never in the repository: keys and passwords readable by their owner only.
+    for secret in [security.root / "tls" / "ca.key", security.server_pem("broker"), *security.root.glob("users/*")]:
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
+    assert "password=" in (tmp_path / "kafka" / "server.properties").read_text()
+    assert stat.S_IMODE((tmp_path / "kafka" / "server.properties").stat().st_mode) == 0o600
+
+
+def test_the_acls_come_from_the_stage_list_and_the_hospital_list():
+    grants = acls(["H1"])
+    writes = {(g.principal, g.name) for g in grants if g.operation == "write"}
+    assert (stage_principal("diagnose"), STUDIES_DIAGNOSED) in writes
+    assert (stage_principal("diagnose"), dlq("studies.features.v1")) in writes
+    assert not any(p == stage_principal("diagnose") and t == FRAMES_DONE for p, t in writes)
+    assert {t for p, t in writes if p == hospital_principal("H1")} == {STUDIES_UPLOADED}
+    groups = {(g.principal, g.name) for g in grants if g.resource == "group"}
+    assert groups == {(stage_principal(s), s) for s in {g.name for g in grants if g.resource == "group"}}
