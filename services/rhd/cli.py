@@ -93,8 +93,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from rhd.local.broker import broker_for
 
     settings = get_settings()
-    if args.kafka:
+    if args.kafka or args.secure:
         settings = settings.model_copy(update={"broker": "kafka"})
+    if args.secure:
+        settings = settings.model_copy(update={"broker_secure": True, "hospitals": args.hospital or settings.hospitals})
 
     async def run() -> None:
         broker = broker_for(settings, Path(args.data_dir), host=args.host, port=args.port)
@@ -105,9 +107,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
             if broker.kind == "kafka"
             else "records in memory only, lost when it stops"
         )
+        security = getattr(broker, "security", None)
+        auth = (
+            f"SASL_SSL with SCRAM-SHA-512: CA, passwords (one per service and hospital) and ACLs under {security.root}"
+            if security
+            else "no authentication"
+        )
         print(
-            f"{broker.kind} broker ready at {broker.bootstrap_servers} ({where}, no authentication; {storage}). "
-            "Ctrl-C stops it",
+            f"{broker.kind} broker ready at {broker.bootstrap_servers} ({where}, {auth}; {storage}). Ctrl-C stops it",
             flush=True,
         )
         try:
@@ -509,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="the address it listens on (default: loopback only)")
     p.add_argument("--port", type=int, default=9092)
     p.add_argument("--kafka", action="store_true", help="Apache Kafka 4 (KRaft) instead of Tansu")
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="Apache Kafka with SASL_SSL, a principal per service and per --hospital, ACLs (under the data dir)",
+    )
+    p.add_argument("--hospital", action="append", metavar="ID", help="with --secure: a hospital that may upload")
     p.add_argument("--data-dir", default="var/broker", help="Apache Kafka's storage goes under it (var/broker)")
     p.set_defaults(func=cmd_broker)
 

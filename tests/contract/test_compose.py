@@ -155,6 +155,14 @@ def test_kafka_is_kraft_and_creates_no_topic_by_itself():
     assert kafka.get("CLUSTER_ID"), "the apache/kafka image formats its storage with CLUSTER_ID in KRaft mode"
 
 
+def test_no_password_has_a_default():
+    """A password or secret is required from the environment (`${VAR:?...}`), never defaulted (`${VAR:-admin}`)."""
+    text = (COMPOSE_DIR / "docker-compose.yml").read_text() + (COMPOSE_DIR / "docker-compose.gpu.yml").read_text()
+    defaulted = re.findall(r"\$\{(\w*(?:PASSWORD|SECRET|TOKEN|KEY)\w*):-", text)
+    assert not defaulted, f"defaults for {defaulted}"
+    assert "${GRAFANA_ADMIN_PASSWORD:?" in text
+
+
 def test_compose_runs_the_kafka_the_tests_run():
     """The apache/kafka image is the version kafka/pom.xml pins (what `make test` runs the line on), with the same
     largest message as the tests' broker and the stages' fetch size."""
@@ -338,9 +346,9 @@ def docker_compose() -> list[str]:
 @pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_GPU]], ids=["cpu", "gpu"])
 def test_docker_compose_accepts_the_file(files: list[Path], tmp_path: Path):
     """`config` reads and validates the files against the compose spec; it needs no daemon. The keys deid reads are
-    a directory the operator names (never the repo's): here an empty one."""
+    a directory the operator names (never the repo's): here an empty one; Grafana's password has no default."""
     args = [arg for path in files for arg in ("-f", str(path))]
-    env = {**os.environ, "RHD_SECRETS_DIR": str(tmp_path)}
+    env = {**os.environ, "RHD_SECRETS_DIR": str(tmp_path), "GRAFANA_ADMIN_PASSWORD": "chosen-by-the-operator"}
     result = subprocess.run(
         [*docker_compose(), *args, "config", "-q"], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env
     )
