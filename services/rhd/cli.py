@@ -42,6 +42,7 @@ def cmd_model_server(args: argparse.Namespace) -> int:
         read_batching_parameters,
         read_model_config,
         read_monitoring_config,
+        read_ssl_config,
         serve,
     )
 
@@ -57,6 +58,7 @@ def cmd_model_server(args: argparse.Namespace) -> int:
         elif args.enable_batching:
             batching = BatchingOptions()  # TensorFlow's defaults, as tensorflow/serving without the file
         monitoring = read_monitoring_config(Path(args.monitoring_config_file)) if args.monitoring_config_file else None
+        ssl = read_ssl_config(Path(args.ssl_config_file)) if args.ssl_config_file else None
     except (OSError, ValueError) as exc:
         raise SystemExit(f"rhd model-server: {exc}") from None
     if monitoring is not None and not args.rest_api_port:
@@ -71,6 +73,7 @@ def cmd_model_server(args: argparse.Namespace) -> int:
                 args.port,
                 model_config=model_config,
                 batching=batching,
+                ssl=ssl,
                 rest_api_port=args.rest_api_port,
                 metrics=metrics_path(monitoring),
             )
@@ -497,6 +500,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PORT",
         help="TF Serving's --rest_api_port (0, the default: none): HTTP with the Prometheus metrics, "
         "/healthz and /readyz (no REST inference API)",
+    )
+    p.add_argument(
+        "--ssl-config-file",
+        default=None,
+        metavar="PATH",
+        help="TF Serving's --ssl_config_file: text-format SSLConfig (server_key, server_cert: PEM texts; custom_ca, "
+        "client_verify): the gRPC port over TLS",
     )
     p.add_argument(
         "--monitoring-config-file",

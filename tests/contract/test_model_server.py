@@ -41,6 +41,9 @@ from rhd.runtime.model_client import (
     from_tensor_proto,
     to_tensor_proto,
 )
+from rhd.runtime.model_client import (
+    channel as model_channel,
+)
 from rhd.watch.figures import parse_samples
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
@@ -768,3 +771,34 @@ def test_a_model_whose_files_are_not_those_its_manifest_recorded_is_refused(mode
     (copy / "view" / "1" / "manifest.json").unlink()
     with pytest.raises(ModelIntegrityError, match="no readable manifest"):
         load_models(copy, ["view"])
+
+
+async def test_the_grpc_port_speaks_tls_with_the_ssl_config_file_and_nothing_else(models_dir, tmp_path):
+    """TF Serving's --ssl_config_file: the stages' client checks the server's certificate against the CA made at
+    set-up (RHD_MODEL_SERVER_CA) and predicts; a plaintext client, or one that trusts another CA, gets nothing."""
+    from rhd.local.security import Security
+    from rhd.model_server.server import read_ssl_config
+
+    security = Security.create(tmp_path / "security", [], servers=("model-server",))
+    ssl = read_ssl_config(security.ssl_config("model-server"))
+    other_ca = Security.create(tmp_path / "other", [], servers=()).ca.read_bytes()
+    server, port = await start_server(models_dir, "127.0.0.1", 0, ssl=ssl)
+    target = f"127.0.0.1:{port}"
+    try:
+        client = ModelClient(target, "view", ca=security.ca.read_bytes(), retry_for_s=0)
+        try:
+            answer = await client.predict(frames([102])[0])
+        finally:
+            await client.close()
+        assert answer["probabilities"][0] == pytest.approx(0.4, abs=1e-6)
+        for refused in (grpc.aio.insecure_channel(target), model_channel(target, other_ca)):
+            async with refused as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(0)
+    with pytest.raises(ValueError, match="client_verify needs custom_ca"):
+        bad = tmp_path / "bad.txt"
+        bad.write_text('server_key: "k"\nserver_cert: "c"\nclient_verify: true\n')
+        read_ssl_config(bad)

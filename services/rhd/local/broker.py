@@ -350,7 +350,7 @@ def broker_for(
         security = None
         if settings.broker_secure:
             principals = [stage_principal(s) for s in STAGES] + [hospital_principal(h) for h in settings.hospitals]
-            security = Security.create(Path(workdir) / "security", principals)
+            security = Security.create(Path(workdir) / "security", principals, servers=("broker", "model-server"))
         return KafkaBroker(
             data_dir=Path(workdir) / "kafka",
             libs=settings.kafka_libs or default_kafka_libs(),

@@ -14,6 +14,7 @@ Who may do what (`acls`):
 
 import datetime as dt
 import ipaddress
+import json
 import os
 import secrets
 from collections.abc import Iterable
@@ -193,6 +194,16 @@ class Security:
         )
         pem = _pkcs8(key) + cert.public_bytes(serialization.Encoding.PEM) + self.ca.read_bytes()
         _write_private(path, pem)
+
+    def ssl_config(self, name: str) -> Path:
+        """TF Serving's --ssl_config_file for a gRPC server: the text-format SSLConfig with its key and certificate
+        chain inline (written beside them, 0600)."""
+        pem = self.server_pem(name).read_text()
+        key_end = pem.index("-----END PRIVATE KEY-----") + len("-----END PRIVATE KEY-----\n")
+        path = self.root / "tls" / f"{name}.ssl_config.txt"
+        text = f"server_key: {json.dumps(pem[:key_end])}\nserver_cert: {json.dumps(pem[key_end:])}\n"
+        _write_private(path, text.encode())
+        return path
 
     def client(self, settings: Settings, principal: str) -> Settings:
         """Settings that connect as `principal` over SASL_SSL."""

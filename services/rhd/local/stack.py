@@ -16,8 +16,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rhd.local.broker import broker_for, free_port
-from rhd.local.security import stage_principal
+from rhd.local.security import Security, stage_principal
 from rhd.runtime.http import TFS_METRICS_PATH
+from rhd.runtime.model_client import channel as model_channel
 from rhd.runtime.secrets import init_secrets
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import STAGES
@@ -93,11 +94,11 @@ class ServiceProcess:
         return self.process.returncode
 
 
-async def wait_serving(port: int, server: ServiceProcess, timeout_s: float) -> float:
+async def wait_serving(port: int, server: ServiceProcess, timeout_s: float, ca: bytes | None = None) -> float:
     """Wait until the gRPC health service on port says SERVING (the model server has loaded its models);
-    return the seconds waited."""
+    return the seconds waited. `ca`: the server is TLS, its certificate signed by it."""
     started = time.monotonic()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with model_channel(f"127.0.0.1:{port}", ca) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             if not server.alive():
@@ -132,6 +133,11 @@ class EmbeddedStack:
         self.targets_path = self.workdir / "targets.json"
 
     @property
+    def security(self) -> Security | None:
+        """The secured stack's TLS material and credentials (RHD_BROKER_SECURE); None on a plaintext stack."""
+        return getattr(self.broker, "security", None)
+
+    @property
     def idempotence(self) -> bool:
         return self.base.idempotence or self.broker.kind == "kafka"
 
@@ -160,6 +166,7 @@ class EmbeddedStack:
                 "RHD_SECRETS_DIR": str(self.settings.secrets_dir.resolve()),
                 "RHD_REGION": self.base.region,
                 "RHD_IDEMPOTENCE": str(self.idempotence).lower(),
+                **({"RHD_MODEL_SERVER_CA": str(self.security.ca.resolve())} if self.security else {}),
                 "RHD_HOME_REGION": self.base.home_region,
                 "PYTHONUNBUFFERED": "1",
             }
@@ -176,14 +183,16 @@ class EmbeddedStack:
             update={
                 **{k: v for k, v in self.base.model_dump().items() if k not in Settings.CONNECTION},
                 "model_server": f"127.0.0.1:{self.model_port}",
+                "model_server_ca": self.security.ca if self.security else None,
                 "idempotence": self.idempotence,
             }
         )
         rhd = [sys.executable, "-m", "rhd.cli"]
         rest_port = free_port()  # its metrics, and /readyz once the models are loaded
+        tls = ["--ssl-config-file", str(self.security.ssl_config(MODEL_SERVER_JOB))] if self.security else []
         server = ServiceProcess(
             MODEL_SERVER_JOB,
-            [*rhd, "model-server", "--port", str(self.model_port), "--rest-api-port", str(rest_port)],
+            [*rhd, "model-server", "--port", str(self.model_port), "--rest-api-port", str(rest_port), *tls],
             self._env(),
             self.workdir / "logs" / "model-server.log",
             http_port=rest_port,
@@ -200,7 +209,7 @@ class EmbeddedStack:
 
     def start_stage(self, stage: str, replica: int = 0) -> ServiceProcess:
         port = free_port()
-        security = getattr(self.broker, "security", None)
+        security = self.security
         credentials = security.client_env(stage_principal(stage)) if security else {}  # its own principal
         service = ServiceProcess(
             stage,

@@ -136,6 +136,16 @@ def read_monitoring_config(path: Path) -> tfs_config_pb2.MonitoringConfig:
     return config
 
 
+def read_ssl_config(path: Path) -> tfs_config_pb2.SSLConfig:
+    """TF Serving's --ssl_config_file: a text-format SSLConfig (rhd/v1/tfs_config.proto), PEM texts inline."""
+    config = _read_text_proto(path, tfs_config_pb2.SSLConfig())
+    if not (config.server_key and config.server_cert):
+        raise ValueError(f"{path}: server_key and server_cert are both needed")
+    if config.client_verify and not config.custom_ca:
+        raise ValueError(f"{path}: client_verify needs custom_ca")
+    return config
+
+
 def metrics_path(config: tfs_config_pb2.MonitoringConfig | None) -> str | None:
     """Where the REST port answers Prometheus metrics: the config's path when it enables them (TF Serving's default
     when it names none), nowhere when it leaves them off. Without any config tensorflow/serving serves none; this
@@ -601,6 +611,7 @@ async def start_server(
     *,
     model_config: model_server_config_pb2.ModelServerConfig | None = None,
     batching: BatchingOptions | None = None,
+    ssl: tfs_config_pb2.SSLConfig | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Load the models (those of model_config when given), then listen; returns the server and its bound port
     (port 0 picks a free one). batching None runs each request alone, as TF Serving without --enable_batching."""
@@ -622,14 +633,23 @@ async def start_server(
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(repo), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if ssl is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(ssl.server_key.encode(), ssl.server_cert.encode())],
+            root_certificates=ssl.custom_ca.encode() or None,
+            require_client_auth=ssl.client_verify,
+        )
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     for service in HEALTH_SERVICES:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "model server listening on %s:%d, serving %s, batching %s",
+        "model server listening on %s:%d (%s), serving %s, batching %s",
         host,
         bound,
+        "TLS" if ssl is not None else "plaintext",
         {name: sorted(loaded) for name, loaded in repo.servables.items()},
         batching or "off",
     )

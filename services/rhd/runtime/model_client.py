@@ -85,6 +85,13 @@ def from_tensor_proto(tensor: tensor_pb2.TensorProto) -> np.ndarray:
     return values.reshape(shape)
 
 
+def channel(target: str, ca: bytes | None = None) -> grpc.aio.Channel:
+    """A channel to the model server: TLS, the server's certificate checked against `ca`, when one is given."""
+    if ca is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca), options=CHANNEL_OPTIONS)
+
+
 class ModelClient:
     """One model of one server. `predict` queues a frame; a batcher sends up to max_batch queued frames at once,
     waiting at most max_wait_ms for company, so concurrent callers share requests."""
@@ -100,6 +107,7 @@ class ModelClient:
             max_batch=settings.model_max_batch,
             max_wait_ms=settings.model_max_wait_ms,
             retry_for_s=settings.model_retry_for_s,
+            ca=settings.model_server_ca.read_bytes() if settings.model_server_ca else None,
         )
 
     def __init__(
@@ -113,6 +121,7 @@ class ModelClient:
         max_wait_ms: float = 5.0,
         retry_for_s: float = 240.0,
         input_name: str = "frames",
+        ca: bytes | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -120,7 +129,7 @@ class ModelClient:
         self.timeout_s, self.max_batch, self.max_wait_s = timeout_s, max_batch, max_wait_ms / 1000.0
         self.retry_for_s, self.input_name = retry_for_s, input_name
         self.retrying = 0  # calls waiting (in backoff) for the model server
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = channel(target, ca)
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] = asyncio.Queue()

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     view_model_version: int = 0  # 0: the latest version the server has
     valve_model_name: str = "valve"
     valve_model_version: int = 0
+    # The CA that signed the model server's certificate: set, the gRPC channel is TLS (TF Serving's
+    # --ssl_config_file on the server side); unset, plaintext.
+    model_server_ca: Path | None = None
     model_timeout_s: float = 10.0
     model_max_batch: int = 32
     model_max_wait_ms: float = 5.0
