@@ -27,6 +27,7 @@ from rhd.runtime.topics import (
     STUDIES_DIAGNOSED,
     STUDIES_UPLOADED,
     dlq,
+    upload_topic,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -119,8 +120,11 @@ def test_each_principal_may_do_its_job_and_nothing_else(tmp_path):
             "segment reads its input": await can_read(segment, "frames.doppler.v1", "segment"),
             "segment reads in another's group": await can_read(segment, "frames.doppler.v1", "features"),
             "segment reads raw uploads": await can_read(segment, STUDIES_UPLOADED, None),
-            # A hospital writes uploads; it reads no result on the broker (nor anyone's uploads).
-            "hospital writes uploads": await can_write(hospital, STUDIES_UPLOADED),
+            # A hospital writes its own upload topic (the topic names the sender); it reads no result on the broker
+            # (nor anyone's uploads).
+            "hospital writes its upload topic": await can_write(hospital, upload_topic("H1")),
+            "hospital writes another's upload topic": await can_write(hospital, upload_topic("H2")),
+            "hospital writes the shared upload topic": await can_write(hospital, STUDIES_UPLOADED),
             "hospital writes frames": await can_write(hospital, FRAMES_DECODED),
             "hospital reads diagnoses": await can_read(hospital, STUDIES_DIAGNOSED, None),
             "hospital reads uploads": await can_read(hospital, STUDIES_UPLOADED, None),
@@ -133,7 +137,7 @@ def test_each_principal_may_do_its_job_and_nothing_else(tmp_path):
         hospital = security.client(Settings(bootstrap_servers=broker.bootstrap_servers), hospital_principal("H2"))
         producer = LibrdkafkaProducer(librdkafka_config(hospital))
         delivered: list[object] = []
-        producer.produce(STUDIES_UPLOADED, b"upload", key=b"u1", on_delivery=lambda err, msg: delivered.append(err))
+        producer.produce(upload_topic("H2"), b"upload", key=b"u1", on_delivery=lambda err, msg: delivered.append(err))
         assert producer.flush(30) == 0
         assert delivered == [None]
     finally:
@@ -149,7 +153,9 @@ def test_each_principal_may_do_its_job_and_nothing_else(tmp_path):
         "segment reads its input": True,
         "segment reads in another's group": False,
         "segment reads raw uploads": False,
-        "hospital writes uploads": True,
+        "hospital writes its upload topic": True,
+        "hospital writes another's upload topic": False,
+        "hospital writes the shared upload topic": False,
         "hospital writes frames": False,
         "hospital reads diagnoses": False,
         "hospital reads uploads": False,
@@ -168,6 +174,8 @@ def test_the_acls_come_from_the_stage_list_and_the_hospital_list():
     assert (stage_principal("diagnose"), STUDIES_DIAGNOSED) in writes
     assert (stage_principal("diagnose"), dlq("studies.features.v1")) in writes
     assert not any(p == stage_principal("diagnose") and t == FRAMES_DONE for p, t in writes)
-    assert {t for p, t in writes if p == hospital_principal("H1")} == {STUDIES_UPLOADED}
+    assert {t for p, t in writes if p == hospital_principal("H1")} == {upload_topic("H1")}
+    reads = {(g.principal, g.name) for g in grants if g.operation == "read"}
+    assert {(stage_principal("deid"), t) for t in (STUDIES_UPLOADED, upload_topic("H1"))} <= reads
     groups = {(g.principal, g.name) for g in grants if g.resource == "group"}
     assert groups == {(stage_principal(s), s) for s in {g.name for g in grants if g.resource == "group"}}

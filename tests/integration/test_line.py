@@ -128,10 +128,12 @@ PROMQL = {
 def line(tmp_path_factory, broker_kind):
     workdir = tmp_path_factory.mktemp("line")
     # On Apache Kafka the line runs secured: SASL_SSL, each stage its own principal with only its ACLs (a stage that
-    # needed a topic it was not granted would stall or die here); the test's own clients are the administrator.
+    # needed a topic it was not granted would stall or die here), and each generated hospital with an upload topic
+    # of its own (what deid reads); the test's own clients are the administrator.
     settings = Settings(
         broker=broker_kind,
         broker_secure=broker_kind == "kafka",
+        hospitals=[f"H{i:03d}" for i in range(1, 6)] if broker_kind == "kafka" else [],
         blob_dir=workdir / "blobs",
         models_dir=ROOT / "models",
         study_deadline_s=90.0,

@@ -10,7 +10,7 @@ from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import Output
 from rhd.runtime.secrets import init_secrets, load_keyring, load_pseudonym_key, sealed_upload
 from rhd.runtime.stage import Position
-from rhd.runtime.topics import FRAMES_DONE, STUDIES_DEIDENTIFIED, STUDIES_LINKS, STUDIES_UPLOADED, dlq
+from rhd.runtime.topics import FRAMES_DONE, STUDIES_DEIDENTIFIED, STUDIES_LINKS, STUDIES_UPLOADED, dlq, upload_topic
 from rhd.split.service import Split
 from rhd.v1 import rhd_pb2 as pb
 
@@ -171,6 +171,26 @@ def test_an_upload_sent_under_another_hospitals_name_is_refused(tmp_path):
     forged = tuple((n, b"H002" if n == SENDER_HEADER else v) for n, v in headers)
     with pytest.raises(SecretError, match="sealed for another hospital"):
         stage.handle(pb.SealedRecord.FromString(value), Position(0, 1, 0.0, key, forged))
+    # On an authenticating broker the topic is the sender: only H002's principal may write H002's upload topic, and
+    # no header overrides it.
+    own = tuple((n, v) for n, v in headers if n != SENDER_HEADER)
+    with pytest.raises(SecretError, match="sent on 'H002'"):
+        stage.handle(pb.SealedRecord.FromString(value), Position(0, 1, 0.0, key, own, upload_topic("H002")))
+
+
+def test_each_hospital_has_an_upload_topic_whose_letters_join_the_raw_topics():
+    import pytest
+    from rhd.runtime.topics import STUDIES_UPLOADED, dlq, hospital_of_upload_topic, upload_topic_for, upload_topics
+
+    assert upload_topic("H-01") == "studies.uploaded.H-01.v1"
+    assert hospital_of_upload_topic("studies.uploaded.H-01.v1") == "H-01"
+    assert hospital_of_upload_topic(STUDIES_UPLOADED) is None and hospital_of_upload_topic("frames.done.v1") is None
+    assert dlq(upload_topic("H-01")) == dlq(STUDIES_UPLOADED) == "studies.uploaded.v1.dlq"
+    assert upload_topics(["A", "B"]) == [STUDIES_UPLOADED, "studies.uploaded.A.v1", "studies.uploaded.B.v1"]
+    assert upload_topic_for(["A"], "A") == "studies.uploaded.A.v1" and upload_topic_for(["A"], "B") == STUDIES_UPLOADED
+    for bad in ("", "H.1", "H/1", "H 1", "x" * 65):
+        with pytest.raises(ValueError, match="hospital id"):
+            upload_topic(bad)
 
 
 def test_a_video_that_takes_too_long_to_decode_is_refused_and_the_limits_decode_the_same_frames(tmp_path):

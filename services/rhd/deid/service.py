@@ -31,7 +31,13 @@ from rhd.runtime.secrets import (
 )
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import Position, StageService
-from rhd.runtime.topics import STUDIES_DEIDENTIFIED, STUDIES_LINKS, STUDIES_UPLOADED
+from rhd.runtime.topics import (
+    STUDIES_DEIDENTIFIED,
+    STUDIES_LINKS,
+    STUDIES_UPLOADED,
+    hospital_of_upload_topic,
+    upload_topics,
+)
 from rhd.v1 import rhd_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -94,8 +100,20 @@ class Deid(
             raise ValueError("raw blob not sealed: the publisher must seal what it stores")
         return self.raw.open(stored)
 
+    @classmethod
+    def input_topics(cls, settings: Settings) -> list[str]:
+        return upload_topics(settings.hospitals)
+
     def handle(self, record: pb.SealedRecord, at: Position) -> list[Output]:
         upload = opened_upload(record, at.key, self.raw)
+        # The sender: on a hospital's own upload topic, the hospital the broker let write it (its ACL names that
+        # hospital's principal only); on the shared raw topic (an unauthenticated broker), the header the
+        # publisher wrote. Either way it must be the hospital the upload was sealed for.
+        owner = hospital_of_upload_topic(at.topic)
+        if owner is not None and owner != upload.hospital_id:
+            raise SecretError(
+                f"sent on {owner!r}'s upload topic but sealed for another hospital: refused (one sender, one namespace)"
+            )
         sender = header(at.headers, SENDER_HEADER)
         if sender is not None and sender != upload.hospital_id:
             raise SecretError(

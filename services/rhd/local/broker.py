@@ -45,8 +45,11 @@ class Broker:
 
     kind: BrokerKind
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_file: Path | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, log_file: Path | None = None, hospitals: tuple[str, ...] = ()
+    ) -> None:
         self.host = host
+        self.hospitals = hospitals  # each gets an upload topic of its own (and, on a secured Kafka, a principal)
         self.port = port or free_port(host)
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
@@ -60,7 +63,7 @@ class Broker:
 
     def admin_settings(self) -> Settings:
         """How the project's own clients reach it with every right (creating topics, reading everything)."""
-        return Settings(bootstrap_servers=self.bootstrap_servers)
+        return Settings(bootstrap_servers=self.bootstrap_servers, hospitals=list(self.hospitals))
 
     def prepare(self) -> None:
         """Whatever must exist before the process starts (configuration, formatted storage)."""
@@ -108,7 +111,7 @@ class Broker:
         writes with NOT_LEADER for a moment, and a test's first write should not be the one that meets it. (A
         partition's end offset comes from its leader's log, so asking for it waits for exactly that.)"""
         settings = self.admin_settings()
-        tps = await kafka.partitions(settings, all_topic_names())
+        tps = await kafka.partitions(settings, all_topic_names(self.hospitals))
         reader = kafka.consumer(settings, None, "rhd-broker-ready")
         await reader.start()
         try:
@@ -189,9 +192,8 @@ class KafkaBroker(Broker):
         security: Security | None = None,
         hospitals: tuple[str, ...] = (),
     ) -> None:
-        super().__init__(host, port, log_file)
+        super().__init__(host, port, log_file, hospitals)
         self.security = security
-        self.hospitals = hospitals
         self.data_dir = Path(data_dir)
         self.libs = Path(libs)
         self.controller_port = free_port(host)
@@ -364,4 +366,4 @@ def broker_for(
         )
     if settings.broker_secure:
         raise ValueError("Tansu has no authentication: RHD_BROKER_SECURE needs RHD_BROKER=kafka")
-    return TansuBroker(host=host, port=port, log_file=log_file)
+    return TansuBroker(host=host, port=port, log_file=log_file, hospitals=tuple(settings.hospitals))

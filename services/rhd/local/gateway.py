@@ -33,7 +33,7 @@ from rhd.runtime import kafka
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.secrets import Keyring, require_home_region, sealed_upload
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import STUDIES_UPLOADED
+from rhd.runtime.topics import upload_topic_for
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,8 @@ class Gateway:
                 study_uid, hospital, named, self.blobs, self.settings.max_message_bytes, self.raw.seal
             )
             key, value, headers = sealed_upload(upload, self.raw)
-            await producer.send_and_wait(STUDIES_UPLOADED, value, key=key, headers=headers)
+            topic = upload_topic_for(self.settings.hospitals, hospital)
+            await producer.send_and_wait(topic, value, key=key, headers=headers)
             for path in folder.iterdir():
                 path.unlink()
             folder.rmdir()

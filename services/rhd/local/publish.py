@@ -16,7 +16,7 @@ from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import now
 from rhd.runtime.secrets import RAW_KEYRING, Keyring, load_keyring, sealed_upload
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import STUDIES_UPLOADED
+from rhd.runtime.topics import upload_topic_for
 from rhd.v1 import rhd_pb2 as pb
 
 # Room left in a message for everything but the video bytes (and the envelope's 34 bytes).
@@ -126,4 +126,6 @@ def raw_keyring(settings: Settings) -> Keyring:
 
 async def publish_uploads(settings: Settings, uploads: list[pb.StudyUpload]) -> None:
     raw = raw_keyring(settings)
-    await kafka.send_all(settings, "publish", STUDIES_UPLOADED, (sealed_upload(upload, raw) for upload in uploads))
+    for topic in dict.fromkeys(upload_topic_for(settings.hospitals, u.hospital_id) for u in uploads):
+        mine = [u for u in uploads if upload_topic_for(settings.hospitals, u.hospital_id) == topic]
+        await kafka.send_all(settings, "publish", topic, (sealed_upload(upload, raw) for upload in mine))

@@ -7,8 +7,9 @@ set-up, under a directory the caller names (the stack's workdir), files 0600.
 Who may do what (`acls`):
 - a stage reads its input topic (in its consumer group, named after it), the output it reads back on assignment and
   its state topics; it writes its outputs and its input's dead-letter topic. Nothing else.
-- a hospital writes the raw upload topic. It reads nothing on the broker: results reach it through `rhd results` in
-  the home region, under its own ids.
+- a hospital writes its own upload topic (`studies.uploaded.<hospital>.v1`), so the topic a record arrives on says
+  who sent it, as the broker authenticated them. It reads nothing on the broker: results reach it through
+  `rhd results` in the home region, under its own ids.
 - `admin`, the broker's super user, creates topics and ACLs; the operators' tools and the test harness use it.
 """
 
@@ -39,7 +40,7 @@ from cryptography.x509.oid import NameOID
 
 from rhd.runtime.kafka import SASL_MECHANISM
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import FLOWS, STUDIES_UPLOADED
+from rhd.runtime.topics import FLOWS, STUDIES_UPLOADED, upload_topic, upload_topics
 
 ADMIN = "admin"
 CERT_DAYS = 825
@@ -62,18 +63,21 @@ class Acl:
 
 
 def acls(hospitals: Iterable[str]) -> list[Acl]:
-    """Every grant of the line: from the stages' declarations and the hospital list (module docstring)."""
+    """Every grant of the line: from the stages' topic list and the hospital list (module docstring)."""
+    hospitals = list(hospitals)
     grants: list[Acl] = []
     for stage, flow in FLOWS.items():
         who = stage_principal(stage)
-        for topic in flow.reads():
+        reads = [*flow.reads(), *(upload_topics(hospitals)[1:] if flow.input == STUDIES_UPLOADED else [])]
+        for topic in reads:
             grants += [Acl(who, "topic", topic, "read"), Acl(who, "topic", topic, "describe")]
         grants.append(Acl(who, "group", stage, "read"))
         for topic in flow.writes():
             grants += [Acl(who, "topic", topic, "write"), Acl(who, "topic", topic, "describe")]
     for hospital in hospitals:
-        who = hospital_principal(hospital)
-        grants += [Acl(who, "topic", STUDIES_UPLOADED, "write"), Acl(who, "topic", STUDIES_UPLOADED, "describe")]
+        # Its own upload topic only: what arrives there was sent by it (deid checks the sealed hospital against it).
+        who, topic = hospital_principal(hospital), upload_topic(hospital)
+        grants += [Acl(who, "topic", topic, "write"), Acl(who, "topic", topic, "describe")]
     return list(dict.fromkeys(grants))
 
 

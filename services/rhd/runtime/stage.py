@@ -41,6 +41,7 @@ class Position:
     timestamp: float  # the record's timestamp (CreateTime), seconds
     key: bytes = b""  # the record's key
     headers: tuple[tuple[str, bytes], ...] = ()  # the record's headers
+    topic: str = ""  # the topic it was read from (one of the stage's input topics)
 
 
 class StageService:
@@ -98,6 +99,12 @@ class StageService:
     def flow(cls) -> Flow:
         """What it reads and writes: the line's entry in FLOWS, or what a stage outside it declares."""
         return FLOWS.get(cls.name) or Flow(cls.input_topic, cls.outputs, reads_back=cls.written_topic)
+
+    @classmethod
+    def input_topics(cls, settings: Settings) -> list[str]:
+        """What its consumer group reads: its input topic (deid: every hospital's upload topic besides). A stage
+        with several must not keep state by partition: the hooks get the partition numbers of all of them."""
+        return [cls.input_topic]
 
     @classmethod
     def writes(cls) -> tuple[str, ...]:
@@ -188,12 +195,12 @@ class StageRunner:
         self.consumer = kafka.consumer(s, svc.name, svc.name)
         await svc.start(s)
         await self.producer.start()
-        self.consumer.subscribe([svc.input_topic], listener=_PartitionListener(svc, s, self._hooks, self.stopping))
+        self.consumer.subscribe(svc.input_topics(s), listener=_PartitionListener(svc, s, self._hooks, self.stopping))
         await self.consumer.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        log.info("stage %s consuming %s as group %s", svc.name, svc.input_topic, svc.name)
+        log.info("stage %s consuming %s as group %s", svc.name, ", ".join(svc.input_topics(s)), svc.name)
         try:
             await self._loop()
         finally:
@@ -316,7 +323,12 @@ class StageRunner:
             if problem:
                 raise _Rejected(f"invalid {svc.input_type.DESCRIPTOR.full_name}: {problem}")
             at = Position(
-                record.partition, record.offset, record.timestamp / 1000, record.key or b"", tuple(record.headers or ())
+                record.partition,
+                record.offset,
+                record.timestamp / 1000,
+                record.key or b"",
+                tuple(record.headers or ()),
+                record.topic,
             )
             if self._is_async:
                 outputs = await svc.handle(message, at)  # type: ignore[misc]  # typed as the plain one

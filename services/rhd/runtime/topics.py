@@ -1,6 +1,8 @@
 """Every stage and topic of the data path, in one place: names, message types, and their creation at start."""
 
 import logging
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka.admin import NewTopic
@@ -81,8 +83,42 @@ TOPICS: tuple[Topic, ...] = (
 
 DLQ_SUFFIX = ".dlq"
 
+# A hospital with a principal of its own on the broker (RHD_HOSPITALS) uploads to a topic of its own, which only it
+# may write (rhd.local.security): the topic says who sent a record, as the broker authenticated them.
+_HOSPITAL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_UPLOAD_PREFIX, _UPLOAD_SUFFIX = "studies.uploaded.", ".v1"
+
+
+def upload_topic(hospital: str) -> str:
+    """The hospital's own upload topic, `studies.uploaded.<hospital>.v1`."""
+    if not _HOSPITAL_ID.fullmatch(hospital):
+        raise ValueError(f"hospital id {hospital!r}: 1-64 letters, digits, _ or - (it names a topic and a principal)")
+    return f"{_UPLOAD_PREFIX}{hospital}{_UPLOAD_SUFFIX}"
+
+
+def hospital_of_upload_topic(topic: str) -> str | None:
+    """The hospital whose own upload topic this is; None for the shared raw topic (or any other)."""
+    if topic == STUDIES_UPLOADED or not (topic.startswith(_UPLOAD_PREFIX) and topic.endswith(_UPLOAD_SUFFIX)):
+        return None
+    hospital = topic[len(_UPLOAD_PREFIX) : -len(_UPLOAD_SUFFIX)]
+    return hospital if _HOSPITAL_ID.fullmatch(hospital) else None
+
+
+def upload_topic_for(hospitals: Iterable[str], hospital: str) -> str:
+    """Where a hospital's publisher writes: its own upload topic where the deployment names it (RHD_HOSPITALS),
+    else the shared raw topic."""
+    return upload_topic(hospital) if hospital in hospitals else STUDIES_UPLOADED
+
+
+def upload_topics(hospitals: Iterable[str]) -> list[str]:
+    """Every topic deid reads: the shared raw topic and each hospital's own."""
+    return [STUDIES_UPLOADED, *(upload_topic(h) for h in hospitals)]
+
 
 def dlq(topic: str) -> str:
+    """A topic's dead-letter topic. Every upload topic's letters go to the raw topic's, sealed as it is."""
+    if hospital_of_upload_topic(topic) is not None:
+        topic = STUDIES_UPLOADED
     return f"{topic}{DLQ_SUFFIX}"
 
 
@@ -121,8 +157,9 @@ FLOWS: dict[str, Flow] = {
 MESSAGE_OF: dict[str, type[Message]] = {t.name: t.message for t in TOPICS}  # topic -> the message it carries
 
 
-def all_topic_names() -> list[str]:
-    return [name for t in TOPICS for name in (t.name, dlq(t.name))]
+def all_topic_names(hospitals: Iterable[str] = ()) -> list[str]:
+    """Every topic and its dead-letter topic, and the named hospitals' own upload topics."""
+    return [name for t in TOPICS for name in (t.name, dlq(t.name))] + [upload_topic(h) for h in hospitals]
 
 
 def topic_configs() -> dict[str, dict[str, str]]:
@@ -146,7 +183,7 @@ async def ensure_topics(
         response = await admin.create_topics(
             [
                 NewTopic(name, partitions, replication_factor, topic_configs=configs.get(name))
-                for name in all_topic_names()
+                for name in all_topic_names(settings.hospitals)
             ]
         )
         errors = list(response.topic_errors)
