@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rhd.deid.ops import study_pseudonym
 from rhd.local.publish import upload_from_dir
 from rhd.local.stack import EmbeddedStack, ServiceProcess, stop_on_sigterm
+from rhd.runtime import kafka
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import now
 from rhd.runtime.secrets import RAW_KEYRING, init_secrets, load_keyring, load_pseudonym_key, sealed_upload
@@ -103,9 +104,7 @@ class Diagnoses:
 
     async def start(self) -> None:
         # Assigned, not subscribed: no group to join, so nothing is missed while a join waits.
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False, group_id=None
-        )
+        self._consumer = kafka.consumer(self.settings, None, "rhd-load-diagnoses")  # committed records only
         await self._consumer.start()
         self._consumer.assign([TopicPartition(STUDIES_DIAGNOSED, p) for p in range(self.settings.partitions)])
         await self._consumer.seek_to_end()

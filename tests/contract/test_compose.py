@@ -172,6 +172,7 @@ def test_compose_runs_the_kafka_the_tests_run():
     assert SERVICES["kafka"]["image"] == f"apache/kafka:{version}"
     assert int(environment(SERVICES["kafka"])["KAFKA_MESSAGE_MAX_BYTES"]) == MAX_FETCH_BYTES
     assert all(environment(SERVICES[name]).get("RHD_IDEMPOTENCE") == "true" for name in stage_services())
+    assert all(environment(SERVICES[name]).get("RHD_TRANSACTIONS") == "true" for name in stage_services())
 
 
 def test_topics_are_created_once_before_any_stage_starts():

@@ -40,7 +40,7 @@ from cryptography.x509.oid import NameOID
 
 from rhd.runtime.kafka import SASL_MECHANISM
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import FLOWS, STUDIES_UPLOADED, upload_topic, upload_topics
+from rhd.runtime.topics import FLOWS, STUDIES_UPLOADED, transactional_prefix, upload_topic, upload_topics
 
 ADMIN = "admin"
 CERT_DAYS = 825
@@ -57,9 +57,10 @@ def hospital_principal(hospital: str) -> str:
 @dataclass(frozen=True)
 class Acl:
     principal: str  # without the User: prefix
-    resource: str  # "topic" | "group"
+    resource: str  # "topic" | "group" | "transactional_id"
     name: str
     operation: str  # "read" | "write" | "describe"
+    pattern: str = "literal"  # or "prefixed": every name that starts with `name`
 
 
 def acls(hospitals: Iterable[str]) -> list[Acl]:
@@ -74,6 +75,9 @@ def acls(hospitals: Iterable[str]) -> list[Acl]:
         grants.append(Acl(who, "group", stage, "read"))
         for topic in flow.writes():
             grants += [Acl(who, "topic", topic, "write"), Acl(who, "topic", topic, "describe")]
+        if flow.transactional:
+            prefix = transactional_prefix(stage)
+            grants += [Acl(who, "transactional_id", prefix, op, "prefixed") for op in ("write", "describe")]
     for hospital in hospitals:
         # Its own upload topic only: what arrives there was sent by it (deid checks the sealed hospital against it).
         who, topic = hospital_principal(hospital), upload_topic(hospital)
@@ -252,7 +256,12 @@ def librdkafka_config(settings: Settings) -> dict[str, str]:
 
 
 _OPERATION = {"read": AclOperation.READ, "write": AclOperation.WRITE, "describe": AclOperation.DESCRIBE}
-_RESOURCE = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
+_RESOURCE = {
+    "topic": ResourceType.TOPIC,
+    "group": ResourceType.GROUP,
+    "transactional_id": ResourceType.TRANSACTIONAL_ID,
+}
+_PATTERN = {"literal": ResourcePatternType.LITERAL, "prefixed": ResourcePatternType.PREFIXED}
 
 
 def apply_acls(admin_settings: Settings, grants: Iterable[Acl], timeout_s: float = 30.0) -> int:
@@ -261,7 +270,7 @@ def apply_acls(admin_settings: Settings, grants: Iterable[Acl], timeout_s: float
         AclBinding(
             _RESOURCE[g.resource],
             g.name,
-            ResourcePatternType.LITERAL,
+            _PATTERN[g.pattern],
             f"User:{g.principal}",
             "*",
             _OPERATION[g.operation],

@@ -166,6 +166,7 @@ class EmbeddedStack:
                 "RHD_SECRETS_DIR": str(self.settings.secrets_dir.resolve()),
                 "RHD_REGION": self.base.region,
                 "RHD_IDEMPOTENCE": str(self.idempotence).lower(),
+                "RHD_TRANSACTIONS": str(self.idempotence).lower(),  # Apache Kafka has both
                 **({"RHD_MODEL_SERVER_CA": str(self.security.ca.resolve())} if self.security else {}),
                 "RHD_HOME_REGION": self.base.home_region,
                 "PYTHONUNBUFFERED": "1",
@@ -185,6 +186,7 @@ class EmbeddedStack:
                 "model_server": f"127.0.0.1:{self.model_port}",
                 "model_server_ca": self.security.ca if self.security else None,
                 "idempotence": self.idempotence,
+                "transactions": self.idempotence,
             }
         )
         rhd = [sys.executable, "-m", "rhd.cli"]

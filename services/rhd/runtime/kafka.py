@@ -41,7 +41,9 @@ def admin(settings: Settings, **extra: Any) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**connection(settings), **extra)
 
 
-def producer(settings: Settings, client_id: str, linger_ms: int = 0) -> AIOKafkaProducer:
+def producer(
+    settings: Settings, client_id: str, linger_ms: int = 0, transactional_id: str | None = None
+) -> AIOKafkaProducer:
     """At least once: acks from every in-sync replica; idempotent where the broker supports it (RHD_IDEMPOTENCE:
     Apache Kafka does, Tansu does not), so a retried send is never written twice; messages capped at
     RHD_MAX_MESSAGE_BYTES (the embedded broker enforces no size of its own)."""
@@ -49,15 +51,18 @@ def producer(settings: Settings, client_id: str, linger_ms: int = 0) -> AIOKafka
         **connection(settings),
         client_id=client_id,
         acks="all",
-        enable_idempotence=settings.idempotence,
+        enable_idempotence=settings.idempotence or transactional_id is not None,
+        transactional_id=transactional_id,
         max_request_size=settings.max_message_bytes,
         linger_ms=linger_ms,
     )
 
 
 def consumer(settings: Settings, group_id: str | None, client_id: str) -> AIOKafkaConsumer:
-    """Offsets committed by hand (after the outputs are acknowledged), from the earliest record of a new group."""
+    """Offsets committed by hand (after the outputs are acknowledged), from the earliest record of a new group;
+    where the line writes in transactions, committed records only."""
     return AIOKafkaConsumer(
+        isolation_level="read_committed" if settings.transactions else "read_uncommitted",
         **connection(settings),
         group_id=group_id,
         client_id=client_id,

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     # RHD_BROKER=kafka; compose and k8s set it), off for Tansu, which has no InitProducerId. The stages' own
     # deduplication by key stays on either way.
     idempotence: bool = False
+    # Transactions for the read-process-write stages that must write each key once (assemble, diagnose): a batch's
+    # outputs and its input offsets committed atomically, and every consumer reading committed records only. Apache
+    # Kafka only (the stacks set it with RHD_BROKER=kafka; compose and k8s set it); needs RHD_IDEMPOTENCE. Their
+    # deduplication by key stays (replays, republished uploads, a zombie replica).
+    transactions: bool = False
     # How this service authenticates to the broker: PLAINTEXT (the loopback brokers of `rhd demo`), or SASL_SSL with
     # SCRAM-SHA-512 as its own principal (one per service and per hospital; ACLs grant each what it needs). The
     # password from RHD_SASL_PASSWORD_FILE (a mounted secret) or RHD_SASL_PASSWORD; the broker's certificate checked

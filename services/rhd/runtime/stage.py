@@ -7,7 +7,9 @@ acknowledged by the broker, so a crash replays records and downstream deduplicat
 import asyncio
 import inspect
 import logging
+import os
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from rhd.runtime.http import start_http
 from rhd.runtime.records import SCHEMA_HEADER, Output, dead_letter_output, frame_key_of, frame_result, header, schema_of
 from rhd.runtime.secrets import SecretError, require_home_region
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import DLQ_SUFFIX, FLOWS, Flow
+from rhd.runtime.topics import DLQ_SUFFIX, FLOWS, Flow, transactional_prefix
 from rhd.v1 import rhd_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -178,6 +180,7 @@ class StageRunner:
         self.http_port = 0
         self._positions: dict[TopicPartition, int] = {}
         self._is_async = inspect.iscoroutinefunction(service.handle)
+        self.transactional = False  # set at start: the stage asks for it and the broker has it
         self._alive = time.monotonic()  # when the consume loop last came round or a record last finished
         # Records are handled only while no partition hook runs: aiokafka may fetch for new partitions before
         # on_partitions_assigned has finished, and a stateful stage must rebuild its state first.
@@ -191,7 +194,11 @@ class StageRunner:
         metrics.set_build_info(svc.name)
         metrics.declare_stage(svc.name, svc.input_topic)
         http_runner, self.http_port = await start_http(s.http_host, s.http_port, self.ready, alive=self.alive)
-        self.producer = kafka.producer(s, svc.name, linger_ms=2)
+        # A transactional id of its own per process: a restarted replica is a new producer, and its
+        # deduplication by key covers what a replica that died mid-transaction left (aborted, never read).
+        self.transactional = svc.flow().transactional and s.transactions
+        txn = f"{transactional_prefix(svc.name)}{socket.gethostname()}-{os.getpid()}" if self.transactional else None
+        self.producer = kafka.producer(s, svc.name, linger_ms=2, transactional_id=txn)
         self.consumer = kafka.consumer(s, svc.name, svc.name)
         await svc.start(s)
         await self.producer.start()
@@ -239,7 +246,12 @@ class StageRunner:
             if self.service.tick_seconds and now >= next_tick:
                 next_tick = now + self.service.tick_seconds
                 async with self._hooks:  # no partition moves while the tick's outputs are made and written
-                    await self._produce(self.service.tick(time.time()))
+                    outputs = self.service.tick(time.time())
+                    if outputs and self.transactional:
+                        async with self.producer.transaction():  # type: ignore[union-attr]
+                            await self._produce(outputs)
+                    else:
+                        await self._produce(outputs)
             if now >= next_lag:
                 next_lag = now + 2.0
                 self._record_lag()
@@ -256,9 +268,19 @@ class StageRunner:
                 results = await asyncio.gather(*(self._process(r) for r in records))
             else:
                 results = [await self._process(r) for r in records]
-            await self._produce([out for outputs in results for out in outputs])
+            outputs = [out for outputs in results for out in outputs]
+            offsets = {tp: self.service.committable(tp.partition, records[-1].offset + 1)}
             try:
-                await self.consumer.commit({tp: self.service.committable(tp.partition, records[-1].offset + 1)})
+                if self.transactional:
+                    assert self.producer is not None
+                    # The outputs and the offsets together, or neither: a crash between them leaves nothing
+                    # half done for the partition's next owner.
+                    async with self.producer.transaction():
+                        await self._produce(outputs)
+                        await self.producer.send_offsets_to_transaction(offsets, self.service.name)
+                else:
+                    await self._produce(outputs)
+                    await self.consumer.commit(offsets)
             except (CommitFailedError, IllegalStateError) as exc:
                 # The group moved on without us (a session timed out): the partition's new owner reads these
                 # records again, and the stages downstream drop what they already have.

@@ -89,6 +89,11 @@ _HOSPITAL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _UPLOAD_PREFIX, _UPLOAD_SUFFIX = "studies.uploaded.", ".v1"
 
 
+def transactional_prefix(stage: str) -> str:
+    """Every transactional id a stage's producers take starts so (its ACL is granted on the prefix)."""
+    return f"rhd-{stage}-"
+
+
 def upload_topic(hospital: str) -> str:
     """The hospital's own upload topic, `studies.uploaded.<hospital>.v1`."""
     if not _HOSPITAL_ID.fullmatch(hospital):
@@ -131,6 +136,8 @@ class Flow:
     outputs: tuple[str, ...]
     reads_back: str = ""  # its own output, read back on every assignment (a stage that writes each key once)
     state: tuple[str, ...] = ()  # read from the start, without a group, when it starts
+    # Where the broker has transactions (RHD_TRANSACTIONS): a batch's outputs and its offsets committed as one.
+    transactional: bool = False
 
     def reads(self) -> tuple[str, ...]:
         return (self.input, *((self.reads_back,) if self.reads_back else ()), *self.state)
@@ -149,8 +156,8 @@ FLOWS: dict[str, Flow] = {
     "features": Flow(FRAMES_VIEWED, (FRAMES_DONE,)),
     "spectral": Flow(FRAMES_SPECTRAL, (FRAMES_DONE,)),
     "valve": Flow(FRAMES_BMODE, (FRAMES_DONE,)),
-    "assemble": Flow(FRAMES_DONE, (STUDIES_FEATURES,), reads_back=STUDIES_FEATURES),
-    "diagnose": Flow(STUDIES_FEATURES, (STUDIES_DIAGNOSED,), reads_back=STUDIES_DIAGNOSED),
+    "assemble": Flow(FRAMES_DONE, (STUDIES_FEATURES,), reads_back=STUDIES_FEATURES, transactional=True),
+    "diagnose": Flow(STUDIES_FEATURES, (STUDIES_DIAGNOSED,), reads_back=STUDIES_DIAGNOSED, transactional=True),
 }
 
 
