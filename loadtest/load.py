@@ -10,8 +10,8 @@ from that due time (it is the upload's `uploaded_at`), so a publisher or a line 
 latency instead of silently lowering the offered rate (no coordinated omission). Each arrival is a study of a
 small generated pool published again under fresh study and video ids; the line never sees the same ids twice.
 
-Without --bootstrap the embedded stack (Tansu, the model server, every stage as its own process) is started
-here, with --replicas; with it, the line already running on that broker is loaded (its blob directory must be
+Without --bootstrap the embedded stack (the broker of --broker, the model server, every stage as its own process)
+is started here, with --replicas; with it, the line already running on that broker is loaded (its blob directory must be
 the RHD_BLOB_DIR given here) and replicas are the operator's business.
 
 --search, on the embedded stack: the latency of one study alone; a burst of studies for a first estimate of the
@@ -39,6 +39,7 @@ import aiohttp
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rhd.deid.ops import study_pseudonym
+from rhd.local.broker import kafka_available
 from rhd.local.publish import upload_from_dir
 from rhd.local.stack import EmbeddedStack, ServiceProcess, stop_on_sigterm
 from rhd.runtime import kafka
@@ -417,13 +418,19 @@ class Line:
         self.diagnoses: Diagnoses | None = None
 
     async def __aenter__(self) -> "Line":
+        broker = self.args.broker
+        if broker == "auto":
+            broker = "kafka" if kafka_available() else "tansu"
         base = Settings().model_copy(
             update={
                 "blob_dir": self.workdir / "blobs",
                 "study_deadline_s": 600.0,
                 "secrets_dir": self.workdir / "secrets",
+                "broker": broker,
+                "kafka_retention_ms": 30 * 60_000,  # a long search keeps half an hour of records, not all of them
             }
         )
+        say(f"broker: {broker}" + (" (records kept 30 minutes)" if broker == "kafka" else " (every record in memory)"))
         if self.args.bootstrap:
             self.settings = base.model_copy(update={"bootstrap_servers": self.args.bootstrap})
         else:
@@ -588,6 +595,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-repeats", type=int, default=2, help="in-process passes over the pool")
     parser.add_argument("--replicas", action="append", default=[], metavar="STAGE=N")
     parser.add_argument("--bootstrap", help="load the line already running on this broker")
+    parser.add_argument(
+        "--broker",
+        choices=("auto", "kafka", "tansu"),
+        default="auto",
+        help="the embedded stack's broker: auto (Apache Kafka where `make kafka` has run, else Tansu, which keeps "
+        "every record in memory and runs out after some 70 studies of --search)",
+    )
     parser.add_argument("--out", default="var/loadtest", help="JSON and PNG go here")
     args = parser.parse_args(argv)
     stop_on_sigterm()  # a SIGTERM stops the services this started, as Ctrl-C does

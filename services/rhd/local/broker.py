@@ -344,6 +344,11 @@ def default_kafka_libs() -> Path:
     return Path(__file__).resolve().parents[3] / "kafka" / "target" / "libs"
 
 
+def kafka_available(libs: Path | None = None) -> bool:
+    """Java on PATH and Apache Kafka's jars copied (`make kafka`)."""
+    return shutil.which("java") is not None and any((libs or default_kafka_libs()).glob("kafka_2.13-*.jar"))
+
+
 def broker_for(
     settings: Settings, workdir: Path, log_file: Path | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> Broker:
