@@ -112,7 +112,7 @@ clean:
 # Figures, not tests (about 30 minutes on 2 cores): per-frame cost of each stage's functions beside raw decode
 # and HSV; the view model bare vs served; each stage service alone through the broker; then the whole line under
 # open-loop load (saturation, bottleneck, two replicas of it) against the in-process reference, with their ratio.
-bench: setup models
+bench: setup models kafka
 	$(BIN)/python loadtest/bench_stages.py
 	$(BIN)/python loadtest/bench_view.py
 	$(BIN)/python loadtest/bench_services.py
