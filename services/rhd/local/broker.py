@@ -50,6 +50,7 @@ class Broker:
     ) -> None:
         self.host = host
         self.hospitals = hospitals  # each gets an upload topic of its own (and, on a secured Kafka, a principal)
+        self.topics: list[str] | None = None  # the topics it is made with (None: every one; a region: its own)
         self.port = port or free_port(host)
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
@@ -79,7 +80,7 @@ class Broker:
             self.argv(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         await self._wait_until_up(timeout_s)
-        await ensure_topics(self.admin_settings(), partitions, 1)
+        await ensure_topics(self.admin_settings(), partitions, 1, self.topics)
         await self._wait_for_leaders(timeout_s)
         await asyncio.to_thread(self.after_start)
         log.info("broker (%s) at %s, pid %d", self.kind, self.bootstrap_servers, self.process.pid)
@@ -111,7 +112,7 @@ class Broker:
         writes with NOT_LEADER for a moment, and a test's first write should not be the one that meets it. (A
         partition's end offset comes from its leader's log, so asking for it waits for exactly that.)"""
         settings = self.admin_settings()
-        tps = await kafka.partitions(settings, all_topic_names(self.hospitals))
+        tps = await kafka.partitions(settings, self.topics or all_topic_names(self.hospitals))
         reader = kafka.consumer(settings, None, "rhd-broker-ready")
         await reader.start()
         try:
@@ -306,7 +307,7 @@ class KafkaBroker(Broker):
                 scram = ["--add-scram", f"{kafka.SASL_MECHANISM}=[name={ADMIN},password={password}]"]
             subprocess.run(
                 [
-                    *self._java(),
+                    *self.java_options(),
                     KAFKA_STORAGE_TOOL,
                     "format",
                     "-t",
@@ -324,20 +325,23 @@ class KafkaBroker(Broker):
             add_users(self.admin_settings(), self.security, [p for p in self.security.principals() if p != ADMIN])
             apply_acls(self.admin_settings(), acls(self.hospitals))
 
-    def _java(self) -> list[str]:
+    def java_options(self, log4j: Path | None = None, heap: str | None = None) -> list[str]:
+        """`java` with these jars, a bounded heap and a log4j2 configuration: for the broker and for the other
+        Kafka programs run beside it (MirrorMaker 2)."""
+        heap = heap or self.heap
         return [
             "java",
-            f"-Xms{self.heap}",
-            f"-Xmx{self.heap}",
+            f"-Xms{heap}",
+            f"-Xmx{heap}",
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={(self.data_dir / 'log4j2.properties').resolve()}",
+            f"-Dlog4j2.configurationFile={(log4j or self.data_dir / 'log4j2.properties').resolve()}",
             "-cp",
             f"{self.libs.resolve()}/*",
         ]
 
     def argv(self) -> list[str]:
-        return [*self._java(), KAFKA_MAIN, str(self.config_path)]
+        return [*self.java_options(), KAFKA_MAIN, str(self.config_path)]
 
 
 def default_kafka_libs() -> Path:

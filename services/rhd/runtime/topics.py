@@ -174,10 +174,35 @@ def topic_configs() -> dict[str, dict[str, str]]:
     return {t.name: dict(t.configs) for t in TOPICS if t.configs}
 
 
+# Two regions (the seed's: identifiable data in Brazil, accelerators elsewhere), each with a cluster of its own.
+# Only the home region's cluster holds the topics that carry identifiable or re-linkable data; MirrorMaker 2
+# (rhd.local.mirror) copies the de-identified studies out to the GPU region and the diagnoses back, nothing else.
+HOME, GPU = "home", "gpu"
+HOME_ONLY = (STUDIES_UPLOADED, STUDIES_LINKS, ACCESS_TRAIL)
+CROSSING = {(HOME, GPU): (STUDIES_DEIDENTIFIED,), (GPU, HOME): (STUDIES_DIAGNOSED,)}
+
+
+def region_topics(region: str, hospitals: Iterable[str] = ()) -> list[str]:
+    """The topics a region's cluster holds: home, what carries identifiable data (the raw uploads, each hospital's,
+    their dead letters, the links, the access trail), deid's output and the diagnoses that come back; gpu,
+    everything else (with the de-identified studies that come in)."""
+    home = [*HOME_ONLY, dlq(STUDIES_UPLOADED), dlq(STUDIES_LINKS), dlq(ACCESS_TRAIL)]
+    home += [upload_topic(h) for h in hospitals]
+    if region == HOME:
+        return [*home, STUDIES_DEIDENTIFIED, STUDIES_DIAGNOSED]
+    if region == GPU:
+        return [name for name in all_topic_names() if name not in home]
+    raise ValueError(f"region {region!r}: {HOME} or {GPU}")
+
+
 async def ensure_topics(
-    settings: Settings, partitions: int | None = None, replication_factor: int | None = None
+    settings: Settings,
+    partitions: int | None = None,
+    replication_factor: int | None = None,
+    names: Iterable[str] | None = None,
 ) -> list[str]:
-    """Create every topic and its dead-letter topic explicitly; return the ones that were created.
+    """Create every topic and its dead-letter topic explicitly (or the `names` given: a region's); return the
+    ones that were created.
 
     Brokers that auto-create topics pick their own partition count, so nothing is left to that.
     """
@@ -190,7 +215,7 @@ async def ensure_topics(
         response = await admin.create_topics(
             [
                 NewTopic(name, partitions, replication_factor, topic_configs=configs.get(name))
-                for name in all_topic_names(settings.hospitals)
+                for name in (list(names) if names is not None else all_topic_names(settings.hospitals))
             ]
         )
         errors = list(response.topic_errors)
