@@ -1,7 +1,9 @@
 """The one way every stage consumes, runs its pure functions off the event loop, produces and dead-letters.
 
 Delivery is at least once: a batch's offsets are committed only after every record it produced is
-acknowledged by the broker, so a crash replays records and downstream deduplicates by key.
+acknowledged by the broker, so a crash replays records and downstream deduplicates by key. Where the broker has
+transactions (RHD_TRANSACTIONS) a stage that FLOWS marks transactional writes a batch's outputs and commits its
+offsets in one; its deduplication stays.
 """
 
 import asyncio
