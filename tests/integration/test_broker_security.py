@@ -7,7 +7,7 @@ import ssl
 import stat
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
     KafkaConnectionError,
@@ -34,7 +34,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 async def can_write(settings: Settings, topic: str) -> bool:
-    producer = kafka.producer(settings, "security-test")
+    # aiokafka waits for a refused topic's metadata until the request times out: 5 s, not the default 40.
+    producer = AIOKafkaProducer(**kafka.connection(settings), request_timeout_ms=5000)
     await producer.start()
     try:
         await producer.send_and_wait(topic, b"probe", key=b"probe")
@@ -49,7 +50,14 @@ async def can_read(settings: Settings, topic: str, group: str | None) -> bool:
     """Read the record the administrator left at the start of the topic's partition 0: in `group` (committing, as a
     stage does), or assigned without one. A refused read raises, or (aiokafka logs a fetch it is refused) gets
     nothing."""
-    consumer = kafka.consumer(settings, group, "security-test")
+    # As a stage's consumer, but a refused request gives up after 5 s (aiokafka retries it to the request timeout).
+    consumer = AIOKafkaConsumer(
+        **kafka.connection(settings),
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=5000,
+    )
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
