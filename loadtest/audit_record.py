@@ -23,7 +23,8 @@ from rhd.local.audit import Report, audit, scrape_pages, tesseract_available
 from rhd.local.demo import corrupt_one_video
 from rhd.local.privacy_report import label_name, levels
 from rhd.local.publish import dicom_upload, publish_uploads, raw_keyring, upload_from_dir
-from rhd.local.stack import EmbeddedStack, stop_on_sigterm
+from rhd.local.signals import stop_on_sigterm
+from rhd.local.stack import EmbeddedStack
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.settings import Settings
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies

@@ -46,7 +46,8 @@ from rhd.inspect.service import Inspect
 from rhd.labels import VIEW_CLASSES
 from rhd.local.broker import EmbeddedBroker, free_port
 from rhd.local.publish import upload_from_dir
-from rhd.local.stack import ServiceProcess, stage_seconds, stop_on_sigterm, wait_serving
+from rhd.local.signals import stop_on_sigterm
+from rhd.local.stack import ServiceProcess, stage_seconds, wait_serving
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import Output, schema_headers
 from rhd.runtime.settings import Settings

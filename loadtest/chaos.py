@@ -29,7 +29,8 @@ from pathlib import Path
 import aiohttp
 from aiokafka import AIOKafkaProducer
 from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
-from rhd.local.stack import MODEL_SERVER_JOB, EmbeddedStack, ServiceProcess, stop_on_sigterm, wait_serving
+from rhd.local.signals import stop_on_sigterm
+from rhd.local.stack import MODEL_SERVER_JOB, EmbeddedStack, ServiceProcess, wait_serving
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import schema_headers
 from rhd.runtime.settings import Settings

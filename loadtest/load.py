@@ -41,7 +41,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rhd.deid.ops import study_pseudonym
 from rhd.local.broker import kafka_available
 from rhd.local.publish import upload_from_dir
-from rhd.local.stack import EmbeddedStack, ServiceProcess, stop_on_sigterm
+from rhd.local.signals import stop_on_sigterm
+from rhd.local.stack import EmbeddedStack, ServiceProcess
 from rhd.runtime import kafka
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.records import now

@@ -20,7 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
-from rhd.local.stack import EmbeddedStack, stop_on_sigterm
+from rhd.local.signals import stop_on_sigterm
+from rhd.local.stack import EmbeddedStack
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.settings import Settings
 from rhd.synth.generator import SynthConfig, synth_studies

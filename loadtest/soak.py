@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from load import Diagnoses, arrival, say, study_pool
 from rhd.deid.ops import study_pseudonym
-from rhd.local.stack import EmbeddedStack, stop_on_sigterm
+from rhd.local.signals import stop_on_sigterm
+from rhd.local.stack import EmbeddedStack
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.kafka import producer
 from rhd.runtime.records import now

@@ -737,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     _logging(get_settings().log_level)
-    from rhd.local.stack import stop_on_sigterm
+    from rhd.local.signals import stop_on_sigterm
 
     stop_on_sigterm()  # `rhd serve` replaces it with its graceful drain
     return int(args.func(args) or 0)

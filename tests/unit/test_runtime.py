@@ -345,3 +345,21 @@ def test_a_stage_writes_only_its_declared_outputs_and_its_dead_letters(tmp_path)
 
         class Stray(StageService, name="segment", input_topic="frames.decoded.v1", input_type=pb.Frame):
             pass
+
+
+def test_a_stage_that_calls_no_model_imports_no_tensorflow(tmp_path):
+    """`rhd serve <stage>` for a stage without a network stays small: TensorFlow (about 650 MiB resident) comes
+    only with the model client. (The stack module once brought it to every stage through `stop_on_sigterm`.)"""
+    import subprocess
+    import sys
+
+    stages = ["deid", "split", "inspect", "segment", "features", "spectral", "assemble", "diagnose"]
+    code = (
+        "import sys, rhd.cli, rhd.runtime.stage\n"
+        # The command line's own set-up, as before any command (a harmless one here).
+        + f"rhd.cli.main(['keys', 'init', '--dir', {str(tmp_path)!r}])\n"
+        + "".join(f"import rhd.{stage}.service\n" for stage in stages)
+        + "print(sorted(m for m in ('tensorflow', 'keras', 'confluent_kafka') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

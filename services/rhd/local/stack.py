@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,25 +17,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rhd.local.broker import broker_for, free_port
 from rhd.local.security import Security, stage_principal
 from rhd.runtime.http import TFS_METRICS_PATH
-from rhd.runtime.model_client import channel as model_channel
 from rhd.runtime.secrets import init_secrets
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import STAGES
 from rhd.watch.figures import MODEL_SERVER_JOB, Target, fetch_samples, file_sd, total
 
 log = logging.getLogger(__name__)
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM as Ctrl-C: a command that starts processes of its own (broker, model server, stages) stops them in
-    its `finally` blocks whichever way it is told to stop. (Python's default for SIGTERM is to die at once, which
-    left a started broker running: it runs in a session of its own, out of reach of the terminal's signals.)"""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-        signal.signal(signal.SIGTERM, interrupt)
 
 
 async def stage_seconds(
@@ -97,6 +83,10 @@ class ServiceProcess:
 async def wait_serving(port: int, server: ServiceProcess, timeout_s: float, ca: bytes | None = None) -> float:
     """Wait until the gRPC health service on port says SERVING (the model server has loaded its models);
     return the seconds waited. `ca`: the server is TLS, its certificate signed by it."""
+    # Imported here: the model client brings TensorFlow (its protos), which a command that merely starts processes
+    # need not pay for.
+    from rhd.runtime.model_client import channel as model_channel
+
     started = time.monotonic()
     async with model_channel(f"127.0.0.1:{port}", ca) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
