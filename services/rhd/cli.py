@@ -103,24 +103,28 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         broker = broker_for(settings, Path(args.data_dir), host=args.host, port=args.port)
-        await broker.start(settings.partitions)
-        where = "loopback only" if args.host in ("127.0.0.1", "localhost", "::1") else f"listening on {args.host}"
-        storage = (
-            f"records on disk under {Path(args.data_dir) / 'kafka'}, kept across restarts"
-            if broker.kind == "kafka"
-            else "records in memory only, lost when it stops"
-        )
-        security = getattr(broker, "security", None)
-        auth = (
-            f"SASL_SSL with SCRAM-SHA-512: CA, passwords (one per service and hospital) and ACLs under {security.root}"
-            if security
-            else "no authentication"
-        )
-        print(
-            f"{broker.kind} broker ready at {broker.bootstrap_servers} ({where}, {auth}; {storage}). Ctrl-C stops it",
-            flush=True,
-        )
+        # Everything after the process starts is inside the try: a SIGTERM that lands just after "ready" is
+        # printed (or while it starts) must still stop it.
         try:
+            await broker.start(settings.partitions)
+            where = "loopback only" if args.host in ("127.0.0.1", "localhost", "::1") else f"listening on {args.host}"
+            storage = (
+                f"records on disk under {Path(args.data_dir) / 'kafka'}, kept across restarts"
+                if broker.kind == "kafka"
+                else "records in memory only, lost when it stops"
+            )
+            security = getattr(broker, "security", None)
+            auth = (
+                f"SASL_SSL with SCRAM-SHA-512: CA, passwords (one per service and hospital) and ACLs under "
+                f"{security.root}"
+                if security
+                else "no authentication"
+            )
+            print(
+                f"{broker.kind} broker ready at {broker.bootstrap_servers} ({where}, {auth}; {storage}). "
+                "Ctrl-C stops it",
+                flush=True,
+            )
             await asyncio.to_thread(broker.process.wait)  # type: ignore[union-attr]
         finally:
             broker.stop()
