@@ -9,7 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from rhd.local.broker import KafkaBroker
+from rhd.local.broker import KafkaBroker, stop_process
 from rhd.runtime.topics import CROSSING, GPU, HOME
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,4 @@ class MirrorMaker:
         log.info("MirrorMaker 2 %s -> %s, pid %d", HOME, GPU, self.process.pid)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout_s)
