@@ -153,7 +153,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "broker": args.broker,
         "retention_min": args.retention_min if args.broker == "kafka" else None,
         "synth": asdict(SMALL),
-        "args": vars(args),
+        "args": {k: v for k, v in vars(args).items() if k != "out"},  # where it was written is no figure
         "started": now().ToJsonString(),
     }
     try:
