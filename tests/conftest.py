@@ -1,7 +1,6 @@
 """What every test shares: a tool the project installs itself (make promtool) is required under CI."""
 
 import os
-import shutil
 
 import pytest
 
@@ -19,13 +18,10 @@ BROKERS = ("tansu", "kafka")
 
 
 def require_broker(kind: str) -> str:
-    if kind == "kafka":
-        from rhd.local.broker import default_kafka_libs
+    from rhd.local.broker import kafka_available
 
-        if shutil.which("java") is None:
-            missing_tool("Apache Kafka needs Java 17 (java not on PATH)")
-        if not any(default_kafka_libs().glob("kafka_2.13-*.jar")):
-            missing_tool("no Apache Kafka jars: `make kafka` copies them to kafka/target/libs")
+    if kind == "kafka" and not kafka_available():
+        missing_tool("Apache Kafka needs Java 17 on PATH and its jars (`make kafka` copies them to kafka/target/libs)")
     return kind
 
 

@@ -113,11 +113,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
                 if broker.kind == "kafka"
                 else "records in memory only, lost when it stops"
             )
-            security = getattr(broker, "security", None)
             auth = (
                 f"SASL_SSL with SCRAM-SHA-512: CA, passwords (one per service and hospital) and ACLs under "
-                f"{security.root}"
-                if security
+                f"{broker.security.root}"
+                if broker.security
                 else "no authentication"
             )
             print(

@@ -56,6 +56,7 @@ class Broker:
     """A broker process of our own on loopback: started, waited for, its topics created, stopped."""
 
     kind: BrokerKind
+    security: Security | None = None  # TLS material and credentials, where the broker authenticates
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, log_file: Path | None = None, hospitals: tuple[str, ...] = ()

@@ -126,6 +126,8 @@ def raw_keyring(settings: Settings) -> Keyring:
 
 async def publish_uploads(settings: Settings, uploads: list[pb.StudyUpload]) -> None:
     raw = raw_keyring(settings)
-    for topic in dict.fromkeys(upload_topic_for(settings.hospitals, u.hospital_id) for u in uploads):
-        mine = [u for u in uploads if upload_topic_for(settings.hospitals, u.hospital_id) == topic]
+    by_topic: dict[str, list[pb.StudyUpload]] = {}
+    for upload in uploads:
+        by_topic.setdefault(upload_topic_for(settings.hospitals, upload.hospital_id), []).append(upload)
+    for topic, mine in by_topic.items():
         await kafka.send_all(settings, "publish", topic, (sealed_upload(upload, raw) for upload in mine))

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from rhd.runtime.kafka import SASL_MECHANISM
+from rhd.runtime.kafka import SASL_MECHANISM, sasl_password
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FLOWS, STUDIES_UPLOADED, transactional_prefix, upload_topic, upload_topics
 
@@ -239,15 +239,12 @@ def librdkafka_config(settings: Settings) -> dict[str, str]:
     """The same connection for a librdkafka client (confluent-kafka, kcat), as `rhd.runtime.kafka.connection`."""
     config = {"bootstrap.servers": settings.bootstrap_servers}
     if settings.security_protocol == "SASL_SSL":
-        password = settings.sasl_password
-        if settings.sasl_password_file is not None:
-            password = settings.sasl_password_file.read_text().strip()
         config.update(
             {
                 "security.protocol": "SASL_SSL",
                 "sasl.mechanism": SASL_MECHANISM,
                 "sasl.username": settings.sasl_username,
-                "sasl.password": password,
+                "sasl.password": sasl_password(settings),
             }
         )
         if settings.ssl_cafile is not None:

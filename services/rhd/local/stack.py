@@ -125,11 +125,15 @@ class EmbeddedStack:
     @property
     def security(self) -> Security | None:
         """The secured stack's TLS material and credentials (RHD_BROKER_SECURE); None on a plaintext stack."""
-        return getattr(self.broker, "security", None)
+        return self.broker.security
 
     @property
     def idempotence(self) -> bool:
         return self.base.idempotence or self.broker.kind == "kafka"
+
+    @property
+    def transactions(self) -> bool:
+        return self.base.transactions or self.broker.kind == "kafka"
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RHD_")}
@@ -156,7 +160,7 @@ class EmbeddedStack:
                 "RHD_SECRETS_DIR": str(self.settings.secrets_dir.resolve()),
                 "RHD_REGION": self.base.region,
                 "RHD_IDEMPOTENCE": str(self.idempotence).lower(),
-                "RHD_TRANSACTIONS": str(self.idempotence).lower(),  # Apache Kafka has both
+                "RHD_TRANSACTIONS": str(self.transactions).lower(),
                 **({"RHD_MODEL_SERVER_CA": str(self.security.ca.resolve())} if self.security else {}),
                 "RHD_HOME_REGION": self.base.home_region,
                 "PYTHONUNBUFFERED": "1",
@@ -176,7 +180,7 @@ class EmbeddedStack:
                 "model_server": f"127.0.0.1:{self.model_port}",
                 "model_server_ca": self.security.ca if self.security else None,
                 "idempotence": self.idempotence,
-                "transactions": self.idempotence,
+                "transactions": self.transactions,
             }
         )
         rhd = [sys.executable, "-m", "rhd.cli"]

@@ -17,14 +17,19 @@ MAX_FETCH_BYTES = 16 * 1024 * 1024
 SASL_MECHANISM = "SCRAM-SHA-512"
 
 
+def sasl_password(settings: Settings) -> str:
+    """The service's password: from RHD_SASL_PASSWORD_FILE (a mounted secret), else RHD_SASL_PASSWORD."""
+    if settings.sasl_password_file is not None:
+        return settings.sasl_password_file.read_text().strip()
+    return settings.sasl_password
+
+
 def connection(settings: Settings) -> dict[str, Any]:
     """How every client of ours reaches the broker: its address and, on SASL_SSL, the service's principal and the
     CA that signed the broker's certificate (the certificate's name checked against the address)."""
     options: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers}
     if settings.security_protocol == "SASL_SSL":
-        password = settings.sasl_password
-        if settings.sasl_password_file is not None:
-            password = settings.sasl_password_file.read_text().strip()
+        password = sasl_password(settings)
         if not (settings.sasl_username and password):
             raise ValueError("SASL_SSL needs RHD_SASL_USERNAME and RHD_SASL_PASSWORD_FILE (or RHD_SASL_PASSWORD)")
         options.update(
