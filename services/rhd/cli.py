@@ -92,6 +92,14 @@ def cmd_model_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_manifests(args: argparse.Namespace) -> int:
+    from rhd.local.manifests import kafka_users_yaml
+
+    hospitals = args.hospital if args.hospital is not None else get_settings().hospitals
+    print(kafka_users_yaml(hospitals, args.region, args.cluster), end="")
+    return 0
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from rhd.local.broker import broker_for
 
@@ -136,10 +144,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(_: argparse.Namespace) -> int:
-    from rhd.runtime.topics import ensure_topics
+    from rhd.runtime.topics import GPU, HOME, ensure_topics, region_topics
 
     settings = get_settings()
-    created = asyncio.run(ensure_topics(settings))
+    region = HOME if settings.region == settings.home_region else GPU
+    names = region_topics(region, settings.hospitals) if settings.two_regions else None
+    created = asyncio.run(ensure_topics(settings, names=names))
     print(f"{len(created)} topics created on {settings.bootstrap_servers}")
     return 0
 
@@ -538,7 +548,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default="var/broker", help="Apache Kafka's storage goes under it (var/broker)")
     p.set_defaults(func=cmd_broker)
 
-    p = sub.add_parser("topics", help="create every topic and its .dlq on RHD_BOOTSTRAP_SERVERS")
+    p = sub.add_parser(
+        "manifests",
+        help="Kubernetes resources made from the line's lists: `kafka-users`, the Strimzi KafkaUser of every principal "
+        "with its ACLs (k8s/kafka/users.yaml, k8s/regions/*/users.yaml)",
+    )
+    p.add_argument("what", choices=["kafka-users"])
+    p.add_argument("--region", choices=["home", "gpu"], help="one region's cluster (default: the one-cluster line)")
+    p.add_argument("--hospital", action="append", metavar="ID", help="a hospital that uploads (default RHD_HOSPITALS)")
+    p.add_argument("--cluster", default="rhd", help="the Strimzi Kafka cluster's name (label strimzi.io/cluster)")
+    p.set_defaults(func=cmd_manifests)
+
+    p = sub.add_parser(
+        "topics", help="create every topic and its .dlq on RHD_BOOTSTRAP_SERVERS (two regions: the region's)"
+    )
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("synth", help="generate synthetic studies with ground truth")

@@ -24,14 +24,15 @@ COMPOSE_DIR = ROOT / "compose"
 TFSERVING_DIR = COMPOSE_DIR / "tfserving"
 PROMETHEUS_CONFIG = COMPOSE_DIR / "prometheus" / "prometheus.yml"
 NAMESPACE = "rhd"
+KAFKA_NAMESPACE = "kafka"  # Strimzi's: the Kafka cluster's
 PART_OF = ("app.kubernetes.io/part-of", "rhd-pipeline")
 NAME_LABEL = "app.kubernetes.io/name"
 MODEL_SERVER, MODEL_SERVER_GRPC_PORT, MODEL_SERVER_REST_PORT = "model-server", 8500, 8501
 RHD_IMAGE_NAME = "rhd-pipeline"
 # Applied by hand (README.md), so in no kustomization.
 STANDALONE = {K8S / "models-loader.yaml"}
-# Their own kustomizations, applied apart: they need CRDs (Prometheus Operator, KEDA).
-KUSTOMIZATIONS = [K8S, K8S / "monitoring", K8S / "keda"]
+# Their own kustomizations, applied apart: they need CRDs (Prometheus Operator, KEDA, Strimzi).
+KUSTOMIZATIONS = [K8S, K8S / "monitoring", K8S / "keda", K8S / "kafka"]
 
 Doc = dict[str, Any]
 
@@ -158,7 +159,9 @@ def k8s_yaml_files() -> Iterator[Path]:
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_resource_of_a_kustomization_exists_and_is_a_named_object(folder: Path):
     kust = kustomization(folder)
-    assert kust.get("namespace") == NAMESPACE
+    # k8s/kafka spans two namespaces (the cluster in Strimzi's, its users beside the pods): each object names its own.
+    explicit = folder == K8S / "kafka"
+    assert kust.get("namespace") == (None if explicit else NAMESPACE)
     labels = [entry.get("pairs", {}) for entry in kust.get("labels", [])]
     assert any(pairs.get(PART_OF[0]) == PART_OF[1] for pairs in labels), f"{folder}: no {PART_OF[0]} label"
     assert resources(folder), f"{folder}: no resources"
@@ -169,7 +172,8 @@ def test_every_resource_of_a_kustomization_exists_and_is_a_named_object(folder: 
         for doc in docs:
             assert {"apiVersion", "kind", "metadata"} <= set(doc), f"{path}: not a Kubernetes object"
             assert doc["metadata"].get("name"), f"{path}: an object without a name"
-            assert doc["metadata"].get("namespace", NAMESPACE) == NAMESPACE, f"{path}: {doc['metadata']['name']}"
+            where = KAFKA_NAMESPACE if doc["kind"] in ("Kafka", "KafkaNodePool") else NAMESPACE
+            assert doc["metadata"].get("namespace", None if explicit else where) == where, doc["metadata"]["name"]
 
 
 def test_every_manifest_is_applied_by_a_kustomization_or_documented_as_standalone():

@@ -26,6 +26,7 @@ from rhd.imaging.video import (
     decode_video,
     encode_lossless,
 )
+from rhd.runtime.blobs import pieces
 from rhd.runtime.secrets import keyed_digest
 from rhd.v1 import rhd_pb2 as pb
 
@@ -481,3 +482,18 @@ def quasi_identifiers(fields: Mapping[str, str], ctx: StudyContext, policy: Poli
 
 def link_bytes(link: Mapping[str, object]) -> bytes:
     return json.dumps(link, sort_keys=True, ensure_ascii=False).encode()
+
+
+def travelling_pieces(study_id: str, videos: Mapping[str, bytes], size: int) -> list[pb.StudyUpload]:
+    """The records that carry each de-identified video (by its blob URI) across the regions ahead of its study: a
+    StudyUpload naming the study and holding one BlobPart each, of at most `size` bytes of video."""
+    return [
+        pb.StudyUpload(
+            schema="rhd.v1.StudyUpload",
+            study_id=study_id,
+            blob_part=pb.BlobPart(blob_uri=uri, index=index, count=len(cut), data=piece),
+        )
+        for uri, data in videos.items()
+        for cut in [pieces(data, size)]
+        for index, piece in enumerate(cut)
+    ]

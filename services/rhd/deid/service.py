@@ -10,11 +10,18 @@ import time
 from typing import Any
 
 from rhd.deid.anonymity import Census, class_of
-from rhd.deid.ops import deidentify_upload, link_bytes, record_key_pseudonym, release_as, study_pseudonym
+from rhd.deid.ops import (
+    deidentify_upload,
+    link_bytes,
+    record_key_pseudonym,
+    release_as,
+    study_pseudonym,
+    travelling_pieces,
+)
 from rhd.deid.policy import load_policy
 from rhd.imaging.video import VideoLimits
 from rhd.runtime import metrics
-from rhd.runtime.blobs import BlobStore
+from rhd.runtime.blobs import BlobStore, uri_of
 from rhd.runtime.links import read_link_map
 from rhd.runtime.records import Output, dead_letter_output, header
 from rhd.runtime.secrets import (
@@ -65,6 +72,7 @@ class Deid(
         self.links = load_keyring(settings.secrets_dir / LINK_KEYRING)
         self.blobs = BlobStore(settings.blob_dir)
         self.budget = settings.max_message_bytes - ENVELOPE_BYTES
+        self.two_regions = settings.two_regions
         self.limits = VideoLimits(
             max_frames=settings.max_video_frames,
             max_frame_pixels=settings.max_frame_pixels,
@@ -123,11 +131,19 @@ class Deid(
             raise SecretError("sealed upload without study_id: no study to answer")
         if not upload.videos:
             return self._not_deidentified(upload, record, at, "upload without videos", "rejected")
+        # The de-identified videos too large to go inline: into this region's blob store, or (two regions, each
+        # with its own store) kept here and sent ahead of the study, in pieces, for split to store where it runs.
+        travelling: dict[str, bytes] = {}
+
+        def travel(data: bytes) -> str:
+            travelling[uri_of(data)] = data
+            return uri_of(data)
+
         try:
             study = deidentify_upload(
                 upload,
                 self._read,
-                self.blobs.put,
+                travel if self.two_regions else self.blobs.put,
                 self.policy,
                 self.profile,
                 self.key,
@@ -176,7 +192,10 @@ class Deid(
                 )
             )
         metrics.DEID_REMOVED.labels(self.profile.name).inc(int(study.upload.metadata.get("removed_fields", "0")))
-        # The de-identified study goes last: its link is written before anything downstream can answer for it.
+        pieces = travelling_pieces(pseudo, travelling, self.budget)
+        outputs += [Output(STUDIES_DEIDENTIFIED, pseudo, piece) for piece in pieces]
+        # The de-identified study goes last: its link (and its videos' pieces) are written before anything
+        # downstream can answer for it.
         return [*outputs, Output(STUDIES_DEIDENTIFIED, pseudo, study.upload)]
 
     def _not_deidentified(

@@ -10,7 +10,12 @@ Who may do what (`acls`):
 - a hospital writes its own upload topic (`studies.uploaded.<hospital>.v1`), so the topic a record arrives on says
   who sent it, as the broker authenticated them. It reads nothing on the broker: results reach it through
   `rhd results` in the home region, under its own ids.
+- `rhd-topics` creates and describes the line's topics, each by name (`rhd topics`: the k8s Job and the stages'
+  init containers).
 - `admin`, the broker's super user, creates topics and ACLs; the operators' tools and the test harness use it.
+
+On Kubernetes the same grants are Strimzi KafkaUser resources (`kafka_users`, written to k8s/kafka/users.yaml by
+`rhd manifests kafka-users`), so a principal's name is also an object's name: lower case.
 """
 
 import datetime as dt
@@ -40,7 +45,14 @@ from cryptography.x509.oid import NameOID
 
 from rhd.runtime.kafka import SASL_MECHANISM, sasl_password
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import FLOWS, STUDIES_UPLOADED, transactional_prefix, upload_topic, upload_topics
+from rhd.runtime.topics import (
+    FLOWS,
+    STUDIES_UPLOADED,
+    all_topic_names,
+    transactional_prefix,
+    upload_topic,
+    upload_topics,
+)
 
 ADMIN = "admin"
 CERT_DAYS = 825
@@ -51,7 +63,14 @@ def stage_principal(stage: str) -> str:
 
 
 def hospital_principal(hospital: str) -> str:
-    return f"hospital-{hospital}"
+    """The hospital's Kafka user: a Kubernetes object's name as well (Strimzi's KafkaUser), so lower case, `-`."""
+    upload_topic(hospital)  # a valid hospital id
+    return f"hospital-{hospital.lower().replace('_', '-')}"
+
+
+def topics_principal() -> str:
+    """Who creates the line's topics (`rhd topics`: the k8s Job and each stage's init container)."""
+    return "rhd-topics"
 
 
 @dataclass(frozen=True)
@@ -59,7 +78,7 @@ class Acl:
     principal: str  # without the User: prefix
     resource: str  # "topic" | "group" | "transactional_id"
     name: str
-    operation: str  # "read" | "write" | "describe"
+    operation: str  # "read" | "write" | "describe" | "create"
     pattern: str = "literal"  # or "prefixed": every name that starts with `name`
 
 
@@ -78,10 +97,19 @@ def acls(hospitals: Iterable[str]) -> list[Acl]:
         if flow.transactional:
             prefix = transactional_prefix(stage)
             grants += [Acl(who, "transactional_id", prefix, op, "prefixed") for op in ("write", "describe")]
+    principals = [hospital_principal(h) for h in hospitals]
+    if len(set(principals)) != len(principals):
+        raise ValueError(f"hospital ids that differ only by case or _/-: {hospitals} (one Kafka user each)")
     for hospital in hospitals:
         # Its own upload topic only: what arrives there was sent by it (deid checks the sealed hospital against it).
         who, topic = hospital_principal(hospital), upload_topic(hospital)
         grants += [Acl(who, "topic", topic, "write"), Acl(who, "topic", topic, "describe")]
+    # The line's topics, each created by name (no wildcard: a topic outside the list is nobody's to create).
+    grants += [
+        Acl(topics_principal(), "topic", topic, op)
+        for topic in all_topic_names(hospitals)
+        for op in ("create", "describe")
+    ]
     return list(dict.fromkeys(grants))
 
 
@@ -252,7 +280,12 @@ def librdkafka_config(settings: Settings) -> dict[str, str]:
     return config
 
 
-_OPERATION = {"read": AclOperation.READ, "write": AclOperation.WRITE, "describe": AclOperation.DESCRIBE}
+_OPERATION = {
+    "read": AclOperation.READ,
+    "write": AclOperation.WRITE,
+    "describe": AclOperation.DESCRIBE,
+    "create": AclOperation.CREATE,
+}
 _RESOURCE = {
     "topic": ResourceType.TOPIC,
     "group": ResourceType.GROUP,

@@ -14,12 +14,13 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rhd.local.broker import broker_for, free_port
+from rhd.local.broker import Broker, KafkaBroker, broker_for, free_port
+from rhd.local.mirror import MirrorMaker
 from rhd.local.security import Security, stage_principal
 from rhd.runtime.http import TFS_METRICS_PATH
 from rhd.runtime.secrets import init_secrets
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import STAGES
+from rhd.runtime.topics import GPU, HOME, STAGES, region_topics, stage_region
 from rhd.watch.figures import MODEL_SERVER_JOB, Target, fetch_samples, file_sd, total
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,23 @@ class EmbeddedStack:
         self.base = settings
         self.replicas = replicas or {}
         self.broker = broker_for(settings, self.workdir, log_file=self.workdir / "logs" / "broker.log")
+        # Two regions (RHD_TWO_REGIONS), as production runs them: this broker is the home region's cluster (deid,
+        # the uploads, the links, the results read back); a second Apache Kafka is the GPU region's (every other
+        # stage and the model server), each region with its own blob store, MirrorMaker 2 between (rhd.local.mirror).
+        self.brokers: dict[str, Broker] = {HOME: self.broker}
+        self.blob_dirs = {HOME: settings.blob_dir.resolve()}
+        self.mirror: MirrorMaker | None = None
+        if settings.two_regions:
+            if not isinstance(self.broker, KafkaBroker) or settings.broker_secure:
+                raise ValueError("two regions run on Apache Kafka (MirrorMaker 2), plaintext: RHD_BROKER=kafka")
+            self.broker.topics = region_topics(HOME, settings.hospitals)
+            gpu = broker_for(settings, self.workdir / GPU, log_file=self.workdir / "logs" / "broker-gpu.log")
+            assert isinstance(gpu, KafkaBroker)
+            gpu.topics = region_topics(GPU)
+            self.brokers[GPU] = gpu
+            self.blob_dirs[GPU] = self.workdir / GPU / "blobs"
+            mm2_log = self.workdir / "logs" / "mm2.log"
+            self.mirror = MirrorMaker(self.broker, gpu, self.workdir / "mm2", log_file=mm2_log)
         self.model_port = free_port()
         self.services: list[ServiceProcess] = []
         # The keys of this one-machine stack live in its workdir unless the caller names a secrets directory.
@@ -135,7 +153,11 @@ class EmbeddedStack:
     def transactions(self) -> bool:
         return self.base.transactions or self.broker.kind == "kafka"
 
-    def _env(self, **extra: str) -> dict[str, str]:
+    def region_of(self, stage: str) -> str:
+        """Where a stage runs: its region in a two-region stack (rhd.runtime.topics.stage_region), else home."""
+        return stage_region(stage) if self.mirror else HOME
+
+    def _env(self, region: str = HOME, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RHD_")}
         # Every setting the stack was given that is not its default (limits, deadlines, ...), then its own wiring.
         defaults = Settings()
@@ -148,9 +170,9 @@ class EmbeddedStack:
         )
         env.update(
             {
-                "RHD_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
+                "RHD_BOOTSTRAP_SERVERS": self.brokers[region].bootstrap_servers,
                 "RHD_MODEL_SERVER": f"127.0.0.1:{self.model_port}",
-                "RHD_BLOB_DIR": str(self.base.blob_dir.resolve()),
+                "RHD_BLOB_DIR": str(self.blob_dirs[region]),
                 "RHD_MODELS_DIR": str(self.base.models_dir.resolve()),
                 "RHD_PARTITIONS": str(self.base.partitions),
                 "RHD_STUDY_DEADLINE_S": str(self.base.study_deadline_s),
@@ -158,7 +180,7 @@ class EmbeddedStack:
                 "RHD_WORKERS": str(self.base.workers),
                 "RHD_LOG_LEVEL": self.base.log_level,
                 "RHD_SECRETS_DIR": str(self.settings.secrets_dir.resolve()),
-                "RHD_REGION": self.base.region,
+                "RHD_REGION": region if self.mirror else self.base.region,
                 "RHD_IDEMPOTENCE": str(self.idempotence).lower(),
                 "RHD_TRANSACTIONS": str(self.transactions).lower(),
                 **({"RHD_MODEL_SERVER_CA": str(self.security.ca.resolve())} if self.security else {}),
@@ -172,7 +194,9 @@ class EmbeddedStack:
     async def start(self, timeout_s: float = 180.0) -> Settings:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         init_secrets(self.base.secrets_dir)
-        await self.broker.start(self.base.partitions)
+        await asyncio.gather(*(broker.start(self.base.partitions) for broker in self.brokers.values()))
+        if self.mirror:
+            self.mirror.start()
         # The caller's clients (publishers, readers of results, the tests) connect as the broker's administrator.
         self.settings = self.broker.admin_settings().model_copy(
             update={
@@ -189,7 +213,7 @@ class EmbeddedStack:
         server = ServiceProcess(
             MODEL_SERVER_JOB,
             [*rhd, "model-server", "--port", str(self.model_port), "--rest-api-port", str(rest_port), *tls],
-            self._env(),
+            self._env(GPU if self.mirror else HOME),
             self.workdir / "logs" / "model-server.log",
             http_port=rest_port,
             metrics_path=TFS_METRICS_PATH,
@@ -210,7 +234,7 @@ class EmbeddedStack:
         service = ServiceProcess(
             stage,
             [sys.executable, "-m", "rhd.cli", "serve", stage],
-            self._env(RHD_HTTP_PORT=str(port), **credentials),
+            self._env(self.region_of(stage), RHD_HTTP_PORT=str(port), **credentials),
             self.workdir / "logs" / f"{stage}-{replica}.log",
             http_port=port,
         )
@@ -252,9 +276,13 @@ class EmbeddedStack:
             service.send_once(signal.SIGTERM)
         for service in reversed(self.services):
             codes[f"{service.name}:{service.http_port}"] = service.stop()
-        self.broker.stop()
+        if self.mirror:
+            self.mirror.stop()
+        for broker in self.brokers.values():
+            broker.stop()
         return codes
 
     def all_stopped(self) -> bool:
-        procs = [s.process for s in self.services] + [self.broker.process]
+        procs = [s.process for s in self.services] + [b.process for b in self.brokers.values()]
+        procs += [self.mirror.process] if self.mirror else []
         return all(p is None or p.poll() is not None for p in procs)

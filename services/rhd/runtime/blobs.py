@@ -2,11 +2,24 @@
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 SCHEME = "blob:sha256:"
+
+
+def uri_of(data: bytes) -> str:
+    """The reference `BlobStore.put` gives these bytes (their content hash), without storing them."""
+    return SCHEME + hashlib.sha256(data).hexdigest()
+
+
+def pieces(data: bytes, size: int) -> list[bytes]:
+    """The bytes cut in order into pieces of at most `size` (at least one piece, for empty bytes too)."""
+    if size <= 0:
+        raise ValueError(f"piece size {size}: must be positive")
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
 
 
 class BlobStore:
@@ -32,10 +45,34 @@ class BlobStore:
                 raise
         return SCHEME + digest
 
+    def put_part(self, uri: str, index: int, count: int, data: bytes) -> bool:
+        """One of the `count` pieces of blob `uri` (`pieces` cut it): kept until all are in, then the blob is put
+        whole, checked against its hash, and the pieces removed. True once the blob is whole. A piece given again
+        (a batch redone) is written again, harmlessly; one out of range is refused."""
+        digest = self._digest(uri)
+        if not 0 <= index < count:
+            raise ValueError(f"piece {index} of {count} of blob {uri}: out of range")
+        if self._path(digest).exists():
+            return True
+        folder = self.root / "parts" / digest
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, folder / f"{index:06d}-of-{count:06d}")
+        names = [folder / f"{i:06d}-of-{count:06d}" for i in range(count)]
+        if not all(path.exists() for path in names):
+            return False
+        whole = b"".join(path.read_bytes() for path in names)
+        if hashlib.sha256(whole).hexdigest() != digest:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ValueError(f"blob {uri}: its {count} pieces do not hash to it (dropped; resend the study)")
+        self.put(whole)
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+
     def get(self, uri: str) -> bytes:
-        if not uri.startswith(SCHEME):
-            raise ValueError(f"unknown blob reference {uri!r}")
-        digest = uri[len(SCHEME) :]
+        digest = self._digest(uri)
         try:
             data = self._path(digest).read_bytes()
         except FileNotFoundError:
@@ -46,10 +83,8 @@ class BlobStore:
 
     def delete(self, uri: str) -> bool:
         """Remove one blob (an erasure); False when it was not there."""
-        if not uri.startswith(SCHEME):
-            raise ValueError(f"unknown blob reference {uri!r}")
         try:
-            self._path(uri[len(SCHEME) :]).unlink()
+            self._path(self._digest(uri)).unlink()
         except FileNotFoundError:
             return False
         return True
@@ -71,6 +106,12 @@ class BlobStore:
             else:
                 held, size = held + 1, size + stat.st_size
         return deleted, held, size
+
+    @staticmethod
+    def _digest(uri: str) -> str:
+        if not uri.startswith(SCHEME):
+            raise ValueError(f"unknown blob reference {uri!r}")
+        return uri[len(SCHEME) :]
 
     def _path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):

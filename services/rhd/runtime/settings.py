@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     frame_codec: Literal["raw", "png"] = "raw"
     # Where payloads too large for a message go (claim check): a directory every service can read.
     blob_dir: Path = Path("var/blobs")
+    # The line across two regions (docs/architecture.md), each with its own Kafka cluster and blob store: deid in the
+    # home region, the rest where the GPUs are, MirrorMaker 2 between. deid then sends each de-identified video too
+    # large to go inline ahead of its study, in pieces on studies.deidentified.v1, and split puts it in its own
+    # region's store: the bytes cross with the records, not through a store both regions read. `rhd topics`
+    # creates the topics of this process's region only (RHD_REGION; home when it is RHD_HOME_REGION).
+    two_regions: bool = False
     # Threads that run a stage's CPU work off the event loop.
     workers: int = 2
     # HTTP port for /metrics, /healthz, /readyz (0: pick a free one and log it).

@@ -182,6 +182,12 @@ HOME_ONLY = (STUDIES_UPLOADED, STUDIES_LINKS, ACCESS_TRAIL)
 CROSSING = {(HOME, GPU): (STUDIES_DEIDENTIFIED,), (GPU, HOME): (STUDIES_DIAGNOSED,)}
 
 
+def stage_region(stage: str) -> str:
+    """Where a stage runs: home when it reads or writes a topic that holds identifiable data (deid), else gpu."""
+    flow = FLOWS[stage]
+    return HOME if {*flow.reads(), *flow.writes()} & set(HOME_ONLY) else GPU
+
+
 def region_topics(region: str, hospitals: Iterable[str] = ()) -> list[str]:
     """The topics a region's cluster holds: home, what carries identifiable data (the raw uploads, each hospital's,
     their dead letters, the links, the access trail), deid's output and the diagnoses that come back; gpu,

@@ -25,9 +25,15 @@ class Split(StageService, name="split", input_topic=STUDIES_DEIDENTIFIED, input_
         self.pixels = partial(frame_pixels, codec=settings.frame_codec, max_message_bytes=settings.max_message_bytes)
 
     def validate(self, upload: pb.StudyUpload) -> str | None:
+        if upload.HasField("blob_part"):
+            return None if upload.blob_part.blob_uri and upload.blob_part.count > 0 else "blob piece without its blob"
         return None if upload.study_id and upload.videos else "upload without study_id or without videos"
 
     def handle(self, upload: pb.StudyUpload, at: Position) -> list[Output]:
+        if upload.HasField("blob_part"):  # a video crossing the regions ahead of its study: into this region's store
+            part = upload.blob_part
+            self.blobs.put_part(part.blob_uri, part.index, part.count, part.data)
+            return []
         scan = acquisition(upload.metadata)
         manifest = pb.StudyManifest(study_id=upload.study_id, upload_id=upload.upload_id, metadata=scan.clinical)
         manifest.uploaded_at.CopyFrom(upload.uploaded_at)
@@ -53,8 +59,10 @@ class Split(StageService, name="split", input_topic=STUDIES_DEIDENTIFIED, input_
     def failed(self, upload: pb.StudyUpload, reason: str) -> list[Output]:
         """The upload could not be split at all (the runner dead-letters it whole): its study still gets an answer,
         a manifest listing every video failed with the reason, which assemble closes FAILED at once."""
-        if not upload.study_id:
-            return []  # nothing names the study: the dead letter is all there can be
+        if not upload.study_id or upload.HasField("blob_part"):
+            # Nothing names the study, or a piece of a video: the dead letter is all there can be (the study's own
+            # record, next, lists the video failed when its blob is not whole).
+            return []
         manifest = pb.StudyManifest(study_id=upload.study_id, upload_id=upload.upload_id)
         manifest.uploaded_at.CopyFrom(upload.uploaded_at)
         for index, video in enumerate(upload.videos or [pb.VideoRef()]):
