@@ -11,14 +11,17 @@ from typing import Any
 
 import pytest
 import yaml
+from rhd.local.mirror import mm2_properties
 from rhd.runtime.kafka import MAX_FETCH_BYTES
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import STAGES
+from rhd.runtime.topics import GPU, HOME, STAGES, stage_region
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"
 COMPOSE_GPU = COMPOSE_DIR / "docker-compose.gpu.yml"
+COMPOSE_REGIONS = COMPOSE_DIR / "docker-compose.regions.yml"
+MM2_PROPERTIES = COMPOSE_DIR / "mirror-maker" / "mm2.properties"
 PROMETHEUS_CONFIG = COMPOSE_DIR / "prometheus" / "prometheus.yml"
 GRAFANA_DASHBOARD_PROVIDER = COMPOSE_DIR / "grafana" / "provisioning" / "dashboards" / "rhd.yml"
 MODEL_SERVER, MODEL_SERVER_GRPC_PORT, MODEL_SERVER_REST_PORT = "model-server", 8500, 8501
@@ -329,6 +332,40 @@ def test_the_dockerfile_builds_from_the_lock_and_runs_rhd_as_a_non_root_user():
                 assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
 
 
+# --- two regions --------------------------------------------------------------------------------------------------
+
+
+def test_the_regions_override_runs_each_stage_on_its_regions_kafka_with_its_regions_blob_store():
+    regions = read_yaml(COMPOSE_REGIONS)["services"]
+    assert regions["kafka-gpu"]["image"] == SERVICES["kafka"]["image"], "both regions run the Kafka the tests run"
+    home = {s for s in STAGES if stage_region(s) == HOME}
+    assert home == {"deid"}
+    for stage in STAGES:
+        env = regions[stage]["environment"]
+        assert env["RHD_TWO_REGIONS"] == "true", stage
+        if stage in home:
+            assert "RHD_BOOTSTRAP_SERVERS" not in env, "the home region's Kafka, as in docker-compose.yml"
+            assert regions[stage]["volumes"] == ["blobs-home:/blobs"]
+        else:
+            assert env["RHD_BOOTSTRAP_SERVERS"] == "kafka-gpu:9092" and env["RHD_REGION"] == GPU, stage
+            assert {"kafka-gpu", "topics-gpu"} <= set(regions[stage]["depends_on"]), stage
+            assert "volumes" not in regions[stage], f"{stage}: the GPU region's own blob store (docker-compose.yml's)"
+    mounted = {v.split(":")[0] for svc in regions.values() for v in svc.get("volumes", [])}
+    assert "blobs-home" in mounted and not any(
+        "blobs-home" in v for s in STAGES if s not in home for v in regions[s].get("volumes", [])
+    )
+    assert regions["topics-gpu"]["environment"]["RHD_REGION"] == GPU
+    assert regions["topics"]["environment"]["RHD_TWO_REGIONS"] == "true"
+
+
+def test_mirror_maker_copies_what_the_code_says_crosses():
+    service = read_yaml(COMPOSE_REGIONS)["services"]["mirror-maker"]
+    assert service["image"] == SERVICES["kafka"]["image"], "MirrorMaker 2 of the same Kafka distribution"
+    assert service["command"][-1] == "/config/mm2.properties" and "./mirror-maker:/config:ro" in service["volumes"]
+    body = "".join(line for line in MM2_PROPERTIES.read_text().splitlines(keepends=True) if not line.startswith("#"))
+    assert body == mm2_properties({HOME: "kafka:9092", GPU: "kafka-gpu:9092"})
+
+
 # --- docker compose itself -----------------------------------------------------------------------------------------
 
 
@@ -344,7 +381,9 @@ def docker_compose() -> list[str]:
     return ["docker", "compose"]
 
 
-@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_GPU]], ids=["cpu", "gpu"])
+@pytest.mark.parametrize(
+    "files", [[COMPOSE], [COMPOSE, COMPOSE_GPU], [COMPOSE, COMPOSE_REGIONS]], ids=["cpu", "gpu", "regions"]
+)
 def test_docker_compose_accepts_the_file(files: list[Path], tmp_path: Path):
     """`config` reads and validates the files against the compose spec; it needs no daemon. The keys deid reads are
     a directory the operator names (never the repo's): here an empty one; Grafana's password has no default."""
