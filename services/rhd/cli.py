@@ -299,9 +299,25 @@ def cmd_privacy_report(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from rhd.local.relink import csv_text, results, results_table, write_private
+    from rhd.local.relink import csv_text, results, results_table, serve_results, write_private
     from rhd.runtime.secrets import RegionError, SecretError
 
+    if args.serve:
+
+        async def serve() -> int:
+            stop = asyncio.Event()
+            for signum in (signal.SIGTERM, signal.SIGINT):  # finish the batch in hand, commit, then stop
+                asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+            return await serve_results(get_settings(), stop)
+
+        try:
+            delivered = asyncio.run(serve())
+        except (RegionError, SecretError, ValueError) as exc:
+            raise SystemExit(f"rhd results --serve: {exc}") from None
+        print(f"{delivered} results delivered to the hospitals' topics")
+        return 0
+    if not args.hospital:
+        raise SystemExit("rhd results: name the hospital (--hospital), or --serve")
     try:
         rows, waiting = asyncio.run(results(get_settings(), args.hospital, args.user, args.purpose))
     except (RegionError, SecretError) as exc:
@@ -637,7 +653,13 @@ def main(argv: list[str] | None = None) -> int:
         help="home region: a hospital's diagnoses under its own study ids and accession numbers (recorded in the "
         "access trail)",
     )
-    p.add_argument("--hospital", required=True, help="the hospital's id, as its uploads name it")
+    p.add_argument("--hospital", help="the hospital's id, as its uploads name it")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="run until SIGTERM: deliver each new diagnosis of a hospital in RHD_HOSPITALS to its own results topic, "
+        "studies.results.<id>.v1, which only it may read (each delivery in the access trail)",
+    )
     p.add_argument("--out", help="write a CSV (mode 0600) instead of printing")
     p.add_argument("--user", default="", help="who reads (default: the OS user)")
     p.add_argument("--purpose", default="", help="why, for the access trail")

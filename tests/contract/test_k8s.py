@@ -30,6 +30,7 @@ KAFKA_NAMESPACE = "kafka"  # Strimzi's: the Kafka cluster's
 PART_OF = ("app.kubernetes.io/part-of", "rhd-pipeline")
 NAME_LABEL = "app.kubernetes.io/name"
 MODEL_SERVER, MODEL_SERVER_GRPC_PORT, MODEL_SERVER_REST_PORT = "model-server", 8500, 8501
+RESULTS = "results"  # `rhd results --serve`: each hospital's results to its own topic (home region), not a stage
 RHD_IMAGE_NAME = "rhd-pipeline"
 # Applied by hand (README.md), so in no kustomization.
 STANDALONE = {K8S / "models-loader.yaml"}
@@ -102,7 +103,7 @@ def workloads() -> list[Doc]:
 
 
 def stage_deployments() -> dict[str, Doc]:
-    return {name: d for name, d in of_kind("Deployment").items() if name != MODEL_SERVER}
+    return {name: d for name, d in of_kind("Deployment").items() if name not in (MODEL_SERVER, RESULTS)}
 
 
 def config() -> dict[str, str]:

@@ -10,8 +10,21 @@ from pathlib import Path
 
 import yaml
 from rhd.local.manifests import MIRROR_PRINCIPAL, SCALER_PRINCIPAL, kafka_users_yaml
-from rhd.local.security import hospital_principal, stage_principal, topics_principal
-from rhd.runtime.topics import CROSSING, FLOWS, GPU, HOME, STAGES, stage_region, upload_topic, upload_topics
+from rhd.local.security import hospital_principal, results_principal, stage_principal, topics_principal
+from rhd.runtime.topics import (
+    ACCESS_TRAIL,
+    CROSSING,
+    FLOWS,
+    GPU,
+    HOME,
+    STAGES,
+    STUDIES_DIAGNOSED,
+    STUDIES_LINKS,
+    results_topic,
+    stage_region,
+    upload_topic,
+    upload_topics,
+)
 from test_k8s import (
     K8S,
     LINE,
@@ -32,6 +45,7 @@ from test_k8s import (
 )
 
 REGION_LABEL = "rhd.example/region"
+RESULTS = "results"  # `rhd results --serve`: home region, not a stage
 USER_MOUNT = "/run/secrets/kafka-user"
 CA_MOUNT = "/run/secrets/kafka-ca"
 CA_SECRET = "rhd-cluster-ca-cert"
@@ -93,7 +107,7 @@ def test_the_kafka_users_are_generated_from_the_stage_list_and_the_hospitals():
 def test_each_user_may_do_only_what_its_place_in_the_line_needs():
     found = users(K8S / "kafka" / "users.yaml")
     expected = {stage_principal(s) for s in STAGES} | {hospital_principal(h) for h in hospitals()}
-    assert set(found) == expected | {topics_principal(), SCALER_PRINCIPAL}
+    assert set(found) == expected | {topics_principal(), SCALER_PRINCIPAL, results_principal()}
     for user in found.values():
         assert user["spec"]["authentication"]["type"] == "scram-sha-512"
         assert user["metadata"]["labels"]["strimzi.io/cluster"] == "rhd"
@@ -110,9 +124,21 @@ def test_each_user_may_do_only_what_its_place_in_the_line_needs():
         assert {name for kind, name, _ in mine if kind == "group"} == {stage}, "its own consumer group only"
         assert bool({k for k in mine if k[0] == "transactionalId"}) == flow.transactional, stage
     for hospital in hospitals():
-        assert grants(found[hospital_principal(hospital)]) == {
-            ("topic", upload_topic(hospital), "literal"): {"Describe", "Write"}
-        }, "a hospital writes its own upload topic and reads nothing"
+        who = hospital_principal(hospital)
+        assert grants(found[who]) == {
+            ("topic", upload_topic(hospital), "literal"): {"Describe", "Write"},
+            ("topic", results_topic(hospital), "literal"): {"Describe", "Read"},
+            ("group", who, "literal"): {"Read"},
+        }, "a hospital writes its own upload topic and reads its own results, nothing else"
+    delivery = grants(found[results_principal()])
+    assert {name for (kind, name, _), ops in delivery.items() if kind == "topic" and "Write" in ops} == {
+        *(results_topic(h) for h in hospitals()),
+        ACCESS_TRAIL,
+    }
+    assert {name for (kind, name, _), ops in delivery.items() if kind == "topic" and "Read" in ops} == {
+        STUDIES_DIAGNOSED,
+        STUDIES_LINKS,
+    }
     assert all(ops == {"Create", "Describe"} for ops in grants(found[topics_principal()]).values())
     assert all(ops == {"Describe"} for ops in grants(found[SCALER_PRINCIPAL]).values())
 
@@ -130,11 +156,16 @@ def test_every_pod_authenticates_as_its_own_user_over_sasl_ssl():
     assert kafka["spec"]["kafka"]["config"]["auto.create.topics.enable"] is False
     assert kafka["spec"]["entityOperator"]["userOperator"]["watchedNamespace"] == "rhd", "secrets beside the pods"
     known = set(users(K8S / "kafka" / "users.yaml"))
-    workloads = [*stage_deployments().items(), ("topics", only("Job", "topics"))]
+    workloads = [
+        *stage_deployments().items(),
+        ("topics", only("Job", "topics")),
+        (RESULTS, only("Deployment", RESULTS)),
+    ]
     for name, doc in workloads:
         for container in containers(doc):
             user = env(container)["RHD_SASL_USERNAME"]
-            own = stage_principal(name) if container["name"] == name and name in STAGES else topics_principal()
+            mains = {RESULTS: results_principal(), **{s: stage_principal(s) for s in STAGES}}
+            own = mains[name] if container["name"] == name and name in mains else topics_principal()
             assert user == own and user in known, (name, container["name"], user)
             assert secret_at(doc, container, USER_MOUNT) == user, "Strimzi's Secret of that user"
             assert secret_at(doc, container, CA_MOUNT) == CA_SECRET
@@ -163,7 +194,9 @@ def test_the_namespace_denies_by_default_and_opens_only_the_lines_paths():
             ingress[name] = {p["port"] for p in rule["ports"]}
     assert set(policies) == {"default-deny", "dns", "kafka-clients", "model-clients", "model-server", "prometheus"}
     assert selected(policies["dns"]) is None and egress["dns"] == {53}
-    assert selected(policies["kafka-clients"]) == set(STAGES) | {"topics"} and egress["kafka-clients"] == {9093}
+    assert selected(policies["kafka-clients"]) == set(STAGES) | {"topics", RESULTS} and egress["kafka-clients"] == {
+        9093
+    }
     assert selected(policies["model-clients"]) == model_clients() == {"view", "valve"}
     assert egress["model-clients"] == ingress["model-server"] == {MODEL_SERVER_GRPC}
     [peer] = policies["model-server"]["spec"]["ingress"][0]["from"]
@@ -212,7 +245,7 @@ def test_each_region_builds_its_part_of_the_line_and_mirrors_only_what_crosses()
         built = kustomize(folder)
         kinds = {(d["kind"], d["metadata"]["name"]): d for d in built}
         deployments = {name for kind, name in kinds if kind == "Deployment"}
-        expected = {s for s in STAGES if stage_region(s) == region} | ({"model-server"} if region == GPU else set())
+        expected = {s for s in STAGES if stage_region(s) == region} | ({"model-server"} if region == GPU else {RESULTS})
         assert deployments == expected, region
         settings = kinds[("ConfigMap", "rhd-config")]["data"]
         assert settings["RHD_TWO_REGIONS"] == "true"
@@ -232,7 +265,7 @@ def test_each_region_builds_its_part_of_the_line_and_mirrors_only_what_crosses()
             )
             assert side["tls"]["trustedCertificates"], "TLS both ways"
         region_users = set(users(folder / "kafka" / "users.yaml"))
-        identifiable = {hospital_principal(h) for h in hospitals()} | {stage_principal("deid")}
+        identifiable = {hospital_principal(h) for h in hospitals()} | {stage_principal("deid"), results_principal()}
         assert identifiable <= region_users if region == HOME else not identifiable & region_users
         assert MIRROR_PRINCIPAL in region_users
         cluster = kustomize(folder / "kafka")
@@ -252,4 +285,4 @@ def test_the_line_on_one_cluster_pins_no_region_but_the_home_one():
         for name, doc in of_kind("Deployment", objects(LINE)).items()
         if "affinity" in pod_spec(doc) and "nodeAffinity" in pod_spec(doc)["affinity"]
     }
-    assert pinned == {s for s in STAGES if stage_region(s) == HOME}
+    assert pinned == {s for s in STAGES if stage_region(s) == HOME} | {RESULTS}

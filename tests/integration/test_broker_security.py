@@ -5,6 +5,7 @@ what. (The whole line on the same secured broker: tests/integration/test_line.py
 import asyncio
 import ssl
 import stat
+import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -14,21 +15,38 @@ from aiokafka.errors import (
     KafkaError,
     TopicAuthorizationFailedError,
 )
+from confluent_kafka import Consumer as LibrdkafkaConsumer
+from confluent_kafka import KafkaError as LibrdkafkaError
 from confluent_kafka import Producer as LibrdkafkaProducer
 from conftest import require_broker
+from rhd.deid.ops import link_bytes
 from rhd.local.broker import broker_for
-from rhd.local.security import ADMIN, acls, hospital_principal, librdkafka_config, stage_principal
+from rhd.local.relink import DELIVERED, access_trail, serve_results
+from rhd.local.security import (
+    ADMIN,
+    acls,
+    hospital_principal,
+    librdkafka_config,
+    results_principal,
+    stage_principal,
+)
 from rhd.runtime import kafka
+from rhd.runtime.secrets import LINK_KEYRING, SEALED_SCHEMA, init_secrets, load_keyring
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import (
     FRAMES_DECODED,
     FRAMES_DONE,
     FRAMES_SEGMENTED,
+    RESULTS_GROUP,
+    STAGES,
     STUDIES_DIAGNOSED,
+    STUDIES_LINKS,
     STUDIES_UPLOADED,
     dlq,
+    results_topic,
     upload_topic,
 )
+from rhd.v1 import rhd_pb2 as pb
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -186,4 +204,82 @@ def test_the_acls_come_from_the_stage_list_and_the_hospital_list():
     reads = {(g.principal, g.name) for g in grants if g.operation == "read"}
     assert {(stage_principal("deid"), t) for t in (STUDIES_UPLOADED, upload_topic("H1"))} <= reads
     groups = {(g.principal, g.name) for g in grants if g.resource == "group"}
-    assert groups == {(stage_principal(s), s) for s in {g.name for g in grants if g.resource == "group"}}
+    # Each stage its own group; the results service its own; a hospital a group named after itself.
+    own = {(stage_principal(s), s) for s in STAGES} | {(results_principal(), RESULTS_GROUP)}
+    assert groups == own | {(hospital_principal("H1"), hospital_principal("H1"))}
+
+
+def read_as_hospital(settings: Settings, hospital: str, topic: str, want: int, timeout_s: float = 60) -> tuple:
+    """What the hospital's own librdkafka client (confluent-kafka) reads of `topic` in its own group: (values, the
+    error codes it was given)."""
+    config = {**librdkafka_config(settings), "group.id": hospital_principal(hospital), "auto.offset.reset": "earliest"}
+    consumer = LibrdkafkaConsumer(config)
+    values, errors = [], []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(values) < want and not errors:
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() != LibrdkafkaError._PARTITION_EOF:
+                    errors.append(message.error().code())
+                continue
+            values.append((message.key(), message.value()))
+    finally:
+        consumer.close()
+    return values, errors
+
+
+def test_each_hospital_reads_its_own_results_with_its_own_kafka_client_and_no_one_elses(tmp_path):
+    """`rhd results --serve` delivers each diagnosis, re-linked, to its hospital's own results topic; the hospital
+    reads it with librdkafka as its own principal; another hospital's topic, and the diagnoses, are refused."""
+    require_broker("kafka")
+    init_secrets(tmp_path / "secrets")
+    links = load_keyring(tmp_path / "secrets" / LINK_KEYRING)
+    settings = Settings(broker="kafka", broker_secure=True, hospitals=["H1", "H2"], secrets_dir=tmp_path / "secrets")
+    broker = broker_for(settings, tmp_path, log_file=tmp_path / "broker.log")
+    security = broker.security  # type: ignore[attr-defined]
+    studies = {"P1": ("H1", "ECHO-1", "ACC-1"), "P2": ("H2", "ECHO-2", "ACC-2"), "P3": ("H3", "ECHO-3", "")}
+
+    async def run() -> tuple[int, list]:
+        await broker.start(2)
+        admin = broker.admin_settings().model_copy(update={"secrets_dir": tmp_path / "secrets"})
+        producer = kafka.producer(admin, "results-test")
+        await producer.start()
+        for pseudo, (hospital, study, accession) in studies.items():
+            link = {"pseudonym": pseudo, "hospital_id": hospital, "study_id": study, "accession_number": accession}
+            sealed = pb.SealedRecord(
+                schema=SEALED_SCHEMA, kind="link", key_id=links.current, envelope=links.seal(link_bytes(link))
+            )
+            await producer.send_and_wait(STUDIES_LINKS, sealed.SerializeToString(), key=pseudo.encode())
+        for pseudo in [*studies, "P-not-ours"]:
+            diagnosis = pb.Diagnosis(study_id=pseudo, label=pb.LABEL_BORDERLINE, probabilities={"borderline": 0.7})
+            await producer.send_and_wait(STUDIES_DIAGNOSED, diagnosis.SerializeToString(), key=pseudo.encode())
+        await producer.stop()
+        plain = Settings(bootstrap_servers=broker.bootstrap_servers, hospitals=["H1", "H2"])
+        service = security.client(plain, results_principal()).model_copy(update={"secrets_dir": tmp_path / "secrets"})
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve_results(service, stop))
+        h1 = security.client(plain, hospital_principal("H1"))
+        own = await asyncio.to_thread(read_as_hospital, h1, "H1", results_topic("H1"), 1)
+        others = await asyncio.to_thread(read_as_hospital, h1, "H1", results_topic("H2"), 1, 20)
+        diagnoses = await asyncio.to_thread(read_as_hospital, h1, "H1", STUDIES_DIAGNOSED, 1, 20)
+        stop.set()
+        delivered = await task
+        return delivered, [own, others, diagnoses, await access_trail(admin)]
+
+    try:
+        delivered, (own, others, diagnoses, trail) = asyncio.run(run())
+    finally:
+        broker.stop()
+    assert delivered == 2  # H1's and H2's; H3 is not a hospital of this deployment; P-not-ours has no link
+    [(key, value)], errors = own
+    result = pb.StudyResult.FromString(value)
+    assert errors == [] and key == b"ECHO-1" and result.study_id == "ECHO-1" and result.accession_number == "ACC-1"
+    assert result.diagnosis.label == pb.LABEL_BORDERLINE and result.diagnosis.study_id == "", "no pseudonym beside ids"
+    assert others == ([], [LibrdkafkaError.TOPIC_AUTHORIZATION_FAILED]), "H1 reads H2's results"
+    assert diagnoses == ([], [LibrdkafkaError.TOPIC_AUTHORIZATION_FAILED]), "H1 reads the line's diagnoses"
+    delivered_to = {(e.action, e.hospital, e.studies) for e in trail}
+    assert delivered_to == {(DELIVERED, "H1", ("P1",)), (DELIVERED, "H2", ("P2",))}

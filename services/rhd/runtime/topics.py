@@ -87,6 +87,8 @@ DLQ_SUFFIX = ".dlq"
 # may write (rhd.local.security): the topic says who sent a record, as the broker authenticated them.
 _HOSPITAL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _UPLOAD_PREFIX, _UPLOAD_SUFFIX = "studies.uploaded.", ".v1"
+_RESULTS_PREFIX = "studies.results."
+RESULTS_GROUP = "results"  # `rhd results --serve`: its consumer group (and, on a secured broker, its principal)
 
 
 def transactional_prefix(stage: str) -> str:
@@ -99,6 +101,17 @@ def upload_topic(hospital: str) -> str:
     if not _HOSPITAL_ID.fullmatch(hospital):
         raise ValueError(f"hospital id {hospital!r}: 1-64 letters, digits, _ or - (it names a topic and a principal)")
     return f"{_UPLOAD_PREFIX}{hospital}{_UPLOAD_SUFFIX}"
+
+
+def results_topic(hospital: str) -> str:
+    """The hospital's own results topic, `studies.results.<hospital>.v1` (home region): its diagnoses under its own
+    ids, which only it may read (`rhd results --serve` writes them)."""
+    upload_topic(hospital)  # a valid hospital id
+    return f"{_RESULTS_PREFIX}{hospital}{_UPLOAD_SUFFIX}"
+
+
+def results_topics(hospitals: Iterable[str]) -> list[str]:
+    return [results_topic(h) for h in hospitals]
 
 
 def hospital_of_upload_topic(topic: str) -> str | None:
@@ -165,8 +178,10 @@ MESSAGE_OF: dict[str, type[Message]] = {t.name: t.message for t in TOPICS}  # to
 
 
 def all_topic_names(hospitals: Iterable[str] = ()) -> list[str]:
-    """Every topic and its dead-letter topic, and the named hospitals' own upload topics."""
-    return [name for t in TOPICS for name in (t.name, dlq(t.name))] + [upload_topic(h) for h in hospitals]
+    """Every topic and its dead-letter topic, and the named hospitals' own upload and results topics."""
+    hospitals = list(hospitals)
+    own = [upload_topic(h) for h in hospitals] + results_topics(hospitals)
+    return [name for t in TOPICS for name in (t.name, dlq(t.name))] + own
 
 
 def topic_configs() -> dict[str, dict[str, str]]:
@@ -193,7 +208,7 @@ def region_topics(region: str, hospitals: Iterable[str] = ()) -> list[str]:
     their dead letters, the links, the access trail), deid's output and the diagnoses that come back; gpu,
     everything else (with the de-identified studies that come in)."""
     home = [*HOME_ONLY, dlq(STUDIES_UPLOADED), dlq(STUDIES_LINKS), dlq(ACCESS_TRAIL)]
-    home += [upload_topic(h) for h in hospitals]
+    home += [upload_topic(h) for h in hospitals] + results_topics(hospitals)
     if region == HOME:
         return [*home, STUDIES_DEIDENTIFIED, STUDIES_DIAGNOSED]
     if region == GPU:
