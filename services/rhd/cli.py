@@ -92,6 +92,17 @@ def cmd_model_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_server_tls(args: argparse.Namespace) -> int:
+    from rhd.local.security import write_ssl_config
+
+    try:
+        write_ssl_config(Path(args.key), Path(args.cert), Path(args.out))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"rhd model-server-tls: {exc}") from None
+    print(f"SSLConfig for TF Serving's --ssl_config_file written to {args.out}")
+    return 0
+
+
 def cmd_manifests(args: argparse.Namespace) -> int:
     from rhd.local.manifests import kafka_users_yaml
 
@@ -563,6 +574,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hospital", action="append", metavar="ID", help="with --secure: a hospital that may upload")
     p.add_argument("--data-dir", default="var/broker", help="Apache Kafka's storage goes under it (var/broker)")
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser(
+        "model-server-tls",
+        help="write TF Serving's --ssl_config_file (text-format SSLConfig) from a PEM key and certificate chain",
+    )
+    p.add_argument("--key", required=True, help="the server's private key (PEM), e.g. a TLS Secret's tls.key")
+    p.add_argument("--cert", required=True, help="its certificate chain (PEM), e.g. the Secret's tls.crt")
+    p.add_argument("--out", required=True, help="the file to write (mode 0600)")
+    p.set_defaults(func=cmd_model_server_tls)
 
     p = sub.add_parser(
         "manifests",

@@ -286,3 +286,25 @@ def test_the_line_on_one_cluster_pins_no_region_but_the_home_one():
         if "affinity" in pod_spec(doc) and "nodeAffinity" in pod_spec(doc)["affinity"]
     }
     assert pinned == {s for s in STAGES if stage_region(s) == HOME} | {RESULTS}
+
+
+def test_grpc_to_the_model_server_is_tls_with_its_certificate_checked_by_each_client():
+    deployment = only("Deployment", "model-server")
+    [server] = containers(deployment, init=False)
+    [init] = pod_spec(deployment)["initContainers"]
+    [flag] = [a for a in server["args"] if a.startswith("--ssl_config_file=")]
+    config_path = flag.partition("=")[2]
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    # The init container writes the SSLConfig from the TLS Secret into a memory volume the server reads.
+    assert init["args"][:1] == ["model-server-tls"] and init["args"][init["args"].index("--out") + 1] == config_path
+    ssl_volume, _ = mounts(deployment, server)[str(Path(config_path).parent)]
+    assert ssl_volume["emptyDir"]["medium"] == "Memory"
+    tls_secret = volumes["tls"]["secret"]["secretName"]
+    assert {i["key"] for i in volumes["tls"]["secret"]["items"]} == {"tls.key", "tls.crt"}
+    for stage in model_clients():
+        doc = stage_deployments()[stage]
+        [main] = containers(doc, init=False)
+        ca = env(main)["RHD_MODEL_SERVER_CA"]
+        volume, read_only = mounts(doc, main)[str(Path(ca).parent)]
+        assert read_only and volume["secret"]["secretName"] == tls_secret, stage
+        assert volume["secret"]["items"] == [{"key": "ca.crt", "path": Path(ca).name}], f"{stage}: the CA, no key"

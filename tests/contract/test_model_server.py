@@ -776,11 +776,26 @@ def test_a_model_whose_files_are_not_those_its_manifest_recorded_is_refused(mode
 async def test_the_grpc_port_speaks_tls_with_the_ssl_config_file_and_nothing_else(models_dir, tmp_path):
     """TF Serving's --ssl_config_file: the stages' client checks the server's certificate against the CA made at
     set-up (RHD_MODEL_SERVER_CA) and predicts; a plaintext client, or one that trusts another CA, gets nothing."""
+    from rhd.cli import main
     from rhd.local.security import Security
     from rhd.model_server.server import read_ssl_config
 
     security = Security.create(tmp_path / "security", [], servers=("model-server",))
-    ssl = read_ssl_config(security.ssl_config("model-server"))
+    # As on Kubernetes: the key and the chain apart (a TLS Secret's tls.key, tls.crt), made into the SSLConfig by
+    # `rhd model-server-tls` (the model server pod's init container).
+    pem = security.server_pem("model-server").read_text()
+    key_end = pem.index("-----END PRIVATE KEY-----") + len("-----END PRIVATE KEY-----\n")
+    (tmp_path / "tls.key").write_text(pem[:key_end])
+    (tmp_path / "tls.crt").write_text(pem[key_end:])
+    args = ["--key", str(tmp_path / "tls.key"), "--cert", str(tmp_path / "tls.crt"), "--out", str(tmp_path / "ssl")]
+    assert main(["model-server-tls", *args]) == 0
+    assert (tmp_path / "ssl").read_text() == security.ssl_config("model-server").read_text()
+    (tmp_path / "not.pem").write_text("a certificate, trust me")
+    with pytest.raises(SystemExit, match="not PEM"):
+        main(
+            ["model-server-tls", "--key", str(tmp_path / "tls.key"), "--cert", str(tmp_path / "not.pem"), "--out", "x"]
+        )
+    ssl = read_ssl_config(tmp_path / "ssl")
     other_ca = Security.create(tmp_path / "other", [], servers=()).ca.read_bytes()
     server, port = await start_server(models_dir, "127.0.0.1", 0, ssl=ssl)
     target = f"127.0.0.1:{port}"

@@ -155,6 +155,20 @@ def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def ssl_config_text(key_pem: str, cert_pem: str) -> str:
+    """TF Serving's SSLConfig (text format) for a gRPC server: its private key and certificate chain inline."""
+    for what, pem in (("key", key_pem), ("certificate", cert_pem)):
+        if "-----BEGIN " not in pem:
+            raise ValueError(f"the {what} is not PEM")
+    return f"server_key: {json.dumps(key_pem)}\nserver_cert: {json.dumps(cert_pem)}\n"
+
+
+def write_ssl_config(key: Path, cert: Path, out: Path) -> None:
+    """`rhd model-server-tls`: the SSLConfig file of a key and certificate issued elsewhere (a Kubernetes TLS Secret
+    made by cert-manager or the operator), written 0600."""
+    _write_private(out, ssl_config_text(key.read_text(), cert.read_text()).encode())
+
+
 @dataclass(frozen=True)
 class Security:
     """A directory of TLS material and SCRAM passwords: tls/ca.pem (what clients trust), tls/ca.key, tls/<name>.pem
@@ -260,8 +274,7 @@ class Security:
         pem = self.server_pem(name).read_text()
         key_end = pem.index("-----END PRIVATE KEY-----") + len("-----END PRIVATE KEY-----\n")
         path = self.root / "tls" / f"{name}.ssl_config.txt"
-        text = f"server_key: {json.dumps(pem[:key_end])}\nserver_cert: {json.dumps(pem[key_end:])}\n"
-        _write_private(path, text.encode())
+        _write_private(path, ssl_config_text(pem[:key_end], pem[key_end:]).encode())
         return path
 
     def client(self, settings: Settings, principal: str) -> Settings:
