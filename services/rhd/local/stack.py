@@ -180,7 +180,8 @@ class EmbeddedStack:
                 "RHD_WORKERS": str(self.base.workers),
                 "RHD_LOG_LEVEL": self.base.log_level,
                 "RHD_SECRETS_DIR": str(self.settings.secrets_dir.resolve()),
-                "RHD_REGION": region if self.mirror else self.base.region,
+                # Two regions: the home region's services say they run at home, the others that they do not.
+                "RHD_REGION": (self.base.home_region if region == HOME else GPU) if self.mirror else self.base.region,
                 "RHD_IDEMPOTENCE": str(self.idempotence).lower(),
                 "RHD_TRANSACTIONS": str(self.transactions).lower(),
                 **({"RHD_MODEL_SERVER_CA": str(self.security.ca.resolve())} if self.security else {}),
