@@ -308,3 +308,15 @@ def test_grpc_to_the_model_server_is_tls_with_its_certificate_checked_by_each_cl
         volume, read_only = mounts(doc, main)[str(Path(ca).parent)]
         assert read_only and volume["secret"]["secretName"] == tls_secret, stage
         assert volume["secret"]["items"] == [{"key": "ca.crt", "path": Path(ca).name}], f"{stage}: the CA, no key"
+
+
+def test_every_long_running_pod_has_probes_limits_and_runs_as_non_root():
+    for name, doc in of_kind("Deployment").items():
+        spec = pod_spec(doc)
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        for container in containers(doc):
+            limits = container["resources"]["limits"]
+            assert {"cpu", "memory"} <= set(limits), f"{name}/{container['name']}: no limit"
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, container["name"]
+        for container in containers(doc, init=False):
+            assert {"livenessProbe", "readinessProbe"} <= set(container), f"{name}: a probe is missing"
