@@ -442,10 +442,14 @@ class Line:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        if self.diagnoses:
-            await self.diagnoses.stop()
-        if self.stack:
-            self.stack.stop()
+        # The stack stops whatever the reader does: with the broker gone (Tansu out of memory), stopping the reader
+        # raised, and the stages and the model server were left running.
+        try:
+            if self.diagnoses:
+                await self.diagnoses.stop()
+        finally:
+            if self.stack:
+                self.stack.stop()
 
     @property
     def services(self) -> list[ServiceProcess]:
