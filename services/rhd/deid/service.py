@@ -136,8 +136,9 @@ class Deid(
         travelling: dict[str, bytes] = {}
 
         def travel(data: bytes) -> str:
-            travelling[uri_of(data)] = data
-            return uri_of(data)
+            uri = uri_of(data)  # one hash of a whole video, not two
+            travelling[uri] = data
+            return uri
 
         try:
             study = deidentify_upload(

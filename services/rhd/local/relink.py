@@ -384,7 +384,8 @@ async def serve_results(settings: Settings, stop: asyncio.Event, poll_ms: int = 
             out, unlinked = deliveries(links, diagnoses, hospitals)
             if unlinked:
                 links = await read_link_map(settings, keyring, "rhd-results-links")
-                out += deliveries(links, [d for d in diagnoses if d.study_id in set(unlinked)], hospitals)[0]
+                missing = set(unlinked)
+                out += deliveries(links, [d for d in diagnoses if d.study_id in missing], hospitals)[0]
             for hospital, result, _ in out:
                 headers = schema_headers(result)
                 await producer.send(

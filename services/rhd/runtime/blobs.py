@@ -63,12 +63,11 @@ class BlobStore:
         names = [folder / f"{i:06d}-of-{count:06d}" for i in range(count)]
         if not all(path.exists() for path in names):
             return False
-        whole = b"".join(path.read_bytes() for path in names)
-        if hashlib.sha256(whole).hexdigest() != digest:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise ValueError(f"blob {uri}: its {count} pieces do not hash to it (dropped; resend the study)")
-        self.put(whole)
+        stored = self.put(b"".join(path.read_bytes() for path in names))  # hashed once, by put
         shutil.rmtree(folder, ignore_errors=True)
+        if stored != uri:
+            self.delete(stored)
+            raise ValueError(f"blob {uri}: its {count} pieces do not hash to it (dropped; resend the study)")
         return True
 
     def get(self, uri: str) -> bytes:
