@@ -27,7 +27,9 @@ def _frames(upload, read, count: int):
     ref = upload.videos[0]
     decoded = decode_video(read(ref))
     few = DecodedVideo(decoded.frames[:count], decoded.fps, count)
-    return video_frames(upload, ref.video_id, few, acquisition(upload.metadata), lambda f: frame_pixels(f, "raw"))
+    return video_frames(
+        upload, ref.video_id, few, acquisition(upload.metadata), lambda fs: [frame_pixels(f, "raw") for f in fs]
+    )
 
 
 def test_the_audit_passes_a_de_identified_study_and_fails_the_same_study_without_deid(tmp_path, broker_kind):

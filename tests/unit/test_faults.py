@@ -148,7 +148,7 @@ def test_frames_of_another_size_are_fitted_to_the_line_with_their_spacing_and_re
     image = np.full((480, 480, 3), 200, np.uint8)  # a square scanner frame
     video = DecodedVideo(frames=[image, image], fps=30.0, declared_frame_count=2)
     scan = Acquisition(pixel_spacing_mm=0.3, nyquist_cm_s=60.0, clinical={})
-    frames = video_frames(upload, "P1-V00", video, scan, lambda f: {"bgr": f.tobytes()}, [region])
+    frames = video_frames(upload, "P1-V00", video, scan, lambda fs: [{"bgr": f.tobytes()} for f in fs], [region])
     first = frames[0]
     assert (first.height, first.width) == (240, 320) and len(first.bgr) == 240 * 320 * 3
     assert first.pixel_spacing_mm == 0.6  # half the pixels: each covers twice the millimetres
@@ -156,7 +156,9 @@ def test_frames_of_another_size_are_fitted_to_the_line_with_their_spacing_and_re
     assert pixels[:, :40].max() == 0 and pixels[:, 280:].max() == 0 and pixels[:, 40:280].min() == 200
     r = first.regions[0]
     assert (r.x0, r.y0, r.x1, r.y1) == (90, 150, 290, 230) and (r.delta_x, r.delta_y) == (0.02, 4.0)
-    same = video_frames(upload, "P1-V00", DecodedVideo([pixels], 30.0, 1), scan, lambda f: {"bgr": f.tobytes()})
+    same = video_frames(
+        upload, "P1-V00", DecodedVideo([pixels], 30.0, 1), scan, lambda fs: [{"bgr": f.tobytes()} for f in fs]
+    )
     assert same[0].bgr == first.bgr and same[0].pixel_spacing_mm == 0.3  # the line's size: left as it is
 
 

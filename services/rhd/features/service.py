@@ -1,7 +1,7 @@
 """features: frames.viewed.v1 -> frames.done.v1 (the analysed frame's terminal record with its features)."""
 
 from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, FeatureError, frame_features
-from rhd.imaging.codec import decode_png, frame_image
+from rhd.imaging.codec import decode_png
 from rhd.runtime.records import Output, frame_result
 from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_VIEWED
@@ -13,7 +13,7 @@ class Features(StageService, name="features", input_topic=FRAMES_VIEWED, input_t
         frame = viewed.segmented.frame
         try:
             values = frame_features(
-                frame_image(frame),
+                self.image(frame),
                 decode_png(viewed.segmented.mask.png),
                 frame.pixel_spacing_mm,
                 frame.nyquist_cm_s,

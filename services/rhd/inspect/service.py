@@ -2,7 +2,6 @@
 frames.spectral.v1 (spectral Doppler); a frame with no ultrasound image ends as skipped, one that is not an echo
 frame as failed."""
 
-from rhd.imaging.codec import frame_image
 from rhd.imaging.ecg import reading_message
 from rhd.inspect.ops import ANATOMICAL, NOT_ECHO, SPECTRAL, inspect
 from rhd.runtime.records import Output, frame_result
@@ -13,7 +12,7 @@ from rhd.v1 import rhd_pb2 as pb
 
 class Inspect(StageService, name="inspect", input_topic=FRAMES_DECODED, input_type=pb.Frame):
     def handle(self, frame: pb.Frame, at: Position) -> list[Output]:
-        result = inspect(frame_image(frame), spectral=any(r.spatial_format == "spectral" for r in frame.regions))
+        result = inspect(self.image(frame), spectral=any(r.spatial_format == "spectral" for r in frame.regions))
         if result.ecg is not None:
             frame.ecg.CopyFrom(reading_message(result.ecg))
         if result.kind == SPECTRAL:

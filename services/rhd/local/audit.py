@@ -15,8 +15,8 @@ import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from rhd.imaging.codec import frame_image
-from rhd.runtime import kafka
+from rhd.runtime import frames, kafka
+from rhd.runtime.frames import FrameStore
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DECODED, MESSAGE_OF, STUDIES_UPLOADED, all_topic_names
 from rhd.v1 import rhd_pb2 as pb
@@ -151,6 +151,7 @@ async def audit_topics(
     # The raw topic's dead letters, the re-link map and the access trail are read too: what they hold must be sealed.
     topics = [t for t in all_topic_names() if t != STUDIES_UPLOADED]
     tps = await kafka.partitions(settings, topics)
+    store = FrameStore(settings.blob_dir, settings.frame_retention_s)  # where stored frames' pixels are
     reader = kafka.consumer(settings, None, "rhd-audit")
     await reader.start()
     try:
@@ -173,7 +174,7 @@ async def audit_topics(
                     where = f"{tp.topic}[{tp.partition}]@{record.offset}"
                     report.hits += [Hit(where, name) for name in needles.in_bytes(data)]
                     if tp.topic == FRAMES_DECODED and report.frames_ocred < frames_to_ocr:
-                        image = _frame_pixels(record.value or b"")
+                        image = _frame_pixels(record.value or b"", store)
                         if image is None:  # not a frame (a bad record, dead-lettered by inspect): bytes only
                             continue
                         seen_frames += 1
@@ -215,10 +216,10 @@ def _searchable(topic: str, value: bytes) -> bytes:
     return message.SerializeToString()
 
 
-def _frame_pixels(value: bytes) -> np.ndarray | None:
-    """The pixels of a decoded-frame record, or None when the record is not a readable frame."""
+def _frame_pixels(value: bytes, store: FrameStore) -> np.ndarray | None:
+    """The pixels of a decoded-frame record (in it, or in the frame store), or None when it is not a readable frame."""
     try:
-        return frame_image(pb.Frame.FromString(value))
+        return store.image(pb.Frame.FromString(value))
     except (DecodeError, ValueError):
         return None
 
@@ -277,7 +278,10 @@ async def audit(
 
 def _audit_stores(needles: Needles, report: Report, blob_dir: Path | None, log_dir: Path | None) -> None:
     if blob_dir is not None:
-        audit_files(sorted(Path(blob_dir).rglob("*")), needles, report, "blob")
+        # The frame store's files are pixels, like a frame record's pixel fields: OCR reads them (audit_topics).
+        stored_frames = Path(blob_dir) / frames.FOLDER
+        blobs = [path for path in sorted(Path(blob_dir).rglob("*")) if stored_frames not in path.parents]
+        audit_files(blobs, needles, report, "blob")
     if log_dir is not None:
         audit_files(sorted(Path(log_dir).glob("*.log")), needles, report, "log")
 

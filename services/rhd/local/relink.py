@@ -21,6 +21,7 @@ from rhd.deid.ops import patient_key, pseudonym
 from rhd.labels import CLASSES
 from rhd.runtime import kafka, metrics
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.frames import FrameStore
 from rhd.runtime.http import start_http
 from rhd.runtime.links import Link, read_link_map
 from rhd.runtime.records import schema_headers
@@ -434,6 +435,10 @@ async def erase(
         await producer.stop()
     store = BlobStore(settings.blob_dir)
     deleted = sum(store.delete(uri) for uri in plan.blobs)
+    # Their decoded frames too, where split wrote them in this region's store (within their retention).
+    erased = set(plan.studies)
+    stored = FrameStore(settings.blob_dir, settings.frame_retention_s)
+    deleted += sum(stored.delete_video(v.video_id) for u in uploads if u.study_id in erased for v in u.videos)
     entry = trail_entry(ERASE, hospital, plan.studies, user, purpose)
     await append_trail(settings, keyring, [replace(entry, blobs_deleted=deleted)])
     return replace(plan, blobs_deleted=deleted)

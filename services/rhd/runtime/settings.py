@@ -52,9 +52,13 @@ class Settings(BaseSettings):
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
     fetch_max_records: int = 32
-    # How split sends frames: raw (no codec cost, ~230 kB a 240x320 frame) or png (~70 kB, ~5 ms to encode and
-    # 1-2 ms to decode in each later stage). Every reader accepts both.
-    frame_codec: Literal["raw", "png"] = "raw"
+    # How split sends frames: store (the frame store, rhd.runtime.frames: each video's frames written once under
+    # blob_dir, the records carry a reference), raw (~230 kB a 240x320 frame in every record of four topics) or png
+    # (~70 kB, ~5 ms to encode and 1-2 ms to decode in each later stage). Every reader accepts all three.
+    frame_codec: Literal["store", "raw", "png"] = "store"
+    # How long the frame store keeps a video's frames: past the study deadline, a dead letter's replay and the
+    # evidence frames a page shows. About 230 kB a frame: 24 h at 64 frames/s is some 1.3 TB.
+    frame_retention_s: float = 24 * 3600.0
     # Where payloads too large for a message go (claim check): a directory every service can read.
     blob_dir: Path = Path("var/blobs")
     # The line across two regions (docs/architecture.md), each with its own Kafka cluster and blob store: deid in the

@@ -17,12 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from google.protobuf.message import DecodeError, Message
 
 from rhd.runtime import kafka, metrics
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.frames import FrameStore
 from rhd.runtime.http import start_http
 from rhd.runtime.records import SCHEMA_HEADER, Output, dead_letter_output, frame_key_of, frame_result, header, schema_of
 from rhd.runtime.secrets import SecretError, require_home_region
@@ -76,6 +78,8 @@ class StageService:
     # Reads identifiable data: runs only in the home region, its dead letters are sealed (`seal`, `redact`) and what
     # it logs of a failure names no value.
     identifiable: bool = False
+    # Where the frames' pixels are (the runner sets it from the settings; a test may set its own).
+    frames: FrameStore | None = None
 
     def __init_subclass__(cls, **declared: Any) -> None:
         """A stage says what it is in its class line: `class Segment(StageService, name="segment", input_topic=...,
@@ -117,6 +121,13 @@ class StageService:
 
     def handle(self, message: Any, at: Position) -> list[Output]:
         raise NotImplementedError
+
+    def image(self, frame: pb.Frame) -> np.ndarray:
+        """The frame's BGR pixels, from the frame store or the record itself (ValueError: the frame fails)."""
+        if self.frames is None:  # handled outside a runner (a test): the store the settings name
+            settings = Settings()
+            self.frames = FrameStore(settings.blob_dir, settings.frame_retention_s)
+        return self.frames.image(frame)
 
     def validate(self, message: Any) -> str | None:
         """Why a decoded message cannot be processed, or None. Frame messages need their identity."""
@@ -175,6 +186,7 @@ class StageRunner:
         self.service = service
         self.settings = settings
         self.blobs = BlobStore(settings.blob_dir)
+        service.frames = FrameStore(settings.blob_dir, settings.frame_retention_s)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix=service.name)
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None

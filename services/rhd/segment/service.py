@@ -1,6 +1,6 @@
 """segment: frames.doppler.v1 -> frames.segmented.v1 (frame + flow mask from k-means colour clustering)."""
 
-from rhd.imaging.codec import encode_png, frame_image
+from rhd.imaging.codec import encode_png
 from rhd.runtime.records import Output
 from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_DOPPLER, FRAMES_SEGMENTED
@@ -10,7 +10,7 @@ from rhd.v1 import rhd_pb2 as pb
 
 class Segment(StageService, name="segment", input_topic=FRAMES_DOPPLER, input_type=pb.DopplerFrame):
     def handle(self, doppler: pb.DopplerFrame, at: Position) -> list[Output]:
-        result = segment(frame_image(doppler.frame))
+        result = segment(self.image(doppler.frame))
         mask = pb.Mask(
             png=encode_png(result.labels), flow_pixels=result.flow_pixels, mosaic_pixels=result.mosaic_pixels
         )

@@ -1,6 +1,5 @@
 """spectral: frames.spectral.v1 -> frames.done.v1 (a spectral Doppler frame's terminal record: its trace read)."""
 
-from rhd.imaging.codec import frame_image
 from rhd.runtime.records import Output, frame_result
 from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_SPECTRAL
@@ -14,7 +13,7 @@ class Spectral(StageService, name="spectral", input_topic=FRAMES_SPECTRAL, input
         try:
             if region is None:
                 raise SpectralError("no spectral region in the frame's calibration")
-            values = spectral_features(frame_image(frame), region, frame.ecg if frame.HasField("ecg") else None)
+            values = spectral_features(self.image(frame), region, frame.ecg if frame.HasField("ecg") else None)
         except SpectralError as exc:
             return [frame_result(frame.key, pb.FRAME_STATUS_FAILED, self.name, str(exc), ecg=frame.ecg)]
         vector = pb.FeatureVector(feature_set=FEATURE_SET, names=FEATURE_NAMES, values=values)

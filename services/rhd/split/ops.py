@@ -5,6 +5,7 @@ import datetime as dt
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -73,27 +74,34 @@ def fitted_region(region: pb.UltrasoundRegion, fit: Fit) -> pb.UltrasoundRegion:
     return out
 
 
+# How a video's frames are packed into their records: one dict of Frame fields per image (the pixels or their
+# reference), made for the whole video at once (the frame store writes it as one file).
+Packer = Callable[[list[np.ndarray]], list[dict[str, Any]]]
+
+
 def video_frames(
     upload: pb.StudyUpload,
     video_id: str,
     decoded: DecodedVideo,
     scan: Acquisition,
-    pixels: Callable[[np.ndarray], dict[str, bytes]],
+    pixels: Packer,
     regions: Sequence[pb.UltrasoundRegion] = (),
 ) -> list[pb.Frame]:
-    """One Frame per decoded frame, keyed for frame accounting, its pixels packed by `pixels` (raw or PNG), with the
-    video's calibrated regions. Frames of another size than the line reads (a scanner's 600 x 800, say) are scaled
-    to it, aspect kept, on black; the pixel spacing and the regions are scaled with them."""
-    frames = []
+    """One Frame per decoded frame, keyed for frame accounting, its pixels packed by `pixels` (stored, raw or PNG),
+    with the video's calibrated regions. Frames of another size than the line reads (a scanner's 600 x 800, say) are
+    scaled to it, aspect kept, on black; the pixel spacing and the regions are scaled with them."""
     fit = fit_of(*decoded.frames[0].shape[:2]) if decoded.frames else fit_of(*LINE_SHAPE)
     spacing = scan.pixel_spacing_mm / fit.scale if scan.pixel_spacing_mm else 0.0
     regions = [fitted_region(r, fit) for r in regions]
+    images = []
     for index, original in enumerate(decoded.frames):
         if original.shape[:2] != decoded.frames[0].shape[:2]:
             raise ValueError(
                 f"frame {index} is {original.shape[1]} x {original.shape[0]}: a video's frames are one size"
             )
-        image = fitted(original, fit)
+        images.append(fitted(original, fit))
+    frames = []
+    for index, (image, packed) in enumerate(zip(images, pixels(images) if images else [], strict=True)):
         key = pb.FrameKey(
             study_id=upload.study_id,
             video_id=video_id,
@@ -109,7 +117,7 @@ def video_frames(
             pixel_spacing_mm=spacing,
             nyquist_cm_s=scan.nyquist_cm_s,
             regions=regions,
-            **pixels(image),
+            **packed,
         )
         frame.decoded_at.GetCurrentTime()
         frames.append(frame)

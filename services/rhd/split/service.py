@@ -1,11 +1,16 @@
-"""split: studies.deidentified.v1 -> frames.decoded.v1 (one lossless record per frame, raw or PNG) + the study's
-manifest; a video that cannot be decoded is dead-lettered and listed as failed in the manifest."""
+"""split: studies.deidentified.v1 -> frames.decoded.v1 (one record per frame, its pixels written once to the frame
+store, or raw or PNG in the record) + the study's manifest; a video that cannot be decoded is dead-lettered and listed
+as failed in the manifest. Split also prunes the frame store of frames past their retention."""
 
 from functools import partial
+from typing import Any
+
+import numpy as np
 
 from rhd.imaging.codec import frame_pixels
 from rhd.imaging.video import VideoDecodeError, VideoLimits, decode_video
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.frames import FrameStore
 from rhd.runtime.records import Output, dead_letter_output
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import Position, StageService
@@ -14,7 +19,14 @@ from rhd.split.ops import acquisition, video_frames
 from rhd.v1 import rhd_pb2 as pb
 
 
-class Split(StageService, name="split", input_topic=STUDIES_DEIDENTIFIED, input_type=pb.StudyUpload, batch_records=1):
+class Split(
+    StageService,
+    name="split",
+    input_topic=STUDIES_DEIDENTIFIED,
+    input_type=pb.StudyUpload,
+    batch_records=1,
+    tick_seconds=60.0,
+):
     async def start(self, settings: Settings) -> None:
         self.blobs = BlobStore(settings.blob_dir)
         self.limits = VideoLimits(
@@ -22,7 +34,20 @@ class Split(StageService, name="split", input_topic=STUDIES_DEIDENTIFIED, input_
             max_frame_pixels=settings.max_frame_pixels,
             max_seconds=settings.max_decode_s,
         )
-        self.pixels = partial(frame_pixels, codec=settings.frame_codec, max_message_bytes=settings.max_message_bytes)
+        self.codec, self.max_message_bytes = settings.frame_codec, settings.max_message_bytes
+        self.frames = FrameStore(settings.blob_dir, settings.frame_retention_s)
+
+    def tick(self, now: float) -> list[Output]:
+        """Frames past their retention leave the store (every replica prunes; a file gone already is skipped)."""
+        self.frames.prune(now)
+        return []
+
+    def pixels(self, video_id: str, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        """The video's frames into the frame store, once, and a reference per record; or the pixels in the records."""
+        if self.codec == "store":
+            uri = self.frames.put_video(video_id, images)
+            return [{"stored": pb.StoredFrame(uri=uri, index=index)} for index in range(len(images))]
+        return [frame_pixels(image, self.codec, self.max_message_bytes) for image in images]
 
     def validate(self, upload: pb.StudyUpload) -> str | None:
         if upload.HasField("blob_part"):
@@ -45,7 +70,9 @@ class Split(StageService, name="split", input_topic=STUDIES_DEIDENTIFIED, input_
             try:
                 data = video.inline_data if video.HasField("inline_data") else self.blobs.get(video.blob_uri)
                 decoded = decode_video(data, self.limits)
-                frames = video_frames(upload, video.video_id, decoded, scan, self.pixels, video.regions)
+                frames = video_frames(
+                    upload, video.video_id, decoded, scan, partial(self.pixels, video.video_id), video.regions
+                )
             except (VideoDecodeError, ValueError, FileNotFoundError) as exc:
                 outputs.append(self._failed(upload, video, exc, manifest))
                 continue

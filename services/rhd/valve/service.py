@@ -7,7 +7,6 @@ model server is down, frames wait and retry; after `RHD_MODEL_RETRY_FOR_S` they 
 
 import asyncio
 
-from rhd.imaging.codec import frame_image
 from rhd.imaging.sector import image_only
 from rhd.runtime import metrics
 from rhd.runtime.model_client import ModelClient
@@ -37,7 +36,7 @@ class Valve(StageService, name="valve", input_topic=FRAMES_BMODE, input_type=pb.
         return all(await asyncio.gather(self.views.ready(), self.valves.ready()))
 
     async def handle(self, frame: pb.Frame, at: Position) -> list[Output]:
-        image = frame_image(frame)
+        image = self.image(frame)
         seen = image_only(image)
         view_outputs, valve_outputs = await asyncio.gather(self.views.predict(seen), self.valves.predict(seen))
         if not self.view_version:

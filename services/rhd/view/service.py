@@ -4,7 +4,6 @@ Frames from concurrent messages are micro-batched by the client into one Predict
 model server is down, frames wait and retry; after `RHD_MODEL_RETRY_FOR_S` they are dead-lettered.
 """
 
-from rhd.imaging.codec import frame_image
 from rhd.imaging.sector import image_only
 from rhd.runtime import metrics
 from rhd.runtime.model_client import ModelClient
@@ -32,7 +31,7 @@ class View(StageService, name="view", input_topic=FRAMES_SEGMENTED, input_type=p
         return await self.client.ready()
 
     async def handle(self, segmented: pb.SegmentedFrame, at: Position) -> list[Output]:
-        image = frame_image(segmented.frame)
+        image = self.image(segmented.frame)
         outputs = await self.client.predict(image_only(image))
         if not self.model_version:
             self.model_version = await self.client.metadata()
