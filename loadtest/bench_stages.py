@@ -12,10 +12,10 @@ import numpy as np
 from google.protobuf import json_format
 from rhd.features.ops import frame_features
 from rhd.imaging.burned_in import clean_frames
-from rhd.imaging.codec import frame_image, frame_pixels
 from rhd.imaging.ecg import read_ecg, reading_message
 from rhd.imaging.video import decode_video, encode_lossless
 from rhd.inspect.ops import inspect
+from rhd.runtime.codec import frame_image, frame_pixels
 from rhd.segment.ops import segment
 from rhd.spectral.ops import spectral_features, spectral_region
 from rhd.synth.generator import synth_studies

@@ -57,6 +57,7 @@ from rhd.watch.figures import scrape as scrape_target
 ROOT = Path(__file__).resolve().parents[1]
 # The demo's studies: the screening protocol's first 10 videos of 1-2 s (about 340 frames, 80% colour Doppler).
 SYNTH = SynthConfig(videos_per_study=10, duration_s=(1.0, 2.0))
+FRAME_PIXEL_BYTES = 240 * 320 * 3  # one frame of the line's size (rhd.imaging.video.LINE_SHAPE), BGR
 KEEPS_UP_PACE = 0.9  # diagnoses leave at least this share of the offered rate
 KEEPS_UP_LATENCY_GROWTH = 1.5  # last third's median latency over the first third's: above it, a queue is building
 
@@ -100,6 +101,7 @@ class Diagnoses:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.seen: dict[str, tuple[float, float, int]] = {}
+        self.frames: dict[str, int] = {}  # study id -> its frames (the manifest's count)
         self.duplicates = 0
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -127,6 +129,7 @@ class Diagnoses:
                         d.diagnosed_at.ToNanoseconds() / 1e9,
                         d.completeness,
                     )
+                    self.frames[d.study_id] = d.frames.expected
 
     async def stop(self) -> None:
         if self._task:
@@ -144,14 +147,15 @@ class Diagnoses:
 
 
 async def scrape(http: aiohttp.ClientSession, services: Sequence[ServiceProcess]) -> dict[str, dict[str, float]]:
-    """Per stage, summed over its replicas: seconds in the stage logic and consumer lag now."""
-    figures = {s: {"busy_s": 0.0, "lag": 0.0} for s in STAGES}
+    """Per stage, summed over its replicas: seconds in the stage logic, consumer lag now, bytes produced so far."""
+    figures = {s: {"busy_s": 0.0, "lag": 0.0, "bytes": 0.0} for s in STAGES}
     for service in services:
         if service.name in figures and service.alive():
             samples = await scrape_target(http, Target(service.name, f"127.0.0.1:{service.http_port}"))
             if samples is not None:
                 figures[service.name]["busy_s"] += total(samples, "rhd_stage_seconds_sum")
                 figures[service.name]["lag"] += total(samples, "rhd_consumer_lag")
+                figures[service.name]["bytes"] += total(samples, "rhd_output_bytes_total")
     return figures
 
 
@@ -168,6 +172,38 @@ def cpu_seconds(processes: dict[str, list[int]]) -> dict[str, float]:
                 continue
             used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return used
+
+
+def rss_mb(pid: int | None) -> float:
+    """A process's resident memory now, MB (0 where /proc is not there)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, TypeError):
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
+
+
+def stored_bytes(root: Path) -> int:
+    """Bytes in the blob and frame stores (files under the blob directory)."""
+    return sum(path.stat().st_size for path in Path(root).rglob("*") if path.is_file())
+
+
+def raw_decode_s_per_frame(study_dirs: Sequence[Path]) -> tuple[float, dict[str, int]]:
+    """CPU seconds of one raw OpenCV decode of a frame (every thread FFmpeg uses counted), over the pool's videos;
+    and each study's frame count."""
+    import cv2
+
+    frames, counts = 0, {}
+    started = time.process_time()
+    for study_dir in study_dirs:
+        counts[study_dir.name] = 0
+        for video in sorted(study_dir.glob("*.mp4")):
+            capture = cv2.VideoCapture(str(video))
+            while capture.read()[0]:
+                counts[study_dir.name] += 1
+            capture.release()
+        frames += counts[study_dir.name]
+    return (time.process_time() - started) / max(frames, 1), counts
 
 
 # -- one open-loop step ---------------------------------------------------------------------------------------
@@ -190,6 +226,10 @@ class Step:
     stage_peak_lag: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)  # per process group (stage, model-server, broker)
     points: list[tuple[float, float]] = field(default_factory=list)  # (arrival since step start, latency)
+    frames: int = 0  # frames of the diagnosed studies
+    broker_bytes: int = 0  # produced to the broker: the uploads and every stage's records
+    store_bytes: int = 0  # written to the blob and frame stores
+    broker_rss_mb: float = 0.0  # the broker's resident memory at the end of the step
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -260,6 +300,7 @@ async def run_step(
         sampler = asyncio.create_task(sample_lag())
         t0 = time.time() + 0.5
         acks = []
+        upload_bytes, stored_before = 0, stored_bytes(settings.blob_dir)
         try:
             for i in range(n):
                 due = t0 + i / rate
@@ -269,6 +310,7 @@ async def run_step(
                 # Downstream of deid the study is known by its pseudonym, which the run's key makes here too.
                 ids.append(study_pseudonym(pseudonym_key, upload.hospital_id, upload.study_id))
                 key, value, headers = sealed_upload(upload, raw)
+                upload_bytes += len(key) + len(value)
                 acks.append(await producer.send(STUDIES_UPLOADED, value, key=key, headers=headers))
             await asyncio.gather(*acks)
         finally:
@@ -279,6 +321,10 @@ async def run_step(
         after = await scrape(http, services)
         cpu_after = cpu_seconds(line.pids())
     step.cpu_s = {k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after}
+    step.frames = sum(diagnoses.frames.get(i, 0) for i in ids if i in diagnoses.seen)
+    step.broker_bytes = upload_bytes + int(sum(after[s]["bytes"] - before[s]["bytes"] for s in STAGES))
+    step.store_bytes = stored_bytes(settings.blob_dir) - stored_before
+    step.broker_rss_mb = rss_mb(line.broker_pid)
     done = [diagnoses.seen[i] for i in ids if i in diagnoses.seen]
     step.sent, step.diagnosed = len(ids), len(done)
     step.incomplete = sum(1 for _, _, completeness in done if completeness != pb.COMPLETENESS_COMPLETE)
@@ -299,6 +345,22 @@ async def run_step(
         + late
     )
     return step
+
+
+def per_frame(step: Step, decode_s: float) -> dict[str, float]:
+    """The step's cost per frame: CPU (and as a multiple of one raw decode), broker and store bytes (and as a
+    multiple of one frame's pixels)."""
+    if not step.frames:
+        return {}
+    cpu = sum(step.cpu_s.values()) / step.frames
+    broker, store = step.broker_bytes / step.frames, step.store_bytes / step.frames
+    return {
+        "cpu_ms": 1000 * cpu,
+        "cpu_over_decode": cpu / decode_s if decode_s else 0.0,
+        "broker_bytes": broker,
+        "store_bytes": store,
+        "bytes_over_pixels": (broker + store) / FRAME_PIXEL_BYTES,
+    }
 
 
 def cpu_profile(step: Step) -> str:
@@ -386,15 +448,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     right.plot(
         [s["offered_per_s"] for s in offered], [s["throughput_per_s"] for s in offered], "o-", label="1 replica each"
     )
-    two = [s for s in steps if s["name"].startswith("replicas")]
-    if two:
-        right.plot(
-            [s["offered_per_s"] for s in two],
-            [s["throughput_per_s"] for s in two],
-            "s",
-            ms=9,
-            label=f"2 x {results.get('bottleneck')}",
-        )
+    for marker, s in zip("s^vD", (s for s in steps if s["name"].startswith("replicas")), strict=False):
+        stage = s["name"].removeprefix("replicas-2x")
+        right.plot([s["offered_per_s"]], [s["throughput_per_s"]], marker, ms=9, label=f"2 x {stage}")
     top = max([s["offered_per_s"] for s in steps] + [0.01])
     right.plot([0, top], [0, top], color="grey", ls=":", lw=1, label="throughput = offered")
     if results.get("in_process_per_s"):
@@ -455,6 +511,11 @@ class Line:
     def services(self) -> list[ServiceProcess]:
         return self.stack.services if self.stack else []
 
+    @property
+    def broker_pid(self) -> int | None:
+        process = self.stack.broker.process if self.stack else None
+        return process.pid if process is not None else None
+
     def pids(self) -> dict[str, list[int]]:
         """The processes of the embedded stack by name (a stage's replicas together), the broker included."""
         groups: dict[str, list[int]] = {}
@@ -473,9 +534,15 @@ async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any
         f"pool: {len(pool)} generated studies ({SYNTH.videos_per_study} videos of {SYNTH.duration_s[0]:g}-"
         f"{SYNTH.duration_s[1]:g} s), published again and again under fresh ids"
     )
+    dirs = sorted(p for p in (workdir / "pool").iterdir() if p.is_dir() and p.name != "truth")
+    decode_s, counts = raw_decode_s_per_frame(dirs)
+    results["raw_decode_ms_per_frame"] = 1000 * decode_s
+    results["frames_per_pool_study"] = statistics.fmean(counts.values())
+    say(f"one raw OpenCV decode: {1000 * decode_s:.3f} CPU ms a frame ({sum(counts.values())} frames of the pool)")
     steps: list[Step] = []
     async with Line(args, workdir, {}) as line:
         alone = await single_study_latency(line, pool, args.alone)
+        rss_start, sent_before = rss_mb(line.broker_pid), sum(s.sent for s in steps)
         results["single_study_latency_s"] = percentiles(alone)
         say(f"one study alone: latency {statistics.median(alone):.1f} s (median of {len(alone)})")
         estimate = await burst(line, pool, args.burst)
@@ -504,18 +571,42 @@ async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any
             f"(peak lag {int(overloaded.stage_peak_lag[neck])} records at {overloaded.offered_per_s:.3f}/s)"
         )
         say(f"  CPU at {overloaded.offered_per_s:.3f}/s: {cpu_profile(overloaded)}")
+        cost = results["per_frame"] = per_frame(overloaded, decode_s)
+        if cost:
+            say(
+                f"  per frame: {cost['cpu_ms']:.1f} CPU ms = {cost['cpu_over_decode']:.1f}x a raw decode; broker "
+                f"{cost['broker_bytes'] / 1000:.1f} kB + stores {cost['store_bytes'] / 1000:.1f} kB = "
+                f"{cost['bytes_over_pixels']:.2f}x one frame's pixels"
+            )
         half_rate = (saturation or capacity) / 2
         duration = max(args.duration, args.min_arrivals / half_rate)
         half = await run_step(line, "half-saturation", pool, half_rate, duration, args.drain)
         steps.append(half)
-    replicas = {neck: 2}
-    async with Line(args, workdir, replicas) as line:
-        again = await run_step(
-            line, f"replicas-2x{neck}", pool, overloaded.offered_per_s, overloaded.duration_s, args.drain
+        studies = sum(s.sent for s in steps) - sent_before
+        grown = rss_mb(line.broker_pid) - rss_start
+        results["broker_memory"] = {"start_mb": rss_start, "end_mb": rss_start + grown, "studies": studies}
+        say(
+            f"  the broker's memory: {rss_start:.0f} MB after the first study, {rss_start + grown:.0f} MB after "
+            f"{studies} more ({grown / max(studies, 1):.2f} MB a study)"
         )
+    # Capacity with 1 and 2 replicas of each of the two busiest stages (CPU at the overloaded rate), in turn.
+    busiest = sorted(STAGES, key=lambda s: -overloaded.cpu_s.get(s, 0.0))[:2]
+    results["busiest"], results["two_replicas"] = busiest, {}
+    if neck not in busiest:
+        busiest.append(neck)
+    for stage in busiest:
+        async with Line(args, workdir, {stage: 2}) as line:
+            again = await run_step(
+                line, f"replicas-2x{stage}", pool, overloaded.offered_per_s, overloaded.duration_s, args.drain
+            )
         steps.append(again)
-        results["bottleneck_with_2_replicas"] = bottleneck(again)
-        say(f"  with 2 x {neck}: bottleneck {bottleneck(again)}; CPU {cpu_profile(again)}")
+        results["two_replicas"][stage] = {"throughput_per_s": again.throughput_per_s, "bottleneck": bottleneck(again)}
+        if stage == neck:
+            results["bottleneck_with_2_replicas"] = bottleneck(again)
+        say(
+            f"  with 2 x {stage}: {again.throughput_per_s:.3f} studies/s "
+            f"(1 replica: {overloaded.throughput_per_s:.3f}); bottleneck {bottleneck(again)}; CPU {cpu_profile(again)}"
+        )
     results["steps"] = [asdict(s) for s in steps]
 
 
@@ -525,6 +616,12 @@ def reference(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) 
     loop_s, wall_s = reference_loop_seconds(dirs * args.reference_repeats, ROOT / "models", processes)
     n = len(dirs) * args.reference_repeats
     results["in_process_per_s"] = n / loop_s
+    frames = results.get("frames_per_pool_study", 0.0) * n
+    decode_ms = results.get("raw_decode_ms_per_frame", 0.0)
+    if frames and decode_ms:
+        cpu_ms = 1000 * processes * loop_s / frames
+        results["in_process_per_frame"] = {"cpu_ms": cpu_ms, "cpu_over_decode": cpu_ms / decode_ms}
+        say(f"in-process: {cpu_ms:.1f} CPU ms a frame = {cpu_ms / decode_ms:.1f}x a raw decode")
     results["in_process"] = {"studies": n, "processes": processes, "loop_s": loop_s, "wall_s_with_model_load": wall_s}
     say(
         f"in-process reference: {n} studies in {loop_s:.1f} s over {processes} processes = "
@@ -541,6 +638,17 @@ def goals(results: dict[str, Any]) -> list[str]:
         results["streaming_over_in_process"] = ratio
         lines.append(f"streaming/in-process ratio: {ratio:.2f}")
         lines.append(f"  goal >= 0.80: {'met' if ratio >= 0.8 else 'missed'} ({streaming:.3f} vs {ref:.3f} studies/s)")
+    cost = results.get("per_frame")
+    if cost:
+        multiple, over = cost["cpu_over_decode"], cost["bytes_over_pixels"]
+        lines.append(
+            f"whole-line CPU per frame: {multiple:.1f}x a raw decode "
+            f"(goal <= 18x: {'met' if multiple <= 18 else 'missed'})"
+        )
+        lines.append(
+            f"broker + store bytes per frame: {over:.2f}x one frame's pixels "
+            f"(goal <= 1.2x: {'met' if over <= 1.2 else 'missed'})"
+        )
     half = next((s for s in results.get("steps", []) if s["name"] == "half-saturation"), None)
     alone = results.get("single_study_latency_s", {}).get("p50")
     if half and alone and half["latency_s"]:

@@ -17,10 +17,10 @@ from rhd.deid import ops as deid
 from rhd.deid.policy import load_policy
 from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, FeatureError, frame_features
 from rhd.imaging.burned_in import clean_frames
-from rhd.imaging.codec import decode_png, encode_png
 from rhd.imaging.ecg import reading_message
 from rhd.imaging.video import VideoDecodeError, decode_video
 from rhd.inspect.ops import ANATOMICAL, NOT_ECHO, SPECTRAL, inspect
+from rhd.runtime.codec import decode_png, encode_png
 from rhd.runtime.settings import Settings
 from rhd.segment.ops import segment
 from rhd.spectral import ops as spectral

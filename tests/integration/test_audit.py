@@ -8,12 +8,12 @@ from aiokafka import AIOKafkaProducer
 from conftest import missing_tool
 from rhd.deid.ops import deidentify_upload
 from rhd.deid.policy import load_policy
-from rhd.imaging.codec import frame_pixels
 from rhd.imaging.video import DecodedVideo, decode_video
 from rhd.local.audit import audit, tesseract_available
 from rhd.local.broker import broker_for
 from rhd.local.publish import upload_from_dir
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.codec import frame_pixels
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DECODED, STUDIES_DEIDENTIFIED, STUDIES_UPLOADED
 from rhd.split.ops import acquisition, video_frames

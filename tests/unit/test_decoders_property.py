@@ -8,9 +8,9 @@ import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rhd.imaging.codec import frame_image
 from rhd.imaging.dicom import DicomError, read_dicom
 from rhd.imaging.video import VideoDecodeError, VideoLimits, decode_video
+from rhd.runtime.codec import frame_image
 from rhd.runtime.records import SCHEMA_HEADER
 from rhd.runtime.secrets import MAGIC, SecretError, init_secrets, load_keyring, parse_upload
 from rhd.runtime.settings import Settings

@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 import pytest
-from rhd.imaging.codec import frame_pixels
 from rhd.inspect.service import Inspect
 from rhd.local.publish import upload_from_dir
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.codec import frame_pixels
 from rhd.runtime.frames import FrameStore, FrameStoreError
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import Position

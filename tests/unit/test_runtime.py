@@ -5,9 +5,9 @@ import importlib
 
 import numpy as np
 import pytest
-from rhd.imaging.codec import frame_image, frame_pixels
 from rhd.local.publish import upload_from_dir
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.codec import frame_image, frame_pixels
 from rhd.runtime.records import dead_letter, frame_key_of, frame_result
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DONE

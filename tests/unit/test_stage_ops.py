@@ -4,11 +4,11 @@ MP4 frames (what the services see), plus the edge cases that must end in a clear
 import numpy as np
 import pytest
 from rhd.features.ops import FEATURE_NAMES, FeatureError, frame_features, unalias
-from rhd.imaging.codec import decode_png, encode_png
 from rhd.imaging.colour import AWAY, MOSAIC, TOWARD, decode_velocity, find_colour_bar
 from rhd.imaging.video import VideoDecodeError, decode_video
 from rhd.inspect.ops import ANATOMICAL, DOPPLER, NO_IMAGE, NOT_ECHO, inspect
 from rhd.labels import VIEWS
+from rhd.runtime.codec import decode_png, encode_png
 from rhd.segment.ops import segment
 from rhd.synth.generator import SynthConfig, load_frame_truth, load_truth, synth_studies
 from rhd.synth.render import JetScene, Scene, render_frame

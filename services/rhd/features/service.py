@@ -1,7 +1,7 @@
 """features: frames.viewed.v1 -> frames.done.v1 (the analysed frame's terminal record with its features)."""
 
 from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, FeatureError, frame_features
-from rhd.imaging.codec import decode_png
+from rhd.runtime.codec import decode_png
 from rhd.runtime.records import Output, frame_result
 from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_VIEWED

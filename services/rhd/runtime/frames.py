@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rhd.imaging.codec import frame_image
+from rhd.runtime.codec import frame_image
 from rhd.v1 import rhd_pb2 as pb
 
 SCHEME = "frames://"

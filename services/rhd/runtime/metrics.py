@@ -12,6 +12,9 @@ DUPLICATES = Counter(
     "rhd_duplicates_total", "Input records already seen (redeliveries), dropped; among the ok messages.", ["stage"]
 )
 OUTPUTS = Counter("rhd_outputs_total", "Records produced, by topic.", ["stage", "topic"])
+OUTPUT_BYTES = Counter(
+    "rhd_output_bytes_total", "Bytes produced to the broker (record values and keys), by topic.", ["stage", "topic"]
+)
 DEAD_LETTERS = Counter(
     "rhd_dead_letters_total",
     "Dead letters written, by the topic their record came from (<topic>.dlq).",

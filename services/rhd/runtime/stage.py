@@ -314,6 +314,7 @@ class StageRunner:
             headers = [(SCHEMA_HEADER, schema.encode())]
             pending.append(await self.producer.send(topic, value, key=key.encode(), headers=headers))
             metrics.OUTPUTS.labels(self.service.name, topic).inc()
+            metrics.OUTPUT_BYTES.labels(self.service.name, topic).inc(len(value) + len(key))
             if topic.endswith(DLQ_SUFFIX):  # a whole record, or a part of one (a video of an upload)
                 metrics.DEAD_LETTERS.labels(self.service.name, topic.removesuffix(DLQ_SUFFIX)).inc()
         if pending:

@@ -1,6 +1,6 @@
 """segment: frames.doppler.v1 -> frames.segmented.v1 (frame + flow mask from k-means colour clustering)."""
 
-from rhd.imaging.codec import encode_png
+from rhd.runtime.codec import encode_png
 from rhd.runtime.records import Output
 from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_DOPPLER, FRAMES_SEGMENTED

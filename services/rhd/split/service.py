@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from rhd.imaging.codec import frame_pixels
 from rhd.imaging.video import VideoDecodeError, VideoLimits, decode_video
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.codec import frame_pixels
 from rhd.runtime.frames import FrameStore
 from rhd.runtime.records import Output, dead_letter_output
 from rhd.runtime.settings import Settings
