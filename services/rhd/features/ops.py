@@ -10,7 +10,6 @@ through zero). Mosaic pixels carry variance, not a readable velocity: they count
 
 import cv2
 import numpy as np
-from scipy import stats
 from skimage.feature import graycomatrix, graycoprops
 
 from rhd.imaging.colour import AWAY, MOSAIC, TOWARD, ColourBarError, decode_velocity, find_colour_bar
@@ -49,23 +48,38 @@ class FeatureError(ValueError):
     """A frame whose features cannot be measured, with the reason (the frame ends FAILED, never silently 0)."""
 
 
+LEVELS = np.arange(256, dtype=np.float64)
+
+
 def first_order(values: np.ndarray, prefix: str) -> dict[str, float]:
-    """Histogram statistics of 8-bit values; all zero for fewer than two values (an empty region)."""
-    values = np.asarray(values, np.float64).ravel()
-    if values.size < 2:
+    """Histogram statistics of 8-bit values; all zero for fewer than two values (an empty region). All of them from
+    the 256-bin histogram, which is exact for 8-bit values: the moments (skewness and kurtosis as scipy.stats gives
+    them, biased, Fisher's kurtosis) and the percentiles (numpy's linear interpolation between order statistics)."""
+    values = np.asarray(values).ravel()
+    n = values.size
+    if n < 2:
         return {f"{prefix}_{s}": 0.0 for s in FIRST_ORDER}
-    histogram = np.bincount(values.astype(np.int64), minlength=256) / values.size
+    counts = np.bincount(values.astype(np.uint8, copy=False), minlength=256).astype(np.float64)
+    histogram = counts / n
+    mean = float(histogram @ LEVELS)
+    deviation = LEVELS - mean
+    m2, m3, m4 = (float(histogram @ deviation**k) for k in (2, 3, 4))
+    flat = m2 <= 1e-12 * max(mean * mean, 1.0)  # one value only: no shape to describe
     nonzero = histogram[histogram > 0]
-    flat = values.std() == 0
     out = {
-        f"{prefix}_mean": float(values.mean()),
-        f"{prefix}_var": float(values.var()),
-        f"{prefix}_skewness": 0.0 if flat else float(stats.skew(values)),
-        f"{prefix}_kurtosis": 0.0 if flat else float(stats.kurtosis(values)),
+        f"{prefix}_mean": mean,
+        f"{prefix}_var": m2,
+        f"{prefix}_skewness": 0.0 if flat else m3 / m2**1.5,
+        f"{prefix}_kurtosis": 0.0 if flat else m4 / m2**2 - 3.0,
         f"{prefix}_entropy": float(-(nonzero * np.log2(nonzero)).sum()),
     }
-    for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True):
-        out[f"{prefix}_p{p}"] = float(v)
+    # The k-th smallest value is the first level whose cumulative count passes k.
+    cumulative = np.cumsum(counts)
+    for p in PERCENTILES:
+        rank = (n - 1) * p / 100
+        below = int(np.floor(rank))
+        lo, hi = np.searchsorted(cumulative, [below, min(below + 1, n - 1)], side="right")
+        out[f"{prefix}_p{p}"] = float(lo + (rank - below) * (hi - lo))
     return out
 
 
