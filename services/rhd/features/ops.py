@@ -106,7 +106,12 @@ def texture(grey: np.ndarray, region: np.ndarray | None = None) -> dict[str, flo
 def unalias(aliased_cm_s: np.ndarray, laminar: np.ndarray, nyquist_cm_s: float) -> np.ndarray:
     """Undo one level of aliasing. Where red meets blue through bright colours (both sides near the Nyquist
     limit) the velocity wrapped; where they meet through dark ones it passed through zero and is real. Of two
-    regions that meet by wrapping, the smaller (the fast core) is shifted by 2 x Nyquist to the larger's sign."""
+    regions that meet by wrapping, the smaller (the fast core) is shifted by 2 x Nyquist to the larger's sign.
+    Worked out within the box around the laminar pixels: the same regions and seams, a fraction of the pixels."""
+    x, y, w, h = cv2.boundingRect(laminar.astype(np.uint8))
+    if not w:
+        return np.zeros(0, np.float32)
+    laminar = laminar[y : y + h, x : x + w]
     full = np.zeros(laminar.shape, np.float32)
     full[laminar] = aliased_cm_s
     fast = np.abs(full) >= ALIAS_EDGE * nyquist_cm_s
@@ -119,11 +124,10 @@ def unalias(aliased_cm_s: np.ndarray, laminar: np.ndarray, nyquist_cm_s: float) 
     # Fast positive pixels next to fast negative ones: the seams, and the pairs of regions they join.
     near_fast_neg = cv2.dilate((negative & fast).astype(np.uint8), kernel).astype(bool)
     seam = positive & fast & near_fast_neg
-    pairs = set()
+    pairs: set[tuple[int, int]] = set()
     if seam.any():
         grown_neg = cv2.dilate(neg_regions.astype(np.float32), kernel).astype(np.int64)
-        for y, x in zip(*np.nonzero(seam), strict=True):
-            pairs.add((int(pos_regions[y, x]), int(grown_neg[y, x])))
+        pairs = {(int(p), int(q)) for p, q in np.unique(np.stack([pos_regions[seam], grown_neg[seam]], 1), axis=0)}
     out = full.copy()
     for p, q in sorted(pairs):
         if not q:
@@ -136,10 +140,13 @@ def unalias(aliased_cm_s: np.ndarray, laminar: np.ndarray, nyquist_cm_s: float) 
 
 
 def jet_length_px(mosaic: np.ndarray) -> float:
-    """Long side of the rotated bounding box of the largest mosaic region."""
-    count, components, box_stats, _ = cv2.connectedComponentsWithStats(mosaic.astype(np.uint8), connectivity=8)
-    if count <= 1:
+    """Long side of the rotated bounding box of the largest mosaic region (labelled within the box around the mosaic:
+    the same regions, a fraction of the pixels)."""
+    mask = mosaic.astype(np.uint8)
+    x, y, w, h = cv2.boundingRect(mask)
+    if not w:
         return 0.0
+    count, components, box_stats, _ = cv2.connectedComponentsWithStats(mask[y : y + h, x : x + w], connectivity=8)
     largest = 1 + int(np.argmax(box_stats[1:, cv2.CC_STAT_AREA]))
     points = np.column_stack(np.nonzero(components == largest)[::-1]).astype(np.float32)
     (_, _), (w, h), _ = cv2.minAreaRect(points)

@@ -79,9 +79,12 @@ def find_colour_bar(bgr: np.ndarray, nyquist_cm_s: float, fan: np.ndarray | None
 
 def decode_velocity(bgr: np.ndarray, pixels: np.ndarray, bar: ColourBar) -> np.ndarray:
     """Velocity along the beam (cm/s) of each selected pixel: that of its nearest colour on the bar (aliased, as
-    the scanner shows it)."""
-    colours = bgr[pixels].astype(np.float32)
+    the scanner shows it). Each distinct colour is looked up once (a frame's flow repeats its colours)."""
+    colours = bgr[pixels]
     if colours.size == 0:
         return np.zeros(0, np.float32)
-    _, nearest = cKDTree(bar.colours).query(colours)
-    return bar.velocities[nearest]
+    packed = colours.astype(np.int32) @ np.array([1 << 16, 1 << 8, 1], np.int32)  # one int per BGR colour
+    distinct, where = np.unique(packed, return_inverse=True)
+    unpacked = np.stack([distinct >> 16, (distinct >> 8) & 255, distinct & 255], axis=1).astype(np.float32)
+    _, nearest = cKDTree(bar.colours).query(unpacked)
+    return bar.velocities[nearest][where]

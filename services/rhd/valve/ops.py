@@ -273,14 +273,17 @@ def fan_apex(bgr: np.ndarray) -> np.ndarray:
     return np.array([bgr.shape[1] / 2.0, 0.0])
 
 
-def valve_features(bgr: np.ndarray, probabilities: np.ndarray | None, spacing_mm: float) -> list[float]:
-    """One B-mode frame and the network's answer for it -> FEATURE_NAMES' values."""
+def valve_features(
+    bgr: np.ndarray, probabilities: np.ndarray | None, spacing_mm: float, seen: np.ndarray | None = None
+) -> list[float]:
+    """One B-mode frame and the network's answer for it -> FEATURE_NAMES' values. `seen`: the frame as the network
+    read it (image_only of it), when the caller has it already."""
     if probabilities is None:
         raise ValveError(f"the valve model's answer has no {PROBABILITIES!r}")
     if not np.isfinite(spacing_mm) or spacing_mm <= 0:
         raise ValveError(f"pixel spacing must be a positive number of mm, got {spacing_mm}")
     # Measured on the image alone, as the network reads it: text around the fan must not move the tissue level.
-    image = image_only(checked_frame(bgr))
+    image = image_only(checked_frame(bgr)) if seen is None else checked_frame(seen)
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
     try:
         labels = full_resolution(labels_from_probabilities(probabilities), grey.shape)

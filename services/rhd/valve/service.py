@@ -48,7 +48,7 @@ class Valve(StageService, name="valve", input_topic=FRAMES_BMODE, input_type=pb.
             )
         view = prediction_from_outputs(view_outputs, self.view_version).message(self.view_name)
         try:
-            values = valve_features(image, valve_outputs.get(PROBABILITIES), frame.pixel_spacing_mm)
+            values = valve_features(image, valve_outputs.get(PROBABILITIES), frame.pixel_spacing_mm, seen)
         except ValveError as exc:
             return [frame_result(frame.key, pb.FRAME_STATUS_FAILED, self.name, str(exc), view=view, ecg=frame.ecg)]
         vector = pb.FeatureVector(feature_set=FEATURE_SET, names=FEATURE_NAMES, values=values)
