@@ -6,6 +6,7 @@ identifier in the sealed trail or link map."""
 import asyncio
 import stat
 
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from rhd.cli import main
@@ -14,6 +15,7 @@ from rhd.local.audit import audit
 from rhd.local.broker import broker_for
 from rhd.local.relink import ERASE, RESULTS, access_trail, erase, results
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.frames import FrameStore
 from rhd.runtime.secrets import LINK_KEYRING, SEALED_SCHEMA, init_secrets, load_keyring, load_pseudonym_key
 from rhd.runtime.settings import Settings, get_settings
 from rhd.runtime.topics import STUDIES_DEIDENTIFIED, STUDIES_DIAGNOSED, STUDIES_LINKS
@@ -54,6 +56,11 @@ def test_results_go_back_to_their_own_hospital_and_erasure_takes_a_patient_out(t
     linked = studies(key)
     blobs = BlobStore(blob_dir)
     video_blob = {s["pseudonym"]: blobs.put(f"clean video of {s['pseudonym']}".encode()) for s in linked}
+    # Each video's decoded frames, as split stores them.
+    frames = FrameStore(blob_dir, 3600)
+    stored = {
+        s["pseudonym"]: frames.put_video(f"{s['pseudonym']}-V00", [np.zeros((4, 4, 3), np.uint8)]) for s in linked
+    }
     broker = broker_for(Settings(broker=broker_kind), tmp_path, log_file=tmp_path / "broker.log")
 
     async def publish(settings: Settings) -> None:
@@ -116,9 +123,10 @@ def test_results_go_back_to_their_own_hospital_and_erasure_takes_a_patient_out(t
     ]
     assert waiting == 0
     assert [(r.study_id, r.accession_number) for r in theirs] == [("ECHO-2024-0117", "ACC-B-0117")]
-    # The erasure: A's two studies of the child, not B's; their blobs gone, the others kept.
-    assert erased.studies == sorted(s["pseudonym"] for s in a_cns) and erased.blobs_deleted == 2
+    # The erasure: A's two studies of the child, not B's; their blobs and stored frames gone, the others kept.
+    assert erased.studies == sorted(s["pseudonym"] for s in a_cns) and erased.blobs_deleted == 2 + 2
     for s in linked:
+        assert frames.path(stored[s["pseudonym"]]).exists() == (s not in a_cns)
         assert (blob_dir / video_blob[s["pseudonym"]][-64:][:2] / video_blob[s["pseudonym"]][-64:]).exists() == (
             s not in a_cns
         )
@@ -133,7 +141,7 @@ def test_results_go_back_to_their_own_hospital_and_erasure_takes_a_patient_out(t
         (ERASE, "dpo", 2),
         (RESULTS, "dr.ana", 1),
     ]
-    assert entries[1].blobs_deleted == 2 and set(entries[1].studies) == {s["pseudonym"] for s in a_cns}
+    assert entries[1].blobs_deleted == 4 and set(entries[1].studies) == {s["pseudonym"] for s in a_cns}
     assert entries[0].purpose == "screening follow-up"
     # The audit reads the sealed trail and link map (tombstones included) and finds no identifier there.
     assert report.clean, report.hits

@@ -72,3 +72,13 @@ def test_aliasing_and_the_jet_are_worked_out_in_the_box_around_the_flow_as_on_th
     mosaic[30:32, 60:62] = True
     assert jet_length_px(mosaic) == jet_length_px(np.pad(mosaic, ((9, 2), (30, 1)))) == 29.0
     assert jet_length_px(np.zeros((60, 80), bool)) == 0.0
+
+
+def test_image_only_blacks_out_exactly_what_lies_outside_the_fan():
+    from rhd.imaging.sector import fan_mask, image_only
+    from rhd.synth.render import Scene, render_frame
+
+    image, _ = render_frame(Scene(view="a4c"), 0.3, np.random.default_rng(2))
+    fan = fan_mask(image)
+    assert 0.2 < fan.mean() < 0.9
+    assert np.array_equal(image_only(image), np.where(fan[..., None], image, np.uint8(0)))

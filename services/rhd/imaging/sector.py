@@ -86,7 +86,7 @@ def fan_of_solid(solid: np.ndarray) -> np.ndarray:
 def image_only(bgr: np.ndarray) -> np.ndarray:
     """The frame with everything outside its fan black: what the networks read. Whatever a scanner writes around the
     image (text, marks) cannot then sway a prediction, and a frame deid cleaned reads as the frame it came from."""
-    return np.where(fan_mask(bgr)[..., None], bgr, np.uint8(0))
+    return cv2.bitwise_and(bgr, bgr, mask=fan_mask(bgr).view(np.uint8))  # np.where's result, a third of the time
 
 
 def images_only(frames: np.ndarray) -> np.ndarray:

@@ -265,7 +265,7 @@ def video_blobs(uploads: Iterable[pb.StudyUpload]) -> dict[str, set[str]]:
 class Erasure:
     studies: list[str]  # study pseudonyms whose links are tombstoned
     blobs: list[str]  # blobs only those studies reference
-    blobs_deleted: int = 0  # of those, the ones that were still there
+    blobs_deleted: int = 0  # of those, the ones that were still there; and the stored frame files of their videos
 
 
 def erasure_plan(
@@ -418,7 +418,7 @@ async def erase(
     settings: Settings, hospital: str, patient_ids: Iterable[str], user: str = "", purpose: str = ""
 ) -> Erasure:
     """`rhd erase`: a tombstone on studies.links.v1 for every link of the patient at this hospital, their
-    de-identified videos' blobs deleted, and the erasure in the access trail (by study pseudonyms)."""
+    de-identified videos' blobs and stored frames deleted, and the erasure in the access trail (by study pseudonyms)."""
     keyring = _home(settings, "rhd erase")
     patients = patient_pseudonyms(load_pseudonym_key(settings.secrets_dir), hospital, patient_ids)
     if not patients:
