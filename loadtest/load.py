@@ -363,6 +363,40 @@ def per_frame(step: Step, decode_s: float) -> dict[str, float]:
     }
 
 
+CORE_BUSY = 0.7  # the share of a core the plan lets a replica use (headroom for bursts, GC, the OS)
+PLAN_FRAMES_PER_S = 500.0  # a PROVAR-sized archive (about 3.5 M frames) in under 2 hours
+
+
+def scaling_plan(step: Step, frames_per_s: float, cores: int | None = None) -> dict[str, Any]:
+    """Replicas per process group for `frames_per_s` from the step's measured CPU per frame (each replica at most
+    CORE_BUSY of a core; the broker and the model server as the cores they need), or, given `cores`, the frames/s those
+    cores carry. A replica's CPU request is its share (small ones share a core). Partitions: at least the most replicas
+    any stage has, rounded up to a power of two (a consumer group uses no more replicas than partitions)."""
+    if not step.frames:
+        return {}
+    per_frame = {name: seconds / step.frames for name, seconds in step.cpu_s.items() if seconds > 0}
+    if cores is not None:
+        frames_per_s = cores * CORE_BUSY / sum(per_frame.values())
+    replicas = {name: max(1, int(np.ceil(frames_per_s * cpu / CORE_BUSY))) for name, cpu in per_frame.items()}
+    partitions = 1 << int(np.ceil(np.log2(max(replicas.get(s, 1) for s in STAGES))))
+    return {
+        "frames_per_s": frames_per_s,
+        "cpu_ms_per_frame": {name: 1000 * cpu for name, cpu in sorted(per_frame.items(), key=lambda kv: -kv[1])},
+        "replicas": replicas,
+        "cores": frames_per_s * sum(per_frame.values()) / CORE_BUSY,  # the CPU the replicas ask for in all
+        "partitions": max(partitions, 4),
+    }
+
+
+def plan_line(plan: dict[str, Any]) -> str:
+    busy = sorted(plan["replicas"].items(), key=lambda kv: -kv[1])
+    return (
+        f"{plan['frames_per_s']:.0f} frames/s: {plan['cores']:.1f} cores; replicas "
+        + ", ".join(f"{name} {n}" for name, n in busy)
+        + f"; {plan['partitions']} partitions a topic"
+    )
+
+
 def cpu_profile(step: Step) -> str:
     """Where the CPU went during a step: seconds per diagnosed study by process group, largest first."""
     if not step.cpu_s or not step.diagnosed:
@@ -578,6 +612,11 @@ async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any
                 f"{cost['broker_bytes'] / 1000:.1f} kB + stores {cost['store_bytes'] / 1000:.1f} kB = "
                 f"{cost['bytes_over_pixels']:.2f}x one frame's pixels"
             )
+        node, cluster = scaling_plan(overloaded, 0.0, cores=16), scaling_plan(overloaded, PLAN_FRAMES_PER_S)
+        results["plan"] = {"node_16_cores": node, "cluster": cluster}
+        if node:
+            say(f"  plan, one 16-core node: {plan_line(node)}")
+            say(f"  plan, a cluster at {PLAN_FRAMES_PER_S:.0f} frames/s: {plan_line(cluster)}")
         half_rate = (saturation or capacity) / 2
         duration = max(args.duration, args.min_arrivals / half_rate)
         half = await run_step(line, "half-saturation", pool, half_rate, duration, args.drain)
