@@ -135,9 +135,11 @@ lock: $(STAMP)
 clean:
 	rm -rf $(VENV) var kafka/target tests/schemas/node_modules models/view/[0-9]* models/valve/[0-9]* models/study/[0-9]* $(GEN) services/rhd/v1/*_pb2.pyi
 
-# Figures, not tests (about 30 minutes on 2 cores): per-frame cost of each stage's functions beside raw decode
+# Figures, not tests (about 45 minutes on 2 cores): per-frame cost of each stage's functions beside raw decode
 # and HSV; the view model bare vs served; each stage service alone through the broker; then the whole line under
-# open-loop load (saturation, bottleneck, two replicas of it) against the in-process reference, with their ratio.
+# open-loop load (saturation, bottleneck, two replicas of each of the two busiest stages) against the in-process
+# reference, with their ratio, the CPU per frame as a multiple of a raw decode, broker + store bytes per frame as a
+# multiple of a frame's pixels, and the replica and partition plan for a 16-core node and a 500 frames/s cluster.
 bench: setup models kafka
 	$(BIN)/python loadtest/bench_stages.py
 	$(BIN)/python loadtest/bench_view.py

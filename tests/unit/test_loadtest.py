@@ -71,3 +71,33 @@ def test_throughput_is_the_pace_at_which_diagnoses_leave():
     assert load.completion_rate([100.0, 104.0, 108.0, 112.0]) == pytest.approx(0.25)
     assert load.completion_rate([5.0, 1.0, 3.0]) == pytest.approx(0.5)  # order does not matter
     assert load.completion_rate([7.0]) == 0.0 and load.completion_rate([]) == 0.0
+
+
+def test_per_frame_costs_are_multiples_of_a_raw_decode_and_of_a_frames_pixels():
+    s = load.Step(
+        "t",
+        0.2,
+        60,
+        {},
+        frames=1000,
+        cpu_s={"features": 3.0, "broker": 1.0},
+        broker_bytes=5_000_000,
+        store_bytes=230_400_000,
+    )
+    cost = load.per_frame(s, decode_s=0.0002)
+    assert cost["cpu_ms"] == pytest.approx(4.0) and cost["cpu_over_decode"] == pytest.approx(20.0)
+    assert cost["broker_bytes"] == 5_000 and cost["store_bytes"] == 230_400
+    assert cost["bytes_over_pixels"] == pytest.approx((5_000 + 230_400) / (240 * 320 * 3))
+    assert load.per_frame(load.Step("t", 0.2, 60, {}), 0.0002) == {}
+
+
+def test_the_scaling_plan_gives_each_stage_the_replicas_its_cpu_per_frame_needs():
+    s = load.Step("t", 0.2, 60, {}, frames=1000, cpu_s={"features": 2.8, "inspect": 0.7, "model-server": 1.4})
+    cluster = load.scaling_plan(s, 500.0)
+    # features: 500 frames/s x 2.8 ms = 1.4 cores, at most 0.7 of a core a replica: 2 replicas.
+    assert cluster["replicas"] == {"features": 2, "inspect": 1, "model-server": 1}
+    assert cluster["cores"] == pytest.approx(500 * 4.9e-3 / 0.7) and cluster["partitions"] == 4
+    node = load.scaling_plan(s, 0.0, cores=16)
+    assert node["frames_per_s"] == pytest.approx(16 * 0.7 / 4.9e-3) and node["cores"] == pytest.approx(16)
+    # 2,286 frames/s x 2.8 ms / 0.7 = 9.1: 10 replicas of features, and 16 partitions for them to read.
+    assert node["replicas"] == {"features": 10, "inspect": 3, "model-server": 5} and node["partitions"] == 16
