@@ -146,8 +146,8 @@ def jet_length_px(mosaic: np.ndarray) -> float:
     x, y, w, h = cv2.boundingRect(mask)
     if not w:
         return 0.0
-    count, components, box_stats, _ = cv2.connectedComponentsWithStats(mask[y : y + h, x : x + w], connectivity=8)
-    largest = 1 + int(np.argmax(box_stats[1:, cv2.CC_STAT_AREA]))
+    count, components = cv2.connectedComponents(mask[y : y + h, x : x + w], connectivity=8)
+    largest = 1 + int(np.argmax(np.bincount(components.ravel(), minlength=count)[1:]))
     points = np.column_stack(np.nonzero(components == largest)[::-1]).astype(np.float32)
     (_, _), (w, h), _ = cv2.minAreaRect(points)
     return float(max(w, h))

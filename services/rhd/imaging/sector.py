@@ -74,11 +74,12 @@ def fan_of_value(value: np.ndarray) -> np.ndarray:
 
 
 def fan_of_solid(solid: np.ndarray) -> np.ndarray:
-    """The convex hull of the largest of the solid regions (uint8 0/1)."""
-    count, components, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=4)
+    """The convex hull of the largest of the solid regions (uint8 0/1). The regions' areas by counting their labels:
+    OpenCV's labelling with statistics took five times as long as the labelling alone."""
+    count, components = cv2.connectedComponents(solid, connectivity=4)
     fan = np.zeros(solid.shape, np.uint8)
     if count > 1:
-        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        largest = 1 + int(np.argmax(np.bincount(components.ravel(), minlength=count)[1:]))
         cv2.fillConvexPoly(fan, _hull((components == largest).astype(np.uint8)), 1)
     return fan.astype(bool)
 
