@@ -229,7 +229,8 @@ class Step:
     frames: int = 0  # frames of the diagnosed studies
     broker_bytes: int = 0  # produced to the broker: the uploads and every stage's records
     store_bytes: int = 0  # written to the blob and frame stores
-    broker_rss_mb: float = 0.0  # the broker's resident memory at the end of the step
+    broker_rss_start_mb: float = 0.0  # the broker's resident memory when the step began
+    broker_rss_mb: float = 0.0  # and at its end
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -301,6 +302,7 @@ async def run_step(
         t0 = time.time() + 0.5
         acks = []
         upload_bytes, stored_before = 0, stored_bytes(settings.blob_dir)
+        step.broker_rss_start_mb = rss_mb(line.broker_pid)
         try:
             for i in range(n):
                 due = t0 + i / rate
@@ -335,6 +337,12 @@ async def run_step(
     step.stage_busy_s = {s: after[s]["busy_s"] - before[s]["busy_s"] for s in STAGES}
     step.stage_peak_lag = peak
     late = f", publisher up to {step.publish_late_s_max:.2f} s late" if step.publish_late_s_max > 0.5 else ""
+    if step.frames:
+        late += (
+            f"; per frame: broker {step.broker_bytes / step.frames / 1000:.1f} kB, stores "
+            f"{step.store_bytes / step.frames / 1000:.1f} kB; the broker's memory {step.broker_rss_start_mb:.0f} -> "
+            f"{step.broker_rss_mb:.0f} MB"
+        )
     lat = step.latency_s
     say(
         f"  {name:<14} offered {rate:.3f}/s for {duration_s:.0f} s: {step.diagnosed}/{step.sent} diagnosed, "
