@@ -534,9 +534,16 @@ class Line:
             self.settings = base.model_copy(update={"bootstrap_servers": self.args.bootstrap})
         else:
             self.stack = EmbeddedStack(self.workdir / "stack", base, self.replicas)
-            self.settings = await self.stack.start()
-        self.diagnoses = Diagnoses(self.settings)
-        await self.diagnoses.start()
+        try:
+            if self.stack:
+                self.settings = await self.stack.start()
+            self.diagnoses = Diagnoses(self.settings)
+            await self.diagnoses.start()
+        except BaseException:
+            # `async with` calls no __aexit__ when __aenter__ raises: a stage that did not start left the broker and
+            # every other service running.
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *_: object) -> None:
