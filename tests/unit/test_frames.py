@@ -98,3 +98,18 @@ def test_split_stores_each_video_once_and_inspect_reads_the_frames_it_decoded(tm
         assert [(o.topic, o.key) for o in inspect.handle(a, Position(0, 0, 0.0))] == [
             (o.topic, o.key) for o in inspect.handle(b, Position(0, 0, 0.0))
         ]
+
+
+def test_a_setting_given_to_the_stack_in_the_environment_reaches_its_services(tmp_path, monkeypatch):
+    """The embedded stack hands its services every setting it was given that is not the field's own default, those
+    from its own RHD_ variables too (RHD_FRAME_CODEC=raw, to measure the line without the frame store)."""
+    from rhd.local.stack import EmbeddedStack
+
+    monkeypatch.setenv("RHD_FRAME_CODEC", "raw")
+    monkeypatch.setenv("RHD_FRAME_RETENTION_S", "600")
+    env = EmbeddedStack(tmp_path, Settings(secrets_dir=tmp_path / "secrets"))._env()
+    assert env["RHD_FRAME_CODEC"] == "raw" and float(env["RHD_FRAME_RETENTION_S"]) == 600.0
+    monkeypatch.delenv("RHD_FRAME_CODEC")
+    monkeypatch.delenv("RHD_FRAME_RETENTION_S")
+    env = EmbeddedStack(tmp_path, Settings(secrets_dir=tmp_path / "secrets"))._env()
+    assert "RHD_FRAME_CODEC" not in env and "RHD_FRAME_RETENTION_S" not in env  # the defaults: nothing to pass

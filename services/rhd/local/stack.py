@@ -159,13 +159,15 @@ class EmbeddedStack:
 
     def _env(self, region: str = HOME, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RHD_")}
-        # Every setting the stack was given that is not its default (limits, deadlines, ...), then its own wiring.
-        defaults = Settings()
+        # Every setting the stack was given that is not its default (limits, deadlines, ...), then its own wiring. The
+        # defaults are the fields' own: Settings() would read this process's RHD_ variables, and one set there (say
+        # RHD_FRAME_CODEC=raw) would equal its "default" and never reach the services, whose RHD_ variables are dropped.
+        defaults = {name: f.get_default(call_default_factory=True) for name, f in Settings.model_fields.items()}
         env.update(
             {
                 f"RHD_{name.upper()}": json.dumps(value) if isinstance(value, list | dict) else str(value)
                 for name, value in self.base.model_dump().items()
-                if value != getattr(defaults, name) and value is not None and name not in Settings.CONNECTION
+                if value != defaults[name] and value is not None and name not in Settings.CONNECTION
             }
         )
         env.update(
