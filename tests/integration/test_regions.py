@@ -120,8 +120,12 @@ def test_the_line_runs_across_two_regions_and_nothing_identifiable_leaves_home(t
     # No identifiable topic, no identifier in any record or blob of the GPU region; the raw upload stayed home.
     assert not gpu_topics & {*HOME_ONLY, upload_topic("H1"), dlq(STUDIES_UPLOADED), dlq(STUDIES_LINKS)}
     assert report.records > 0 and report.hits == [], report.hits
-    gpu_blobs = [p for p in stack.blob_dirs[GPU].rglob("*") if p.is_file()]
+    gpu_files = [p for p in stack.blob_dirs[GPU].rglob("*") if p.is_file()]
+    stored_frames = [p for p in gpu_files if p.parent.name == "frames"]  # split's frame store, in the GPU region
+    gpu_blobs = [p for p in gpu_files if p not in stored_frames]
     home_blobs = [p for p in (tmp_path / "home-blobs").rglob("*") if p.is_file()]
-    assert len(gpu_blobs) == 3 and not any(is_sealed(p.read_bytes()[:8]) for p in gpu_blobs)  # the clean videos
+    assert len(gpu_blobs) == 3 and not any(is_sealed(p.read_bytes()[:8]) for p in gpu_files)  # the clean videos
+    assert len(stored_frames) == 3 and all(p.suffix == ".npy" for p in stored_frames)  # their frames, once each
+    assert not (tmp_path / "home-blobs" / "frames").exists()  # no frame is stored at home
     assert home_blobs and all(is_sealed(p.read_bytes()[:8]) for p in home_blobs)  # the raw upload, sealed
     assert {STUDIES_UPLOADED, STUDIES_LINKS, ACCESS_TRAIL, STUDIES_DEIDENTIFIED} <= home_topics

@@ -363,3 +363,15 @@ def test_a_stage_that_calls_no_model_imports_no_tensorflow(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_kraft_cluster_id_never_starts_with_a_dash(monkeypatch):
+    """kafka-storage format -t -dK5H... reads such an id as an option and fails: one start in 64 did, in CI."""
+    import uuid
+
+    from rhd.local import broker
+
+    ids = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x10" + bytes(15))])
+    monkeypatch.setattr(broker.uuid, "uuid4", lambda: next(ids))
+    cluster_id = broker.kafka_cluster_id()
+    assert cluster_id == "EAAAAAAAAAAAAAAAAAAAAA" and len(cluster_id) == 22

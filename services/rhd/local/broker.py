@@ -170,8 +170,13 @@ EmbeddedBroker = TansuBroker  # the zero-install default, by its old name
 
 
 def kafka_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes in URL-safe base64, unpadded (as `kafka-storage random-uuid` prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id: 16 random bytes in URL-safe base64, unpadded (as `kafka-storage random-uuid` prints), and,
+    as Kafka's own Uuid.randomUuid() does, never one that starts with "-": `kafka-storage format -t -dK5H...` reads it
+    as an option and fails (one start in 64 did)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 LOG4J2 = """\
