@@ -39,6 +39,7 @@ import aiohttp
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rhd.deid.ops import study_pseudonym
+from rhd.imaging.video import LINE_SHAPE
 from rhd.local.broker import kafka_available
 from rhd.local.publish import upload_from_dir
 from rhd.local.signals import stop_on_sigterm
@@ -57,7 +58,7 @@ from rhd.watch.figures import scrape as scrape_target
 ROOT = Path(__file__).resolve().parents[1]
 # The demo's studies: the screening protocol's first 10 videos of 1-2 s (about 340 frames, 80% colour Doppler).
 SYNTH = SynthConfig(videos_per_study=10, duration_s=(1.0, 2.0))
-FRAME_PIXEL_BYTES = 240 * 320 * 3  # one frame of the line's size (rhd.imaging.video.LINE_SHAPE), BGR
+FRAME_PIXEL_BYTES = LINE_SHAPE[0] * LINE_SHAPE[1] * 3  # one frame of the line's size, BGR
 KEEPS_UP_PACE = 0.9  # diagnoses leave at least this share of the offered rate
 KEEPS_UP_LATENCY_GROWTH = 1.5  # last third's median latency over the first third's: above it, a queue is building
 
@@ -591,10 +592,10 @@ async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any
     steps: list[Step] = []
     async with Line(args, workdir, {}) as line:
         alone = await single_study_latency(line, pool, args.alone)
-        rss_start, sent_before = rss_mb(line.broker_pid), sum(s.sent for s in steps)
         results["single_study_latency_s"] = percentiles(alone)
         say(f"one study alone: latency {statistics.median(alone):.1f} s (median of {len(alone)})")
         estimate = await burst(line, pool, args.burst)
+        rss_start = rss_mb(line.broker_pid)  # the broker's memory before the steps whose studies it is divided by
         results["burst_per_s"] = estimate
         say(f"burst of {args.burst} studies at once: {estimate:.3f} studies/s")
         factors = list(args.factors)
@@ -636,11 +637,11 @@ async def search(args: argparse.Namespace, workdir: Path, results: dict[str, Any
         duration = max(args.duration, args.min_arrivals / half_rate)
         half = await run_step(line, "half-saturation", pool, half_rate, duration, args.drain)
         steps.append(half)
-        studies = sum(s.sent for s in steps) - sent_before
+        studies = sum(s.sent for s in steps)
         grown = rss_mb(line.broker_pid) - rss_start
         results["broker_memory"] = {"start_mb": rss_start, "end_mb": rss_start + grown, "studies": studies}
         say(
-            f"  the broker's memory: {rss_start:.0f} MB after the first study, {rss_start + grown:.0f} MB after "
+            f"  the broker's memory: {rss_start:.0f} MB after the first studies, {rss_start + grown:.0f} MB after "
             f"{studies} more ({grown / max(studies, 1):.2f} MB a study)"
         )
     # Capacity with 1 and 2 replicas of each of the two busiest stages (CPU at the overloaded rate), in turn.

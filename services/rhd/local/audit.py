@@ -16,7 +16,6 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from rhd.runtime import frames, kafka
-from rhd.runtime.frames import FrameStore
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import FRAMES_DECODED, MESSAGE_OF, STUDIES_UPLOADED, all_topic_names
 from rhd.v1 import rhd_pb2 as pb
@@ -151,7 +150,7 @@ async def audit_topics(
     # The raw topic's dead letters, the re-link map and the access trail are read too: what they hold must be sealed.
     topics = [t for t in all_topic_names() if t != STUDIES_UPLOADED]
     tps = await kafka.partitions(settings, topics)
-    store = FrameStore(settings.blob_dir, settings.frame_retention_s)  # where stored frames' pixels are
+    store = frames.FrameStore(settings.blob_dir, settings.frame_retention_s)  # where stored frames' pixels are
     reader = kafka.consumer(settings, None, "rhd-audit")
     await reader.start()
     try:
@@ -216,7 +215,7 @@ def _searchable(topic: str, value: bytes) -> bytes:
     return message.SerializeToString()
 
 
-def _frame_pixels(value: bytes, store: FrameStore) -> np.ndarray | None:
+def _frame_pixels(value: bytes, store: frames.FrameStore) -> np.ndarray | None:
     """The pixels of a decoded-frame record (in it, or in the frame store), or None when it is not a readable frame."""
     try:
         return store.image(pb.Frame.FromString(value))
