@@ -18,6 +18,7 @@ from rhd.deid.policy import load_policy
 from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, FeatureError, frame_features
 from rhd.imaging.burned_in import clean_frames
 from rhd.imaging.ecg import reading_message
+from rhd.imaging.sector import image_only, sector_mask, video_sector
 from rhd.imaging.video import VideoDecodeError, decode_video
 from rhd.inspect.ops import ANATOMICAL, NOT_ECHO, SPECTRAL, inspect
 from rhd.runtime.codec import decode_png, encode_png
@@ -29,9 +30,9 @@ from rhd.v1 import rhd_pb2 as pb
 from rhd.valve import ops as valve
 
 # frames (N x H x W x 3 BGR uint8) -> view label per frame
-ViewPredictor = Callable[[np.ndarray], Sequence[str]]
+ViewPredictor = Callable[[np.ndarray, Sequence[np.ndarray]], Sequence[str]]
 # frames (N x H x W x 3 BGR uint8) -> the valve model's label probabilities per frame
-ValveSegmenter = Callable[[np.ndarray], np.ndarray]
+ValveSegmenter = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,9 @@ def analyse_study(
     spacing, nyquist = scan.pixel_spacing_mm, scan.nyquist_cm_s
     manifest = pb.StudyManifest(study_id=meta["study_id"], metadata=scan.clinical)
     results: list[pb.FrameResult] = []
-    doppler: list[tuple[pb.FrameKey, np.ndarray, pb.EcgReading | None]] = []
-    bmode: list[tuple[pb.FrameKey, np.ndarray, pb.EcgReading | None]] = []
+    # Each frame with its video's sector (found once per video, as split does).
+    doppler: list[tuple[pb.FrameKey, np.ndarray, np.ndarray, pb.EcgReading | None]] = []
+    bmode: list[tuple[pb.FrameKey, np.ndarray, np.ndarray, pb.EcgReading | None]] = []
     for video in meta["videos"]:
         try:
             decoded = decode_video((Path(study_dir) / video["filename"]).read_bytes())
@@ -96,6 +98,7 @@ def analyse_study(
         regions = [json_format.ParseDict(r, pb.UltrasoundRegion()) for r in video.get("regions", [])]
         strip = spectral.spectral_region(regions)
         images = clean_frames(decoded.frames, regions) if clean_pixels else decoded.frames
+        fan = sector_mask(video_sector(images), images[0].shape) if len(images) else None
         for index, image in enumerate(images):
             key = pb.FrameKey(
                 study_id=meta["study_id"],
@@ -104,7 +107,7 @@ def analyse_study(
                 video_frame_count=len(decoded.frames),
             )
             # The services may pass frames as PNG; the round trip is lossless, so it is skipped here.
-            seen = inspect(image, spectral=strip is not None)
+            seen = inspect(image, spectral=strip is not None, fan=fan)
             ecg = reading_message(seen.ecg) if seen.ecg is not None else None
             if seen.kind == SPECTRAL and strip is not None:
                 try:
@@ -115,32 +118,32 @@ def analyse_study(
                 vector = pb.FeatureVector(feature_set=spectral.FEATURE_SET, names=spectral.FEATURE_NAMES, values=values)
                 results.append(_result(key, pb.FRAME_STATUS_ANALYSED, "spectral", ecg, features=vector))
             elif seen.doppler:
-                doppler.append((key, image, ecg))
+                doppler.append((key, image, fan, ecg))
             elif seen.kind == ANATOMICAL:
-                bmode.append((key, image, ecg))
+                bmode.append((key, image, fan, ecg))
             else:
                 status = pb.FRAME_STATUS_FAILED if seen.kind == NOT_ECHO else pb.FRAME_STATUS_SKIPPED
                 results.append(_result(key, status, "inspect", ecg, reason=seen.reason))
     if doppler:
-        views = predict_views(np.stack([image for _, image, _ in doppler]))
-        for (key, image, ecg), view in zip(doppler, views, strict=True):
+        views = predict_views(np.stack([image for _, image, _, _ in doppler]), [fan for _, _, fan, _ in doppler])
+        for (key, image, fan, ecg), view in zip(doppler, views, strict=True):
             # Masks travel as PNG between services; decode(encode) keeps both paths identical.
-            labels = decode_png(encode_png(segment(image).labels))
+            labels = decode_png(encode_png(segment(image, fan).labels))
             prediction = pb.ViewPrediction(label=view)
             try:
-                values = frame_features(image, labels, spacing, nyquist)
+                values = frame_features(image, labels, spacing, nyquist, fan)
             except FeatureError as exc:
                 results.append(_result(key, pb.FRAME_STATUS_FAILED, "features", ecg, reason=str(exc), view=prediction))
                 continue
             vector = pb.FeatureVector(feature_set=FEATURE_SET, names=FEATURE_NAMES, values=values)
             results.append(_result(key, pb.FRAME_STATUS_ANALYSED, "features", ecg, view=prediction, features=vector))
     if bmode:
-        frames = np.stack([image for _, image, _ in bmode])
-        views, probabilities = predict_views(frames), segment_valves(frames)
-        for (key, image, ecg), view, answer in zip(bmode, views, probabilities, strict=True):
+        frames, fans = np.stack([image for _, image, _, _ in bmode]), [fan for _, _, fan, _ in bmode]
+        views, probabilities = predict_views(frames, fans), segment_valves(frames, fans)
+        for (key, image, fan, ecg), view, answer in zip(bmode, views, probabilities, strict=True):
             prediction = pb.ViewPrediction(label=view)
             try:
-                values = valve.valve_features(image, answer, spacing)
+                values = valve.valve_features(image, answer, spacing, image_only(image, fan))
             except valve.ValveError as exc:
                 results.append(_result(key, pb.FRAME_STATUS_FAILED, "valve", ecg, reason=str(exc), view=prediction))
                 continue

@@ -4,8 +4,17 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from rhd.features.ops import FIRST_ORDER, PERCENTILES, first_order
+from rhd.features.ops import (
+    FIRST_ORDER,
+    GLCM_ANGLES,
+    GLCM_DISTANCES,
+    GLCM_PROPS,
+    PERCENTILES,
+    first_order,
+    glcm_properties,
+)
 from scipy import stats
+from skimage.feature import graycomatrix, graycoprops
 
 
 def _reference(values: np.ndarray) -> dict[str, float]:
@@ -32,6 +41,20 @@ def test_first_order_from_the_histogram_is_what_scipy_and_numpy_give(values):
     assert fast.keys() == slow.keys() == {f"x_{s}" for s in FIRST_ORDER}
     for name, value in slow.items():
         assert np.isclose(fast[name], value, rtol=1e-9, atol=1e-9), (name, fast[name], value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40)), elements=st.integers(0, 31)),
+    st.booleans(),
+)
+def test_glcm_properties_in_one_pass_are_what_graycoprops_gives(image, sparse):
+    """Any image, including constant ones and ones too small for a distance (empty matrices)."""
+    image = image if not sparse else np.where(image > 15, image, 0).astype(np.uint8)
+    counts = graycomatrix(image, GLCM_DISTANCES, GLCM_ANGLES, levels=32, symmetric=True)
+    fast = glcm_properties(counts)
+    for prop in GLCM_PROPS:
+        assert np.allclose(fast[prop], graycoprops(counts, prop), rtol=1e-12, atol=1e-12, equal_nan=True), prop
 
 
 def test_first_order_of_fewer_than_two_values_is_zero():

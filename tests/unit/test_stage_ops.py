@@ -1,10 +1,12 @@
 """inspect, segment and features as plain functions, measured against the generator's ground truth on decoded
 MP4 frames (what the services see), plus the edge cases that must end in a clear reason, never a crash."""
 
+import cv2
 import numpy as np
 import pytest
 from rhd.features.ops import FEATURE_NAMES, FeatureError, frame_features, unalias
 from rhd.imaging.colour import AWAY, MOSAIC, TOWARD, decode_velocity, find_colour_bar
+from rhd.imaging.sector import fan_with_flow, frame_sector, sector_mask, sector_message, video_sector
 from rhd.imaging.video import VideoDecodeError, decode_video
 from rhd.inspect.ops import ANATOMICAL, DOPPLER, NO_IMAGE, NOT_ECHO, inspect
 from rhd.labels import VIEWS
@@ -12,6 +14,7 @@ from rhd.runtime.codec import decode_png, encode_png
 from rhd.segment.ops import segment
 from rhd.synth.generator import SynthConfig, load_frame_truth, load_truth, synth_studies
 from rhd.synth.render import JetScene, Scene, render_frame
+from rhd.v1 import rhd_pb2 as pb
 
 TEXT = (("phi", "Hospital Santa Rita"), ("phi", "Maria Silva Costa"))
 # The hard cases on purpose: low gain, colour bar and yellow text on most B-mode videos, many off-axis and
@@ -34,7 +37,8 @@ def hard_set(tmp_path_factory):
 
 
 def videos(studies, doppler_only=False):
-    """(study truth, video truth, decoded frames, per-frame arrays or None), one video at a time."""
+    """(study truth, video truth, decoded frames, per-frame arrays or None, the video's sector as split finds it), one
+    video at a time."""
     for study in studies:
         truth = load_truth(study)
         for video in truth["videos"]:
@@ -42,39 +46,47 @@ def videos(studies, doppler_only=False):
                 continue
             frames = decode_video((study / f"{video['video_id']}.mp4").read_bytes()).frames
             arrays = load_frame_truth(study, video["video_id"]) if video["doppler"] else None
-            yield truth, video, frames, arrays
+            yield truth, video, frames, arrays, sector_mask(video_sector(frames), frames[0].shape)
 
 
-def test_inspect_tells_doppler_from_b_mode_on_2000_hard_frames(hard_set):
+# The line finds each video's sector once (split); a record without one has each frame's own fan found instead.
+FANS = pytest.mark.parametrize("per_video", [True, False], ids=["video-sector", "frame-fan"])
+
+
+@FANS
+def test_inspect_tells_doppler_from_b_mode_on_2000_hard_frames(hard_set, per_video):
     right = total = 0
-    for _, video, frames, _ in videos(hard_set):
+    for _, video, frames, _, sector in videos(hard_set):
         for frame in frames:
-            right += inspect(frame).doppler == video["doppler"]
+            right += inspect(frame, fan=sector if per_video else None).doppler == video["doppler"]
             total += 1
     assert total >= 2000
     assert right / total >= 0.995, f"{right}/{total}"
 
 
-def test_segment_flow_masks_reach_dice_090(hard_set):
+@FANS
+def test_segment_flow_masks_reach_dice_090(hard_set, per_video):
     dice = []
-    for _, _, frames, arrays in videos(hard_set, doppler_only=True):
+    for _, _, frames, arrays, sector in videos(hard_set, doppler_only=True):
         for k in range(0, len(frames), 3):
             truth = arrays["flow"][k]
             if truth.any():
-                flow = segment(frames[k]).labels > 0
+                flow = segment(frames[k], sector if per_video else None).labels > 0
                 dice.append(2 * (flow & truth).sum() / (flow.sum() + truth.sum()))
     assert len(dice) > 200
     assert np.mean(dice) >= 0.90, np.mean(dice)
 
 
-def test_velocity_through_the_colour_bar_and_jet_length_meet_their_targets(hard_set):
+@FANS
+def test_velocity_through_the_colour_bar_and_jet_length_meet_their_targets(hard_set, per_video):
     errors, jets = [], []
-    for study, video, frames, arrays in videos(hard_set[:6], doppler_only=True):
+    for study, video, frames, arrays, sector in videos(hard_set[:6], doppler_only=True):
         nyquist = study["acquisition"]["nyquist_cm_s"]
+        fan = sector if per_video else None
         for k in range(0, len(frames), 3):
-            labels = segment(frames[k]).labels
+            labels = segment(frames[k], fan).labels
             laminar = (labels == TOWARD) | (labels == AWAY)
-            bar = find_colour_bar(frames[k], nyquist)
+            bar = find_colour_bar(frames[k], nyquist, fan)
             decoded = np.zeros(laminar.shape, np.float32)
             decoded[laminar] = unalias(decode_velocity(frames[k], laminar, bar), laminar, nyquist)
             true = arrays["velocity_cm_s"][k]
@@ -82,7 +94,7 @@ def test_velocity_through_the_colour_bar_and_jet_length_meet_their_targets(hard_
             errors.append(np.abs(decoded[plain] - true[plain]) / nyquist)
             drawn = max(video["frames"][k]["mr_length_mm"], video["frames"][k]["ar_length_mm"])
             if drawn > 0:
-                values = dict(zip(FEATURE_NAMES, frame_features(frames[k], labels, 0.6, nyquist), strict=True))
+                values = dict(zip(FEATURE_NAMES, frame_features(frames[k], labels, 0.6, nyquist, fan), strict=True))
                 jets.append(abs(values["jet_length_mm"] - drawn))
     errors = np.concatenate(errors)
     assert errors.size > 10_000
@@ -208,3 +220,30 @@ def test_png_round_trip_is_lossless():
 def test_split_refuses_what_is_not_a_video(data, reason):
     with pytest.raises(VideoDecodeError, match=reason):
         decode_video(data)
+
+
+def test_a_videos_sector_is_found_once_and_stands_for_each_of_its_frames(tmp_path):
+    """Split finds the sector of each video; the records carry it and the stages fill it in. A shadow over part of
+    the fan in a few frames, or a mark beside it in one, does not move it: its frames vote."""
+    [study] = synth_studies(5, 1, tmp_path, SynthConfig(videos_per_study=1, duration_s=(1.0, 1.0)))
+    [video] = load_truth(study)["videos"]
+    frames = decode_video((study / f"{video['video_id']}.mp4").read_bytes()).frames
+    sector = sector_mask(video_sector(frames), frames[0].shape)
+    own = [fan_with_flow(cv2.cvtColor(f, cv2.COLOR_BGR2HSV)) for f in frames]
+    assert min((sector & fan).sum() / (sector | fan).sum() for fan in own) > 0.85
+    # Shadow the left half of the fan in 3 frames and put a bright block below it in the last.
+    altered = [f.copy() for f in frames]
+    rows, cols = np.nonzero(sector)
+    for f in altered[:3]:
+        f[:, : int(np.median(cols))][sector[:, : int(np.median(cols))]] = 0
+    altered[-1][rows.max() + 2 : rows.max() + 14, 10:40] = 255  # the last frame is always one that votes
+    moved = sector_mask(video_sector(altered), frames[0].shape)
+    assert (moved & sector).sum() / (moved | sector).sum() > 0.99  # its edge, where half the frames agree, may shift
+    assert not moved[rows.max() + 2 :].any()
+    # Through a record and back, as the stages read it; none in the record: the frame's own fan is found.
+    record = pb.Frame(height=frames[0].shape[0], width=frames[0].shape[1], sector=sector_message(video_sector(frames)))
+    assert np.array_equal(frame_sector(record), sector)
+    assert frame_sector(pb.Frame(height=240, width=320)) is None
+    blank = np.zeros((240, 320, 3), np.uint8)
+    assert not sector_mask(video_sector([blank] * 4), blank.shape).any()
+    assert inspect(blank, fan=sector_mask(video_sector([blank]), blank.shape)).kind == NO_IMAGE

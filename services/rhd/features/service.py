@@ -1,6 +1,7 @@
 """features: frames.viewed.v1 -> frames.done.v1 (the analysed frame's terminal record with its features)."""
 
 from rhd.features.ops import FEATURE_NAMES, FEATURE_SET, FeatureError, frame_features
+from rhd.imaging.sector import frame_sector
 from rhd.runtime.codec import decode_png
 from rhd.runtime.records import Output, frame_result
 from rhd.runtime.stage import Position, StageService
@@ -17,6 +18,7 @@ class Features(StageService, name="features", input_topic=FRAMES_VIEWED, input_t
                 decode_png(viewed.segmented.mask.png),
                 frame.pixel_spacing_mm,
                 frame.nyquist_cm_s,
+                frame_sector(frame),
             )
         except FeatureError as exc:  # e.g. no colour bar: the frame is accounted for, as failed, with why
             return [

@@ -4,8 +4,12 @@ Grey B-mode pixels have B = G = R (saturation 0); colour Doppler flow is saturat
 ECG trace and burned-in text sit outside the fan, so what is measured of the image is measured inside it.
 """
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
+
+from rhd.v1 import rhd_pb2 as pb
 
 SATURATION_MIN = 60  # HSV saturation (0-255) above which a pixel counts as colour
 # Stricter for the flow mask: MP4's half-resolution chroma bleeds faint colour around the flow.
@@ -13,6 +17,7 @@ FLOW_SATURATION_MIN = 120
 VALUE_MIN = 40  # and bright enough that the hue means something
 NON_BLACK_MIN = 8  # mean grey level (5 x 5) above which a pixel is image rather than the black surround
 FAN_OPEN_PX = 7  # opening with this kernel removes thin strokes (text, ECG, depth marks) but keeps the fan
+SECTOR_FRAMES = 8  # frames of a video, evenly spread, whose fans vote for the video's sector
 
 
 def checked_frame(bgr: np.ndarray) -> np.ndarray:
@@ -84,18 +89,60 @@ def fan_of_solid(solid: np.ndarray) -> np.ndarray:
     return fan.astype(bool)
 
 
-def image_only(bgr: np.ndarray) -> np.ndarray:
-    """The frame with everything outside its fan black: what the networks read. Whatever a scanner writes around the
-    image (text, marks) cannot then sway a prediction, and a frame deid cleaned reads as the frame it came from."""
-    return cv2.bitwise_and(bgr, bgr, mask=fan_mask(bgr).view(np.uint8))  # np.where's result, a third of the time
+def video_sector(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """The ultrasound sector of a video (its frames all one size), once for all its frames: the convex hull (int32
+    N x 2, x and y; empty when the frames show no image) of where at least half of SECTOR_FRAMES of its frames,
+    evenly spread, have their fan (`fan_with_flow`). A scanner's sector stands still through a clip (a change of
+    depth or zoom starts a new one); one frame's own fan moves with the speckle at its far edge and loses what a
+    shadow hides in that frame only, and the vote leaves out what one frame alone joins to it."""
+    if not len(frames):
+        return np.zeros((0, 2), np.int32)
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), SECTOR_FRAMES)).round().astype(int))
+    votes = np.zeros(frames[0].shape[:2], np.uint16)
+    for i in picks:
+        votes += fan_with_flow(cv2.cvtColor(frames[i], cv2.COLOR_BGR2HSV))
+    agreed = (2 * votes >= len(picks)).astype(np.uint8)
+    return _hull(agreed).reshape(-1, 2).astype(np.int32) if agreed.any() else np.zeros((0, 2), np.int32)
 
 
-def images_only(frames: np.ndarray) -> np.ndarray:
-    """image_only of each frame of a stack (N x H x W x 3)."""
-    return np.stack([image_only(frame) for frame in frames]) if len(frames) else frames
+def sector_mask(hull: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """bool H x W: the pixels inside a video's sector (`video_sector`)."""
+    fan = np.zeros(shape[:2], np.uint8)
+    if len(hull):
+        cv2.fillConvexPoly(fan, np.asarray(hull, np.int32).reshape(-1, 1, 2), 1)
+    return fan.astype(bool)
 
 
-def flow_mask(bgr: np.ndarray, hsv: np.ndarray | None = None) -> np.ndarray:
-    """The colour flow a Doppler frame shows: strongly saturated pixels inside the fan."""
+def sector_message(hull: np.ndarray) -> pb.Sector:
+    return pb.Sector(hull_xy=np.asarray(hull, np.int32).ravel().tolist())
+
+
+def frame_sector(frame: pb.Frame) -> np.ndarray | None:
+    """bool H x W: the sector split found for the frame's video, or None when its record carries none (the stage then
+    finds the frame's own fan)."""
+    if not frame.HasField("sector"):
+        return None
+    return sector_mask(np.array(frame.sector.hull_xy, np.int32).reshape(-1, 2), (frame.height, frame.width))
+
+
+def image_only(bgr: np.ndarray, fan: np.ndarray | None = None) -> np.ndarray:
+    """The frame with everything outside its fan (its video's sector when given, else the frame's own) black: what
+    the networks read. Whatever a scanner writes around the image (text, marks) cannot then sway a prediction, and a
+    frame deid cleaned reads as the frame it came from."""
+    fan = fan_mask(bgr) if fan is None else fan
+    return cv2.bitwise_and(bgr, bgr, mask=fan.view(np.uint8))  # np.where's result, a third of the time
+
+
+def images_only(frames: np.ndarray, fans: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
+    """image_only of each frame of a stack (N x H x W x 3), each with its fan when given."""
+    if not len(frames):
+        return frames
+    fans = [None] * len(frames) if fans is None else fans
+    return np.stack([image_only(frame, fan) for frame, fan in zip(frames, fans, strict=True)])
+
+
+def flow_mask(bgr: np.ndarray, hsv: np.ndarray | None = None, fan: np.ndarray | None = None) -> np.ndarray:
+    """The colour flow a Doppler frame shows: strongly saturated pixels inside the fan (its video's sector when
+    given, else the frame's own)."""
     hsv = cv2.cvtColor(checked_frame(bgr), cv2.COLOR_BGR2HSV) if hsv is None else hsv
-    return colour_pixels(hsv, FLOW_SATURATION_MIN) & fan_with_flow(hsv)
+    return colour_pixels(hsv, FLOW_SATURATION_MIN) & (fan_with_flow(hsv) if fan is None else fan)

@@ -45,15 +45,16 @@ class Inspection:
         }[self.kind]
 
 
-def inspect(bgr: np.ndarray, spectral: bool = False) -> Inspection:
-    """What the frame is; `spectral` when its video's calibration names a spectral Doppler region."""
+def inspect(bgr: np.ndarray, spectral: bool = False, fan: np.ndarray | None = None) -> Inspection:
+    """What the frame is; `spectral` when its video's calibration names a spectral Doppler region; `fan` its video's
+    sector (`rhd.imaging.sector.video_sector`), else the frame's own fan is found."""
     hsv = cv2.cvtColor(checked_frame(bgr), cv2.COLOR_BGR2HSV)
     colour = colour_pixels(hsv)
     if colour.mean() > NOT_ECHO_FRACTION:
         return Inspection(NOT_ECHO, int(colour.sum()), colour.size)
     if spectral:  # no fan: the trace runs in its strip, the ECG below it
         return Inspection(SPECTRAL, 0, 0, read_ecg(bgr, hsv, np.zeros(colour.shape, bool)))
-    fan = fan_with_flow(hsv)
+    fan = fan_with_flow(hsv) if fan is None else fan
     fan_pixels, inside = int(fan.sum()), int((colour & fan).sum())
     ecg = read_ecg(bgr, hsv, fan)
     if fan_pixels < FAN_MIN_FRACTION * fan.size:

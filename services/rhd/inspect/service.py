@@ -3,6 +3,7 @@ frames.spectral.v1 (spectral Doppler); a frame with no ultrasound image ends as 
 frame as failed."""
 
 from rhd.imaging.ecg import reading_message
+from rhd.imaging.sector import frame_sector
 from rhd.inspect.ops import ANATOMICAL, NOT_ECHO, SPECTRAL, inspect
 from rhd.runtime.records import Output, frame_result
 from rhd.runtime.stage import Position, StageService
@@ -12,7 +13,8 @@ from rhd.v1 import rhd_pb2 as pb
 
 class Inspect(StageService, name="inspect", input_topic=FRAMES_DECODED, input_type=pb.Frame):
     def handle(self, frame: pb.Frame, at: Position) -> list[Output]:
-        result = inspect(self.image(frame), spectral=any(r.spatial_format == "spectral" for r in frame.regions))
+        spectral = any(r.spatial_format == "spectral" for r in frame.regions)
+        result = inspect(self.image(frame), spectral=spectral, fan=frame_sector(frame))
         if result.ecg is not None:
             frame.ecg.CopyFrom(reading_message(result.ecg))
         if result.kind == SPECTRAL:

@@ -28,9 +28,10 @@ class Segmentation:
     mosaic_pixels: int
 
 
-def segment(bgr: np.ndarray) -> Segmentation:
+def segment(bgr: np.ndarray, fan: np.ndarray | None = None) -> Segmentation:
+    """The frame's flow mask, labelled; `fan` its video's sector, else the frame's own fan is found."""
     hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
-    flow = flow_mask(bgr, hsv)
+    flow = flow_mask(bgr, hsv, fan)
     labels = np.zeros(flow.shape, np.uint8)
     n = int(flow.sum())
     if n == 0:

@@ -1,5 +1,6 @@
 """segment: frames.doppler.v1 -> frames.segmented.v1 (frame + flow mask from k-means colour clustering)."""
 
+from rhd.imaging.sector import frame_sector
 from rhd.runtime.codec import encode_png
 from rhd.runtime.records import Output
 from rhd.runtime.stage import Position, StageService
@@ -10,7 +11,7 @@ from rhd.v1 import rhd_pb2 as pb
 
 class Segment(StageService, name="segment", input_topic=FRAMES_DOPPLER, input_type=pb.DopplerFrame):
     def handle(self, doppler: pb.DopplerFrame, at: Position) -> list[Output]:
-        result = segment(self.image(doppler.frame))
+        result = segment(self.image(doppler.frame), frame_sector(doppler.frame))
         mask = pb.Mask(
             png=encode_png(result.labels), flow_pixels=result.flow_pixels, mosaic_pixels=result.mosaic_pixels
         )

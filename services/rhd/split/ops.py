@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from rhd.imaging.sector import sector_message, video_sector
 from rhd.imaging.video import LINE_SHAPE, DecodedVideo, Fit, fit_of, fitted
 from rhd.v1 import rhd_pb2 as pb
 
@@ -100,6 +101,7 @@ def video_frames(
                 f"frame {index} is {original.shape[1]} x {original.shape[0]}: a video's frames are one size"
             )
         images.append(fitted(original, fit))
+    sector = sector_message(video_sector(images))  # found once: every stage fills it in for each frame
     frames = []
     for index, (image, packed) in enumerate(zip(images, pixels(images) if images else [], strict=True)):
         key = pb.FrameKey(
@@ -117,6 +119,7 @@ def video_frames(
             pixel_spacing_mm=spacing,
             nyquist_cm_s=scan.nyquist_cm_s,
             regions=regions,
+            sector=sector,
             **packed,
         )
         frame.decoded_at.GetCurrentTime()

@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from rhd.imaging.burned_in import clean_frame, screen_layout
-from rhd.imaging.sector import image_only
+from rhd.imaging.burned_in import clean_frames
+from rhd.imaging.sector import image_only, sector_mask, video_sector
 from rhd.imaging.video import decode_video
 from rhd.modelstore import saved_model_sha256
 from rhd.synth.generator import SynthConfig, generate, study_labels, video_mode
@@ -83,8 +83,9 @@ def generated_masks(seed: int, n_studies: int, held_out: int = 0) -> tuple[MaskS
                 continue
             # As the line sees them: through the hospital's codec, then burned-in text cleaned out by deid.
             frames = _roundtrip(video.frames, config.fps)
-            layout = screen_layout(frames)
-            decoded = [image_only(clean_frame(frame, layout)) for frame in frames[::EVERY]]
+            cleaned = clean_frames(frames)
+            fan = sector_mask(video_sector(cleaned), cleaned[0].shape)  # the video's sector, as split finds it
+            decoded = [image_only(frame, fan) for frame in cleaned[::EVERY]]
             masks = np.stack([half_resolution(t.valve_mask) for t in video.truths[::EVERY]])
             batch = np.stack(decoded)
             digest.update(batch.tobytes())

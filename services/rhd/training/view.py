@@ -14,8 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rhd.imaging.burned_in import clean_frame, screen_layout
-from rhd.imaging.sector import image_only
+from rhd.imaging.burned_in import clean_frames
+from rhd.imaging.sector import image_only, sector_mask, video_sector
 from rhd.imaging.video import decode_video
 from rhd.labels import VIEW_CLASSES
 from rhd.modelstore import saved_model_sha256
@@ -56,8 +56,9 @@ def _frames(studies: list[Path]) -> FrameSet:
                 continue  # a spectral trace shows no view of the heart; the view stage never sees one
             # As the line sees them: burned-in text cleaned out by deid (the layout read from the whole video).
             frames = decode_video((study / f"{video['video_id']}.mp4").read_bytes()).frames
-            layout = screen_layout(frames)
-            decoded = [image_only(clean_frame(frame, layout)) for frame in frames[::EVERY]]
+            cleaned = clean_frames(frames)
+            fan = sector_mask(video_sector(cleaned), cleaned[0].shape)  # the video's sector, as split finds it
+            decoded = [image_only(frame, fan) for frame in cleaned[::EVERY]]
             batch = np.stack(decoded)
             labels = np.full(len(decoded), VIEW_CLASSES.index(video["view_class"]), np.int64)
             digest.update(batch.tobytes())

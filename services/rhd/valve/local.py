@@ -1,5 +1,6 @@
 """The valve SavedModel called in-process (training, the in-process path); the valve service uses the model server."""
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,6 @@ class LocalValveModel:
         self._model = LocalModel(models_dir, name, version, batch=64)
         self.version = self._model.version
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
+    def __call__(self, frames: np.ndarray, fans: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
         """uint8 frames [N, 240, 320, 3] -> label probabilities [N, 108, 136, 4]."""
-        return self._model.outputs(images_only(frames))[PROBABILITIES]
+        return self._model.outputs(images_only(frames, fans))[PROBABILITIES]

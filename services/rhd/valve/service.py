@@ -7,7 +7,7 @@ model server is down, frames wait and retry; after `RHD_MODEL_RETRY_FOR_S` they 
 
 import asyncio
 
-from rhd.imaging.sector import image_only
+from rhd.imaging.sector import frame_sector, image_only
 from rhd.runtime import metrics
 from rhd.runtime.model_client import ModelClient
 from rhd.runtime.records import Output, frame_result
@@ -37,7 +37,7 @@ class Valve(StageService, name="valve", input_topic=FRAMES_BMODE, input_type=pb.
 
     async def handle(self, frame: pb.Frame, at: Position) -> list[Output]:
         image = self.image(frame)
-        seen = image_only(image)
+        seen = image_only(image, frame_sector(frame))
         view_outputs, valve_outputs = await asyncio.gather(self.views.predict(seen), self.valves.predict(seen))
         if not self.view_version:
             self.view_version, self.valve_version = await asyncio.gather(self.views.metadata(), self.valves.metadata())

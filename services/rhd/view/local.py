@@ -15,8 +15,8 @@ class LocalViewModel:
         self._model = LocalModel(models_dir, name, version)
         self.version = self._model.version
 
-    def __call__(self, frames: np.ndarray) -> Sequence[str]:
-        arrays = self._model.outputs(images_only(frames))
+    def __call__(self, frames: np.ndarray, fans: Sequence[np.ndarray | None] | None = None) -> Sequence[str]:
+        arrays = self._model.outputs(images_only(frames, fans))
         rows = len(next(iter(arrays.values()))) if arrays else 0
         return [
             prediction_from_outputs({k: v[row] for k, v in arrays.items()}, self.version).label for row in range(rows)

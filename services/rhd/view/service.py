@@ -4,7 +4,7 @@ Frames from concurrent messages are micro-batched by the client into one Predict
 model server is down, frames wait and retry; after `RHD_MODEL_RETRY_FOR_S` they are dead-lettered.
 """
 
-from rhd.imaging.sector import image_only
+from rhd.imaging.sector import frame_sector, image_only
 from rhd.runtime import metrics
 from rhd.runtime.model_client import ModelClient
 from rhd.runtime.records import Output
@@ -32,7 +32,7 @@ class View(StageService, name="view", input_topic=FRAMES_SEGMENTED, input_type=p
 
     async def handle(self, segmented: pb.SegmentedFrame, at: Position) -> list[Output]:
         image = self.image(segmented.frame)
-        outputs = await self.client.predict(image_only(image))
+        outputs = await self.client.predict(image_only(image, frame_sector(segmented.frame)))
         if not self.model_version:
             self.model_version = await self.client.metadata()
             metrics.set_build_info(self.name, view_model=f"{self.model_name}/{self.model_version}")
