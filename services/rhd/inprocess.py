@@ -23,6 +23,7 @@ from rhd.imaging.video import VideoDecodeError, decode_video
 from rhd.inspect.ops import ANATOMICAL, NOT_ECHO, SPECTRAL, inspect
 from rhd.runtime.codec import decode_png, encode_png
 from rhd.runtime.settings import Settings
+from rhd.runtime.views import view_sampled
 from rhd.segment.ops import segment
 from rhd.spectral import ops as spectral
 from rhd.split.ops import acquisition
@@ -59,6 +60,19 @@ def _result(
 # In process nothing leaves the machine, so pseudonyms need no secret; the fields the analysis reads (age band, sex,
 # acquisition) do not depend on the key.
 IN_PROCESS_KEY = bytes(32)
+
+
+def _sampled_views(
+    predict_views: ViewPredictor, frames: Sequence[tuple[pb.FrameKey, np.ndarray, np.ndarray, pb.EcgReading | None]]
+) -> list[str]:
+    """The view model's label for the frames it reads (`view_sampled`, as the stages ask it), "" for the others."""
+    asked = [i for i, (key, _, _, _) in enumerate(frames) if view_sampled(key.frame_index, key.video_frame_count)]
+    labels = [""] * len(frames)
+    if asked:
+        answers = predict_views(np.stack([frames[i][1] for i in asked]), [frames[i][2] for i in asked])
+        for i, label in zip(asked, answers, strict=True):
+            labels[i] = label
+    return labels
 
 
 def analysis_fields(meta: dict) -> dict[str, str]:
@@ -125,7 +139,7 @@ def analyse_study(
                 status = pb.FRAME_STATUS_FAILED if seen.kind == NOT_ECHO else pb.FRAME_STATUS_SKIPPED
                 results.append(_result(key, status, "inspect", ecg, reason=seen.reason))
     if doppler:
-        views = predict_views(np.stack([image for _, image, _, _ in doppler]), [fan for _, _, fan, _ in doppler])
+        views = _sampled_views(predict_views, doppler)
         for (key, image, fan, ecg), view in zip(doppler, views, strict=True):
             # Masks travel as PNG between services; decode(encode) keeps both paths identical.
             labels = decode_png(encode_png(segment(image, fan).labels))
@@ -139,7 +153,7 @@ def analyse_study(
             results.append(_result(key, pb.FRAME_STATUS_ANALYSED, "features", ecg, view=prediction, features=vector))
     if bmode:
         frames, fans = np.stack([image for _, image, _, _ in bmode]), [fan for _, _, fan, _ in bmode]
-        views, probabilities = predict_views(frames, fans), segment_valves(frames, fans)
+        views, probabilities = _sampled_views(predict_views, bmode), segment_valves(frames, fans)
         for (key, image, fan, ecg), view, answer in zip(bmode, views, probabilities, strict=True):
             prediction = pb.ViewPrediction(label=view)
             try:

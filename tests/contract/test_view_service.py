@@ -22,10 +22,10 @@ from rhd.view.service import View
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
-def segmented(view: str, index: int) -> ConsumerRecord:
+def segmented(view: str, index: int, count: int = 8) -> ConsumerRecord:
     image, _ = render_frame(Scene(view=view, colour=True), 0.3, np.random.default_rng(index))
     frame = pb.Frame(
-        key=pb.FrameKey(study_id="s1", video_id=f"s1-{view}", frame_index=index, video_frame_count=8),
+        key=pb.FrameKey(study_id="s1", video_id=f"s1-{view}", frame_index=index, video_frame_count=count),
         png=cv2.imencode(".png", image)[1].tobytes(),
         height=image.shape[0],
         width=image.shape[1],
@@ -73,10 +73,17 @@ async def test_frames_get_their_view_through_the_model_server(tmp_path):
             assert viewed.view.model_name == "view" and viewed.view.model_version == 1
             assert sum(viewed.view.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
             assert viewed.segmented.frame.key.frame_index == index  # the frame travels on unchanged
-        # One Predict a frame here (each waited alone), timed by the client; the model version is in build info.
+        # A clip shows one view: of a 50-frame video the model reads 8 frames (0, 7, ..., 49); the others pass on
+        # without a view and take their video's in assemble.
+        for index, read in ((7, True), (8, False), (49, True)):
+            [(topic, _, value, _)] = await stage._process(segmented("a4c", index, count=50))
+            viewed = pb.ViewedFrame.FromString(value)
+            assert topic == FRAMES_VIEWED and viewed.segmented.frame.key.frame_index == index
+            assert viewed.view.label == ("a4c" if read else "") and viewed.HasField("view") == read
+        # One Predict a frame read here (each waited alone), timed by the client; the model version is in build info.
         assert (
             REGISTRY.get_sample_value("rhd_model_request_seconds_count", {"model": "view", "code": "OK"})
-            == calls_before + 4
+            == calls_before + 6
         )
         assert (
             REGISTRY.get_sample_value(

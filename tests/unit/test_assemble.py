@@ -12,6 +12,7 @@ from rhd.assemble.ops import (
     assemble_study,
     evidence_frames,
     study_features,
+    video_views,
 )
 from rhd.features.ops import FEATURE_NAMES
 from rhd.v1 import rhd_pb2 as pb
@@ -318,3 +319,20 @@ def test_a_study_is_referred_when_the_criteria_do_not_apply_or_their_evidence_is
     ):
         referred = referral({"age_years": "9.0"}, names, [0.0 if n == missing else v for n, v in good.items()])
         assert why in referred.reason and referred.scored
+
+
+def test_a_videos_frames_take_the_view_its_read_frames_vote_for():
+    """The view model reads some frames of a clip (view_sampled); every frame of the video, whichever stage ended it,
+    takes the view most of them got. A video none of whose read frames came back has none."""
+    records = [
+        result("V0", 0, view="plax"),
+        result("V0", 1, view="", jet=25.0),  # not read by the view model
+        result("V0", 2, view="plax"),
+        result("V0", 3, status=pb.FRAME_STATUS_FAILED, view="a4c"),  # failed, but its view was read: it votes
+        result("V1", 0, view=""),
+        result("V1", 1, view=""),
+    ]
+    assert video_views([r.result for r in records]) == {"V0": "plax"}
+    study = assemble_study("S1", manifest(frames=(4, 2)).manifest, [r.result for r in records], deadline_passed=False)
+    named = dict(zip(study.features.names, study.features.values, strict=True))
+    assert named["plax_jet_length_mm_max"] == 25.0  # the unread frame's jet counts as the PLAX clip's

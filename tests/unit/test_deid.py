@@ -387,3 +387,38 @@ def test_the_audit_searches_records_as_bytes_but_pixels_only_by_ocr():
     leaked = pb.Frame(key=pb.FrameKey(study_id="10:59"), bgr=b"\x00" * 8)
     assert needles.in_bytes(_searchable("frames.decoded.v1", leaked.SerializeToString())) == ["study_time"]
     assert needles.in_bytes(_searchable("frames.decoded.v1", b"\xff\xff 10:59")) == ["study_time"]
+
+
+def test_in_one_region_the_cleaned_frames_are_kept_in_the_frame_store_and_split_reads_them_there(studies, tmp_path):
+    """deid with the frame store at hand (one region, RHD_FRAME_CODEC=store) keeps each video's cleaned frames there,
+    with no lossless encode; split's records then point into that file (nothing written again) and carry exactly the
+    frames the lossless copy would have given."""
+    import asyncio
+
+    from rhd.runtime.frames import SCHEME, FrameStore
+    from rhd.runtime.settings import Settings
+    from rhd.runtime.stage import Position
+    from rhd.runtime.topics import FRAMES_DECODED
+    from rhd.split.service import Split
+
+    blobs = BlobStore(tmp_path / "blobs")
+    upload = upload_from_dir(studies[0], blobs, 1_000_000, hospital_id="H001")
+    store = FrameStore(tmp_path / "blobs", 3600)
+    kept = deid.deidentify_upload(
+        upload, _reader(blobs), blobs.put, POLICY, ANALYSIS, KEY, 900_000, keep=store.put_video
+    ).upload
+    copied = deid.deidentify_upload(upload, _reader(blobs), blobs.put, POLICY, ANALYSIS, KEY, 900_000).upload
+    assert all(v.blob_uri.startswith(SCHEME) and v.fps > 0 and not v.HasField("inline_data") for v in kept.videos)
+    assert [v.video_id for v in kept.videos] == [v.video_id for v in copied.videos]
+    files = sorted(store.root.iterdir())
+    assert len(files) == len(kept.videos)
+    split = Split()
+    asyncio.run(split.start(Settings(blob_dir=tmp_path / "blobs")))
+    frames = [o.message for o in split.handle(kept, Position(0, 0, 0.0)) if o.topic == FRAMES_DECODED]
+    assert sorted(store.root.iterdir()) == files  # split wrote nothing: its records point into deid's files
+    assert {f.stored.uri for f in frames} == {v.blob_uri for v in kept.videos}
+    by_video = {v.video_id: decode_video(_reader(blobs)(v)).frames for v in copied.videos}
+    assert len(frames) == sum(map(len, by_video.values()))
+    for frame in frames:
+        assert np.array_equal(split.frames.image(frame), by_video[frame.key.video_id][frame.key.frame_index])
+        assert frame.fps == pytest.approx(kept.videos[0].fps) and frame.HasField("sector")

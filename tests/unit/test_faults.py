@@ -25,7 +25,7 @@ def _deid(tmp_path) -> deid_service.Deid:
     stage.raw, stage.links = load_keyring(tmp_path / "secrets" / "raw"), load_keyring(tmp_path / "secrets" / "link")
     stage.blobs, stage.budget, stage.census = BlobStore(tmp_path / "blobs"), 900_000, Census()
     stage.limits, stage.max_upload_frames = VideoLimits(1800, 1920 * 1080), 4000
-    stage.two_regions = False
+    stage.two_regions, stage.keep = False, None
     return stage
 
 

@@ -249,6 +249,17 @@ class Trace:
         return value if value >= 0 else float(min(1.0, self.readings[fraction] / share))
 
 
+def video_views(results: Sequence[pb.FrameResult]) -> dict[str, str]:
+    """Each video's view: the label most of its frames the view model read got (`rhd.runtime.views.view_sampled`),
+    over every terminal record that carries one (a colour video's frames without flow end in the valve stage). A clip
+    shows one view, so every frame of the video takes it; a video none of whose read frames was analysed has none."""
+    labels: dict[str, list[str]] = {}
+    for r in results:
+        if r.view.label:
+            labels.setdefault(r.key.video_id, []).append(r.view.label)
+    return {video: _video_view(np.array(mine)) for video, mine in labels.items()}
+
+
 def _video_view(views: np.ndarray) -> str:
     """A video's view: the label most of its frames got (ties: the first in sort order)."""
     labels, counts = np.unique(views, return_counts=True)
@@ -483,9 +494,12 @@ def assemble_study(
     phases = {c.video_id: c.phases for c in cycles if c.known}
     done = [r for r in results if r.status == pb.FRAME_STATUS_ANALYSED]
 
+    views = video_views(results)
+
     def analysed_frame(r: pb.FrameResult) -> AnalysedFrame:
         phase = float(phases[r.key.video_id][r.key.frame_index]) if r.key.video_id in phases else None
-        return AnalysedFrame(r.key.video_id, r.view.label, _named(r.features), phase, r.key.frame_index)
+        view = views.get(r.key.video_id, "")
+        return AnalysedFrame(r.key.video_id, view, _named(r.features), phase, r.key.frame_index)
 
     # A colour video's frames that show no flow at some moment are B-mode frames: the valve stage reads those.
     analysed = [analysed_frame(r) for r in done if not r.features.feature_set.startswith(("spectral", "valve"))]

@@ -369,10 +369,12 @@ def deidentify_upload(
     inline_budget: int,
     limits: VideoLimits = NO_LIMITS,
     max_upload_frames: int = 0,
+    keep: Callable[[str, list[np.ndarray]], str] | None = None,
 ) -> DeidentifiedStudy:
     """The upload as `profile` lets it go. Each readable video is cleaned and written lossless (inline while the
-    budget lasts, else stored by `store`); a video that cannot be read or de-identified is listed with its reason,
-    and the study goes on without it."""
+    budget lasts, else stored by `store`), or, with `keep` (the frame store, where split runs in the same region), its
+    cleaned frames kept as they are, with no encoding; a video that cannot be read or de-identified is listed with its
+    reason, and the study goes on without it."""
     pseudo = study_pseudonym(key, upload.hospital_id, upload.study_id)
     out = pb.StudyUpload(
         schema="rhd.v1.StudyUpload", study_id=pseudo, upload_id=upload.upload_id, hospital_id=upload.hospital_id
@@ -408,7 +410,8 @@ def deidentify_upload(
                 if profile.clean_pixels
                 else decoded.frames
             )
-            data = encode_lossless(frames, decoded.fps)
+            kept = keep(new_id, frames) if keep is not None else ""
+            data = b"" if kept else encode_lossless(frames, decoded.fps)
         except (DicomError, VideoDecodeError, DeidError) as exc:
             failures.append(VideoFailure(index, ref, f"video {new_id}: {exc}"))
             out.videos.add(video_id=new_id, error=f"video {new_id}: {exc}")
@@ -416,6 +419,13 @@ def deidentify_upload(
         except (OSError, ValueError) as exc:
             failures.append(VideoFailure(index, ref, f"video {new_id}: unreadable ({type(exc).__name__})"))
             out.videos.add(video_id=new_id, error=f"video {new_id}: unreadable ({type(exc).__name__})")
+            continue
+        if kept:  # in the frame store: split reads the frames there (their digest is in the file's name)
+            size = sum(frame.nbytes for frame in frames)
+            out.videos.add(
+                video_id=new_id, filename=new_id + ".npy", size_bytes=size, regions=list(ref.regions) or regions
+            ).blob_uri = kept
+            out.videos[-1].fps = decoded.fps
             continue
         video = out.videos.add(
             video_id=new_id,

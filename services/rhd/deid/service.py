@@ -22,6 +22,7 @@ from rhd.deid.policy import load_policy
 from rhd.imaging.video import VideoLimits
 from rhd.runtime import metrics
 from rhd.runtime.blobs import BlobStore, uri_of
+from rhd.runtime.frames import FrameStore
 from rhd.runtime.links import read_link_map
 from rhd.runtime.records import Output, dead_letter_output, header
 from rhd.runtime.secrets import (
@@ -73,6 +74,10 @@ class Deid(
         self.blobs = BlobStore(settings.blob_dir)
         self.budget = settings.max_message_bytes - ENVELOPE_BYTES
         self.two_regions = settings.two_regions
+        # One region with the frame store: the cleaned frames go there as they are, where split reads them (no
+        # lossless encode here, no decode there). Two regions: a lossless copy crosses with the records.
+        store = settings.frame_codec == "store" and not settings.two_regions
+        self.keep = FrameStore(settings.blob_dir, settings.frame_retention_s).put_video if store else None
         self.limits = VideoLimits(
             max_frames=settings.max_video_frames,
             max_frame_pixels=settings.max_frame_pixels,
@@ -151,6 +156,7 @@ class Deid(
                 self.budget,
                 self.limits,
                 self.max_upload_frames,
+                self.keep,
             )
         except Exception as exc:  # the upload as a whole: its study is still answered (FAILED, saying why)
             reason = f"upload not de-identified: {type(exc).__name__} (details withheld: identifiable input)"

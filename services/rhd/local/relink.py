@@ -21,6 +21,7 @@ from rhd.deid.ops import patient_key, pseudonym
 from rhd.labels import CLASSES
 from rhd.runtime import kafka, metrics
 from rhd.runtime.blobs import BlobStore
+from rhd.runtime.frames import SCHEME as FRAMES_SCHEME
 from rhd.runtime.frames import FrameStore
 from rhd.runtime.http import start_http
 from rhd.runtime.links import Link, read_link_map
@@ -256,7 +257,10 @@ def video_blobs(uploads: Iterable[pb.StudyUpload]) -> dict[str, set[str]]:
     """Study pseudonym -> the blobs its de-identified videos are stored in."""
     out: dict[str, set[str]] = {}
     for upload in uploads:
-        uris = {v.blob_uri for v in upload.videos if v.HasField("blob_uri")}
+        # Blobs only: frames deid kept in the frame store (frames://) go with their video's (FrameStore.delete_video).
+        uris = {
+            v.blob_uri for v in upload.videos if v.HasField("blob_uri") and not v.blob_uri.startswith(FRAMES_SCHEME)
+        }
         out.setdefault(upload.study_id, set()).update(uris)
     return out
 

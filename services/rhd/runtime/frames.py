@@ -106,6 +106,10 @@ class FrameStore:
         return removed
 
     # -- reading (every later stage) ---------------------------------------------------------
+    def video(self, uri: str) -> list[np.ndarray]:
+        """A stored video's frames, each a read-only view of the file's map (split reads the frames deid stored)."""
+        return list(self._frames(uri))
+
     def frame(self, stored: pb.StoredFrame) -> np.ndarray:
         """A copy of the stored frame (the stage functions may work in place; the map is read-only)."""
         frames = self._frames(stored.uri)

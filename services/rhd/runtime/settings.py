@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     fetch_max_records: int = 32
     # How split sends frames: store (the frame store, rhd.runtime.frames: each video's frames written once under
     # blob_dir, the records carry a reference), raw (~230 kB a 240x320 frame in every record of four topics) or png
-    # (~70 kB, ~5 ms to encode and 1-2 ms to decode in each later stage). Every reader accepts all three.
+    # (~70 kB, ~5 ms to encode and 1-2 ms to decode in each later stage). Every reader accepts all three. With store
+    # and one region, deid keeps its cleaned frames in the frame store and split reads them there (no lossless copy).
     frame_codec: Literal["store", "raw", "png"] = "store"
     # How long the frame store keeps a video's frames: past the study deadline, a dead letter's replay and the
     # evidence frames a page shows. About 230 kB a frame: 24 h at 64 frames/s is some 1.3 TB.

@@ -8,6 +8,10 @@ import numpy as np
 from rhd.labels import VIEW_CLASSES
 from rhd.v1 import rhd_pb2 as pb
 
+# A clip shows one view: the view model reads this many of a video's frames, evenly spread (all of a shorter video),
+# and every frame of the video takes the view they vote for (rhd.assemble.ops.video_views).
+VIEW_FRAMES = 8
+
 # The view model's serving signature (`serving_default`), as exported by rhd.training.view.
 INPUT_NAME = "frames"  # uint8 [batch, 240, 320, 3], BGR as OpenCV decodes
 PROBABILITIES = "probabilities"  # float32 [batch, len(VIEW_CLASSES)], in VIEW_CLASSES order
@@ -25,6 +29,14 @@ class ViewResult:
         return pb.ViewPrediction(
             label=self.label, probabilities=self.probabilities, model_name=model_name, model_version=self.model_version
         )
+
+
+def view_sampled(frame_index: int, video_frame_count: int) -> bool:
+    """Whether the view model reads this frame of its video: VIEW_FRAMES of them, evenly spread over the clip."""
+    if video_frame_count <= VIEW_FRAMES:
+        return True
+    step = (video_frame_count - 1) / (VIEW_FRAMES - 1)
+    return any(round(k * step) == frame_index for k in range(VIEW_FRAMES))
 
 
 def prediction_from_outputs(outputs_row: dict[str, np.ndarray], model_version: int) -> ViewResult:

@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from rhd.imaging.video import VideoDecodeError, VideoLimits, decode_video
+from rhd.imaging.video import LINE_SHAPE, DecodedVideo, VideoDecodeError, VideoLimits, decode_video, fit_of
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.codec import frame_pixels
+from rhd.runtime.frames import SCHEME as FRAMES_SCHEME
 from rhd.runtime.frames import FrameStore
 from rhd.runtime.records import Output, dead_letter_output
 from rhd.runtime.settings import Settings
@@ -49,6 +50,10 @@ class Split(
             return [{"stored": pb.StoredFrame(uri=uri, index=index)} for index in range(len(images))]
         return [frame_pixels(image, self.codec, self.max_message_bytes) for image in images]
 
+    def refer(self, uri: str, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        """References to frames in the frame store already (deid's), one per image."""
+        return [{"stored": pb.StoredFrame(uri=uri, index=index)} for index in range(len(images))]
+
     def validate(self, upload: pb.StudyUpload) -> str | None:
         if upload.HasField("blob_part"):
             return None if upload.blob_part.blob_uri and upload.blob_part.count > 0 else "blob piece without its blob"
@@ -68,11 +73,17 @@ class Split(
                 manifest.videos.add(video_id=video.video_id, status=pb.VIDEO_STATUS_FAILED, error=video.error)
                 continue
             try:
-                data = video.inline_data if video.HasField("inline_data") else self.blobs.get(video.blob_uri)
-                decoded = decode_video(data, self.limits)
-                frames = video_frames(
-                    upload, video.video_id, decoded, scan, partial(self.pixels, video.video_id), video.regions
-                )
+                if video.blob_uri.startswith(FRAMES_SCHEME):  # deid kept the cleaned frames in the frame store
+                    decoded = DecodedVideo(self.frames.video(video.blob_uri), video.fps, 0)
+                    # Already the line's size: the records point into deid's file, nothing is written again.
+                    shape = decoded.frames[0].shape[:2] if decoded.frames else LINE_SHAPE
+                    same = fit_of(*shape).identity and self.codec == "store"
+                    pixels = partial(self.refer, video.blob_uri) if same else partial(self.pixels, video.video_id)
+                else:
+                    data = video.inline_data if video.HasField("inline_data") else self.blobs.get(video.blob_uri)
+                    decoded = decode_video(data, self.limits)
+                    pixels = partial(self.pixels, video.video_id)
+                frames = video_frames(upload, video.video_id, decoded, scan, pixels, video.regions)
             except (VideoDecodeError, ValueError, FileNotFoundError) as exc:
                 outputs.append(self._failed(upload, video, exc, manifest))
                 continue

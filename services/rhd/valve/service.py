@@ -14,7 +14,7 @@ from rhd.runtime.records import Output, frame_result
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_BMODE
-from rhd.runtime.views import prediction_from_outputs
+from rhd.runtime.views import prediction_from_outputs, view_sampled
 from rhd.v1 import rhd_pb2 as pb
 from rhd.valve.ops import FEATURE_NAMES, FEATURE_SET, PROBABILITIES, ValveError, valve_features
 
@@ -38,7 +38,11 @@ class Valve(StageService, name="valve", input_topic=FRAMES_BMODE, input_type=pb.
     async def handle(self, frame: pb.Frame, at: Position) -> list[Output]:
         image = self.image(frame)
         seen = image_only(image, frame_sector(frame))
-        view_outputs, valve_outputs = await asyncio.gather(self.views.predict(seen), self.valves.predict(seen))
+        # The view of VIEW_FRAMES of the video's frames (its video's view is voted by them); every frame's valves.
+        sampled = view_sampled(frame.key.frame_index, frame.key.video_frame_count)
+        view_outputs, valve_outputs = await asyncio.gather(
+            self.views.predict(seen) if sampled else _nothing(), self.valves.predict(seen)
+        )
         if not self.view_version:
             self.view_version, self.valve_version = await asyncio.gather(self.views.metadata(), self.valves.metadata())
             metrics.set_build_info(
@@ -46,13 +50,21 @@ class Valve(StageService, name="valve", input_topic=FRAMES_BMODE, input_type=pb.
                 view_model=f"{self.view_name}/{self.view_version}",
                 valve_model=f"{self.valve_name}/{self.valve_version}",
             )
-        view = prediction_from_outputs(view_outputs, self.view_version).message(self.view_name)
+        view = (
+            prediction_from_outputs(view_outputs, self.view_version).message(self.view_name)
+            if sampled
+            else pb.ViewPrediction()
+        )
         try:
             values = valve_features(image, valve_outputs.get(PROBABILITIES), frame.pixel_spacing_mm, seen)
         except ValveError as exc:
             return [frame_result(frame.key, pb.FRAME_STATUS_FAILED, self.name, str(exc), view=view, ecg=frame.ecg)]
         vector = pb.FeatureVector(feature_set=FEATURE_SET, names=FEATURE_NAMES, values=values)
         return [frame_result(frame.key, pb.FRAME_STATUS_ANALYSED, self.name, view=view, features=vector, ecg=frame.ecg)]
+
+
+async def _nothing() -> dict:
+    return {}
 
 
 def build() -> StageService:

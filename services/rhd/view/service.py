@@ -1,4 +1,6 @@
-"""view: frames.segmented.v1 -> frames.viewed.v1, asking the model server (TensorFlow Serving gRPC API).
+"""view: frames.segmented.v1 -> frames.viewed.v1, asking the model server (TensorFlow Serving gRPC API) about
+VIEW_FRAMES of each video's frames (`rhd.runtime.views.view_sampled`); the others pass on without a view, and take
+the one their video's read frames vote for in assemble.
 
 Frames from concurrent messages are micro-batched by the client into one Predict request. While the
 model server is down, frames wait and retry; after `RHD_MODEL_RETRY_FOR_S` they are dead-lettered.
@@ -11,6 +13,7 @@ from rhd.runtime.records import Output
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import FRAMES_SEGMENTED, FRAMES_VIEWED
+from rhd.runtime.views import view_sampled
 from rhd.v1 import rhd_pb2 as pb
 from rhd.view.ops import prediction_from_outputs
 
@@ -31,6 +34,9 @@ class View(StageService, name="view", input_topic=FRAMES_SEGMENTED, input_type=p
         return await self.client.ready()
 
     async def handle(self, segmented: pb.SegmentedFrame, at: Position) -> list[Output]:
+        key = segmented.frame.key
+        if not view_sampled(key.frame_index, key.video_frame_count):  # its video's view is voted by other frames
+            return [Output(FRAMES_VIEWED, key.video_id, pb.ViewedFrame(segmented=segmented))]
         image = self.image(segmented.frame)
         outputs = await self.client.predict(image_only(image, frame_sector(segmented.frame)))
         if not self.model_version:
