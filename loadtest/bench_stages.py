@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from rhd.features.ops import frame_features
 from rhd.imaging.burned_in import clean_frames
 from rhd.imaging.ecg import read_ecg, reading_message
+from rhd.imaging.sector import image_only, sector_mask, video_sector
 from rhd.imaging.video import decode_video, encode_lossless
 from rhd.inspect.ops import inspect
 from rhd.runtime.codec import frame_image, frame_pixels
@@ -39,7 +40,7 @@ def main(n_studies: int = 2) -> None:
         seconds = time.perf_counter() - started
         videos = [p.read_bytes() for s in studies for p in sorted(s.glob("*.mp4"))]
         # Each spectral video's frames with its calibrated region, as split hands them on.
-        traces, images = [], []  # spectral frames; the other videos' frames (images of the heart)
+        traces, images, fans = [], [], []  # spectral frames; the other videos' frames (images of the heart), sectors
         for s in studies:
             for video in json.loads((s / "study.json").read_text())["videos"]:
                 region = spectral_region(
@@ -50,6 +51,7 @@ def main(n_studies: int = 2) -> None:
                     traces += [(f, region) for f in decoded]
                 else:
                     images += decoded
+                    fans += [sector_mask(video_sector(decoded), decoded[0].shape)] * len(decoded)
         truth_bytes = sum(p.stat().st_size for p in (Path(tmp) / "truth").rglob("*") if p.is_file())
     generated = sum(len(decode_video(v).frames) for v in videos)
     print(
@@ -59,27 +61,33 @@ def main(n_studies: int = 2) -> None:
         "ground truth per study"
     )
     frames = [f for v in videos for f in decode_video(v).frames]
-    colour = [f for f in images if inspect(f).doppler]
-    bmode = [f for f in images if inspect(f).kind == "anatomical"]
+    kinds = [inspect(f, fan=fan).kind for f, fan in zip(images, fans, strict=True)]
+    colour = [f for f, kind in zip(images, kinds, strict=True) if kind == "doppler"]
+    colour_fans = [fan for fan, kind in zip(fans, kinds, strict=True) if kind == "doppler"]
+    bmode = [f for f, kind in zip(images, kinds, strict=True) if kind == "anatomical"]
     # The valve network's answers, from the model in-process (its cost per frame served is bench_view's kind of
     # figure); the stage's own measurements are what is timed.
     from rhd.valve.local import LocalValveModel
 
     valve_model = LocalValveModel(Path("models"))
-    answers = valve_model(np.stack(bmode)) if bmode else []
+    bmode_fans = [fan for fan, kind in zip(fans, kinds, strict=True) if kind == "anatomical"]
+    seen = [image_only(f, fan) for f, fan in zip(bmode, bmode_fans, strict=True)]  # as the valve stage cuts it out
+    answers = valve_model(np.stack(bmode), bmode_fans) if bmode else []
     network_ms = 1000 * _time(lambda: valve_model(np.stack(bmode))) / max(len(bmode), 1)
     ecgs = [reading_message(r) if (r := read_ecg(f)) is not None else None for f, _ in traces]
-    masks = [segment(f).labels for f in colour]
+    masks = [segment(f, fan).labels for f, fan in zip(colour, colour_fans, strict=True)]
     raws = [pb.Frame(height=f.shape[0], width=f.shape[1], **frame_pixels(f, "raw")) for f in frames]
     pngs = [pb.Frame(height=f.shape[0], width=f.shape[1], **frame_pixels(f, "png")) for f in frames]
     n_frames = len(frames)
     store_dir = tempfile.TemporaryDirectory()
     store = FrameStore(Path(store_dir.name), 3600.0)  # the frame store (RHD_FRAME_CODEC=store), on this machine's disk
     stored = []
-    for n, images in enumerate(decode_video(v).frames for v in videos):
-        uri = store.put_video(f"S{n}", images)
-        h, w = images[0].shape[:2]
-        stored += [pb.Frame(height=h, width=w, stored=pb.StoredFrame(uri=uri, index=i)) for i in range(len(images))]
+    frame_fans = []  # each frame's video's sector, as split finds it
+    for n, decoded in enumerate(decode_video(v).frames for v in videos):
+        uri = store.put_video(f"S{n}", decoded)
+        h, w = decoded[0].shape[:2]
+        stored += [pb.Frame(height=h, width=w, stored=pb.StoredFrame(uri=uri, index=i)) for i in range(len(decoded))]
+        frame_fans += [sector_mask(video_sector(decoded), decoded[0].shape)] * len(decoded)
     by_video = [decode_video(v).frames for v in videos]
     lossless = [encode_lossless(clean_frames(f), 24.0) for f in by_video]
     rows = [
@@ -109,6 +117,21 @@ def main(n_studies: int = 2) -> None:
             / n_frames,
         ),
         (
+            "deid: decode + clean pixels + frame store write (one region)",
+            1000
+            * _time(
+                lambda: [
+                    store.put_video(f"D{i}", clean_frames(decode_video(v).frames, in_place=True))
+                    for i, v in enumerate(videos)
+                ]
+            )
+            / n_frames,
+        ),
+        (
+            "split: the video's sector (8 frames' fans)",
+            1000 * _time(lambda: [video_sector(f) for f in by_video]) / n_frames,
+        ),
+        (
             "deid: clean pixels alone (layout per video)",
             1000 * _time(lambda: [clean_frames([x.copy() for x in f], in_place=True) for f in by_video]) / n_frames,
         ),
@@ -116,12 +139,20 @@ def main(n_studies: int = 2) -> None:
             "split: decode of deid's lossless HuffYUV + raw frame",
             1000 * _time(lambda: [frame_pixels(f, "raw") for v in lossless for f in decode_video(v).frames]) / n_frames,
         ),
-        ("inspect: raw frame + fan + colour", per_frame_ms(lambda r: inspect(frame_image(r)), raws)),
-        ("inspect: PNG decode + fan + colour", per_frame_ms(lambda p: inspect(frame_image(p)), pngs)),
-        ("segment: k-means on colour pixels", per_frame_ms(segment, colour)),
         (
-            "features: texture + bar + velocity",
-            per_frame_ms(lambda i: frame_features(colour[i], masks[i], 0.6, 60.0), range(len(colour))),
+            "inspect: stored frame + colour (the line: video's sector)",
+            per_frame_ms(lambda i: inspect(store.image(stored[i]), fan=frame_fans[i]), range(len(stored))),
+        ),
+        ("inspect: raw frame + its own fan + colour", per_frame_ms(lambda r: inspect(frame_image(r)), raws)),
+        ("inspect: PNG decode + its own fan + colour", per_frame_ms(lambda p: inspect(frame_image(p)), pngs)),
+        (
+            "segment: k-means on colour pixels (video's sector)",
+            per_frame_ms(lambda i: segment(colour[i], colour_fans[i]), range(len(colour))),
+        ),
+        ("segment: the same, each frame's own fan", per_frame_ms(segment, colour)),
+        (
+            "features: texture + bar + velocity (video's sector)",
+            per_frame_ms(lambda i: frame_features(colour[i], masks[i], 0.6, 60.0, colour_fans[i]), range(len(colour))),
         ),
         ("inspect: ECG sweep alone (read_ecg)", per_frame_ms(read_ecg, frames)),
         (
@@ -131,7 +162,7 @@ def main(n_studies: int = 2) -> None:
         ("valve: network in-process (batches of 64)", network_ms),
         (
             "valve: profiles + shapes (measurements)",
-            per_frame_ms(lambda i: valve_features(bmode[i], answers[i], 0.6), range(len(bmode))),
+            per_frame_ms(lambda i: valve_features(bmode[i], answers[i], 0.6, seen[i]), range(len(bmode))),
         ),
     ]
     print(

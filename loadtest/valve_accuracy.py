@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from rhd.assemble.ops import VALVE_MEASUREMENTS, ValveVideo, video_measurement
+from rhd.imaging.sector import image_only, sector_mask, video_sector
 from rhd.imaging.video import decode_video
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.valve import ops
@@ -45,9 +46,20 @@ def video_rows(study: Path, model: LocalValveModel) -> list[dict]:
         if video["mode"] != "bmode" or video["view_class"] == "other":
             continue
         frames = np.stack(decode_video((study / f"{video['video_id']}.mp4").read_bytes()).frames)
-        answers = model(frames)
+        fan = sector_mask(video_sector(frames), frames.shape[1:])  # the video's sector, as split finds it
+        answers = model(frames, [fan] * len(frames))
         readings = tuple(
-            (k, f["phase"], dict(zip(ops.FEATURE_NAMES, ops.valve_features(frame, answer, spacing), strict=True)))
+            (
+                k,
+                f["phase"],
+                dict(
+                    zip(
+                        ops.FEATURE_NAMES,
+                        ops.valve_features(frame, answer, spacing, image_only(frame, fan)),
+                        strict=True,
+                    )
+                ),
+            )
             for k, (frame, answer, f) in enumerate(zip(frames, answers, video["frames"], strict=True))
         )
         measured = ValveVideo(video["video_id"], video["view"], readings)

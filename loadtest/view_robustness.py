@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from rhd.imaging.sector import sector_mask, video_sector
 from rhd.imaging.video import decode_video
 from rhd.labels import VIEW_CLASSES
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
@@ -36,7 +37,8 @@ def recall(model: LocalViewModel, studies: list[Path]) -> tuple[dict[str, float]
             if video["mode"] == "cw":
                 continue
             frames = np.stack(decode_video((study / f"{video['video_id']}.mp4").read_bytes()).frames)
-            for label in model(frames):
+            fan = sector_mask(video_sector(frames), frames.shape[1:])  # the video's sector, as split finds it
+            for label in model(frames, [fan] * len(frames)):
                 confusion[VIEW_CLASSES.index(video["view_class"]), VIEW_CLASSES.index(label)] += 1
     rows = confusion.sum(axis=1)
     return {v: float(confusion[i, i] / rows[i]) for i, v in enumerate(VIEW_CLASSES) if rows[i]}, int(rows.sum())

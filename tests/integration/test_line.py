@@ -419,13 +419,14 @@ def test_every_service_exposes_what_happened_on_its_metrics_endpoint(line):
     diagnosed = len(progress.diagnoses)
     assert total(by_job["diagnose"], "rhd_study_latency_seconds_count", stage="diagnose") == diagnosed
     assert total(by_job["diagnose"], "rhd_outputs_total", stage="diagnose", topic="studies.diagnosed.v1") == diagnosed
-    # The view stage's Predict calls (colour frames) and the valve stage's (B-mode frames: the view model and the
-    # valve model, one each a frame), and the model server's own count of them, on its TF Serving path.
+    # The view stage's Predict calls (colour frames) and the valve stage's (B-mode frames: the valve model on each,
+    # the view model on the frames it reads: 8 of a video's, view_sampled), and the model server's own count of them,
+    # on its TF Serving path.
     frames = total(by_job["view"], "rhd_model_batch_size_sum", model="view")
-    assert frames == total(by_job["view"], "rhd_messages_total", stage="view", outcome="ok") > 0
+    assert 0 < frames < total(by_job["view"], "rhd_messages_total", stage="view", outcome="ok")
     bmode = total(by_job["valve"], "rhd_messages_total", stage="valve", outcome="ok")
     assert total(by_job["valve"], "rhd_model_batch_size_sum", model="valve") == bmode > 0
-    assert total(by_job["valve"], "rhd_model_batch_size_sum", model="view") == bmode
+    assert 0 < total(by_job["valve"], "rhd_model_batch_size_sum", model="view") < bmode
     for model, stages in (("view", ("view", "valve")), ("valve", ("valve",))):
         calls = sum(total(by_job[s], "rhd_model_request_seconds_count", model=model, code="OK") for s in stages)
         served = total(
