@@ -421,11 +421,14 @@ def deidentify_upload(
             out.videos.add(video_id=new_id, error=f"video {new_id}: unreadable ({type(exc).__name__})")
             continue
         if kept:  # in the frame store: split reads the frames there (their digest is in the file's name)
-            size = sum(frame.nbytes for frame in frames)
             out.videos.add(
-                video_id=new_id, filename=new_id + ".npy", size_bytes=size, regions=list(ref.regions) or regions
-            ).blob_uri = kept
-            out.videos[-1].fps = decoded.fps
+                video_id=new_id,
+                filename=new_id + ".npy",
+                blob_uri=kept,
+                fps=decoded.fps,
+                size_bytes=sum(frame.nbytes for frame in frames),
+                regions=list(ref.regions) or regions,
+            )
             continue
         video = out.videos.add(
             video_id=new_id,
