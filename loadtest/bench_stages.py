@@ -171,7 +171,7 @@ def main(n_studies: int = 2) -> None:
         "one core"
     )
     for name, ms in rows:
-        print(f"  {name:<44} {ms:7.3f} ms/frame  {1000 / ms:8.0f} frames/s")
+        print(f"  {name:<62} {ms:7.3f} ms/frame  {1000 / ms:8.0f} frames/s")
     decode_ms, store_ms, raw_ms, png_ms = rows[0][1], rows[2][1], rows[4][1], rows[5][1]
     print(
         f"frame splitting vs raw OpenCV decode: {decode_ms / store_ms:.2f}x with the frame store, "
