@@ -30,9 +30,9 @@ from rhd.split.ops import acquisition
 from rhd.v1 import rhd_pb2 as pb
 from rhd.valve import ops as valve
 
-# frames (N x H x W x 3 BGR uint8) -> view label per frame
+# frames (N x H x W x 3 BGR uint8) and each one's video's sector (bool H x W) -> view label per frame
 ViewPredictor = Callable[[np.ndarray, Sequence[np.ndarray]], Sequence[str]]
-# frames (N x H x W x 3 BGR uint8) -> the valve model's label probabilities per frame
+# frames and their videos' sectors -> the valve model's label probabilities per frame
 ValveSegmenter = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 
 
