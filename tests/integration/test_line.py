@@ -29,7 +29,7 @@ from rhd.runtime.kafka import connection
 from rhd.runtime.records import schema_headers
 from rhd.runtime.secrets import RAW_KEYRING, is_sealed, load_keyring, load_pseudonym_key
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import FRAMES_DECODED, STAGES, STUDIES_UPLOADED
+from rhd.runtime.topics import FRAMES_DECODED, FRAMES_VIEWED, STAGES, STUDIES_UPLOADED
 from rhd.synth.generator import SynthConfig, load_truth, synth_studies
 from rhd.v1 import rhd_pb2 as pb
 from rhd.watch.figures import Progress, follow, read_targets, scrape_all, total
@@ -419,11 +419,12 @@ def test_every_service_exposes_what_happened_on_its_metrics_endpoint(line):
     diagnosed = len(progress.diagnoses)
     assert total(by_job["diagnose"], "rhd_study_latency_seconds_count", stage="diagnose") == diagnosed
     assert total(by_job["diagnose"], "rhd_outputs_total", stage="diagnose", topic="studies.diagnosed.v1") == diagnosed
-    # The view stage's Predict calls (colour frames) and the valve stage's (B-mode frames: the valve model on each,
-    # the view model on the frames it reads: 8 of a video's, view_sampled), and the model server's own count of them,
-    # on its TF Serving path.
+    # The view stage's Predict calls (the colour frames the view model reads, 8 of a video's: view_sampled; segment
+    # sends it no other) and the valve stage's (B-mode frames: the valve model on each, the view model on the frames it
+    # reads), and the model server's own count of them, on its TF Serving path.
     frames = total(by_job["view"], "rhd_model_batch_size_sum", model="view")
-    assert 0 < frames < total(by_job["view"], "rhd_messages_total", stage="view", outcome="ok")
+    assert frames == total(by_job["view"], "rhd_messages_total", stage="view", outcome="ok") > 0
+    assert total(by_job["segment"], "rhd_outputs_total", stage="segment", topic=FRAMES_VIEWED) > frames
     bmode = total(by_job["valve"], "rhd_messages_total", stage="valve", outcome="ok")
     assert total(by_job["valve"], "rhd_model_batch_size_sum", model="valve") == bmode > 0
     assert 0 < total(by_job["valve"], "rhd_model_batch_size_sum", model="view") < bmode

@@ -247,3 +247,25 @@ def test_a_videos_sector_is_found_once_and_stands_for_each_of_its_frames(tmp_pat
     blank = np.zeros((240, 320, 3), np.uint8)
     assert not sector_mask(video_sector([blank] * 4), blank.shape).any()
     assert inspect(blank, fan=sector_mask(video_sector([blank]), blank.shape)).kind == NO_IMAGE
+
+
+def test_segment_sends_the_frames_the_view_model_does_not_read_straight_on_to_features():
+    """Of a 50-frame video the view model reads 8 frames (0, 7, ..., 49): segment sends those to the view stage and the
+    others to features directly (frames.viewed, no view), one hop fewer."""
+    from rhd.runtime.codec import frame_pixels
+    from rhd.runtime.stage import Position
+    from rhd.runtime.topics import FRAMES_SEGMENTED, FRAMES_VIEWED
+    from rhd.segment.service import Segment
+
+    image, _ = render_frame(Scene(view="plax", colour=True), 0.3, np.random.default_rng(3))
+    stage = Segment()
+    routed = {}
+    for index in (7, 8, 49):
+        key = pb.FrameKey(study_id="S", video_id="S-V00", frame_index=index, video_frame_count=50)
+        frame = pb.Frame(key=key, height=image.shape[0], width=image.shape[1], **frame_pixels(image, "raw"))
+        [output] = stage.handle(pb.DopplerFrame(frame=frame, colour_fraction=0.1), Position(0, index, 0.0))
+        routed[index] = output.topic
+        message = output.message.segmented if output.topic == FRAMES_VIEWED else output.message
+        assert message.mask.flow_pixels > 0 and message.frame.key.frame_index == index
+        assert not (output.topic == FRAMES_VIEWED and output.message.HasField("view"))
+    assert routed == {7: FRAMES_SEGMENTED, 8: FRAMES_VIEWED, 49: FRAMES_SEGMENTED}

@@ -164,7 +164,8 @@ FLOWS: dict[str, Flow] = {
     "split": Flow(STUDIES_DEIDENTIFIED, (FRAMES_DECODED, FRAMES_DONE)),
     # Frame stages write FRAMES_DONE too: a frame that fails there is accounted FAILED.
     "inspect": Flow(FRAMES_DECODED, (FRAMES_DOPPLER, FRAMES_SPECTRAL, FRAMES_BMODE, FRAMES_DONE)),
-    "segment": Flow(FRAMES_DOPPLER, (FRAMES_SEGMENTED, FRAMES_DONE)),
+    # segment sends the frames the view model does not read (views.view_sampled) straight on to features.
+    "segment": Flow(FRAMES_DOPPLER, (FRAMES_SEGMENTED, FRAMES_VIEWED, FRAMES_DONE)),
     "view": Flow(FRAMES_SEGMENTED, (FRAMES_VIEWED, FRAMES_DONE)),
     "features": Flow(FRAMES_VIEWED, (FRAMES_DONE,)),
     "spectral": Flow(FRAMES_SPECTRAL, (FRAMES_DONE,)),
