@@ -46,8 +46,7 @@ class Split(
     def pixels(self, video_id: str, images: list[np.ndarray]) -> list[dict[str, Any]]:
         """The video's frames into the frame store, once, and a reference per record; or the pixels in the records."""
         if self.codec == "store":
-            uri = self.frames.put_video(video_id, images)
-            return [{"stored": pb.StoredFrame(uri=uri, index=index)} for index in range(len(images))]
+            return self.refer(self.frames.put_video(video_id, images), images)
         return [frame_pixels(image, self.codec, self.max_message_bytes) for image in images]
 
     def refer(self, uri: str, images: list[np.ndarray]) -> list[dict[str, Any]]:
