@@ -19,6 +19,7 @@ from rhd.runtime.settings import get_settings
 from rhd.runtime.topics import STAGES
 
 DEMO_WORKDIR = "var/demo"  # `rhd demo`'s stack, whose targets.json `rhd watch` reads by default
+UP_WORKDIR = "var/up"  # `rhd up`'s stack: its broker data, frame store, web database, logs, services.json
 
 
 def _logging(level: str) -> None:
@@ -498,6 +499,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(get_settings(), args.studies, args.seed, Path(args.workdir)))
 
 
+def _replicas(items: list[str]) -> dict[str, int]:
+    from rhd.runtime.topics import STAGES
+
+    replicas = {}
+    for item in items:
+        stage, _, count = item.partition("=")
+        if stage not in STAGES or not count.isdigit() or int(count) < 1:
+            raise SystemExit(f"--replicas {item!r}: STAGE=N with a stage of {', '.join(STAGES)} and N >= 1")
+        replicas[stage] = int(count)
+    return replicas
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from rhd.local.up import run_up
+    from rhd.web.db import first_users
+
+    settings, workdir = get_settings(), Path(args.workdir).resolve()
+    hospital = settings.hospitals[0] if settings.hospitals else "H001"
+    users = first_users(workdir / "web.sqlite", hospital, workdir / "first-users.tsv")
+    return asyncio.run(run_up(settings, workdir, _replicas(args.replicas), args.host, args.port, users))
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from rhd.local.up import ps_table
+
+    print(ps_table(Path(args.workdir)))
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from rhd.web.app import serve
+
+    asyncio.run(
+        serve(
+            get_settings(),
+            Path(args.db),
+            args.host,
+            args.port,
+            Path(args.tls) if args.tls else None,
+            Path(args.services) if args.services else None,
+            args.grafana_url,
+        )
+    )
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    import getpass
+
+    from rhd.web.db import Database
+
+    password = os.environ.get("RHD_NEW_USER_PASSWORD") or getpass.getpass(f"password for {args.name}: ")
+    db = Database(Path(args.db))
+    try:
+        user = db.add_user(args.name, args.hospital, args.role, password)
+    finally:
+        db.close()
+    print(f"user {user.name}: {user.role} of {user.hospital}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rhd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -802,6 +864,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--workdir", default=DEMO_WORKDIR)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("up", help="the whole line as a long-running stack with the web page; Ctrl-C stops it")
+    p.add_argument("--workdir", default=UP_WORKDIR)
+    p.add_argument("--replicas", action="append", default=[], metavar="STAGE=N", help="run N copies of a stage")
+    p.add_argument("--host", default="127.0.0.1", help="where the web page listens")
+    p.add_argument("--port", type=int, default=8443)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("ps", help="the services of `rhd up`: state, restarts, lag and rate")
+    p.add_argument("--workdir", default=UP_WORKDIR)
+    p.set_defaults(func=cmd_ps)
+
+    p = sub.add_parser("web", help="the web page for clinicians and operators (home region)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8443)
+    p.add_argument("--tls", default=None, help="PEM with the key and certificate chain (HTTPS); without it, HTTP")
+    p.add_argument("--db", default=f"{UP_WORKDIR}/web.sqlite")
+    p.add_argument("--services", default=None, help="`rhd up`'s services.json, for the operators' page")
+    p.add_argument("--grafana-url", default="", help="linked from the operators' page")
+    p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("users", help="the web page's users: add one (its password from RHD_NEW_USER_PASSWORD or asked)")
+    p.add_argument("action", choices=["add"])
+    p.add_argument("name")
+    p.add_argument("--hospital", required=True)
+    p.add_argument("--role", required=True, choices=["clinician", "operator", "researcher"])
+    p.add_argument("--db", default=f"{UP_WORKDIR}/web.sqlite")
+    p.set_defaults(func=cmd_users)
 
     args = parser.parse_args(argv)
     _logging(get_settings().log_level)

@@ -1,0 +1,1 @@
+"""The web page for clinicians, operators and researchers (`rhd web`; `rhd up` runs it beside the line)."""
