@@ -19,12 +19,16 @@ STUDY_CODE  := $(wildcard services/rhd/*/ops.py) services/rhd/training/study.py 
 
 KAFKA_LIBS  := kafka/target/libs/.copied
 
-.PHONY: demo test test-fast bench privacy-record setup models promtool tools kafka kubectl schemas lint lock clean
+.PHONY: demo up test test-fast bench privacy-record setup models promtool tools browser kafka kubectl schemas lint lock clean
 
 demo: setup models
 	$(BIN)/rhd demo
 
-test: setup models promtool tools kafka kubectl schemas
+# The whole line as a long-running stack with the web page (prints its address and the first users); Ctrl-C stops it.
+up: setup models kafka
+	$(BIN)/rhd up
+
+test: setup models promtool tools browser kafka kubectl schemas
 	$(BIN)/python -m pytest -q
 
 # The edit-test loop: unit and contract tests only (no broker stack, no training; the view model is built once).
@@ -105,6 +109,16 @@ tools:
 	    { apt-get update -qq >/dev/null 2>&1 && \
 	      apt-get install -y -q --no-install-recommends tesseract-ocr tesseract-ocr-eng dcmtk >/dev/null 2>&1; }; }; } || \
 	  echo "tesseract/dcmtk unavailable (not root, or no package index): the tests that need them skip"
+
+# Debian's Chromium and its chromedriver, for the web page's end-to-end tests (Selenium drives them; no browser is
+# downloaded at run time). Installed with apt-get when this runs as root and they are missing; otherwise the browser
+# tests skip, saying why (under CI=true they fail).
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && \
+	      apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }; }; } || \
+	  echo "chromium/chromedriver unavailable (not root, or no package index): the browser tests skip"
 
 $(VIEW_MODEL): $(VIEW_CODE) | setup
 	rm -rf models/view/1 && $(BIN)/rhd train view

@@ -28,6 +28,7 @@ from rhd.labels import CLASSES, CRITERIA
 from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.frames import FrameStoreError
+from rhd.runtime.secrets import SecretError
 from rhd.runtime.settings import Settings
 from rhd.v1 import rhd_pb2 as pb
 from rhd.web.db import AuthError, Database, User
@@ -80,12 +81,14 @@ class WebApp:
         services: Path | None = None,
         grafana_url: str = "",
         valve_model: Any = None,
+        follow_line: bool = True,
     ) -> None:
         self.settings, self.db = settings, db
         self.tracker = LineTracker(settings, db)
         self.services = services  # `rhd up`'s state file: each service's state, restarts
         self.grafana_url = grafana_url
         self.valve_model = valve_model  # the model server's valve model, for the evidence of morphology
+        self.follow_line = follow_line  # False: the page alone, its tracker fed by the caller (tests)
 
     # -- plumbing ----------------------------------------------------------------------------
     def page(self, name: str, request: web.Request, status: int = 200, **context: Any) -> web.Response:
@@ -238,6 +241,8 @@ class WebApp:
             raise web.HTTPBadRequest(text="no files: drop a study folder or pick its files")
         try:
             upload = await asyncio.to_thread(self._upload_of, files, user.hospital)
+        except SecretError as exc:  # the home region's keys are not here: nothing can be sealed or sent
+            raise web.HTTPServiceUnavailable(text=f"uploads are not possible here: {exc}") from None
         except (ValueError, KeyError, json.JSONDecodeError) as exc:
             raise web.HTTPBadRequest(text=f"not a study: {exc}") from None
         await publish_uploads(self.settings, [upload])
@@ -382,7 +387,8 @@ class WebApp:
         r.add_static("/static/", Path(__file__).parent / "static")
 
         async def started(_: web.Application) -> None:
-            self.tracker.start()
+            if self.follow_line:
+                self.tracker.start()
 
         async def stopped(_: web.Application) -> None:
             await self.tracker.stop()
@@ -423,21 +429,40 @@ def _completeness_note(diagnosis: pb.Diagnosis) -> str:
     return ""
 
 
+def _headline(metrics: dict[str, Any]) -> str:
+    """A model's report of record in one line: the study model's held-out and cross-validated balanced accuracy
+    with their intervals; a network's held-out accuracy or per-structure IoU."""
+    parts = []
+    for where in ("held_out", "cv"):
+        figure = (metrics.get(where) or {}).get("figures", {}).get("balanced_accuracy")
+        if figure:
+            low, high = figure["ci95"]
+            parts.append(f"{where.replace('_', '-')} balanced accuracy {figure['value']:.3f} ({low:.3f}-{high:.3f})")
+    if "accuracy" in metrics:
+        parts.append(f"held-out accuracy {metrics['accuracy']:.3f} on {metrics.get('held_out_frames', '?')} frames")
+    ious = {k: v["iou"] for k, v in metrics.items() if isinstance(v, dict) and v.get("iou") is not None}
+    if ious and "background" in ious:
+        ious.pop("background")
+        parts.append("held-out IoU " + ", ".join(f"{k} {v:.3f}" for k, v in ious.items()))
+    return "; ".join(parts)
+
+
 def _models(models_dir: Path) -> list[dict[str, Any]]:
-    """The models being served and their report of record (manifest.json): name, version, the held-out figures."""
+    """The models being served and their report of record (manifest.json): name, version, weights, headline figures."""
     out = []
     for manifest in sorted(Path(models_dir).glob("*/*/manifest.json")):
         try:
             data = json.loads(manifest.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        metrics = data.get("metrics") or data.get("held_out") or {}
+        report = manifest.parent / "report.md"
         out.append(
             {
                 "name": manifest.parent.parent.name,
                 "version": manifest.parent.name,
-                "weights": str(data.get("weights_sha256", data.get("model_sha256", "")))[:12],
-                "metrics": json.dumps(metrics)[:300],
+                "weights": str(data.get("weights_sha256") or data.get("parameters_sha256") or "")[:12],
+                "metrics": _headline(data.get("metrics") or {}),
+                "report": str(report) if report.exists() else str(manifest),
             }
         )
     return out

@@ -1,0 +1,187 @@
+"""The web page without a browser or a broker: its database (sign-in, sessions, a hospital's studies, reads, backup),
+its access rules through real HTTP requests (aiohttp's test server), the evidence drawing, and `rhd up`'s restarts."""
+
+import sqlite3
+import sys
+import time
+
+import numpy as np
+import pytest
+from aiohttp import FormData
+from aiohttp.test_utils import TestClient, TestServer
+from rhd.local.stack import ServiceProcess
+from rhd.local.up import FIRST_BACKOFF_S, MAX_BACKOFF_S, Supervised, Supervisor
+from rhd.runtime.secrets import init_secrets
+from rhd.runtime.settings import Settings
+from rhd.v1 import rhd_pb2 as pb
+from rhd.web.app import COOKIE, WebApp
+from rhd.web.db import SESSION_S, AuthError, Database, first_users
+from rhd.web.evidence import jet_evidence, stored_frame, valve_evidence
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = Database(tmp_path / "web.sqlite")
+    database.add_user("ana", "H001", "clinician", PASSWORD)
+    database.add_user("bo", "H002", "clinician", PASSWORD)
+    database.add_user("op", "H001", "operator", PASSWORD)
+    yield database
+    database.close()
+
+
+def _diagnosis(label: int = pb.LABEL_BORDERLINE) -> pb.Diagnosis:
+    d = pb.Diagnosis(study_id="pseudo-1", label=label, completeness=pb.COMPLETENESS_COMPLETE, model_version="study/1")
+    d.probabilities.update({"normal": 0.1, "borderline": 0.7, "definite": 0.2})
+    c = d.criteria.add(criterion="pathological_mr", probability=0.8, met=True)
+    c.measurements["systolic_jet_length_mm_max"] = 21.5
+    c.frames.add(feature="systolic_jet_length_mm_max", video_id="V-pseudo", frame_index=3)
+    return d
+
+
+def test_sign_in_sessions_and_expiry(db):
+    with pytest.raises(AuthError):
+        db.sign_in("ana", "wrong password")
+    with pytest.raises(AuthError):
+        db.sign_in("nobody", PASSWORD)
+    token = db.sign_in("ana", PASSWORD, now=1000.0)
+    assert db.session_user(token, now=1001.0).hospital == "H001"
+    with pytest.raises(AuthError):
+        db.session_user(token, now=1000.0 + SESSION_S + 1)
+    db.sign_out(token)
+    with pytest.raises(AuthError):
+        db.session_user(token, now=1001.0)
+    with pytest.raises(ValueError):
+        db.add_user("x", "H001", "admin", PASSWORD)  # not a role
+    with pytest.raises(ValueError):
+        db.add_user("x", "H001", "clinician", "short")
+
+
+def test_studies_are_per_hospital_and_reads_are_kept_beside_the_suggestion(db, tmp_path):
+    db.uploaded("H001", "S1", "ana", at=100.0)
+    db.uploaded("H002", "S1", "bo", at=100.0)  # the same id at another hospital is another study
+    db.diagnosed("H001", "S1", "pseudo-1", "ACC-9", "borderline", "COMPLETE", _diagnosis().SerializeToString(), 200.0)
+    assert [s.label for s in db.studies("H001")] == ["borderline"]
+    assert [s.label for s in db.studies("H002")] == [""]
+    assert db.studies("H001", label="pending") == [] and len(db.studies("H002", label="pending")) == 1
+    assert db.studies("H001", since=150.0) == [] and len(db.studies("H001", until=150.0)) == 1
+    with pytest.raises(ValueError):
+        db.read("H002", "S1", "bo", "normal")  # not diagnosed
+    read = db.read("H001", "S1", "ana", "definite", "thick AMVL")
+    assert (read.suggested, read.final_label, read.agrees) == ("borderline", "definite", False)
+    db.read("H001", "S1", "ana", "borderline")  # the same reader changes their read: one read each
+    assert [(r.final_label, r.agrees) for r in db.reads("H001", "S1")] == [("borderline", True)]
+    assert db.agreement("H001") == {"reads": 1, "agreed": 1, "agreement": 1.0}
+    copy = db.backup(tmp_path / "backup.sqlite")
+    with sqlite3.connect(copy) as backup:
+        assert backup.execute("SELECT COUNT(*) FROM reads").fetchone()[0] == 1
+
+
+def test_first_users_once_with_private_passwords(tmp_path):
+    made = first_users(tmp_path / "w.sqlite", "H009", tmp_path / "users.tsv")
+    assert [role for _, role, _ in made] == ["clinician", "operator", "researcher"]
+    assert (tmp_path / "users.tsv").stat().st_mode & 0o077 == 0
+    assert first_users(tmp_path / "w.sqlite", "H009", tmp_path / "users.tsv") == []  # a database with users
+    db = Database(tmp_path / "w.sqlite")
+    assert db.session_user(db.sign_in(made[0][0], made[0][2])).hospital == "H009"
+    db.close()
+
+
+async def _client(db: Database, tmp_path) -> TestClient:
+    settings = Settings(blob_dir=tmp_path / "blobs", models_dir=tmp_path / "models", secrets_dir=tmp_path / "keys")
+    init_secrets(settings.secrets_dir)
+    app = WebApp(settings, db, follow_line=False)
+    client = TestClient(TestServer(app.application()))
+    await client.start_server()
+    return client
+
+
+async def _signed_in(client: TestClient, db: Database, name: str) -> dict[str, str]:
+    return {"Cookie": f"{COOKIE}={db.sign_in(name, PASSWORD)}"}
+
+
+async def test_access_rules_over_http(db, tmp_path):
+    db.uploaded("H001", "S1", "ana", at=time.time())
+    db.diagnosed("H001", "S1", "pseudo-1", "ACC-9", "borderline", "COMPLETE", _diagnosis().SerializeToString(), 1.0)
+    client = await _client(db, tmp_path)
+    try:
+        signed_out = await client.get("/studies/S1", allow_redirects=False)
+        assert signed_out.status == 303 and signed_out.headers["Location"].startswith("/login")
+        assert (await client.get("/studies/S1/progress.json")).status == 401
+        ana, bo, op = [await _signed_in(client, db, n) for n in ("ana", "bo", "op")]
+
+        page = await client.get("/studies/S1", headers=ana)
+        html = await page.text()
+        assert page.status == 200 and "borderline" in html and "systolic_jet_length_mm_max" in html
+        assert "not a diagnosis" in html and "ACC-9" in html
+        assert "/studies/S1/evidence/pathological_mr.png" in html
+
+        # Another hospital's clinician: not found, not in the list, not in the export, no evidence, no read.
+        for path in ("/studies/S1", "/studies/S1/progress.json", "/studies/S1/evidence/pathological_mr.png"):
+            assert (await client.get(path, headers=bo)).status == 404, path
+        assert "S1" not in await (await client.get("/studies", headers=bo)).text()
+        assert "S1" not in await (await client.get("/studies.csv", headers=bo)).text()
+        refused = await client.post("/studies/S1/read", data={"final_label": "normal"}, headers=bo)
+        assert refused.status == 404 and db.reads("H001", "S1") == []
+
+        # Roles: an operator reads no study; a clinician does not see the operators' page.
+        assert (await client.get("/studies", headers=op)).status == 403
+        assert (await client.get("/operators", headers=ana)).status == 403
+        assert (await client.get("/operators", headers=op)).status == 200
+
+        csv = await (await client.get("/studies.csv?label=borderline", headers=ana)).text()
+        assert csv.splitlines()[1].startswith("S1,ACC-9,") and csv.splitlines()[1].endswith("0.100,0.700,0.200")
+        assert (await client.post("/studies/S1/read", data={"final_label": "maybe"}, headers=ana)).status == 400
+        # The frame is no longer in the frame store: the evidence says so (410), it does not fail.
+        assert (await client.get("/studies/S1/evidence/pathological_mr.png", headers=ana)).status == 410
+
+        # An upload that is not a study is refused, and nothing is recorded.
+        form = FormData()
+        form.add_field("files", b"hello", filename="notes.txt")
+        bad = await client.post("/upload", data=form, headers=ana)
+        assert bad.status == 400 and len(db.studies("H001")) == 1
+    finally:
+        await client.close()
+
+
+def test_evidence_outlines_the_jet_and_the_valve(tmp_path):
+    frame = np.zeros((240, 320, 3), np.uint8)
+    frame[100:140, 150:190] = (0, 0, 255)  # saturated red: colour flow
+    drawn = jet_evidence(frame, "MR")
+    assert drawn.shape == (480, 640, 3)
+    assert (drawn[195:285, 295:385] == 255).all(axis=-1).any()  # the white outline around the flow
+    probabilities = np.zeros((108, 136, 4), np.float32)
+    probabilities[..., 0] = 1.0
+    probabilities[40:50, 60:80] = (0, 1, 0, 0)  # a mitral leaflet
+    valve = valve_evidence(frame, probabilities, "MV")
+    assert (valve == (80, 220, 80)).all(axis=-1).any()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    np.save(frames / "V1.0123456789abcdef.npy", np.stack([frame, frame + 1]))
+    assert stored_frame(tmp_path, "V1", 1)[0, 0, 0] == 1
+    with pytest.raises(ValueError):
+        stored_frame(tmp_path, "V1", 2)
+    with pytest.raises(ValueError):
+        stored_frame(tmp_path, "../V1", 0)
+
+
+def test_supervisor_restarts_with_doubling_backoff(tmp_path):
+    supervisor = Supervisor(tmp_path, Settings(blob_dir=tmp_path / "blobs"))
+    crash = ServiceProcess("crasher", [sys.executable, "-c", "import sys; sys.exit(3)"], {}, tmp_path / "c.log")
+    crash.start()
+    crash.process.wait()
+    s = Supervised(crash, 0)
+    supervisor.services = [s]
+    now = time.monotonic()
+    assert supervisor.check(now) == [] and s.state() == "backoff" and s.last_exit == 3
+    assert supervisor.check(now + FIRST_BACKOFF_S / 2) == []  # still waiting
+    assert supervisor.check(now + FIRST_BACKOFF_S) == [s] and s.restarts == 1
+    s.process.process.wait()
+    supervisor.check(now + 2)
+    assert s.restart_at == pytest.approx(now + 2 + 2 * FIRST_BACKOFF_S)  # doubled
+    for _ in range(10):
+        s.backoff_s = min(s.backoff_s * 2, MAX_BACKOFF_S)
+    assert s.backoff_s == MAX_BACKOFF_S
+    supervisor.write_state()
+    assert "crasher" in (tmp_path / "services.json").read_text()
