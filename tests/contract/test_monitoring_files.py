@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rhd.local.up
 import rhd.model_server.server  # registers the embedded model server's metrics (imports TensorFlow)
-import rhd.runtime.metrics  # noqa: F401  (registers the services' metrics)
+import rhd.runtime.metrics
+import rhd.web.app  # noqa: F401  (registers the web page's and the drift monitor's metrics)
 import yaml
 from conftest import missing_tool
 from prometheus_client import REGISTRY

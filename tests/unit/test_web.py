@@ -185,3 +185,29 @@ def test_supervisor_restarts_with_doubling_backoff(tmp_path):
     assert s.backoff_s == MAX_BACKOFF_S
     supervisor.write_state()
     assert "crasher" in (tmp_path / "services.json").read_text()
+
+
+def test_drift_marks_a_device_whose_mix_differs_from_the_rest():
+    from collections import Counter
+
+    from rhd.web.drift import DRIFT, MIN_STUDIES, DriftMonitor, StudySummary, distance
+
+    assert distance(Counter(a=1), Counter(a=5)) == 0.0 and distance(Counter(a=1), Counter(b=1)) == 1.0
+    monitor = DriftMonitor()
+    usual = StudySummary(Counter(plax=8, a4c=8), Counter(features=150, valve=100, spectral=60), "normal")
+    for hospital in ("H001", "H002"):
+        for _ in range(20):
+            monitor.add(hospital, "Vivid iq", usual)
+    # A new device at H003 whose clips the view model reads as "other" and whose studies are all referred.
+    odd = StudySummary(Counter(other=14, plax=2), Counter(features=150, valve=100), "referred")
+    for _ in range(MIN_STUDIES - 1):
+        monitor.add("H003", "Model X/9", odd)
+    rows = {(r["hospital"], r["device"]): r for r in monitor.report()}
+    assert not rows[("H003", "Model X_9")]["aspects"]["views"]["alert"]  # too few studies yet
+    monitor.add("H003", "Model X/9", odd)
+    rows = {(r["hospital"], r["device"]): r for r in monitor.report()}
+    h3 = rows[("H003", "Model X_9")]
+    assert h3["aspects"]["views"]["alert"] and h3["aspects"]["labels"]["alert"] and h3["referred"] == 1.0
+    assert h3["aspects"]["views"]["distance"] == pytest.approx(1 - 2 / 16)
+    assert not rows[("H001", "Vivid iq")]["aspects"]["views"]["alert"]  # the usual mix, beside the new one
+    assert DRIFT.labels("H003", "Model X_9", "views")._value.get() == pytest.approx(1 - 2 / 16)

@@ -32,6 +32,7 @@ from rhd.runtime.secrets import SecretError
 from rhd.runtime.settings import Settings
 from rhd.v1 import rhd_pb2 as pb
 from rhd.web.db import AuthError, Database, User
+from rhd.web.drift import DRIFT_ALERT
 from rhd.web.evidence import evidence_png
 from rhd.web.tracker import TERMINAL_STAGES, LineTracker
 
@@ -360,6 +361,11 @@ class WebApp:
             agreement=await asyncio.to_thread(self.db.agreement),
         )
 
+    async def drift(self, request: web.Request) -> web.Response:
+        """Input drift per hospital and device (rhd.web.drift): operators and researchers see every hospital's."""
+        self.need(request, "operator", "researcher")
+        return self.page("drift.html", request, rows=self.tracker.drift.report(), threshold=DRIFT_ALERT)
+
     async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "alive", "broker": self.tracker.connected.is_set()})
 
@@ -382,6 +388,7 @@ class WebApp:
         r.add_get("/studies/{study_id}/evidence/{criterion}.png", self.evidence)
         r.add_post("/studies/{study_id}/read", self.read)
         r.add_get("/operators", self.operators)
+        r.add_get("/drift", self.drift)
         r.add_get("/healthz", self.healthz)
         r.add_get("/metrics", self.metrics)
         r.add_static("/static/", Path(__file__).parent / "static")

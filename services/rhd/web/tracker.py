@@ -16,11 +16,12 @@ from aiokafka.errors import KafkaError
 
 from rhd.runtime import kafka
 from rhd.runtime.settings import Settings
-from rhd.runtime.topics import FRAMES_DONE, STUDIES_DIAGNOSED, STUDIES_LINKS, TOPICS, dlq
+from rhd.runtime.topics import FRAMES_DONE, STUDIES_DIAGNOSED, STUDIES_FEATURES, STUDIES_LINKS, TOPICS, dlq
 from rhd.v1 import rhd_pb2 as pb
 from rhd.watch.console import completeness_name, label_name
 from rhd.watch.figures import Progress, home_links
 from rhd.web.db import Database
+from rhd.web.drift import DriftMonitor, StudySummary
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class StudyProgress:
     expected: int = 0  # frames in its manifest (0 until split has read it)
     by_stage: Counter = field(default_factory=Counter)  # terminal stage -> frames ended there
     by_status: Counter = field(default_factory=Counter)  # analysed / skipped / failed
+    by_view: Counter = field(default_factory=Counter)  # view label -> frames the view model read as it
     frames: set = field(default_factory=set)  # (video, index) ended, duplicates once
 
     def accounted(self) -> int:
@@ -47,6 +49,7 @@ class LineTracker:
         self.by_pseudonym: dict[str, StudyProgress] = {}
         self.letters: list[pb.DeadLetter] = []
         self.saved: dict[str, int] = {}  # pseudonym -> diagnoses saved
+        self.drift = DriftMonitor()
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -80,6 +83,8 @@ class LineTracker:
                     mine.frames.add(frame)
                     mine.by_stage[result.stage] += 1
                     mine.by_status[pb.FrameStatus.Name(result.status).removeprefix("FRAME_STATUS_").lower()] += 1
+                    if result.view.label:
+                        mine.by_view[result.view.label] += 1
         elif topic.endswith(".dlq") and value:
             self.letters = [*self.letters[-(MAX_LETTERS - 1) :], pb.DeadLetter.FromString(value)]
 
@@ -108,11 +113,15 @@ class LineTracker:
             )
             self.saved[pseudonym] = len(diagnoses)
             saved += 1
+            assembled = self.progress.studies.get(self.progress.names.get(pseudonym, pseudonym))
+            device = assembled[-1].clinical.get("device", "") if assembled else ""
+            mine = self.by_pseudonym.get(pseudonym, StudyProgress())
+            self.drift.add(hospital, device, StudySummary(Counter(mine.by_view), Counter(mine.by_stage), label))
         return saved
 
     async def run(self) -> None:
         """Follow the line until cancelled; a broker that goes away is waited for."""
-        topics = [FRAMES_DONE, STUDIES_DIAGNOSED, *(dlq(t.name) for t in TOPICS)]
+        topics = [FRAMES_DONE, STUDIES_FEATURES, STUDIES_DIAGNOSED, *(dlq(t.name) for t in TOPICS)]
         if self.relinks:
             topics.append(STUDIES_LINKS)
         backoff = 1.0
