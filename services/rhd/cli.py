@@ -472,11 +472,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model in ("view", "all"):
         from rhd.training.view import train_view_model
 
-        print(f"view model: {train_view_model(models_dir)}")
+        print(f"view model: {train_view_model(models_dir, version=args.version)}")
     if args.model in ("valve", "all"):
         from rhd.training.valve import train_valve_model
 
-        print(f"valve model: {train_valve_model(models_dir)}")
+        print(f"valve model: {train_valve_model(models_dir, version=args.version)}")
     if args.model in ("study", "all"):
         from rhd.training.study import train_study_model
 
@@ -484,6 +484,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             models_dir,
             seed=args.seed,
             n_studies=args.studies,
+            version=args.version,
             workers=args.workers,
             held_out_per_class=args.held_out_per_class,
             report_dir=Path(args.report_dir) if args.report_dir else None,
@@ -844,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train the models (deterministic) into models/")
     p.add_argument("model", choices=("view", "valve", "study", "all"))
     p.add_argument("--models-dir", default=None)
+    p.add_argument("--version", type=int, default=1, help="the version folder written: models/<name>/<version>/")
     p.add_argument("--seed", type=int, default=11, help="study model: training set seed (held-out: seed + 1000)")
     p.add_argument("--studies", type=int, default=90, help="study model: balanced training studies")
     p.add_argument(

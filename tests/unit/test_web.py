@@ -211,3 +211,81 @@ def test_drift_marks_a_device_whose_mix_differs_from_the_rest():
     assert h3["aspects"]["views"]["distance"] == pytest.approx(1 - 2 / 16)
     assert not rows[("H001", "Vivid iq")]["aspects"]["views"]["alert"]  # the usual mix, beside the new one
     assert DRIFT.labels("H003", "Model X_9", "views")._value.get() == pytest.approx(1 - 2 / 16)
+
+
+def _fake_versions(models_dir, name, *numbers):
+    for n in numbers:
+        folder = models_dir / name / str(n)
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text('{"metrics": {"accuracy": 0.9, "held_out_frames": 10}}')
+
+
+def test_promotion_needs_a_second_person_and_rolls_back_in_one_action(tmp_path):
+    from rhd.modelstore import PromotionError, pin_serving, promoted, request_promotion, roll_back, sign_off
+    from rhd.modelstore import version_dir as chosen
+
+    _fake_versions(tmp_path, "study", 1, 2, 3)
+    assert chosen(tmp_path, "study").name == "3"  # nothing promoted: the newest
+    assert pin_serving(tmp_path, "study", "ana") == 3
+    _fake_versions(tmp_path, "study", 4)
+    assert chosen(tmp_path, "study").name == "3"  # a newer build does not serve by being newest
+    with pytest.raises(PromotionError):
+        request_promotion(tmp_path, "study", 9, "ana")  # no such version
+    request_promotion(tmp_path, "study", 4, "ana")
+    assert promoted(tmp_path, "study") == 3  # asked, not signed off
+    with pytest.raises(PromotionError, match="second person"):
+        sign_off(tmp_path, "study", "ana")
+    sign_off(tmp_path, "study", "bo")
+    assert chosen(tmp_path, "study").name == "4" and chosen(tmp_path, "study", 2).name == "2"
+    roll_back(tmp_path, "study", "bo")
+    assert promoted(tmp_path, "study") == 3
+    with pytest.raises(PromotionError):
+        sign_off(tmp_path, "study", "bo")  # nothing pending
+
+
+def test_the_model_server_answers_latest_with_the_promoted_version(tmp_path):
+    from rhd.model_server import server
+    from rhd.modelstore import pin_serving
+    from tensorflow_serving.apis import model_pb2
+
+    _fake_versions(tmp_path, "view", 1, 2)
+    repo = server.ModelRepository({"view": {1: "v1", 2: "v2"}}, tmp_path)  # servables stand-ins: find returns them
+    assert repo.find(model_pb2.ModelSpec(name="view")) == "v2"
+    (tmp_path / "promotions.json").write_text('{"view": {"serving": 1, "pending": null, "history": []}}')
+    repo._promoted = (0.0, {})  # the cache's time-to-live passed
+    assert repo.find(model_pb2.ModelSpec(name="view")) == "v1"
+    spec = model_pb2.ModelSpec(name="view")
+    spec.version.value = 2
+    assert repo.find(spec) == "v2"  # a version asked for by number is served as it is
+    assert pin_serving(tmp_path, "view", "x") == 1
+
+
+async def test_research_pages_promote_with_two_people(db, tmp_path):
+    settings = Settings(blob_dir=tmp_path / "blobs", models_dir=tmp_path / "models", secrets_dir=tmp_path / "keys")
+    _fake_versions(settings.models_dir, "study", 1, 2)
+    db.add_user("rita", "H001", "researcher", PASSWORD)
+    db.add_user("raul", "H002", "researcher", PASSWORD)
+    client = TestClient(TestServer(WebApp(settings, db, follow_line=False).application()))
+    await client.start_server()
+    try:
+        rita, raul, ana = [await _signed_in(client, db, n) for n in ("rita", "raul", "ana")]
+        assert (await client.get("/models", headers=ana)).status == 403  # clinicians do not promote models
+        page = await (await client.get("/models", headers=rita)).text()
+        assert "Ask to promote study 1" in page and "held-out accuracy 0.900" in page
+        asked = await client.post("/models/study/1/promote", headers=rita, allow_redirects=False)
+        assert asked.status == 303
+        assert (await client.post("/models/study/sign-off", headers=rita)).status == 409
+        manifest = await (await client.get("/models/study/1", headers=raul)).text()
+        assert "Sign off: study 1 serves" in manifest and "held_out_frames" in manifest
+        assert (await client.post("/models/study/sign-off", headers=raul, allow_redirects=False)).status == 303
+        from rhd.modelstore import promoted
+
+        assert promoted(settings.models_dir, "study") == 1
+        assert (await client.post("/models/study/rollback", headers=raul, allow_redirects=False)).status == 303
+        assert promoted(settings.models_dir, "study") is None
+        bad = await client.post(
+            "/models/study/build", data={"seed": "1", "studies": "5", "held_out_per_class": "5"}, headers=rita
+        )
+        assert bad.status == 400  # fewer studies than a build needs
+    finally:
+        await client.close()

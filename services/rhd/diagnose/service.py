@@ -1,16 +1,22 @@
 """diagnose: studies.features.v1 -> studies.diagnosed.v1 (per-criterion estimates combined by the WHF rules, with
 the measurements each rests on)."""
 
+import logging
+import time
 from collections import OrderedDict
 
-from rhd.diagnose.ops import diagnose, load_study_model, referral
+from rhd.diagnose.ops import MODEL_NAME, diagnose, load_study_model, referral
 from rhd.labels import CLASSES
+from rhd.modelstore import version_dir
 from rhd.runtime import metrics
 from rhd.runtime.records import Output, now
 from rhd.runtime.settings import Settings
 from rhd.runtime.stage import Position, StageService
 from rhd.runtime.topics import STUDIES_DIAGNOSED, STUDIES_FEATURES
 from rhd.v1 import rhd_pb2 as pb
+
+log = logging.getLogger(__name__)
+MODEL_CHECK_S = 10.0  # how soon a promoted study model serves
 
 LABELS = {name: pb.Label.Value(f"LABEL_{name.upper()}") for name in CLASSES}
 REMEMBER_STUDIES = 1_000_000  # study ids kept to drop a replayed record (about 100 MB at most)
@@ -22,7 +28,9 @@ class Diagnose(StageService, name="diagnose", input_topic=STUDIES_FEATURES, inpu
     written_topic = STUDIES_DIAGNOSED  # read back before each assignment: the studies already diagnosed
 
     async def start(self, settings: Settings) -> None:
+        self.models_dir = settings.models_dir
         self.model = load_study_model(settings.models_dir)
+        self.model_checked = time.monotonic()
         self.written_window_s = settings.assemble_remember_s
         self.diagnosed: OrderedDict[str, None] = OrderedDict()
         metrics.set_build_info(self.name, study_model=self.model.version)
@@ -33,6 +41,21 @@ class Diagnose(StageService, name="diagnose", input_topic=STUDIES_FEATURES, inpu
     async def partitions_assigned(self, partitions: set[int], written: list[str]) -> None:
         for study_id in written:
             self._remember(study_id)
+
+    def _follow_promotion(self) -> None:
+        """The promoted study model serves (models/promotions.json, checked every MODEL_CHECK_S): a promotion or a
+        rollback reaches the next studies without a restart. A version that cannot be loaded leaves the one serving."""
+        if time.monotonic() - self.model_checked < MODEL_CHECK_S:
+            return
+        self.model_checked = time.monotonic()
+        try:
+            wanted = f"{MODEL_NAME}/{version_dir(self.models_dir, MODEL_NAME).name}"
+            if wanted != self.model.version:
+                self.model = load_study_model(self.models_dir, int(wanted.rsplit("/", 1)[1]))
+                metrics.set_build_info(self.name, study_model=self.model.version)
+                log.info("diagnose now serves study model %s", self.model.version)
+        except (OSError, ValueError) as exc:
+            log.error("the promoted study model cannot be loaded (%s): %s keeps serving", exc, self.model.version)
 
     def _remember(self, study_id: str) -> None:
         self.diagnosed[study_id] = None
@@ -47,6 +70,7 @@ class Diagnose(StageService, name="diagnose", input_topic=STUDIES_FEATURES, inpu
             metrics.DUPLICATES.labels(self.name).inc()
             return []
         self._remember(study.study_id)
+        self._follow_promotion()
         if study.completeness != pb.COMPLETENESS_FAILED and not study.frames.analysed:
             # Nothing of the study was read: a label would come from a vector of zeros. Say so instead.
             failed = pb.StudyFeatures()

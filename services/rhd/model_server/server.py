@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from rhd.modelstore import check_saved_model, versions
+from rhd.modelstore import check_saved_model, promotions, versions
 from rhd.runtime.http import TFS_METRICS_PATH, start_http
 from rhd.v1 import tfs_config_pb2
 
@@ -258,14 +258,40 @@ def _requested_version(spec: model_pb2.ModelSpec) -> int:
     return spec.version.value if spec.HasField("version") else 0
 
 
+PROMOTIONS_TTL_S = 2.0  # how stale the promoted versions may be
+
+
 class ModelRepository:
-    def __init__(self, servables: dict[str, dict[int, Servable]]) -> None:
+    """The loaded servables. With `models_dir` (no model config file), a request for the latest version gets the
+    version promoted to serve (models/promotions.json, re-read every PROMOTIONS_TTL_S), loaded on first use when it
+    was trained after this server started; a version asked for by number is served as it is."""
+
+    def __init__(self, servables: dict[str, dict[int, Servable]], models_dir: Path | None = None) -> None:
         self.servables = servables
+        self.models_dir = models_dir
+        self._promoted: tuple[float, dict[str, Any]] = (0.0, {})
+
+    def promoted(self, name: str) -> int | None:
+        if self.models_dir is None:
+            return None
+        read_at, known = self._promoted
+        if time.monotonic() - read_at > PROMOTIONS_TTL_S:
+            known = {n: entry.get("serving") for n, entry in promotions(self.models_dir).items()}
+            self._promoted = (time.monotonic(), known)
+        version = known.get(name)
+        return int(version) if version else None
 
     def find(self, spec: model_pb2.ModelSpec) -> Servable:
         version = _requested_version(spec)
         loaded = self.servables.get(spec.name, {})
-        chosen = version or max(loaded, default=0)
+        promoted = None if version else self.promoted(spec.name)
+        if promoted and promoted not in loaded and self.models_dir is not None:
+            path = self.models_dir / spec.name / str(promoted)
+            if (path / "saved_model.pb").is_file():
+                log.info("loading model %s version %d: promoted to serve", spec.name, promoted)
+                loaded[promoted] = Servable(spec.name, promoted, path)
+                self.servables[spec.name] = loaded
+        chosen = version or promoted or max(loaded, default=0)
         if chosen not in loaded:
             request = f"Specific({spec.name}, {version})" if version else f"Latest({spec.name})"
             raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
@@ -619,7 +645,7 @@ async def start_server(
         servables = await asyncio.to_thread(load_configured_models, model_config, models_dir)
     else:
         servables = await asyncio.to_thread(load_models, models_dir, model_names)
-    repo = ModelRepository(servables)
+    repo = ModelRepository(servables, None if model_config is not None else Path(models_dir))
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

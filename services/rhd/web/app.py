@@ -34,6 +34,7 @@ from rhd.v1 import rhd_pb2 as pb
 from rhd.web.db import AuthError, Database, User
 from rhd.web.drift import DRIFT_ALERT
 from rhd.web.evidence import evidence_png
+from rhd.web.research import ResearchPages
 from rhd.web.tracker import TERMINAL_STAGES, LineTracker
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,12 @@ class WebApp:
         self.grafana_url = grafana_url
         self.valve_model = valve_model  # the model server's valve model, for the evidence of morphology
         self.follow_line = follow_line  # False: the page alone, its tracker fed by the caller (tests)
+        self.research = ResearchPages(settings.models_dir, self.need, self.page, _headline)
 
     # -- plumbing ----------------------------------------------------------------------------
-    def page(self, name: str, request: web.Request, status: int = 200, **context: Any) -> web.Response:
+    def page(self, template: str, request: web.Request, /, status: int = 200, **context: Any) -> web.Response:
         user = request.get("user")
-        html = TEMPLATES.get_template(name).render(user=user, intended_use=INTENDED_USE, **context)
+        html = TEMPLATES.get_template(template).render(user=user, intended_use=INTENDED_USE, **context)
         return web.Response(text=html, content_type="text/html", status=status)
 
     @web.middleware
@@ -392,6 +394,7 @@ class WebApp:
         r.add_get("/healthz", self.healthz)
         r.add_get("/metrics", self.metrics)
         r.add_static("/static/", Path(__file__).parent / "static")
+        self.research.routes(r)
 
         async def started(_: web.Application) -> None:
             if self.follow_line:
@@ -399,6 +402,7 @@ class WebApp:
 
         async def stopped(_: web.Application) -> None:
             await self.tracker.stop()
+            self.research.stop()
 
         app.on_startup.append(started)
         app.on_cleanup.append(stopped)
