@@ -192,6 +192,11 @@ def test_upload_progress_diagnosis_evidence_and_refusal(stack, tmp_path):
         assert len(states) >= 12 and all(s.text == "running" for s in states)
         assert "valve" in driver.page_source and "Dead letters" in driver.page_source
         _shot(driver, "operators")
+        # The study entered the drift figures under its hospital (and the device its upload named).
+        driver.get(url + "/drift")
+        rows = driver.find_elements("css selector", "tbody tr")
+        assert any(r.text.startswith("H001") for r in rows), driver.page_source[-800:]
+        _shot(driver, "drift")
     finally:
         driver.quit()
 

@@ -46,7 +46,8 @@ class Build:
 
     def tail(self, lines: int = 15) -> str:
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+            text = self.log.read_text(errors="replace").replace("\r", "\n")  # progress bars redraw with \r
+            return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
         except FileNotFoundError:
             return ""
 
