@@ -541,6 +541,7 @@ def cmd_web(args: argparse.Namespace) -> int:
             Path(args.tls) if args.tls else None,
             Path(args.services) if args.services else None,
             args.grafana_url,
+            args.prometheus_url,
         )
     )
     return 0
@@ -885,6 +886,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", default=f"{UP_WORKDIR}/web.sqlite")
     p.add_argument("--services", default=None, help="`rhd up`'s services.json, for the operators' page")
     p.add_argument("--grafana-url", default="", help="linked from the operators' page")
+    p.add_argument("--prometheus-url", default="", help="linked from the operators' page (its alerts)")
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("users", help="the web page's users: add one (its password from RHD_NEW_USER_PASSWORD or asked)")

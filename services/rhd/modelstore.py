@@ -143,7 +143,12 @@ def request_promotion(models_dir: Path, name: str, version: int, by: str) -> dic
     """A researcher asks for `version` to serve; it serves once someone else signs it off."""
     if version not in versions(models_dir, name):
         raise PromotionError(f"model {name!r} has no version {version}")
-    read_manifest(Path(models_dir) / name / str(version))  # a version without its report of record is not promoted
+    try:
+        read_manifest(Path(models_dir) / name / str(version))
+    except (OSError, ValueError):
+        raise PromotionError(
+            f"{name} version {version} has no manifest (its report of record): still building?"
+        ) from None
     with _editing(models_dir) as data:
         entry = data.setdefault(name, {"serving": None, "pending": None, "history": []})
         entry["pending"] = {"version": version, "requested_by": by, "requested_at": time.time()}

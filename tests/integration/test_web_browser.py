@@ -197,6 +197,14 @@ def test_upload_progress_diagnosis_evidence_and_refusal(stack, tmp_path):
         rows = driver.find_elements("css selector", "tbody tr")
         assert any(r.text.startswith("H001") for r in rows), driver.page_source[-800:]
         _shot(driver, "drift")
+
+        # The researcher sees each model's versions, which one serves, and the build form.
+        driver.delete_all_cookies()
+        _sign_in(driver, url, users["researcher"][0], users["researcher"][2])
+        driver.get(url + "/models")
+        assert driver.find_element("id", "m-study").text == "study" and "serving" in driver.page_source
+        assert driver.find_element("id", "builds-h").text == "Build a study model"
+        _shot(driver, "models")
     finally:
         driver.quit()
 

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client import Counter, Gauge
 
-from rhd.local.broker import kafka_available
+from rhd.local.broker import free_port, kafka_available
 from rhd.local.security import Security
 from rhd.local.stack import EmbeddedStack, ServiceProcess
 from rhd.runtime.http import start_http
@@ -89,25 +90,64 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.state_path = self.workdir / STATE_FILE
         self.http_port = 0
+        self.prometheus_port = 0
 
     @property
     def url(self) -> str:
         return f"https://{'localhost' if self.web_host in ('127.0.0.1', '0.0.0.0') else self.web_host}:{self.web_port}/"
+
+    def _prometheus(self) -> ServiceProcess | None:
+        """A real Prometheus where one is installed (`make promtool` takes Debian's into the venv): every service
+        through the stack's file_sd list, the page over HTTPS, compose/prometheus's recording and alert rules."""
+        binary = shutil.which("prometheus", path=str(Path(sys.executable).parent)) or shutil.which("prometheus")
+        if not binary:
+            return None
+        self.prometheus_port = free_port()
+        rules = sorted(
+            str(p) for p in (Path(__file__).resolve().parents[3] / "compose" / "prometheus" / "rules").glob("*.yml")
+        )
+        ca = self.workdir / "web-tls" / "tls" / "ca.pem"
+        config = {
+            "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
+            "rule_files": rules,
+            "scrape_configs": [
+                {"job_name": "rhd", "file_sd_configs": [{"files": [str(self.stack.targets_path)]}]},
+                {
+                    "job_name": WEB,
+                    "scheme": "https",
+                    "tls_config": {"ca_file": str(ca), "server_name": "localhost"},
+                    "static_configs": [{"targets": [f"127.0.0.1:{self.web_port}"]}],
+                },
+            ],
+        }
+        (self.workdir / "prometheus.yml").write_text(json.dumps(config, indent=1))  # JSON is YAML
+        argv = [
+            binary,
+            f"--config.file={self.workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+        ]
+        argv += [f"--web.listen-address=127.0.0.1:{self.prometheus_port}", "--storage.tsdb.retention.time=15d"]
+        return ServiceProcess("prometheus", argv, {}, self.workdir / "logs" / "prometheus.log")
 
     def _web(self) -> ServiceProcess:
         tls = Security.create(self.workdir / "web-tls", [], servers=(WEB,))
         argv = [sys.executable, "-m", "rhd.cli", "web", "--host", self.web_host, "--port", str(self.web_port)]
         argv += ["--tls", str(tls.server_pem(WEB)), "--db", str(self.workdir / "web.sqlite")]
         argv += ["--services", str(self.state_path)]
+        if self.prometheus_port:
+            argv += ["--prometheus-url", f"http://127.0.0.1:{self.prometheus_port}/alerts"]
         env = self.stack._env(HOME)
         env["RHD_MODEL_SERVER"] = f"127.0.0.1:{self.stack.model_port}"
         return ServiceProcess(WEB, argv, env, self.workdir / "logs" / "web.log")
 
     async def start(self) -> None:
         await self.stack.start()
+        prometheus = self._prometheus()
         web = self._web()
-        web.start()
-        self.stack.services.append(web)
+        for process in (prometheus, web):
+            if process is not None:
+                process.start()
+                self.stack.services.append(process)
         replica_of: dict[str, int] = {}
         for process in self.stack.services:
             replica = replica_of.get(process.name, 0)
@@ -221,6 +261,8 @@ async def run_up(
     try:
         await supervisor.start()
         print(f"broker: {supervisor.stack.broker.kind} ({supervisor.stack.settings.bootstrap_servers})")
+        if supervisor.prometheus_port:
+            print(f"prometheus: http://127.0.0.1:{supervisor.prometheus_port}/ (every service, the alert rules)")
         print(f"web page: {supervisor.url}  (its certificate is signed by {workdir / 'web-tls' / 'tls' / 'ca.pem'})")
         for name, role, password in users:
             print(f"  first user {name} ({role}), password {password}")

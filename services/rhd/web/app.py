@@ -83,12 +83,13 @@ class WebApp:
         services: Path | None = None,
         grafana_url: str = "",
         valve_model: Any = None,
+        prometheus_url: str = "",
         follow_line: bool = True,
     ) -> None:
         self.settings, self.db = settings, db
         self.tracker = LineTracker(settings, db)
         self.services = services  # `rhd up`'s state file: each service's state, restarts
-        self.grafana_url = grafana_url
+        self.grafana_url, self.prometheus_url = grafana_url, prometheus_url
         self.valve_model = valve_model  # the model server's valve model, for the evidence of morphology
         self.follow_line = follow_line  # False: the page alone, its tracker fed by the caller (tests)
         self.research = ResearchPages(settings.models_dir, self.need, self.page, _headline)
@@ -359,6 +360,7 @@ class WebApp:
             letters=letters[:200],
             models=_models(self.settings.models_dir),
             grafana_url=self.grafana_url,
+            prometheus_url=self.prometheus_url,
             connected=self.tracker.connected.is_set(),
             agreement=await asyncio.to_thread(self.db.agreement),
         )
@@ -494,6 +496,7 @@ async def serve(
     pem: Path | None,
     services: Path | None = None,
     grafana_url: str = "",
+    prometheus_url: str = "",
     backup_every_s: float = 3600.0,
 ) -> None:
     """Run the page until SIGTERM/SIGINT; the database is backed up beside itself every `backup_every_s`."""
@@ -503,7 +506,7 @@ async def serve(
 
     db = Database(db_path)
     valves = ModelClient.from_settings(settings, settings.valve_model_name, settings.valve_model_version)
-    app = WebApp(settings, db, services, grafana_url, valve_model=valves.predict)
+    app = WebApp(settings, db, services, grafana_url, valve_model=valves.predict, prometheus_url=prometheus_url)
     runner = web.AppRunner(app.application(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context(pem) if pem else None)
