@@ -289,3 +289,13 @@ async def test_research_pages_promote_with_two_people(db, tmp_path):
         assert bad.status == 400  # fewer studies than a build needs
     finally:
         await client.close()
+
+
+async def test_the_page_refuses_to_start_outside_the_home_region(tmp_path):
+    from rhd.runtime.secrets import RegionError
+    from rhd.web.app import serve
+
+    settings = Settings(region="gpu", home_region="br", blob_dir=tmp_path / "blobs")
+    with pytest.raises(RegionError):
+        await serve(settings, tmp_path / "web.sqlite", "127.0.0.1", 0, None)
+    assert not (tmp_path / "web.sqlite").exists()

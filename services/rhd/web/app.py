@@ -28,7 +28,7 @@ from rhd.labels import CLASSES, CRITERIA
 from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.frames import FrameStoreError
-from rhd.runtime.secrets import SecretError
+from rhd.runtime.secrets import SecretError, require_home_region
 from rhd.runtime.settings import Settings
 from rhd.v1 import rhd_pb2 as pb
 from rhd.web.db import AuthError, Database, User
@@ -504,6 +504,8 @@ async def serve(
 
     from rhd.runtime.model_client import ModelClient
 
+    # It takes uploads (names, ids, dates, burned-in text) and shows the hospitals' own ids: home region only.
+    require_home_region(settings.region, settings.home_region, "the web page")
     db = Database(db_path)
     valves = ModelClient.from_settings(settings, settings.valve_model_name, settings.valve_model_version)
     app = WebApp(settings, db, services, grafana_url, valve_model=valves.predict, prometheus_url=prometheus_url)
