@@ -299,3 +299,19 @@ async def test_the_page_refuses_to_start_outside_the_home_region(tmp_path):
     with pytest.raises(RegionError):
         await serve(settings, tmp_path / "web.sqlite", "127.0.0.1", 0, None)
     assert not (tmp_path / "web.sqlite").exists()
+
+
+async def test_sign_in_form_sets_a_session_and_refuses_a_wrong_password(db, tmp_path):
+    client = await _client(db, tmp_path)
+    try:
+        wrong = await client.post("/login", data={"name": "ana", "password": "nope", "next": "/studies"})
+        assert wrong.status == 401 and "unknown user or wrong password" in await wrong.text()
+        right = await client.post(
+            "/login", data={"name": "ana", "password": PASSWORD, "next": "//evil.example/"}, allow_redirects=False
+        )
+        assert right.status == 303 and right.headers["Location"] == "/"  # no redirect off the site
+        cookie = right.cookies[COOKIE]
+        assert cookie["httponly"] and cookie["samesite"] == "Strict"
+        assert db.session_user(cookie.value).name == "ana"
+    finally:
+        await client.close()

@@ -148,7 +148,8 @@ class WebApp:
         except AuthError as exc:
             return self.page("login.html", request, status=401, next=target, error=str(exc))
         response = web.HTTPSeeOther(target)
-        response.set_cookie(COOKIE, token, httponly=True, secure=True, samesite="Strict", max_age=8 * 3600)
+        # Secure over HTTPS (always under `rhd up`); SameSite=Strict keeps other sites from posting the forms with it.
+        response.set_cookie(COOKIE, token, httponly=True, secure=request.secure, samesite="Strict", max_age=8 * 3600)
         raise response
 
     async def logout(self, request: web.Request) -> web.Response:
