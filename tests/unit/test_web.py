@@ -34,6 +34,7 @@ def db(tmp_path):
 def _diagnosis(label: int = pb.LABEL_BORDERLINE) -> pb.Diagnosis:
     d = pb.Diagnosis(study_id="pseudo-1", label=label, completeness=pb.COMPLETENESS_COMPLETE, model_version="study/1")
     d.probabilities.update({"normal": 0.1, "borderline": 0.7, "definite": 0.2})
+    d.frames.expected, d.frames.analysed, d.frames.skipped = 10, 8, 2
     c = d.criteria.add(criterion="pathological_mr", probability=0.8, met=True)
     c.measurements["systolic_jet_length_mm_max"] = 21.5
     c.frames.add(feature="systolic_jet_length_mm_max", video_id="V-pseudo", frame_index=3)
@@ -111,6 +112,8 @@ async def test_access_rules_over_http(db, tmp_path):
         assert (await client.get("/studies/S1/progress.json")).status == 401
         ana, bo, op = [await _signed_in(client, db, n) for n in ("ana", "bo", "op")]
 
+        progress = await (await client.get("/studies/S1/progress.json", headers=ana)).json()
+        assert (progress["accounted"], progress["expected"], progress["diagnosed"]) == (10, 10, True)
         page = await client.get("/studies/S1", headers=ana)
         html = await page.text()
         assert page.status == 200 and "borderline" in html and "systolic_jet_length_mm_max" in html
@@ -315,3 +318,24 @@ async def test_sign_in_form_sets_a_session_and_refuses_a_wrong_password(db, tmp_
         assert db.session_user(cookie.value).name == "ana"
     finally:
         await client.close()
+
+
+def test_the_tracker_forgets_the_progress_of_old_diagnosed_studies(db, monkeypatch):
+    from rhd.web import tracker as tracking
+
+    monkeypatch.setattr(tracking, "MAX_DIAGNOSED", 2)
+    follower = tracking.LineTracker(Settings(), db)
+    for n in range(4):
+        done = pb.FrameDone()
+        done.result.key.study_id, done.result.key.video_id, done.result.stage = f"p{n}", "v", "valve"
+        follower.add("frames.done.v1", done.SerializeToString(), None)
+        follower.saved[f"p{n}"] = 1
+    follower.add("frames.done.v1", _undiagnosed_frame(), None)
+    follower._forget_oldest()
+    assert sorted(follower.by_pseudonym) == ["p2", "p3", "waiting"]  # the two newest diagnosed, and the undiagnosed
+
+
+def _undiagnosed_frame() -> bytes:
+    done = pb.FrameDone()
+    done.result.key.study_id, done.result.key.video_id = "waiting", "v"
+    return done.SerializeToString()

@@ -268,6 +268,15 @@ class WebApp:
     def _progress(self, study: Any) -> dict[str, Any]:
         mine = self.tracker.study_progress(study.hospital, study.study_id)
         expected = mine.expected if mine else 0
+        if mine is None and study.diagnosis:  # diagnosed long ago (the tracker forgot it): the diagnosis' counts
+            f = pb.Diagnosis.FromString(study.diagnosis).frames
+            return {
+                "expected": f.expected,
+                "accounted": f.analysed + f.skipped + f.failed,
+                "stages": dict.fromkeys(TERMINAL_STAGES, 0),
+                "status": {"analysed": f.analysed, "skipped": f.skipped, "failed": f.failed},
+                "diagnosed": True,
+            }
         return {
             "expected": expected,
             "accounted": mine.accounted() if mine else 0,

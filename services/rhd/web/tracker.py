@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # The stages that end a frame (its terminal record names one), in the order a frame meets them.
 TERMINAL_STAGES = ("split", "inspect", "spectral", "features", "valve")
 MAX_LETTERS = 500  # dead letters kept for the operators' page (the newest)
+MAX_DIAGNOSED = 2_000  # diagnosed studies whose frame-by-frame progress is kept (the database keeps the rest)
 
 
 @dataclass
@@ -48,7 +49,7 @@ class LineTracker:
         self.progress = Progress(links=home_links(settings))
         self.by_pseudonym: dict[str, StudyProgress] = {}
         self.letters: list[pb.DeadLetter] = []
-        self.saved: dict[str, int] = {}  # pseudonym -> diagnoses saved
+        self.saved: dict[str, int] = {}  # pseudonym -> diagnoses saved, oldest first
         self.drift = DriftMonitor()
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -117,7 +118,18 @@ class LineTracker:
             device = assembled[-1].clinical.get("device", "") if assembled else ""
             mine = self.by_pseudonym.get(pseudonym, StudyProgress())
             self.drift.add(hospital, device, StudySummary(Counter(mine.by_view), Counter(mine.by_stage), label))
+        self._forget_oldest()
         return saved
+
+    def _forget_oldest(self) -> None:
+        """A stack that runs for days keeps the frame-by-frame progress of its last MAX_DIAGNOSED diagnosed studies
+        only: memory stays bounded; the page shows an older study's counts from its diagnosis."""
+        diagnosed = [p for p in self.saved if p in self.by_pseudonym]
+        for pseudonym in diagnosed[: max(0, len(diagnosed) - MAX_DIAGNOSED)]:
+            name = self.progress.names.get(pseudonym, pseudonym)
+            for table in (self.progress.frame_records, self.progress.expected_frames, self.progress.studies):
+                table.pop(name, None)  # type: ignore[attr-defined]
+            self.by_pseudonym.pop(pseudonym, None)
 
     async def run(self) -> None:
         """Follow the line until cancelled; a broker that goes away is waited for."""
