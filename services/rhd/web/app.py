@@ -45,6 +45,7 @@ INTENDED_USE = (
     "investigational use."
 )
 COOKIE = "rhd_session"
+USER = web.RequestKey("user", User)  # the signed-in user, set by the auth middleware (None: signed out)
 LABELS = (*CLASSES, "referred")
 COMPLETENESS = ("COMPLETE", "INCOMPLETE", "FAILED")
 CRITERION_NAMES = {
@@ -96,7 +97,7 @@ class WebApp:
 
     # -- plumbing ----------------------------------------------------------------------------
     def page(self, template: str, request: web.Request, /, status: int = 200, **context: Any) -> web.Response:
-        user = request.get("user")
+        user = request.get(USER)
         html = TEMPLATES.get_template(template).render(user=user, intended_use=INTENDED_USE, **context)
         return web.Response(text=html, content_type="text/html", status=status)
 
@@ -107,10 +108,10 @@ class WebApp:
             return await handler(request)
         token = request.cookies.get(COOKIE, "")
         try:
-            request["user"] = await asyncio.to_thread(self.db.session_user, token) if token else None
+            request[USER] = await asyncio.to_thread(self.db.session_user, token) if token else None
         except AuthError:
-            request["user"] = None
-        if request["user"] is None:
+            request[USER] = None
+        if request[USER] is None:
             REFUSED.labels("signed_out").inc()
             if request.method == "GET" and not request.path.endswith((".json", ".png", ".csv")):
                 raise web.HTTPSeeOther(f"/login?next={request.path_qs}")
@@ -119,7 +120,7 @@ class WebApp:
 
     @staticmethod
     def need(request: web.Request, *roles: str) -> User:
-        user: User = request["user"]
+        user: User = request[USER]
         if user.role not in roles:
             REFUSED.labels("role").inc()
             raise web.HTTPForbidden(text=f"a {user.role} may not do this: {', '.join(roles)} only")
@@ -127,7 +128,7 @@ class WebApp:
 
     async def own_study(self, request: web.Request) -> Any:
         """The study the path names, of the signed-in user's hospital; another hospital's is not found."""
-        user: User = request["user"]
+        user: User = request[USER]
         study = await asyncio.to_thread(self.db.study, user.hospital, request.match_info["study_id"])
         if study is None:
             REFUSED.labels("other_hospital_or_unknown").inc()
@@ -159,7 +160,7 @@ class WebApp:
         raise response
 
     async def home(self, request: web.Request) -> web.Response:
-        user: User = request["user"]
+        user: User = request[USER]
         raise web.HTTPSeeOther("/operators" if user.role == "operator" else "/studies")
 
     # -- studies -----------------------------------------------------------------------------
