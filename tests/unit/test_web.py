@@ -339,3 +339,12 @@ def _undiagnosed_frame() -> bytes:
     done = pb.FrameDone()
     done.result.key.study_id, done.result.key.video_id = "waiting", "v"
     return done.SerializeToString()
+
+
+def test_uploaded_files_of_one_name_are_all_kept():
+    from rhd.web.app import _unique
+
+    taken: dict[str, bytes] = {}
+    for _ in range(3):
+        taken[_unique("IM0001", taken)] = b""
+    assert sorted(taken) == ["1-IM0001", "2-IM0001", "IM0001"]

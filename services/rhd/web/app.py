@@ -242,7 +242,9 @@ class WebApp:
                 if total > MAX_UPLOAD_BYTES:
                     raise web.HTTPRequestEntityTooLarge(max_size=MAX_UPLOAD_BYTES, actual_size=total)
                 chunks.append(chunk)
-            files[name] = b"".join(chunks)
+            if name.upper() == "DICOMDIR" or name.startswith("."):  # a media index, the file system's own files
+                continue
+            files[_unique(name, files)] = b"".join(chunks)
         if not files:
             raise web.HTTPBadRequest(text="no files: drop a study folder or pick its files")
         try:
@@ -420,6 +422,15 @@ class WebApp:
         app.on_startup.append(started)
         app.on_cleanup.append(stopped)
         return app
+
+
+def _unique(name: str, taken: dict[str, bytes]) -> str:
+    """A file name not yet taken: a DICOM export keeps instances of one name in several series folders, which the
+    browser sends by their base names (IM0001 twice is two instances, not one)."""
+    candidate, n = name, 1
+    while candidate in taken:
+        candidate, n = f"{n}-{name}", n + 1
+    return candidate
 
 
 def _criteria(diagnosis: pb.Diagnosis) -> list[dict[str, Any]]:
