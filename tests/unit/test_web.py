@@ -11,12 +11,13 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 from rhd.local.stack import ServiceProcess
 from rhd.local.up import FIRST_BACKOFF_S, MAX_BACKOFF_S, Supervised, Supervisor
+from rhd.runtime.frames import FrameStore
 from rhd.runtime.secrets import init_secrets
 from rhd.runtime.settings import Settings
 from rhd.v1 import rhd_pb2 as pb
 from rhd.web.app import COOKIE, WebApp
 from rhd.web.db import SESSION_S, AuthError, Database, first_users
-from rhd.web.evidence import jet_evidence, stored_frame, valve_evidence
+from rhd.web.evidence import jet_evidence, valve_evidence
 
 PASSWORD = "correct horse battery"
 
@@ -162,11 +163,12 @@ def test_evidence_outlines_the_jet_and_the_valve(tmp_path):
     frames = tmp_path / "frames"
     frames.mkdir()
     np.save(frames / "V1.0123456789abcdef.npy", np.stack([frame, frame + 1]))
-    assert stored_frame(tmp_path, "V1", 1)[0, 0, 0] == 1
+    store = FrameStore(tmp_path, 3600.0)
+    assert store.video_frame("V1", 1)[0, 0, 0] == 1
     with pytest.raises(ValueError):
-        stored_frame(tmp_path, "V1", 2)
+        store.video_frame("V1", 2)
     with pytest.raises(ValueError):
-        stored_frame(tmp_path, "../V1", 0)
+        store.video_frame("../V1", 0)
 
 
 def test_supervisor_restarts_with_doubling_backoff(tmp_path):

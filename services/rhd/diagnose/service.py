@@ -49,9 +49,9 @@ class Diagnose(StageService, name="diagnose", input_topic=STUDIES_FEATURES, inpu
             return
         self.model_checked = time.monotonic()
         try:
-            wanted = f"{MODEL_NAME}/{version_dir(self.models_dir, MODEL_NAME).name}"
-            if wanted != self.model.version:
-                self.model = load_study_model(self.models_dir, int(wanted.rsplit("/", 1)[1]))
+            wanted = version_dir(self.models_dir, MODEL_NAME)  # the promoted version, else the latest
+            if f"{MODEL_NAME}/{wanted.name}" != self.model.version:
+                self.model = load_study_model(self.models_dir, int(wanted.name))
                 metrics.set_build_info(self.name, study_model=self.model.version)
                 log.info("diagnose now serves study model %s", self.model.version)
         except (OSError, ValueError) as exc:

@@ -136,7 +136,8 @@ def acls(hospitals: Iterable[str]) -> list[Acl]:
     return list(dict.fromkeys(grants))
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner may read (0600), its folder made if missing: keys, passwords, first users."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -166,7 +167,7 @@ def ssl_config_text(key_pem: str, cert_pem: str) -> str:
 def write_ssl_config(key: Path, cert: Path, out: Path) -> None:
     """`rhd model-server-tls`: the SSLConfig file of a key and certificate issued elsewhere (a Kubernetes TLS Secret
     made by cert-manager or the operator), written 0600."""
-    _write_private(out, ssl_config_text(key.read_text(), cert.read_text()).encode())
+    write_private(out, ssl_config_text(key.read_text(), cert.read_text()).encode())
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ class Security:
         for principal in (ADMIN, *principals):
             path = security.password_file(principal)
             if not path.exists():
-                _write_private(path, (secrets.token_urlsafe(24) + "\n").encode())
+                write_private(path, (secrets.token_urlsafe(24) + "\n").encode())
         return security
 
     def _ca(self) -> None:
@@ -237,8 +238,8 @@ class Security:
             )
             .sign(key, hashes.SHA256())
         )
-        _write_private(key_path, _pkcs8(key))
-        _write_private(self.ca, cert.public_bytes(serialization.Encoding.PEM))
+        write_private(key_path, _pkcs8(key))
+        write_private(self.ca, cert.public_bytes(serialization.Encoding.PEM))
 
     def _server(self, name: str) -> None:
         path = self.server_pem(name)
@@ -266,7 +267,7 @@ class Security:
             .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
         )
         pem = _pkcs8(key) + cert.public_bytes(serialization.Encoding.PEM) + self.ca.read_bytes()
-        _write_private(path, pem)
+        write_private(path, pem)
 
     def ssl_config(self, name: str) -> Path:
         """TF Serving's --ssl_config_file for a gRPC server: the text-format SSLConfig with its key and certificate
@@ -274,7 +275,7 @@ class Security:
         pem = self.server_pem(name).read_text()
         key_end = pem.index("-----END PRIVATE KEY-----") + len("-----END PRIVATE KEY-----\n")
         path = self.root / "tls" / f"{name}.ssl_config.txt"
-        _write_private(path, ssl_config_text(pem[:key_end], pem[key_end:]).encode())
+        write_private(path, ssl_config_text(pem[:key_end], pem[key_end:]).encode())
         return path
 
     def client(self, settings: Settings, principal: str) -> Settings:

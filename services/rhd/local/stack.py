@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -246,10 +247,12 @@ class EmbeddedStack:
         self.write_targets()
         return service
 
-    def write_targets(self) -> None:
-        """Every service with an HTTP port as a Prometheus file_sd target, one entry per job. Written whole and
-        renamed into place, so a reader (Prometheus re-reads it on change) never sees half a file."""
+    def write_targets(self, extra: Sequence[Target] = ()) -> None:
+        """Every service with an HTTP port as a Prometheus file_sd target, one entry per job, and `extra` targets (a
+        supervisor's own). Written whole and renamed into place, so a reader (Prometheus re-reads it on change) never
+        sees half a file."""
         targets = [Target(s.name, f"127.0.0.1:{s.http_port}", s.metrics_path) for s in self.services if s.http_port]
+        targets += extra
         partial = self.targets_path.with_suffix(".json.tmp")
         partial.write_text(json.dumps(file_sd(targets), indent=2) + "\n")
         partial.replace(self.targets_path)

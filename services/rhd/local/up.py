@@ -31,7 +31,7 @@ from rhd.local.stack import EmbeddedStack, ServiceProcess
 from rhd.runtime.http import start_http
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import HOME
-from rhd.watch.figures import fetch_samples, total
+from rhd.watch.figures import Target, counter_increase, scrape, total
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,7 @@ class Supervisor:
         argv += ["--services", str(self.state_path)]
         if self.prometheus_port:
             argv += ["--prometheus-url", f"http://127.0.0.1:{self.prometheus_port}/alerts"]
-        env = self.stack._env(HOME)
-        env["RHD_MODEL_SERVER"] = f"127.0.0.1:{self.stack.model_port}"
-        return ServiceProcess(WEB, argv, env, self.workdir / "logs" / "web.log")
+        return ServiceProcess(WEB, argv, self.stack._env(HOME), self.workdir / "logs" / "web.log")
 
     async def start(self) -> None:
         await self.stack.start()
@@ -155,11 +153,7 @@ class Supervisor:
             self.services.append(Supervised(process, replica))
         runner, self.http_port = await start_http("127.0.0.1", 0, self._ready)
         self._http = runner
-        self.stack.services.append(
-            ServiceProcess("supervisor", [], {}, self.workdir / "logs" / "up.log", self.http_port)
-        )
-        self.stack.write_targets()
-        self.stack.services.pop()  # listed for Prometheus only: it is this process
+        self.stack.write_targets(extra=[Target("supervisor", f"127.0.0.1:{self.http_port}")])
         self.write_state()
 
     async def _ready(self) -> bool:
@@ -196,14 +190,13 @@ class Supervisor:
             for s in self.services:
                 if not s.process.http_port or not s.process.alive():
                     continue
-                try:
-                    samples = await fetch_samples(http, f"http://127.0.0.1:{s.process.http_port}/metrics")
-                except (aiohttp.ClientError, TimeoutError):
+                samples = await scrape(http, Target(s.name, f"127.0.0.1:{s.process.http_port}"))
+                if samples is None:
                     continue
                 s.lag = total(samples, "rhd_consumer_lag")
                 handled, now = total(samples, "rhd_messages_total"), time.monotonic()
                 if s._handled is not None and now > s._handled[0]:
-                    s.rate = max(0.0, (handled - s._handled[1]) / (now - s._handled[0]))
+                    s.rate = counter_increase(s._handled[1], handled) / (now - s._handled[0])
                 s._handled = (now, handled)
 
     def write_state(self) -> None:

@@ -117,6 +117,16 @@ class FrameStore:
             raise FrameStoreError(f"{stored.uri} holds {len(frames)} frames, not frame {stored.index}")
         return np.array(frames[stored.index])
 
+    def video_frame(self, video_id: str, index: int) -> np.ndarray:
+        """A frame of a video named by its (pseudonymous) id, from the newest file the video has: what a page shows
+        as the evidence of a measurement."""
+        if not _VIDEO_ID.fullmatch(video_id):
+            raise FrameStoreError(f"not a video id: {video_id!r}")
+        files = sorted(self.root.glob(f"{video_id}.*.npy"), key=lambda path: path.stat().st_mtime)
+        if not files:
+            raise FrameStoreError(f"video {video_id} is no longer in the frame store (kept {self.retention_s:.0f} s)")
+        return self.frame(pb.StoredFrame(uri=SCHEME + files[-1].name, index=index))
+
     def image(self, frame: pb.Frame) -> np.ndarray:
         """The frame's BGR image whichever way it travels (stored, raw or PNG); ValueError when it cannot be read."""
         if frame.WhichOneof("pixels") != "stored":

@@ -27,14 +27,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from rhd.labels import CLASSES, CRITERIA
 from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
 from rhd.runtime.blobs import BlobStore
-from rhd.runtime.frames import FrameStoreError
+from rhd.runtime.frames import FrameStore, FrameStoreError
 from rhd.runtime.secrets import SecretError, require_home_region
 from rhd.runtime.settings import Settings
 from rhd.v1 import rhd_pb2 as pb
 from rhd.web.db import AuthError, Database, User
 from rhd.web.drift import DRIFT_ALERT
 from rhd.web.evidence import evidence_png
-from rhd.web.research import ResearchPages
+from rhd.web.research import MODELS, ResearchPages, model_versions
 from rhd.web.tracker import TERMINAL_STAGES, LineTracker
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,12 @@ class WebApp:
     ) -> None:
         self.settings, self.db = settings, db
         self.tracker = LineTracker(settings, db)
+        self.frames = FrameStore(settings.blob_dir, settings.frame_retention_s)  # the evidence frames
         self.services = services  # `rhd up`'s state file: each service's state, restarts
         self.grafana_url, self.prometheus_url = grafana_url, prometheus_url
         self.valve_model = valve_model  # the model server's valve model, for the evidence of morphology
         self.follow_line = follow_line  # False: the page alone, its tracker fed by the caller (tests)
-        self.research = ResearchPages(settings.models_dir, self.need, self.page, _headline)
+        self.research = ResearchPages(settings.models_dir, self.need, self.page)
 
     # -- plumbing ----------------------------------------------------------------------------
     def page(self, template: str, request: web.Request, /, status: int = 200, **context: Any) -> web.Response:
@@ -325,7 +326,7 @@ class WebApp:
         caption = f"{CRITERION_NAMES.get(criterion.criterion, criterion.criterion)}: P {criterion.probability:.2f}"
         try:
             png = await evidence_png(
-                self.settings.blob_dir,
+                self.frames,
                 frame.video_id,
                 frame.frame_index,
                 criterion.criterion,
@@ -371,12 +372,16 @@ class WebApp:
             request,
             services=services,
             letters=letters[:200],
-            models=_models(self.settings.models_dir),
+            models=await asyncio.to_thread(self._served_models),
             grafana_url=self.grafana_url,
             prometheus_url=self.prometheus_url,
             connected=self.tracker.connected.is_set(),
             agreement=await asyncio.to_thread(self.db.agreement),
         )
+
+    def _served_models(self) -> list[dict[str, Any]]:
+        """Every model version with its report of record (those still building, without a manifest, left out)."""
+        return [v for name in MODELS for v in model_versions(self.settings.models_dir, name) if v["manifest"]]
 
     async def drift(self, request: web.Request) -> web.Response:
         """Input drift per hospital and device (rhd.web.drift): operators and researchers see every hospital's."""
@@ -462,45 +467,6 @@ def _completeness_note(diagnosis: pb.Diagnosis) -> str:
             "The suggestion rests on what was analysed; consider repeating the missing views."
         )
     return ""
-
-
-def _headline(metrics: dict[str, Any]) -> str:
-    """A model's report of record in one line: the study model's held-out and cross-validated balanced accuracy
-    with their intervals; a network's held-out accuracy or per-structure IoU."""
-    parts = []
-    for where in ("held_out", "cv"):
-        figure = (metrics.get(where) or {}).get("figures", {}).get("balanced_accuracy")
-        if figure:
-            low, high = figure["ci95"]
-            parts.append(f"{where.replace('_', '-')} balanced accuracy {figure['value']:.3f} ({low:.3f}-{high:.3f})")
-    if "accuracy" in metrics:
-        parts.append(f"held-out accuracy {metrics['accuracy']:.3f} on {metrics.get('held_out_frames', '?')} frames")
-    ious = {k: v["iou"] for k, v in metrics.items() if isinstance(v, dict) and v.get("iou") is not None}
-    if ious and "background" in ious:
-        ious.pop("background")
-        parts.append("held-out IoU " + ", ".join(f"{k} {v:.3f}" for k, v in ious.items()))
-    return "; ".join(parts)
-
-
-def _models(models_dir: Path) -> list[dict[str, Any]]:
-    """The models being served and their report of record (manifest.json): name, version, weights, headline figures."""
-    out = []
-    for manifest in sorted(Path(models_dir).glob("*/*/manifest.json")):
-        try:
-            data = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        report = manifest.parent / "report.md"
-        out.append(
-            {
-                "name": manifest.parent.parent.name,
-                "version": manifest.parent.name,
-                "weights": str(data.get("weights_sha256") or data.get("parameters_sha256") or "")[:12],
-                "metrics": _headline(data.get("metrics") or {}),
-                "report": str(report) if report.exists() else str(manifest),
-            }
-        )
-    return out
 
 
 def ssl_context(pem: Path) -> ssl.SSLContext:

@@ -8,7 +8,6 @@ reads only that hospital's studies: every query of studies and reads is filtered
 
 import hashlib
 import hmac
-import os
 import secrets
 import sqlite3
 import threading
@@ -17,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from rhd.local.security import write_private
 
 ROLES = ("clinician", "operator", "researcher")
 SESSION_S = 8 * 3600.0  # a session expires after a working day
@@ -308,8 +309,5 @@ def first_users(db_path: Path, hospital: str, out: Path) -> list[tuple[str, str,
             made.append((name, role, password))
     finally:
         db.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(f"{name}\t{role}\t{password}\n" for name, role, password in made))
+    write_private(out, "".join(f"{name}\t{role}\t{password}\n" for name, role, password in made).encode())
     return made

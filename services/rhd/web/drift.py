@@ -83,20 +83,18 @@ class DriftMonitor:
 
     def report(self) -> list[dict]:
         """Per hospital and device: studies in the window, each aspect's shares and its distance from the rest."""
+        mixes = {key: {aspect: source.mix(aspect) for aspect in ASPECTS} for key, source in self.sources.items()}
+        totals = {aspect: sum((mix[aspect] for mix in mixes.values()), Counter()) for aspect in ASPECTS}
         rows = []
         for (hospital, device), source in sorted(self.sources.items()):
             row: dict = {"hospital": hospital, "device": device, "studies": len(source.studies), "aspects": {}}
             for aspect in ASPECTS:
-                others: Counter = Counter()
-                for key, other in self.sources.items():
-                    if key != (hospital, device):
-                        others.update(other.mix(aspect))
-                mine = source.mix(aspect)
-                d = distance(mine, others)
+                mine = mixes[(hospital, device)][aspect]
+                d = distance(mine, totals[aspect] - mine)  # every other hospital's and device's
                 row["aspects"][aspect] = {
                     "shares": shares(mine),
                     "distance": d,
-                    "alert": len(source.studies) >= MIN_STUDIES and d == d and d > DRIFT_ALERT,
+                    "alert": len(source.studies) >= MIN_STUDIES and d > DRIFT_ALERT,  # nan (no others) never is
                 }
             row["referred"] = row["aspects"]["labels"]["shares"].get("referred", 0.0)
             rows.append(row)

@@ -2,15 +2,15 @@
 (kept RHD_FRAME_RETENTION_S), with what was measured drawn on it: the colour jet's outline for a regurgitation, the
 valve network's leaflets, chords and cusps for a morphology criterion. PNG bytes, drawn on a copy."""
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from rhd.imaging.sector import flow_mask, image_only
 from rhd.runtime.codec import encode_png
-from rhd.runtime.frames import FOLDER, FrameStoreError
+from rhd.runtime.frames import FrameStore
 from rhd.valve.ops import AORTIC, CHORD, MITRAL, PROBABILITIES, full_resolution, labels_from_probabilities
 
 JET_CRITERIA = ("pathological_mr", "pathological_ar")
@@ -23,19 +23,6 @@ SCALE = 2  # drawn at twice the frame's size, for the page
 ValveModel = Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]]
 
 
-def stored_frame(blob_dir: Path, video_id: str, index: int) -> np.ndarray:
-    """A frame of a video (by its pseudonymous id) from the frame store: the newest file the video has."""
-    if not video_id.replace("-", "").replace("_", "").isalnum():
-        raise FrameStoreError(f"not a video id: {video_id!r}")
-    files = sorted((Path(blob_dir) / FOLDER).glob(f"{video_id}.*.npy"), key=lambda p: p.stat().st_mtime)
-    if not files:
-        raise FrameStoreError(f"video {video_id} is no longer in the frame store (RHD_FRAME_RETENTION_S)")
-    frames = np.load(files[-1], mmap_mode="r")
-    if not 0 <= index < len(frames):
-        raise FrameStoreError(f"video {video_id} has {len(frames)} frames, not frame {index}")
-    return np.array(frames[index])
-
-
 def _outline(canvas: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> int:
     """Draw the outlines of a mask's regions on the (scaled) canvas; how many regions."""
     big = cv2.resize(mask.astype(np.uint8), (canvas.shape[1], canvas.shape[0]), interpolation=cv2.INTER_NEAREST)
@@ -44,39 +31,42 @@ def _outline(canvas: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int])
     return len(contours)
 
 
-def _caption(canvas: np.ndarray, text: str) -> None:
+def _canvas(bgr: np.ndarray) -> np.ndarray:
+    """The frame at SCALE times its size, to draw on."""
+    return cv2.resize(bgr, (bgr.shape[1] * SCALE, bgr.shape[0] * SCALE), interpolation=cv2.INTER_CUBIC)
+
+
+def _caption(canvas: np.ndarray, text: str) -> np.ndarray:
     cv2.rectangle(canvas, (0, canvas.shape[0] - 26), (canvas.shape[1], canvas.shape[0]), (0, 0, 0), -1)
     cv2.putText(canvas, text, (8, canvas.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+    return canvas
 
 
 def jet_evidence(bgr: np.ndarray, caption: str) -> np.ndarray:
     """The colour jet's outline (the saturated flow inside the fan) on the frame."""
-    canvas = cv2.resize(bgr, (bgr.shape[1] * SCALE, bgr.shape[0] * SCALE), interpolation=cv2.INTER_CUBIC)
+    canvas = _canvas(bgr)
     _outline(canvas, flow_mask(bgr), JET_COLOUR)
-    _caption(canvas, caption)
-    return canvas
+    return _caption(canvas, caption)
 
 
 def valve_evidence(bgr: np.ndarray, probabilities: np.ndarray, caption: str) -> np.ndarray:
     """The valve network's structures outlined on the frame (leaflet green, chord gold, cusp magenta)."""
     labels = full_resolution(labels_from_probabilities(probabilities), bgr.shape[:2])
-    canvas = cv2.resize(bgr, (bgr.shape[1] * SCALE, bgr.shape[0] * SCALE), interpolation=cv2.INTER_CUBIC)
+    canvas = _canvas(bgr)
     for label, colour in VALVE_COLOURS.items():
         _outline(canvas, labels == label, colour)
-    _caption(canvas, caption)
-    return canvas
+    return _caption(canvas, caption)
 
 
 async def evidence_png(
-    blob_dir: Path, video_id: str, index: int, criterion: str, caption: str, valve_model: ValveModel | None
+    frames: FrameStore, video_id: str, index: int, criterion: str, caption: str, valve_model: ValveModel | None
 ) -> bytes:
-    """The evidence image of one criterion's frame; FrameStoreError when the frame is gone."""
-    bgr = stored_frame(blob_dir, video_id, index)
+    """The evidence image of one criterion's frame; FrameStoreError when the frame is gone. Reading and drawing run
+    in a worker thread, off the page's event loop."""
+    bgr = await asyncio.to_thread(frames.video_frame, video_id, index)
     if criterion in VALVE_CRITERIA and valve_model is not None:
         answer = await valve_model(image_only(bgr))
-        return encode_png(valve_evidence(bgr, answer[PROBABILITIES], caption))
+        return await asyncio.to_thread(lambda: encode_png(valve_evidence(bgr, answer[PROBABILITIES], caption)))
     if criterion in JET_CRITERIA:
-        return encode_png(jet_evidence(bgr, caption))
-    canvas = cv2.resize(bgr, (bgr.shape[1] * SCALE, bgr.shape[0] * SCALE), interpolation=cv2.INTER_CUBIC)
-    _caption(canvas, caption)
-    return encode_png(canvas)
+        return await asyncio.to_thread(lambda: encode_png(jet_evidence(bgr, caption)))
+    return await asyncio.to_thread(lambda: encode_png(_caption(_canvas(bgr), caption)))

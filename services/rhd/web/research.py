@@ -20,9 +20,11 @@ from rhd.modelstore import (
     pin_serving,
     promoted,
     promotions,
+    read_manifest,
     request_promotion,
     roll_back,
     sign_off,
+    version_dir,
     versions,
 )
 from rhd.web.db import User
@@ -52,11 +54,56 @@ class Build:
             return ""
 
 
-def _manifest(models_dir: Path, name: str, version: int) -> dict[str, Any]:
+def headline(metrics: dict[str, Any]) -> str:
+    """A model's report of record in one line: the study model's held-out and cross-validated balanced accuracy
+    with their intervals; a network's held-out accuracy or per-structure IoU."""
+    parts = []
+    for where in ("held_out", "cv"):
+        figure = (metrics.get(where) or {}).get("figures", {}).get("balanced_accuracy")
+        if figure:
+            low, high = figure["ci95"]
+            parts.append(f"{where.replace('_', '-')} balanced accuracy {figure['value']:.3f} ({low:.3f}-{high:.3f})")
+    if "accuracy" in metrics:
+        parts.append(f"held-out accuracy {metrics['accuracy']:.3f} on {metrics.get('held_out_frames', '?')} frames")
+    ious = {k: v["iou"] for k, v in metrics.items() if isinstance(v, dict) and v.get("iou") is not None}
+    if ious and "background" in ious:
+        ious.pop("background")
+        parts.append("held-out IoU " + ", ".join(f"{k} {v:.3f}" for k, v in ious.items()))
+    return "; ".join(parts)
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((models_dir / name / str(version) / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_manifest(folder)
+    except (OSError, ValueError):  # still building, or damaged: no report of record
         return {}
+
+
+def model_versions(models_dir: Path, name: str) -> list[dict[str, Any]]:
+    """Each version of a model with its manifest (its report of record), headline figures, weights hash and report
+    file, and whether it is the one serving (the promoted version, else the newest)."""
+    found = versions(models_dir, name)
+    try:
+        serving = int(version_dir(models_dir, name).name) if found else None
+    except FileNotFoundError:  # promoted, then removed
+        serving = None
+    rows = []
+    for version in found:
+        folder = Path(models_dir) / name / str(version)
+        manifest = _manifest(folder)
+        report = folder / "report.md"
+        rows.append(
+            {
+                "name": name,
+                "version": version,
+                "manifest": manifest,
+                "headline": headline(manifest.get("metrics") or {}),
+                "weights": str(manifest.get("weights_sha256") or manifest.get("parameters_sha256") or "")[:12],
+                "report": str(report if report.exists() else folder / "manifest.json"),
+                "serving": version == serving,
+            }
+        )
+    return rows
 
 
 def _start(argv: list[str], log: Path) -> subprocess.Popen:
@@ -66,9 +113,9 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
 
 
 class ResearchPages:
-    def __init__(self, models_dir: Path, need: Any, page: Any, headline: Any) -> None:
+    def __init__(self, models_dir: Path, need: Any, page: Any) -> None:
         self.models_dir = Path(models_dir)
-        self.need, self.page, self.headline = need, page, headline
+        self.need, self.page = need, page
         self.builds: list[Build] = []
 
     def routes(self, router: web.UrlDispatcher) -> None:
@@ -91,21 +138,12 @@ class ResearchPages:
         registry = await asyncio.to_thread(promotions, self.models_dir)
         for name in MODELS:
             entry = registry.get(name) or {}
-            serving = promoted(self.models_dir, name)
-            found = versions(self.models_dir, name)
-            rows = [
-                {
-                    "version": v,
-                    "headline": self.headline(_manifest(self.models_dir, name, v).get("metrics") or {}),
-                    "serving": v == (serving or (found[-1] if found else None)),
-                }
-                for v in found
-            ]
+            rows = await asyncio.to_thread(model_versions, self.models_dir, name)
             table.append(
                 {
                     "name": name,
                     "versions": rows,
-                    "promoted": serving,
+                    "promoted": entry.get("serving"),
                     "pending": entry.get("pending"),
                     "history": list(reversed(entry.get("history", [])))[:10],
                 }
@@ -131,7 +169,7 @@ class ResearchPages:
             request,
             name=name,
             version=version,
-            manifest=json.dumps(_manifest(self.models_dir, name, version), indent=2),
+            manifest=json.dumps(_manifest(folder), indent=2),
             report=report.read_text() if report.exists() else "",
             pending=entry.get("pending"),
             serving=promoted(self.models_dir, name),
