@@ -99,7 +99,8 @@ def model_versions(models_dir: Path, name: str) -> list[dict[str, Any]]:
                 "manifest": manifest,
                 "headline": headline(manifest.get("metrics") or {}),
                 "weights": str(manifest.get("weights_sha256") or manifest.get("parameters_sha256") or "")[:12],
-                "report": str(report if report.exists() else folder / "manifest.json"),
+                # Named within the models directory (RHD_MODELS_DIR): no machine path on the page.
+                "report": f"{name}/{version}/{'report.md' if report.exists() else 'manifest.json'}",
                 "serving": version == serving,
             }
         )
