@@ -19,7 +19,7 @@ STUDY_CODE  := $(wildcard services/rhd/*/ops.py) services/rhd/training/study.py 
 
 KAFKA_LIBS  := kafka/target/libs/.copied
 
-.PHONY: demo up test test-fast bench privacy-record setup models promtool tools browser kafka kubectl schemas lint lock clean
+.PHONY: demo up test test-fast bench privacy-record setup models promtool tools browser postgres kafka kubectl schemas lint lock clean
 
 demo: setup models
 	$(BIN)/rhd demo
@@ -28,11 +28,11 @@ demo: setup models
 up: setup models kafka
 	$(BIN)/rhd up
 
-test: setup models promtool tools browser kafka kubectl schemas
+test: setup models promtool tools browser postgres kafka kubectl schemas
 	$(BIN)/python -m pytest -q
 
 # The edit-test loop: unit and contract tests only (no broker stack, no training; the view model is built once).
-test-fast: setup $(VIEW_MODEL) kubectl schemas
+test-fast: setup $(VIEW_MODEL) postgres kubectl schemas
 	$(BIN)/python -m pytest -q tests/unit tests/contract
 
 setup: $(STAMP) $(GEN)
@@ -119,6 +119,16 @@ browser:
 	    { apt-get update -qq >/dev/null 2>&1 && \
 	      apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }; }; } || \
 	  echo "chromium/chromedriver unavailable (not root, or no package index): the browser tests skip"
+
+# Debian's PostgreSQL server, for the web page's database tests on the production engine (each test run starts its
+# own server in a temporary directory, as the postgres user when run as root). Installed with apt-get when this runs
+# as root and it is missing; otherwise those tests skip, saying why (under CI=true they fail).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && \
+	      apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1; }; }; } || \
+	  echo "postgresql unavailable (not root, or no package index): the PostgreSQL tests skip"
 
 $(VIEW_MODEL): $(VIEW_CODE) | setup
 	rm -rf models/view/1 && $(BIN)/rhd train view

@@ -512,14 +512,23 @@ def _replicas(items: list[str]) -> dict[str, int]:
     return replicas
 
 
+def _web_db(given: str | None, workdir: Path) -> str:
+    """The web page's database: --db, else RHD_WEB_DB, else web.sqlite in the stack's working directory."""
+    from rhd.web.db import is_server_address
+
+    where = given or get_settings().web_db or str(workdir / "web.sqlite")
+    return where if is_server_address(where) else str(Path(where).resolve())
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from rhd.local.up import run_up
     from rhd.web.db import first_users
 
     settings, workdir = get_settings(), Path(args.workdir).resolve()
     hospital = settings.hospitals[0] if settings.hospitals else "H001"
-    users = first_users(workdir / "web.sqlite", hospital, workdir / "first-users.tsv")
-    return asyncio.run(run_up(settings, workdir, _replicas(args.replicas), args.host, args.port, users))
+    db = _web_db(args.db, workdir)
+    users = first_users(db, hospital, workdir / "first-users.tsv")
+    return asyncio.run(run_up(settings, workdir, _replicas(args.replicas), args.host, args.port, users, db))
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -531,11 +540,14 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 def cmd_web(args: argparse.Namespace) -> int:
     from rhd.web.app import serve
+    from rhd.web.db import backup_path
 
+    db = _web_db(args.db, Path(args.workdir))
     asyncio.run(
         serve(
             get_settings(),
-            Path(args.db),
+            db,
+            backup_path(db, Path(args.workdir)),
             args.host,
             args.port,
             Path(args.tls) if args.tls else None,
@@ -553,7 +565,7 @@ def cmd_users(args: argparse.Namespace) -> int:
     from rhd.web.db import Database
 
     password = os.environ.get("RHD_NEW_USER_PASSWORD") or getpass.getpass(f"password for {args.name}: ")
-    db = Database(Path(args.db))
+    db = Database(_web_db(args.db, Path(args.workdir)))
     try:
         user = db.add_user(args.name, args.hospital, args.role, password)
     finally:
@@ -873,6 +885,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicas", action="append", default=[], metavar="STAGE=N", help="run N copies of a stage")
     p.add_argument("--host", default="127.0.0.1", help="where the web page listens")
     p.add_argument("--port", type=int, default=8443)
+    p.add_argument(
+        "--db",
+        default=None,
+        help="an SQLite file or a postgresql:// address (default: RHD_WEB_DB, else web.sqlite in --workdir)",
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("ps", help="the services of `rhd up`: state, restarts, lag and rate")
@@ -883,7 +900,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8443)
     p.add_argument("--tls", default=None, help="PEM with the key and certificate chain (HTTPS); without it, HTTP")
-    p.add_argument("--db", default=f"{UP_WORKDIR}/web.sqlite")
+    p.add_argument("--workdir", default=UP_WORKDIR, help="its database's backups go here (SQLite: beside its file)")
+    p.add_argument(
+        "--db",
+        default=None,
+        help="an SQLite file or a postgresql:// address (default: RHD_WEB_DB, else web.sqlite in --workdir)",
+    )
     p.add_argument("--services", default=None, help="`rhd up`'s services.json, for the operators' page")
     p.add_argument("--grafana-url", default="", help="linked from the operators' page")
     p.add_argument("--prometheus-url", default="", help="linked from the operators' page (its alerts)")
@@ -894,7 +916,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("--hospital", required=True)
     p.add_argument("--role", required=True, choices=["clinician", "operator", "researcher"])
-    p.add_argument("--db", default=f"{UP_WORKDIR}/web.sqlite")
+    p.add_argument("--workdir", default=UP_WORKDIR)
+    p.add_argument(
+        "--db",
+        default=None,
+        help="an SQLite file or a postgresql:// address (default: RHD_WEB_DB, else web.sqlite in --workdir)",
+    )
     p.set_defaults(func=cmd_users)
 
     args = parser.parse_args(argv)

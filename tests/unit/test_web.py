@@ -2,6 +2,7 @@
 its access rules through real HTTP requests (aiohttp's test server), the evidence drawing, and `rhd up`'s restarts."""
 
 import sqlite3
+import subprocess
 import sys
 import time
 
@@ -16,15 +17,17 @@ from rhd.runtime.secrets import init_secrets
 from rhd.runtime.settings import Settings
 from rhd.v1 import rhd_pb2 as pb
 from rhd.web.app import COOKIE, WebApp
-from rhd.web.db import SESSION_S, AuthError, Database, first_users
+from rhd.web.db import SESSION_S, AuthError, Database, first_users, is_server_address
 from rhd.web.evidence import jet_evidence, valve_evidence
 
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture
-def db(tmp_path):
-    database = Database(tmp_path / "web.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):
+    """The page's database on both engines: SQLite (the embedded default) and a real PostgreSQL server."""
+    where = tmp_path / "web.sqlite" if request.param == "sqlite" else request.getfixturevalue("postgres_database")
+    database = Database(where)
     database.add_user("ana", "H001", "clinician", PASSWORD)
     database.add_user("bo", "H002", "clinician", PASSWORD)
     database.add_user("op", "H001", "operator", PASSWORD)
@@ -75,9 +78,16 @@ def test_studies_are_per_hospital_and_reads_are_kept_beside_the_suggestion(db, t
     db.read("H001", "S1", "ana", "borderline")  # the same reader changes their read: one read each
     assert [(r.final_label, r.agrees) for r in db.reads("H001", "S1")] == [("borderline", True)]
     assert db.agreement("H001") == {"reads": 1, "agreed": 1, "agreement": 1.0}
-    copy = db.backup(tmp_path / "backup.sqlite")
-    with sqlite3.connect(copy) as backup:
-        assert backup.execute("SELECT COUNT(*) FROM reads").fetchone()[0] == 1
+    copy = db.backup(tmp_path / "backup")
+    assert copy is not None
+    if is_server_address(db.where):  # pg_dump's custom format: the reads table's rows as pg_restore gives them back
+        rows = subprocess.run(
+            ["pg_restore", "--data-only", "--table=reads", "--file=-", str(copy)], capture_output=True, text=True
+        ).stdout
+        assert "H001\tS1\tana\tborderline\tborderline\t1" in rows
+    else:
+        with sqlite3.connect(copy) as backup:
+            assert backup.execute("SELECT COUNT(*) FROM reads").fetchone()[0] == 1
 
 
 def test_first_users_once_with_private_passwords(tmp_path):
@@ -302,7 +312,7 @@ async def test_the_page_refuses_to_start_outside_the_home_region(tmp_path):
 
     settings = Settings(region="gpu", home_region="br", blob_dir=tmp_path / "blobs")
     with pytest.raises(RegionError):
-        await serve(settings, tmp_path / "web.sqlite", "127.0.0.1", 0, None)
+        await serve(settings, tmp_path / "web.sqlite", tmp_path / "backup", "127.0.0.1", 0, None)
     assert not (tmp_path / "web.sqlite").exists()
 
 

@@ -82,10 +82,12 @@ class Supervisor:
         replicas: dict[str, int] | None = None,
         web_host: str = "127.0.0.1",
         web_port: int = 8443,
+        db: str = "",
     ) -> None:
         self.workdir = Path(workdir)
         self.stack = EmbeddedStack(self.workdir, choose_broker(settings), replicas)
         self.web_host, self.web_port = web_host, web_port
+        self.db = db or str(self.workdir / "web.sqlite")  # an SQLite file or a postgresql:// address
         self.services: list[Supervised] = []
         self.stopping = asyncio.Event()
         self.state_path = self.workdir / STATE_FILE
@@ -132,7 +134,7 @@ class Supervisor:
     def _web(self) -> ServiceProcess:
         tls = Security.create(self.workdir / "web-tls", [], servers=(WEB,))
         argv = [sys.executable, "-m", "rhd.cli", "web", "--host", self.web_host, "--port", str(self.web_port)]
-        argv += ["--tls", str(tls.server_pem(WEB)), "--db", str(self.workdir / "web.sqlite")]
+        argv += ["--tls", str(tls.server_pem(WEB)), "--db", self.db, "--workdir", str(self.workdir)]
         argv += ["--services", str(self.state_path)]
         if self.prometheus_port:
             argv += ["--prometheus-url", f"http://127.0.0.1:{self.prometheus_port}/alerts"]
@@ -247,9 +249,11 @@ async def run_up(
     host: str,
     port: int,
     users: list[tuple[str, str, str]],
+    db: str,
 ) -> int:
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    supervisor = Supervisor(workdir, settings.model_copy(update={"blob_dir": workdir / "blobs"}), replicas, host, port)
+    settings = settings.model_copy(update={"blob_dir": workdir / "blobs"})
+    supervisor = Supervisor(workdir, settings, replicas, host, port, db)
     print("starting the broker, the model server, every stage and the web page ...", flush=True)
     try:
         await supervisor.start()

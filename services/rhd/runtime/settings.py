@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     # output is made under (one whose region is gpu: it leaves the home region).
     deid_policy: Path | None = None
     deid_profile: str = "analysis"
+    # The web page's database: an SQLite file's path, or a PostgreSQL server's postgresql:// address (production;
+    # no password in it: libpq reads PGPASSFILE or PGPASSWORD). Empty: web.sqlite in `rhd up`'s working directory.
+    web_db: str = ""
 
 
 @lru_cache(maxsize=1)

@@ -478,7 +478,8 @@ def ssl_context(pem: Path) -> ssl.SSLContext:
 
 async def serve(
     settings: Settings,
-    db_path: Path,
+    db_where: str | Path,
+    backup_to: Path,
     host: str,
     port: int,
     pem: Path | None,
@@ -487,14 +488,15 @@ async def serve(
     prometheus_url: str = "",
     backup_every_s: float = 3600.0,
 ) -> None:
-    """Run the page until SIGTERM/SIGINT; the database is backed up beside itself every `backup_every_s`."""
+    """Run the page until SIGTERM/SIGINT; the database is backed up to `backup_to` every `backup_every_s` and at the
+    end."""
     import signal
 
     from rhd.runtime.model_client import ModelClient
 
     # It takes uploads (names, ids, dates, burned-in text) and shows the hospitals' own ids: home region only.
     require_home_region(settings.region, settings.home_region, "the web page")
-    db = Database(db_path)
+    db = Database(db_where)
     valves = ModelClient.from_settings(settings, settings.valve_model_name, settings.valve_model_version)
     app = WebApp(settings, db, services, grafana_url, valve_model=valves.predict, prometheus_url=prometheus_url)
     runner = web.AppRunner(app.application(), access_log=None)
@@ -516,9 +518,9 @@ async def serve(
                 pass
             if time.monotonic() >= next_backup:
                 next_backup = time.monotonic() + backup_every_s
-                await asyncio.to_thread(db.backup, db_path.with_suffix(".backup.sqlite"))
+                await asyncio.to_thread(db.backup, backup_to)
     finally:
         await runner.cleanup()
         await valves.close()
-        await asyncio.to_thread(db.backup, db_path.with_suffix(".backup.sqlite"))
+        await asyncio.to_thread(db.backup, backup_to)
         db.close()

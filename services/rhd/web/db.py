@@ -1,6 +1,12 @@
 """The web page's database: users (per hospital, with roles), sessions, the studies uploaded through the page or
-seen on the line, their diagnoses and the cardiologists' reads. SQLite here (the embedded default, one file,
-backed up with SQLite's online backup); the schema is plain SQL that PostgreSQL takes as it is.
+seen on the line, their diagnoses and the cardiologists' reads.
+
+Two engines, one schema and one set of statements (plain SQL both take; only the placeholder and two column types
+differ):
+- SQLite, the embedded default: one file, in WAL mode, backed up with SQLite's online backup.
+- PostgreSQL in production, given as a `postgresql://` address (psycopg 3 over libpq): the address carries no
+  password; libpq takes it from PGPASSFILE or PGPASSWORD, and TLS from PGSSLMODE and its kin. Backed up with
+  pg_dump when it is installed beside the page; a managed server's own backups serve otherwise.
 
 Passwords are kept as scrypt hashes (hashlib), sessions as random tokens with an expiry; a user of one hospital
 reads only that hospital's studies: every query of studies and reads is filtered by hospital here, not by the page.
@@ -9,13 +15,16 @@ reads only that hospital's studies: every query of studies and reads is filtered
 import hashlib
 import hmac
 import secrets
+import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rhd.local.security import write_private
 
@@ -102,40 +111,87 @@ def _hash(password: str, salt: bytes) -> bytes:
     return hashlib.scrypt(password.encode(), salt=salt, **SCRYPT)
 
 
-class Database:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection shared by the app's threads, each statement under the lock (SQLite serialises writes anyway).
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.executescript(SCHEMA)  # its own transaction
+def is_server_address(where: str | Path) -> bool:
+    """Whether `where` names a PostgreSQL server rather than an SQLite file."""
+    return str(where).startswith(("postgresql://", "postgres://"))
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+
+def backup_path(where: str | Path, workdir: Path) -> Path:
+    """Where the page's backups go: beside an SQLite file; a PostgreSQL dump into the stack's working directory."""
+    return workdir / "web-db.backup.pgdump" if is_server_address(where) else Path(where).with_suffix(".backup.sqlite")
+
+
+class _Connection:
+    """One connection shared by the app's threads, each statement under a lock (SQLite serialises writes anyway;
+    the page's load is a few requests a second). Statements are written once with `?` placeholders."""
+
+    def __init__(self, where: str | Path) -> None:
+        self.server = is_server_address(where)
+        if self.server:
+            import psycopg
+
+            self._db: Any = psycopg.connect(str(where), autocommit=True)
+            schema = SCHEMA.replace(" BLOB", " BYTEA").replace(" REAL", " DOUBLE PRECISION")
+        else:
+            path = Path(where)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            schema = SCHEMA
+        self.lock = threading.Lock()
+        with self.lock:
+            if self.server:
+                self._db.execute(schema)  # several statements, no parameters: one simple query
+            else:
+                self._db.executescript(schema)  # its own transaction
+
+    def execute(self, sql: str, args: tuple | list = ()) -> Any:
+        """Run one statement (the caller holds the lock); its cursor."""
+        return self._db.execute(sql.replace("?", "%s") if self.server else sql, args)
 
     def close(self) -> None:
         self._db.close()
 
-    def backup(self, target: Path) -> Path:
-        """A consistent copy of the whole database while it is in use (SQLite's online backup)."""
+
+class Database:
+    def __init__(self, where: str | Path) -> None:
+        """`where`: an SQLite file's path, or a PostgreSQL server's `postgresql://` address."""
+        self.where = where
+        self._conn = _Connection(where)
+        self._lock = self._conn.lock
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def backup(self, target: Path) -> Path | None:
+        """A consistent copy of the whole database while it is in use: SQLite's online backup, or pg_dump's custom
+        format for PostgreSQL (None when pg_dump is not installed here: the server's own backups serve)."""
         target = Path(target)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if self._conn.server:
+            pg_dump = shutil.which("pg_dump")
+            if pg_dump is None:
+                return None
+            partial = target.with_name(target.name + ".partial")
+            subprocess.run([pg_dump, "--format=custom", f"--file={partial}", str(self.where)], check=True)
+            partial.replace(target)
+            return target
         copy = sqlite3.connect(target)
         try:
             with self._lock:
-                self._db.backup(copy)
+                self._conn._db.backup(copy)
         finally:
             copy.close()
         return target
@@ -143,7 +199,7 @@ class Database:
     # -- users and sessions ------------------------------------------------------------------
     def user_count(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+            return int(self._conn.execute("SELECT COUNT(*) FROM users").fetchone()[0])
 
     def add_user(self, name: str, hospital: str, role: str, password: str) -> User:
         if role not in ROLES:
@@ -165,7 +221,7 @@ class Database:
     def sign_in(self, name: str, password: str, now: float | None = None) -> str:
         """A new session's token, or AuthError (the same for an unknown name and a wrong password)."""
         with self._lock:
-            row = self._db.execute("SELECT salt, pw_hash FROM users WHERE name = ?", (name,)).fetchone()
+            row = self._conn.execute("SELECT salt, pw_hash FROM users WHERE name = ?", (name,)).fetchone()
         salt, expected = row if row else (b"\0" * 16, b"")
         given = _hash(password, salt)  # hashed whether or not the user exists: the time tells nothing
         if not row or not hmac.compare_digest(given, expected):
@@ -179,7 +235,7 @@ class Database:
 
     def session_user(self, token: str, now: float | None = None) -> User:
         with self._lock:
-            row = self._db.execute(
+            row = self._conn.execute(
                 "SELECT u.name, u.hospital, u.role, s.expires FROM sessions s JOIN users u ON u.name = s.user_name "
                 "WHERE s.token = ?",
                 (token,),
@@ -228,7 +284,7 @@ class Database:
 
     def study(self, hospital: str, study_id: str) -> Study | None:
         with self._lock:
-            row = self._db.execute(
+            row = self._conn.execute(
                 "SELECT * FROM studies WHERE hospital = ? AND study_id = ?", (hospital, study_id)
             ).fetchone()
         return Study(*row) if row else None
@@ -255,7 +311,7 @@ class Database:
         if until is not None:
             sql, args = sql + " AND uploaded_at < ?", [*args, until]
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY uploaded_at DESC, study_id", args).fetchall()
+            rows = self._conn.execute(sql + " ORDER BY uploaded_at DESC, study_id", args).fetchall()
         return [Study(*row) for row in rows]
 
     # -- reads -------------------------------------------------------------------------------
@@ -278,7 +334,7 @@ class Database:
 
     def reads(self, hospital: str, study_id: str) -> list[Read]:
         with self._lock:
-            rows = self._db.execute(
+            rows = self._conn.execute(
                 "SELECT reader, suggested, final_label, agrees, note, read_at FROM reads "
                 "WHERE hospital = ? AND study_id = ? ORDER BY read_at",
                 (hospital, study_id),
@@ -291,14 +347,14 @@ class Database:
         if hospital is not None:
             sql, args = sql + " WHERE hospital = ?", [hospital]
         with self._lock:
-            n, agreed = self._db.execute(sql, args).fetchone()
+            n, agreed = self._conn.execute(sql, args).fetchone()
         return {"reads": n, "agreed": agreed, "agreement": agreed / n if n else float("nan")}
 
 
-def first_users(db_path: Path, hospital: str, out: Path) -> list[tuple[str, str, str]]:
+def first_users(where: str | Path, hospital: str, out: Path) -> list[tuple[str, str, str]]:
     """A new database gets one user per role for the first hospital, with random passwords written (0600) to `out`
     for the person who started the stack (`rhd up`); a database with users is left as it is."""
-    db = Database(db_path)
+    db = Database(where)
     try:
         if db.user_count():
             return []
