@@ -17,7 +17,7 @@ from rhd.runtime.secrets import init_secrets
 from rhd.runtime.settings import Settings
 from rhd.v1 import rhd_pb2 as pb
 from rhd.web.app import COOKIE, WebApp
-from rhd.web.db import SESSION_S, AuthError, Database, first_users, is_server_address
+from rhd.web.db import PSEUDONYMOUS, SESSION_S, AuthError, Database, first_users, is_server_address
 from rhd.web.evidence import jet_evidence, valve_evidence
 
 PASSWORD = "correct horse battery"
@@ -306,14 +306,42 @@ async def test_research_pages_promote_with_two_people(db, tmp_path):
         await client.close()
 
 
-async def test_the_page_refuses_to_start_outside_the_home_region(tmp_path):
-    from rhd.runtime.secrets import RegionError
-    from rhd.web.app import serve
+async def test_outside_the_home_region_the_page_shows_pseudonyms_only(db, tmp_path):
+    from rhd.runtime.topics import STUDIES_DIAGNOSED
 
-    settings = Settings(region="gpu", home_region="br", blob_dir=tmp_path / "blobs")
-    with pytest.raises(RegionError):
-        await serve(settings, tmp_path / "web.sqlite", tmp_path / "backup", "127.0.0.1", 0, None)
-    assert not (tmp_path / "web.sqlite").exists()
+    settings = Settings(
+        region="gpu",
+        home_region="br",
+        blob_dir=tmp_path / "blobs",
+        models_dir=tmp_path / "m",
+        secrets_dir=tmp_path / "k",
+    )
+    init_secrets(settings.secrets_dir)  # even with the keyring at hand, it does not re-link outside the home region
+    app = WebApp(settings, db, follow_line=False)
+    assert not app.tracker.relinks
+    app.tracker.add(STUDIES_DIAGNOSED, _diagnosis().SerializeToString(), b"pseudo-1")
+    assert app.tracker.file_diagnoses() == 1
+    assert db.studies("H001") == [] and [s.study_id for s in db.studies(PSEUDONYMOUS)] == ["pseudo-1"]
+    assert db.study(PSEUDONYMOUS, "pseudo-1").accession == ""
+    db.add_user("rita", "H001", "researcher", PASSWORD)
+    client = TestClient(TestServer(app.application()))
+    await client.start_server()
+    try:
+        rita, ana, op = [await _signed_in(client, db, n) for n in ("rita", "ana", "op")]
+        listing = await (await client.get("/studies", headers=rita)).text()
+        assert "pseudo-1" in listing and "outside the patients' home region" in listing
+        page = await client.get("/studies/pseudo-1", headers=rita)
+        html = await page.text()
+        assert page.status == 200 and "borderline" in html and "Accession" not in html
+        assert (await client.get("/studies/pseudo-1/progress.json", headers=rita)).status == 200
+        # No uploads here, for anyone; a clinician is sent to the home region's page.
+        assert (await client.post("/upload", data={"x": "1"}, headers=rita)).status == 404
+        refused = await client.get("/studies", headers=ana)
+        assert refused.status == 403 and "home region 'br'" in await refused.text()
+        assert (await client.get("/upload", headers=ana)).status == 403
+        assert (await client.get("/operators", headers=op)).status == 200
+    finally:
+        await client.close()
 
 
 async def test_sign_in_form_sets_a_session_and_refuses_a_wrong_password(db, tmp_path):

@@ -6,6 +6,10 @@ backoff that doubles from 1 s to 60 s (back to 1 s once it has run a minute), ea
 (rhd_service_restarts_total, on the supervisor's /metrics, and in `rhd ps`). SIGTERM or Ctrl-C drains: every
 service is sent SIGTERM (each finishes and commits what it holds), then the broker stops; nothing is left running.
 
+The broker is supervised too, with the same backoff: Apache Kafka comes back on the same ports with its storage
+(every record, every committed offset), and the services' clients reconnect by themselves; Tansu keeps its records
+in memory, so one that is started again comes back empty (said in the log).
+
 Why not supervisord: it restarts a service that has run past `startsecs` at once, every time (its backoff covers
 start-up failures only), and it would need a configuration file and a daemon of its own beside the stack's broker
 and secrets; the stack's own processes (rhd.local.stack) already know how to start and stop each service.
@@ -74,6 +78,15 @@ def choose_broker(settings: Settings) -> Settings:
     return settings
 
 
+@dataclass
+class SupervisedBroker:
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    backoff_s: float = FIRST_BACKOFF_S
+    restart_at: float | None = None
+    last_exit: int | None = None
+
+
 class Supervisor:
     def __init__(
         self,
@@ -89,6 +102,7 @@ class Supervisor:
         self.web_host, self.web_port = web_host, web_port
         self.db = db or str(self.workdir / "web.sqlite")  # an SQLite file or a postgresql:// address
         self.services: list[Supervised] = []
+        self.broker = SupervisedBroker()
         self.stopping = asyncio.Event()
         self.state_path = self.workdir / STATE_FILE
         self.http_port = 0
@@ -186,6 +200,38 @@ class Supervisor:
                 started.append(s)
         return started
 
+    async def check_broker(self, now: float | None = None) -> bool:
+        """The broker's round: an exit noted, its restart once the backoff is over; whether it was started again."""
+        now = time.monotonic() if now is None else now
+        broker, state = self.stack.broker, self.broker
+        process = broker.process
+        alive = process is not None and process.poll() is None
+        UP.labels("broker", "0").set(1 if alive else 0)
+        if alive:
+            if now - state.started_at >= HEALTHY_AFTER_S:
+                state.backoff_s = FIRST_BACKOFF_S
+            return False
+        if state.restart_at is None:
+            state.last_exit = process.returncode if process is not None else None
+            state.restart_at = now + state.backoff_s
+            lost = "; Tansu keeps records in memory: it comes back empty" if broker.kind == "tansu" else ""
+            log.warning("the broker exited (%s): starting it again in %.0f s%s", state.last_exit, state.backoff_s, lost)
+            state.backoff_s = min(state.backoff_s * 2, MAX_BACKOFF_S)
+            return False
+        if now < state.restart_at:
+            return False
+        state.restart_at, state.started_at = None, now
+        state.restarts += 1
+        RESTARTS.labels("broker").inc()
+        try:
+            await broker.start(self.stack.base.partitions)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            broker.stop()  # a half-started broker is stopped, and tried again after the next backoff
+            log.warning("the broker did not come back (%s)", exc)
+            return False
+        log.info("the broker runs again (restart %d)", state.restarts)
+        return True
+
     async def scrape(self) -> None:
         """Each stage's lag and rate from its own /metrics."""
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
@@ -214,7 +260,16 @@ class Supervisor:
             }
             for s in self.services
         ]
-        rows.insert(0, {"name": f"broker ({self.stack.broker.kind})", "state": "running", "pid": None, "restarts": 0})
+        process = self.stack.broker.process
+        alive = process is not None and process.poll() is None
+        broker_row = {
+            "name": f"broker ({self.stack.broker.kind})",
+            "state": "running" if alive else "backoff",
+            "pid": process.pid if alive and process else None,
+            "restarts": self.broker.restarts,
+            "last_exit": self.broker.last_exit,
+        }
+        rows.insert(0, broker_row)
         partial = self.state_path.with_suffix(".tmp")
         partial.write_text(json.dumps(rows, indent=1) + "\n")
         partial.replace(self.state_path)
@@ -225,6 +280,7 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stopping.set)
         next_scrape = 0.0
         while not self.stopping.is_set():
+            await self.check_broker()
             self.check()
             if time.monotonic() >= next_scrape:
                 next_scrape = time.monotonic() + 5.0

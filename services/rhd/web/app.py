@@ -28,10 +28,10 @@ from rhd.labels import CLASSES, CRITERIA
 from rhd.local.publish import publish_uploads, raw_keyring, upload_from_dir
 from rhd.runtime.blobs import BlobStore
 from rhd.runtime.frames import FrameStore, FrameStoreError
-from rhd.runtime.secrets import SecretError, require_home_region
+from rhd.runtime.secrets import SecretError
 from rhd.runtime.settings import Settings
 from rhd.v1 import rhd_pb2 as pb
-from rhd.web.db import AuthError, Database, User
+from rhd.web.db import PSEUDONYMOUS, AuthError, Database, User
 from rhd.web.drift import DRIFT_ALERT
 from rhd.web.evidence import evidence_png
 from rhd.web.research import MODELS, ResearchPages, model_versions
@@ -95,11 +95,21 @@ class WebApp:
         self.valve_model = valve_model  # the model server's valve model, for the evidence of morphology
         self.follow_line = follow_line  # False: the page alone, its tracker fed by the caller (tests)
         self.research = ResearchPages(settings.models_dir, self.need, self.page)
+        # In the home region the page takes uploads and shows each hospital its studies under its own ids and
+        # accession numbers. Anywhere else it holds no link keyring: studies under their pseudonyms only, for
+        # operators and researchers; no uploads, no clinicians' pages.
+        self.at_home = settings.region == settings.home_region
+
+    def scope(self, user: User) -> str:
+        """Whose studies a user reads: their hospital's at home; elsewhere the pseudonymous ones (no hospital known)."""
+        return user.hospital if self.at_home else PSEUDONYMOUS
 
     # -- plumbing ----------------------------------------------------------------------------
     def page(self, template: str, request: web.Request, /, status: int = 200, **context: Any) -> web.Response:
         user = request.get(USER)
-        html = TEMPLATES.get_template(template).render(user=user, intended_use=INTENDED_USE, **context)
+        html = TEMPLATES.get_template(template).render(
+            user=user, intended_use=INTENDED_USE, home=self.at_home, region=self.settings.region, **context
+        )
         return web.Response(text=html, content_type="text/html", status=status)
 
     @web.middleware
@@ -117,6 +127,13 @@ class WebApp:
             if request.method == "GET" and not request.path.endswith((".json", ".png", ".csv")):
                 raise web.HTTPSeeOther(f"/login?next={request.path_qs}")
             raise web.HTTPUnauthorized(text="sign in first")
+        if not self.at_home and request[USER].role == "clinician":
+            REFUSED.labels("role").inc()
+            raise web.HTTPForbidden(
+                text=f"the clinicians' pages (uploads, your hospital's studies under its own ids) are served in the "
+                f"home region {self.settings.home_region!r} only; this page, in {self.settings.region!r}, shows "
+                "pseudonymous studies to operators and researchers"
+            )
         return await handler(request)
 
     @staticmethod
@@ -130,7 +147,7 @@ class WebApp:
     async def own_study(self, request: web.Request) -> Any:
         """The study the path names, of the signed-in user's hospital; another hospital's is not found."""
         user: User = request[USER]
-        study = await asyncio.to_thread(self.db.study, user.hospital, request.match_info["study_id"])
+        study = await asyncio.to_thread(self.db.study, self.scope(user), request.match_info["study_id"])
         if study is None:
             REFUSED.labels("other_hospital_or_unknown").inc()
             raise web.HTTPNotFound(text="no such study for your hospital")
@@ -184,7 +201,7 @@ class WebApp:
 
     async def studies(self, request: web.Request) -> web.Response:
         user = self.need(request, "clinician", "researcher")
-        studies = await asyncio.to_thread(self.db.studies, user.hospital, **self._filters(request))
+        studies = await asyncio.to_thread(self.db.studies, self.scope(user), **self._filters(request))
         return self.page(
             "studies.html",
             request,
@@ -197,7 +214,7 @@ class WebApp:
 
     async def studies_csv(self, request: web.Request) -> web.Response:
         user = self.need(request, "clinician", "researcher")
-        studies = await asyncio.to_thread(self.db.studies, user.hospital, **self._filters(request))
+        studies = await asyncio.to_thread(self.db.studies, self.scope(user), **self._filters(request))
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(["study_id", "accession", "uploaded_at", "label", "completeness", "diagnosed_at", *CLASSES])
@@ -217,7 +234,7 @@ class WebApp:
         return web.Response(
             text=out.getvalue(),
             content_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="studies-{user.hospital}.csv"'},
+            headers={"Content-Disposition": f'attachment; filename="studies-{self.scope(user)}.csv"'},
         )
 
     async def upload_form(self, request: web.Request) -> web.Response:
@@ -297,7 +314,7 @@ class WebApp:
         user = self.need(request, "clinician", "researcher")
         study = await self.own_study(request)
         diagnosis = pb.Diagnosis.FromString(study.diagnosis) if study.diagnosis else None
-        reads = await asyncio.to_thread(self.db.reads, user.hospital, study.study_id)
+        reads = await asyncio.to_thread(self.db.reads, self.scope(user), study.study_id)
         return self.page(
             "study.html",
             request,
@@ -346,7 +363,7 @@ class WebApp:
             raise web.HTTPBadRequest(text=f"final label must be one of {LABELS}")
         try:
             read = await asyncio.to_thread(
-                self.db.read, user.hospital, study.study_id, user.name, final, str(form.get("note", ""))[:2000]
+                self.db.read, self.scope(user), study.study_id, user.name, final, str(form.get("note", ""))[:2000]
             )
         except ValueError as exc:
             raise web.HTTPConflict(text=str(exc)) from None
@@ -403,8 +420,9 @@ class WebApp:
         r.add_get("/", self.home)
         r.add_get("/studies", self.studies)
         r.add_get("/studies.csv", self.studies_csv)
-        r.add_get("/upload", self.upload_form)
-        r.add_post("/upload", self.upload)
+        if self.at_home:  # identifiable data comes in through the page at home only
+            r.add_get("/upload", self.upload_form)
+            r.add_post("/upload", self.upload)
         r.add_get("/studies/{study_id}", self.study)
         r.add_get("/studies/{study_id}/progress.json", self.progress)
         r.add_get("/studies/{study_id}/evidence/{criterion}.png", self.evidence)
@@ -494,8 +512,8 @@ async def serve(
 
     from rhd.runtime.model_client import ModelClient
 
-    # It takes uploads (names, ids, dates, burned-in text) and shows the hospitals' own ids: home region only.
-    require_home_region(settings.region, settings.home_region, "the web page")
+    if settings.region != settings.home_region:
+        log.info("outside the home region: studies under their pseudonyms only, no uploads, no clinicians' pages")
     db = Database(db_where)
     valves = ModelClient.from_settings(settings, settings.valve_model_name, settings.valve_model_version)
     app = WebApp(settings, db, services, grafana_url, valve_model=valves.predict, prometheus_url=prometheus_url)

@@ -29,6 +29,9 @@ from typing import Any
 from rhd.local.security import write_private
 
 ROLES = ("clinician", "operator", "researcher")
+# The "hospital" of the studies a page outside the home region files: it holds no link keyring, so it knows neither
+# a study's hospital nor its ids, only its pseudonym.
+PSEUDONYMOUS = "pseudonymous"
 SESSION_S = 8 * 3600.0  # a session expires after a working day
 SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 

@@ -20,7 +20,7 @@ from rhd.runtime.topics import FRAMES_DONE, STUDIES_DIAGNOSED, STUDIES_FEATURES,
 from rhd.v1 import rhd_pb2 as pb
 from rhd.watch.console import completeness_name, label_name
 from rhd.watch.figures import Progress, home_links
-from rhd.web.db import Database
+from rhd.web.db import PSEUDONYMOUS, Database
 from rhd.web.drift import DriftMonitor, StudySummary
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ class LineTracker:
         return self.progress.links is not None
 
     def pseudonym_of(self, hospital: str, study_id: str) -> str | None:
+        if hospital == PSEUDONYMOUS:  # filed outside the home region: its id is its pseudonym
+            return study_id
         for pseudonym, seen in self.progress.ids_seen.items():
             if seen == (hospital, study_id):
                 return pseudonym
@@ -90,13 +92,14 @@ class LineTracker:
             self.letters = [*self.letters[-(MAX_LETTERS - 1) :], pb.DeadLetter.FromString(value)]
 
     def file_diagnoses(self) -> int:
-        """Save each diagnosis whose study's link is known (home region) under the hospital's ids; how many."""
+        """Save each diagnosis: at home, once its study's link is known, under the hospital's ids; elsewhere under
+        its pseudonym alone (no hospital, no accession number). How many were saved."""
         saved = 0
         links = self.progress.link_map
         for diagnoses in self.progress.diagnoses.values():
             diagnosis = diagnoses[-1]  # the newest, when a study was sent again
             pseudonym = diagnosis.study_id
-            link = links.get(pseudonym)
+            link = links.get(pseudonym) if self.relinks else {"hospital_id": PSEUDONYMOUS, "study_id": pseudonym}
             if link is None or self.saved.get(pseudonym, 0) >= len(diagnoses):
                 continue
             hospital, study_id = str(link.get("hospital_id", "")), str(link["study_id"])
