@@ -10,10 +10,13 @@ GEN    := services/rhd/v1/rhd_pb2.py
 VIEW_MODEL  := models/view/1/saved_model.pb
 VALVE_MODEL := models/valve/1/saved_model.pb
 STUDY_MODEL := models/study/1/model.skops
+VIDEO_MODEL := models/video/1/saved_model.pb
 VIEW_CODE   := $(wildcard services/rhd/synth/*.py) services/rhd/training/view.py services/rhd/training/provenance.py \
                services/rhd/view/model.py services/rhd/imaging/layers.py services/rhd/imaging/burned_in.py
 VALVE_CODE  := $(wildcard services/rhd/synth/*.py) services/rhd/training/valve.py services/rhd/training/provenance.py \
                services/rhd/valve/model.py services/rhd/imaging/layers.py services/rhd/imaging/burned_in.py
+VIDEO_CODE  := $(wildcard services/rhd/synth/*.py) services/rhd/training/video.py services/rhd/training/provenance.py \
+               services/rhd/video/model.py services/rhd/video/ops.py services/rhd/imaging/burned_in.py
 STUDY_CODE  := $(wildcard services/rhd/*/ops.py) services/rhd/training/study.py services/rhd/training/report.py \
                services/rhd/inprocess.py services/rhd/deid/policy.yaml
 
@@ -49,7 +52,7 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 $(GEN): $(PROTOS) $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=services --pyi_out=services $(PROTOS)
 
-models: $(VIEW_MODEL) $(VALVE_MODEL) $(STUDY_MODEL)
+models: $(VIEW_MODEL) $(VALVE_MODEL) $(VIDEO_MODEL) $(STUDY_MODEL)
 
 # Apache Kafka 4 (KRaft) for RHD_BROKER=kafka, `rhd broker --kafka` and the tests that run on both brokers: Maven
 # resolves kafka/pom.xml (versions pinned there) from Maven Central and copies the jars to kafka/target/libs. Needs
@@ -136,6 +139,9 @@ $(VIEW_MODEL): $(VIEW_CODE) | setup
 $(VALVE_MODEL): $(VALVE_CODE) | setup
 	rm -rf models/valve/1 && $(BIN)/rhd train valve
 
+$(VIDEO_MODEL): $(VIDEO_CODE) | setup
+	rm -rf models/video/1 && $(BIN)/rhd train video
+
 $(STUDY_MODEL): $(VIEW_MODEL) $(VALVE_MODEL) $(STUDY_CODE) | setup
 	rm -rf models/study/1 && $(BIN)/rhd train study
 
@@ -167,6 +173,7 @@ clean:
 bench: setup models kafka
 	$(BIN)/python loadtest/bench_stages.py
 	$(BIN)/python loadtest/bench_view.py
+	$(BIN)/python loadtest/bench_video.py
 	$(BIN)/python loadtest/bench_services.py
 	$(BIN)/python loadtest/load.py --search
 

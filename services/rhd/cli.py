@@ -477,6 +477,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from rhd.training.valve import train_valve_model
 
         print(f"valve model: {train_valve_model(models_dir, version=args.version)}")
+    if args.model in ("video", "all"):
+        _train_video(args, models_dir)
     if args.model in ("study", "all"):
         from rhd.training.study import train_study_model
 
@@ -492,6 +494,58 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         print(f"study model: {out} (report: {out / 'report.md'})")
     return 0
+
+
+def _train_video(args: argparse.Namespace, models_dir: Path) -> None:
+    from rhd.training.video import (
+        cluster_from_env,
+        launch_local_workers,
+        train_video_model,
+        video_ablation,
+        write_ablation,
+    )
+
+    report = Path(args.worker_report) if args.worker_report else None
+    if args.train_workers > 1 and cluster_from_env() is None:
+        child = ["train", "video", "--models-dir", str(models_dir), "--version", str(args.version)]
+        child += ["--video-seed", str(args.video_seed), "--video-studies", str(args.video_studies)]
+        child += ["--video-held-out", str(args.video_held_out), "--epochs", str(args.epochs)]
+        child += ["--precision", args.precision, *(["--worker-report", str(report)] if report else [])]
+        code = launch_local_workers(child, args.train_workers)
+        if code:
+            raise SystemExit(f"rhd train video: a worker exited with {code}")
+        out: Path | None = models_dir / "video" / str(args.version)  # the chief has said where it wrote it
+    else:
+        out = train_video_model(
+            models_dir,
+            seed=args.video_seed,
+            version=args.version,
+            n_studies=args.video_studies,
+            held_out=args.video_held_out,
+            epochs=args.epochs,
+            precision=args.precision,
+            worker_report=report,
+        )
+        if out is not None:
+            print(f"video model: {out} (report: {out / 'report.md'})")
+    if out is None:
+        return  # a worker other than the chief: the chief writes the model
+    if args.ablation:
+        result = video_ablation(
+            models_dir,
+            args.version,
+            seed=args.seed,
+            n_studies=args.studies,
+            held_out_per_class=args.held_out_per_class,
+            workers=args.workers,
+            cache=Path(args.cache) if args.cache else None,
+        )
+        write_ablation(out, result, Path(args.report_dir) if args.report_dir else None)
+        d = result["balanced_accuracy_difference"]
+        print(
+            f"ablation: balanced accuracy {d['value']:+.3f} (95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}): "
+            + ("it helps" if result["helps"] else "it does not help; not used")
+        )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -856,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("train", help="train the models (deterministic) into models/")
-    p.add_argument("model", choices=("view", "valve", "study", "all"))
+    p.add_argument("model", choices=("view", "valve", "video", "study", "all"))
     p.add_argument("--models-dir", default=None)
     p.add_argument("--version", type=int, default=1, help="the version folder written: models/<name>/<version>/")
     p.add_argument("--seed", type=int, default=11, help="study model: training set seed (held-out: seed + 1000)")
@@ -871,6 +925,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-dir", default=None, help="also write the report (Markdown + PNG) here")
     p.add_argument(
         "--cache", default=None, help="study model: keep the studies' feature rows here and reuse them when asked again"
+    )
+    p.add_argument("--video-seed", type=int, default=21, help="video model: training set seed (held-out: seed + 1000)")
+    p.add_argument("--video-studies", type=int, default=24, help="video model: balanced training studies")
+    p.add_argument("--video-held-out", type=int, default=8, help="video model: held-out studies for its figures")
+    p.add_argument("--epochs", type=int, default=16, help="video model: epochs")
+    p.add_argument(
+        "--train-workers",
+        type=int,
+        default=1,
+        help="video model: worker processes training it together on this machine (tf.distribute multi-worker; on a "
+        "cluster, TF_CONFIG or RHD_TRAIN_WORKER_HOSTS and JOB_COMPLETION_INDEX instead)",
+    )
+    p.add_argument("--precision", choices=("fp32", "mixed"), default="fp32", help="video model: mixed on GPUs")
+    p.add_argument("--worker-report", default=None, help="video model: each worker writes what it read and its weights")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="video model: then the study decision with and without it on the study model's sets (--seed, --studies, "
+        "--held-out-per-class, --cache), into its report",
     )
     p.set_defaults(func=cmd_train)
 

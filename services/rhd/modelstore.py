@@ -81,15 +81,17 @@ class LocalModel:
         check_saved_model(path)
         self.name, self.version, self.batch = name, int(path.name), batch
         self._signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        (self._input,) = self._signature.structured_input_signature[1]  # frames, or the video model's clips
         self._tf = tf
 
     def outputs(self, frames: Any) -> dict[str, Any]:
-        """uint8 frames [N, H, W, 3] -> every output of the signature as a numpy array with N rows."""
+        """uint8 frames [N, H, W, 3] (or clips [N, T, H, W, 3]) -> every output of the signature as a numpy array with
+        N rows."""
         import numpy as np
 
         parts: dict[str, list] = {}
         for start in range(0, len(frames), self.batch):
-            answer = self._signature(frames=self._tf.constant(frames[start : start + self.batch]))
+            answer = self._signature(**{self._input: self._tf.constant(frames[start : start + self.batch])})
             for key, value in answer.items():
                 parts.setdefault(key, []).append(value.numpy())
         return {key: np.concatenate(value) for key, value in parts.items()}

@@ -35,6 +35,7 @@ RHD_IMAGE_NAME = "rhd-pipeline"
 # Applied by hand (README.md), so in no kustomization.
 STANDALONE = {K8S / "models-loader.yaml"}
 LINE = K8S / "line"  # the line's objects; k8s/kustomization.yaml applies them in one cluster
+TRAINING = K8S / "training"  # the video network's multi-worker training Job, applied apart when a model is trained
 REGIONS = {region: K8S / "regions" / region for region in ("home", "gpu")}  # the same line across two regions
 # Their own kustomizations, applied apart: they need CRDs (Prometheus Operator, KEDA, Strimzi).
 KUSTOMIZATIONS = [
@@ -42,6 +43,7 @@ KUSTOMIZATIONS = [
     K8S / "monitoring",
     K8S / "keda",
     K8S / "kafka",
+    TRAINING,
     *REGIONS.values(),
     *(folder / "kafka" for folder in REGIONS.values()),
 ]
@@ -97,8 +99,8 @@ def containers(doc: Doc, init: bool = True) -> list[Doc]:
 
 
 def workloads() -> list[Doc]:
-    """Everything that runs a pod: the applied objects and the standalone pod."""
-    docs = [*objects(), *(doc for path in sorted(STANDALONE) for doc in load_docs(path))]
+    """Everything that runs a pod: the applied objects, the training Job and the standalone pod."""
+    docs = [*objects(), *objects(TRAINING), *(doc for path in sorted(STANDALONE) for doc in load_docs(path))]
     return [d for d in docs if d["kind"] in ("Deployment", "Job", "Pod")]
 
 
@@ -446,6 +448,7 @@ def test_the_model_server_service_and_annotations_match_prometheus():
 def test_the_models_volume_is_read_only_to_every_pod_but_the_loader():
     claims = of_kind("PersistentVolumeClaim")
     assert set(claims) == {"rhd-blobs", "rhd-models"}
+    claims |= of_kind("PersistentVolumeClaim", objects(TRAINING))  # where a training Job writes a new version
     assert "ReadWriteMany" in claims["rhd-models"]["spec"]["accessModes"], "mounted on several nodes, loaded by one"
     for doc in workloads():
         for container in containers(doc):
@@ -540,3 +543,28 @@ def test_kubectl_kustomize_builds_every_object_in_the_namespace_with_the_labels(
             assert pod_labels(doc).get(PART_OF[0]) == PART_OF[1], f"{meta['name']}: pods without the label"
             selector = doc["spec"].get("selector", {}).get("matchLabels", {})
             assert PART_OF[0] not in selector, f"{meta['name']}: selectors are immutable, keep labels out of them"
+
+
+# --- training ------------------------------------------------------------------------------------------------------
+
+
+def test_the_video_training_job_runs_one_worker_per_pod_that_find_each_other():
+    from rhd.training.video import SHARDS
+
+    docs = objects(TRAINING)
+    job, service = only("Job", "video-train", docs), only("Service", "video-train", docs)
+    spec, pod = job["spec"], pod_spec(job)
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    workers = spec["completions"]
+    assert SHARDS % workers == 0, "the workers must divide the shards among them"
+    (container,) = containers(job)
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    # Indexed pods are named <job>-<index>; under the headless Service (the pods' subdomain) each has a DNS name.
+    port = service["spec"]["ports"][0]["port"]
+    assert env["RHD_TRAIN_WORKER_HOSTS"].split(",") == [f"video-train-{i}.video-train:{port}" for i in range(workers)]
+    assert pod["subdomain"] == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= pod_labels(job).items()
+    assert container["args"][:2] == ["train", "video"] and "--precision=mixed" in container["args"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    (out,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/out"]
+    assert "--models-dir=/out" in container["args"] and not out.get("readOnly")

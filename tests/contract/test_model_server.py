@@ -416,12 +416,12 @@ def test_batching_parameters_file_reads_tf_servings_text_format(tmp_path):
             read_batching_parameters(path)
 
 
-def test_the_shipped_tfserving_files_parse_and_serve_view_and_valve_at_their_two_newest_versions():
+def test_the_shipped_tfserving_files_parse_and_serve_view_valve_and_video_at_their_two_newest_versions():
     assert read_batching_parameters(TFSERVING / "batching_parameters.txt") == BatchingOptions(
         max_batch_size=64, batch_timeout_micros=2000, num_batch_threads=4, max_enqueued_batches=100
     )
     config = read_model_config(TFSERVING / "models.config")
-    assert [model.name for model in config.model_config_list.config] == ["view", "valve"]
+    assert [model.name for model in config.model_config_list.config] == ["view", "valve", "video"]
     for model in config.model_config_list.config:
         assert (model.base_path, model.model_platform) == (f"/models/{model.name}", "tensorflow")
         assert model.model_version_policy.WhichOneof("policy_choice") == "latest"

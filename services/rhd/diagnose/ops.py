@@ -65,9 +65,11 @@ CRITERION_MEASUREMENTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def part_columns(part: str, feature_names: Sequence[str]) -> list[int]:
+def part_columns(
+    part: str, feature_names: Sequence[str], measurements: Mapping[str, Sequence[str]] = PART_MEASUREMENTS
+) -> list[int]:
     """The columns of the study's feature vector a part is estimated from."""
-    return [list(feature_names).index(n) for n in PART_MEASUREMENTS[part]]
+    return [list(feature_names).index(n) for n in measurements[part]]
 
 
 def at_least(p: np.ndarray, k: int) -> np.ndarray:
@@ -115,21 +117,31 @@ def class_probabilities(criteria: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def part_probabilities(parts: Mapping[str, Pipeline], x: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
+def part_probabilities(
+    parts: Mapping[str, Pipeline],
+    x: np.ndarray,
+    feature_names: Sequence[str],
+    measurements: Mapping[str, Sequence[str]] = PART_MEASUREMENTS,
+) -> np.ndarray:
     """[n studies, len(PARTS)]: each part's P(met) (0 where training never saw it met)."""
     columns = []
     for name in PARTS:
         pipeline = parts[name]
         fitted = list(pipeline.classes_)
-        p = pipeline.predict_proba(x[:, part_columns(name, feature_names)])
+        p = pipeline.predict_proba(x[:, part_columns(name, feature_names, measurements)])
         columns.append(p[:, fitted.index(True)] if True in fitted else np.zeros(len(x)))
     return np.stack(columns, axis=1)
 
 
-def criterion_probabilities(parts: Mapping[str, Pipeline], x: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
+def criterion_probabilities(
+    parts: Mapping[str, Pipeline],
+    x: np.ndarray,
+    feature_names: Sequence[str],
+    measurements: Mapping[str, Sequence[str]] = PART_MEASUREMENTS,
+) -> np.ndarray:
     """[n studies, len(CRITERIA)]: each criterion's P(met) from its parts' (taken as independent): P(all of them),
     or P(at least two) of a valve's four morphological features."""
-    p_parts = part_probabilities(parts, x, feature_names)
+    p_parts = part_probabilities(parts, x, feature_names, measurements)
     return np.stack(
         [
             at_least(p_parts[:, [PARTS.index(part) for part in CRITERION_PARTS[c]]], CRITERION_NEEDS[c])

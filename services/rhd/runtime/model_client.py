@@ -139,9 +139,12 @@ class ModelClient:
         self._closed = False
 
     async def predict(self, frame: np.ndarray) -> dict[str, np.ndarray]:
-        """One uint8 H x W x 3 frame -> its row of every output of the signature."""
-        if frame.dtype != np.uint8 or frame.ndim != 3:
-            raise ValueError(f"expected a uint8 H x W x 3 frame, got {frame.dtype} {frame.shape}")
+        """One uint8 example, an H x W x 3 frame (or a T x H x W x 3 clip for the video model) -> its row of every
+        output of the signature."""
+        if frame.dtype != np.uint8 or frame.ndim < 3 or frame.shape[-1] != 3:
+            raise ValueError(
+                f"expected a uint8 H x W x 3 frame (or T x H x W x 3 clip), got {frame.dtype} {frame.shape}"
+            )
         if self._closed:
             raise ModelRequestError(f"model client for {self.target} is closed")
         future = asyncio.get_running_loop().create_future()

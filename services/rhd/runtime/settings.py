@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # The web page's database: an SQLite file's path, or a PostgreSQL server's postgresql:// address (production;
     # no password in it: libpq reads PGPASSFILE or PGPASSWORD). Empty: web.sqlite in `rhd up`'s working directory.
     web_db: str = ""
+    # `rhd train video` on a cluster: every worker's host:port, in index order (its own index from an indexed Job's
+    # JOB_COMPLETION_INDEX); TF_CONFIG, when set, takes its place. Empty: one process.
+    train_worker_hosts: str = ""
 
 
 @lru_cache(maxsize=1)

@@ -11,7 +11,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -188,12 +188,37 @@ def make_pipeline(met: np.ndarray) -> Pipeline:
     return Pipeline([("zscore", StandardScaler()), ("classifier", LogisticRegression(max_iter=5000, C=1.0))])
 
 
-def fit_parts(x: np.ndarray, met: np.ndarray) -> dict[str, Pipeline]:
+def fit_parts(
+    x: np.ndarray,
+    met: np.ndarray,
+    names: Sequence[str] = STUDY_FEATURE_NAMES,
+    measurements: Mapping[str, Sequence[str]] = PART_MEASUREMENTS,
+) -> dict[str, Pipeline]:
     """One estimator per part of a criterion, on that part's own measurements, against the generator's truth."""
     return {
-        name: make_pipeline(met[:, k]).fit(x[:, part_columns(name, STUDY_FEATURE_NAMES)], met[:, k])
+        name: make_pipeline(met[:, k]).fit(x[:, part_columns(name, names, measurements)], met[:, k])
         for k, name in enumerate(PARTS)
     }
+
+
+def fit_with_thresholds(
+    x: np.ndarray,
+    y: np.ndarray,
+    met: np.ndarray,
+    seed: int,
+    names: Sequence[str] = STUDY_FEATURE_NAMES,
+    measurements: Mapping[str, Sequence[str]] = PART_MEASUREMENTS,
+) -> tuple[dict[str, Pipeline], dict[str, float], np.ndarray, np.ndarray]:
+    """The parts fitted on every study, and the decision thresholds chosen on 5-fold cross-validated probabilities;
+    with the cross-validated P(criterion) and P(class)."""
+    classes = list(CLASSES)
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    cv_criteria = np.zeros((len(y), len(CRITERIA)))
+    cv_proba = np.zeros((len(y), len(classes)))
+    for train, test in folds.split(x, y):
+        fitted = fit_parts(x[train], met[train], names, measurements)
+        cv_criteria[test], cv_proba[test] = study_probabilities(fitted, x[test], names, measurements)
+    return fit_parts(x, met, names, measurements), choose_thresholds(y, cv_proba, classes), cv_criteria, cv_proba
 
 
 def criteria_truth(met: np.ndarray) -> np.ndarray:
@@ -205,9 +230,14 @@ def criteria_truth(met: np.ndarray) -> np.ndarray:
     )
 
 
-def study_probabilities(parts: dict[str, Pipeline], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def study_probabilities(
+    parts: dict[str, Pipeline],
+    x: np.ndarray,
+    names: Sequence[str] = STUDY_FEATURE_NAMES,
+    measurements: Mapping[str, Sequence[str]] = PART_MEASUREMENTS,
+) -> tuple[np.ndarray, np.ndarray]:
     """(P(criterion) [n, len(CRITERIA)], P(class) [n, len(CLASSES)] in CLASSES order)."""
-    p_criteria = criterion_probabilities(parts, x, STUDY_FEATURE_NAMES)
+    p_criteria = criterion_probabilities(parts, x, names, measurements)
     proba = np.array(
         [[class_probabilities(dict(zip(CRITERIA, row, strict=True)))[c] for c in CLASSES] for row in p_criteria]
     )
@@ -258,13 +288,7 @@ def train_study_model(
         cache,
     )
     x, y, met = training.x, training.y, training.met
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
-    cv_criteria = np.zeros((len(y), len(CRITERIA)))
-    cv_proba = np.zeros((len(y), len(classes)))
-    for train, test in folds.split(x, y):
-        cv_criteria[test], cv_proba[test] = study_probabilities(fit_parts(x[train], met[train]), x[test])
-    thresholds = choose_thresholds(y, cv_proba, classes)
-    criteria = fit_parts(x, met)
+    criteria, thresholds, cv_criteria, cv_proba = fit_with_thresholds(x, y, met, seed)
     out = Path(models_dir) / MODEL_NAME / str(version)
     out.mkdir(parents=True, exist_ok=True)
     sio.dump(criteria, out / MODEL_FILE)
