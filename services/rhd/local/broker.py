@@ -13,7 +13,6 @@ import base64
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -33,6 +32,7 @@ from rhd.local.security import (
     stage_principal,
 )
 from rhd.runtime import kafka
+from rhd.runtime.http import free_port
 from rhd.runtime.settings import Settings
 from rhd.runtime.topics import STAGES, all_topic_names, ensure_topics
 
@@ -41,12 +41,6 @@ log = logging.getLogger(__name__)
 BrokerKind = Literal["tansu", "kafka"]
 KAFKA_MAIN = "kafka.Kafka"
 KAFKA_STORAGE_TOOL = "kafka.tools.StorageTool"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 30.0) -> None:

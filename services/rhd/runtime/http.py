@@ -1,12 +1,21 @@
 """Per-service HTTP endpoints: /metrics (Prometheus), /healthz (alive), /readyz (can do its work)."""
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now (the kernel's pick), for a server this process is about to start."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
 
 # Where TensorFlow Serving answers Prometheus metrics unless its monitoring config names another path
 # (PrometheusExporter::kPrometheusPath); the embedded model server too.

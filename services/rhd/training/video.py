@@ -430,7 +430,7 @@ def _evaluate_and_export(
 def launch_local_workers(argv: Sequence[str], workers: int) -> int:
     """Start `workers` processes of `rhd train video` on this machine, each with TF_CONFIG on a loopback port; the
     first exit code that is not 0, else 0."""
-    from rhd.local.broker import free_port
+    from rhd.runtime.http import free_port
 
     hosts = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
     procs = []
