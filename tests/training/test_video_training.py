@@ -3,6 +3,7 @@ machine's CPU, each reading its own shards of studies), the two workers end with
 the one-worker run's; the same inputs give the same weights hash; the export serves what was trained; the per-video
 truth and the study's pooled features say what they should."""
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -34,10 +35,17 @@ def train(tmp_path, name: str, workers: int) -> tuple[dict, dict]:
     return found, json.loads((models / "video" / "1" / "manifest.json").read_text())
 
 
-def test_two_workers_read_disjoint_shards_and_end_with_the_one_worker_weights(tmp_path):
-    one, one_manifest = train(tmp_path, "one", 1)
-    again, _ = train(tmp_path, "again", 1)
-    two, two_manifest = train(tmp_path, "two", 2)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One process twice, then two workers, each from the same tiny set."""
+    tmp_path = tmp_path_factory.mktemp("video")
+    runs = {name: train(tmp_path, name, workers) for name, workers in (("one", 1), ("again", 1), ("two", 2))}
+    return tmp_path, runs
+
+
+def test_two_workers_read_disjoint_shards_and_end_with_the_one_worker_weights(trained):
+    tmp_path, runs = trained
+    (one, one_manifest), (again, _), (two, two_manifest) = runs["one"], runs["again"], runs["two"]
 
     assert one[0]["weights_sha256"] == again[0]["weights_sha256"]  # same inputs, same weights
     assert one_manifest["weights_sha256"] == one[0]["weights_sha256"]
@@ -135,3 +143,22 @@ def test_the_ablation_lets_the_video_network_in_only_when_it_helps(informative):
     )
     text = ablation_markdown(result)
     assert ("it helps" in text) is informative and "balanced_accuracy" in text
+
+
+async def test_the_model_server_serves_the_video_network_to_the_line_s_client(trained):
+    from rhd.model_server.server import start_server
+    from rhd.runtime.model_client import ModelClient
+
+    tmp_path, runs = trained
+    models = tmp_path / "one" / "models"
+    clips = np.random.default_rng(1).integers(0, 256, (3, *CLIP_SHAPE), dtype=np.uint8)
+    signature = tf.saved_model.load(str(models / "video" / "1")).signatures["serving_default"]
+    expected = signature(clips=tf.constant(clips))[PROBABILITIES].numpy()
+    server, port = await start_server(models, "127.0.0.1", 0)
+    client = ModelClient(f"127.0.0.1:{port}", "video", input_name=INPUT_NAME, max_batch=2, max_wait_ms=5.0)
+    try:
+        answers = await asyncio.gather(*(client.predict(clip) for clip in clips))  # two share a Predict
+    finally:
+        await client.close()
+        await server.stop(0)
+    np.testing.assert_allclose(np.stack([a[PROBABILITIES] for a in answers]), expected, atol=1e-5)
