@@ -22,11 +22,11 @@ pytestmark = pytest.mark.timeout(600)
 TINY = ["--video-studies", str(SHARDS), "--video-held-out", "2", "--epochs", "1"]
 
 
-def train(tmp_path, name: str, workers: int) -> tuple[dict, dict]:
+def train(tmp_path, name: str, workers: int, precision: str = "fp32") -> tuple[dict, dict]:
     """`rhd train video` as a user runs it: (each worker's report, the chief's manifest)."""
     models, reports = tmp_path / name / "models", tmp_path / name / "workers"
     argv = [sys.executable, "-m", "rhd.cli", "train", "video", "--models-dir", str(models), *TINY]
-    argv += ["--train-workers", str(workers), "--worker-report", str(reports)]
+    argv += ["--train-workers", str(workers), "--worker-report", str(reports), "--precision", precision]
     subprocess.run(argv, check=True, timeout=500, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     found = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in reports.glob("worker-*.json")}
     for k, report in found.items():
@@ -37,9 +37,10 @@ def train(tmp_path, name: str, workers: int) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One process twice, then two workers, each from the same tiny set."""
+    """One process twice, then two workers, then two workers in mixed precision, each from the same tiny set."""
     tmp_path = tmp_path_factory.mktemp("video")
     runs = {name: train(tmp_path, name, workers) for name, workers in (("one", 1), ("again", 1), ("two", 2))}
+    runs["mixed"] = train(tmp_path, "mixed", 2, "mixed")
     return tmp_path, runs
 
 
@@ -162,3 +163,12 @@ async def test_the_model_server_serves_the_video_network_to_the_line_s_client(tr
         await client.close()
         await server.stop(0)
     np.testing.assert_allclose(np.stack([a[PROBABILITIES] for a in answers]), expected, atol=1e-5)
+
+
+def test_mixed_precision_trains_the_same_network_in_bfloat16_on_cpus(trained):
+    _, runs = trained
+    (mixed, manifest), (one, _) = runs["mixed"], runs["one"]
+    assert manifest["training"]["precision"] == mixed[0]["precision"] == "mixed_bfloat16"  # no GPU here
+    assert mixed[0]["weights_sha256"] == mixed[1]["weights_sha256"]
+    assert mixed[0]["epoch_loss"] == pytest.approx(one[0]["epoch_loss"], abs=0.02)
+    assert all(w.dtype == np.float32 for w in mixed[0]["weights"])  # the variables stay float32

@@ -199,8 +199,11 @@ def train_distributed(
         raise ValueError(f"{workers} workers and a batch of {batch_size}: both must divide into {SHARDS} shards")
     tf.config.experimental.enable_op_determinism()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # before any other TensorFlow op
+    # Mixed precision: float16 on GPUs, with loss scaling; bfloat16 on CPUs (float16 has no 3D pooling kernel there,
+    # and bfloat16's range needs no scaling).
+    scaled_loss = precision == "mixed" and bool(tf.config.list_physical_devices("GPU"))
     if precision == "mixed":
-        keras.mixed_precision.set_global_policy("mixed_float16")
+        keras.mixed_precision.set_global_policy("mixed_float16" if scaled_loss else "mixed_bfloat16")
     own = [s for s in range(SHARDS) if s % workers == index]
     started = time.monotonic()
     shards = build_shards(seed, labels, SHARDS, own)
@@ -230,7 +233,7 @@ def train_distributed(
     with strategy.scope():
         network = c3d(seed) if filters is None else c3d(seed, filters)
         optimizer = keras.optimizers.Adam(LEARNING_RATE)
-        if precision == "mixed":
+        if scaled_loss:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(network.trainable_variables)
 
@@ -241,7 +244,7 @@ def train_distributed(
                 p = tf.clip_by_value(tf.cast(network(x, training=True), tf.float32), 1e-7, 1 - 1e-7)
                 bce = -(y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p))
                 loss = tf.reduce_sum(bce * mask) / batch_size  # the global batch's mean: summed over the workers
-                scaled = optimizer.scale_loss(loss) if precision == "mixed" else loss
+                scaled = optimizer.scale_loss(loss) if scaled_loss else loss
             grads = tape.gradient(scaled, network.trainable_variables)
             optimizer.apply_gradients(zip(grads, network.trainable_variables, strict=True))
             return loss
@@ -290,7 +293,7 @@ def train_distributed(
         "data_seconds": round(data_s, 1),
         "train_seconds": round(time.monotonic() - train_started, 1),
         "steps_per_second": round(steps * epochs / max(time.monotonic() - train_started, 1e-9), 3),
-        "precision": precision,
+        "precision": keras.mixed_precision.global_policy().name,
         "data_sha256": digest(shards),
     }
     return network, report, barrier
@@ -436,11 +439,7 @@ def launch_local_workers(argv: Sequence[str], workers: int) -> int:
     procs = []
     for index in range(workers):
         config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
-        env = {
-            **os.environ,
-            "TF_CONFIG": json.dumps(config),
-            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        }
+        env = {**os.environ, "TF_CONFIG": json.dumps(config)}  # the machine's devices, shared
         procs.append(subprocess.Popen([sys.executable, "-m", "rhd.cli", *argv], env=env))
     codes = [p.wait() for p in procs]
     return next((c for c in codes if c), 0)
