@@ -388,3 +388,13 @@ def test_uploaded_files_of_one_name_are_all_kept():
     for _ in range(3):
         taken[_unique("IM0001", taken)] = b""
     assert sorted(taken) == ["1-IM0001", "2-IM0001", "IM0001"]
+
+
+def test_the_models_page_reads_each_networks_report_of_record():
+    from rhd.web.research import MODELS, headline
+
+    assert "video" in MODELS  # researchers promote the video network like the others
+    video = {"held_out_videos": {"jet": {"roc_auc": 0.974, "videos": 72}, "morphology": {"videos": 4}}}
+    assert headline(video) == "held-out ROC AUC jet 0.974"
+    valve = {"background": {"iou": 0.99}, "mitral_leaflet": {"iou": 0.7}}
+    assert headline(valve) == "held-out IoU mitral_leaflet 0.700"

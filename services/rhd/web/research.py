@@ -29,7 +29,7 @@ from rhd.modelstore import (
 )
 from rhd.web.db import User
 
-MODELS = ("view", "valve", "study")
+MODELS = ("view", "valve", "video", "study")
 BUILDS = ".builds"  # models/<name>/.builds/<version>.log: each build's output, for the page
 LIMITS = {"seed": (0, 10**9), "studies": (30, 600), "held_out_per_class": (5, 100)}
 
@@ -56,7 +56,7 @@ class Build:
 
 def headline(metrics: dict[str, Any]) -> str:
     """A model's report of record in one line: the study model's held-out and cross-validated balanced accuracy
-    with their intervals; a network's held-out accuracy or per-structure IoU."""
+    with their intervals; a network's held-out accuracy, per-structure IoU or per-output ROC AUC."""
     parts = []
     for where in ("held_out", "cv"):
         figure = (metrics.get(where) or {}).get("figures", {}).get("balanced_accuracy")
@@ -65,6 +65,10 @@ def headline(metrics: dict[str, Any]) -> str:
             parts.append(f"{where.replace('_', '-')} balanced accuracy {figure['value']:.3f} ({low:.3f}-{high:.3f})")
     if "accuracy" in metrics:
         parts.append(f"held-out accuracy {metrics['accuracy']:.3f} on {metrics.get('held_out_frames', '?')} frames")
+    videos = metrics.get("held_out_videos") or {}  # the video network: ROC AUC per output on held-out videos
+    aucs = {k: v["roc_auc"] for k, v in videos.items() if v.get("roc_auc") is not None}
+    if aucs:
+        parts.append("held-out ROC AUC " + ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()))
     ious = {k: v["iou"] for k, v in metrics.items() if isinstance(v, dict) and v.get("iou") is not None}
     if ious and "background" in ious:
         ious.pop("background")
