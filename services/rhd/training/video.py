@@ -43,6 +43,7 @@ from rhd.synth.generator import Video, make_study, study_labels, video_mode
 from rhd.training.provenance import environment, export_saved_model, write_version
 from rhd.training.study import HELD_OUT_SEED_OFFSET
 from rhd.training.study import TRAINING_CONFIG as STUDY_CONFIG
+from rhd.training.view import weights_hash
 from rhd.video.model import CLIP_SHAPE, INPUT_NAME, INPUT_SHAPE, OUTPUTS, PROBABILITIES
 from rhd.video.ops import clip_of
 
@@ -168,13 +169,6 @@ def cluster_from_env() -> dict[str, Any] | None:
     return config
 
 
-def weights_sha256(weights: Sequence[np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for w in weights:
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()
-
-
 def _order(seed: int, shard: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, shard, epoch]).permutation(n)
 
@@ -185,7 +179,6 @@ def train_distributed(
     epochs: int = EPOCHS,
     batch_size: int = BATCH_SIZE,
     precision: str = "fp32",
-    filters: tuple[int, ...] | None = None,
 ) -> tuple[Any, dict[str, Any], Any]:
     """This process's part of the training: (the trained network, what it did, a barrier every worker must reach
     before it exits). One worker without TF_CONFIG."""
@@ -231,7 +224,7 @@ def train_distributed(
     from rhd.video.model import c3d
 
     with strategy.scope():
-        network = c3d(seed) if filters is None else c3d(seed, filters)
+        network = c3d(seed)
         optimizer = keras.optimizers.Adam(LEARNING_RATE)
         if scaled_loss:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -271,7 +264,6 @@ def train_distributed(
             total += float(step(x, y, mask))
         losses.append(round(total / steps, 5))
         log.info("worker %d epoch %d: loss %.4f", index, epoch + 1, total / steps)
-    weights = [np.asarray(w) for w in network.get_weights()]
 
     def barrier() -> None:
         """Every worker waits here for the others (the chief after writing the model): a worker that exits first
@@ -289,7 +281,7 @@ def train_distributed(
         "clips_read": int(sum(len(shards[s].x) for s in own)),
         "steps_per_epoch": steps,
         "epoch_loss": losses,
-        "weights_sha256": weights_sha256(weights),
+        "weights_sha256": weights_hash(network),
         "data_seconds": round(data_s, 1),
         "train_seconds": round(time.monotonic() - train_started, 1),
         "steps_per_second": round(steps * epochs / max(time.monotonic() - train_started, 1e-9), 3),
