@@ -927,9 +927,9 @@ def main(argv: list[str] | None = None) -> int:
         "--cache", default=None, help="study model: keep the studies' feature rows here and reuse them when asked again"
     )
     p.add_argument("--video-seed", type=int, default=21, help="video model: training set seed (held-out: seed + 1000)")
-    p.add_argument("--video-studies", type=int, default=24, help="video model: balanced training studies")
+    p.add_argument("--video-studies", type=int, default=40, help="video model: balanced training studies")
     p.add_argument("--video-held-out", type=int, default=8, help="video model: held-out studies for its figures")
-    p.add_argument("--epochs", type=int, default=16, help="video model: epochs")
+    p.add_argument("--epochs", type=int, default=12, help="video model: epochs")
     p.add_argument(
         "--train-workers",
         type=int,

@@ -56,7 +56,7 @@ KERAS_FILE = "video.keras"
 # video network reads the videos the line gets. Spectral Doppler traces are not clips: they are left out.
 TRAINING_CONFIG = STUDY_CONFIG
 SHARDS = 8
-EPOCHS, BATCH_SIZE, LEARNING_RATE = 16, 16, 2e-3
+EPOCHS, BATCH_SIZE, LEARNING_RATE = 12, 16, 2e-3
 MORPHOLOGY_FLAGS = (
     "mitral_restricted",
     "mitral_tip_excess",
@@ -331,7 +331,7 @@ def train_video_model(
     models_dir: Path,
     seed: int = 21,
     version: int = 1,
-    n_studies: int = 24,
+    n_studies: int = 40,
     held_out: int = 8,
     epochs: int = EPOCHS,
     precision: str = "fp32",

@@ -35,17 +35,21 @@ def preprocessor() -> keras.Model:
 
 def c3d(seed: int, filters: tuple[int, ...] = FILTERS, dense: int = 64) -> keras.Model:
     """Preprocessed clips -> P(finding) [batch, len(OUTPUTS)], initialised from the seed. Each block a 3 x 3 x 3
-    convolution and a max pooling (1 x 2 x 2 first, so the early frames keep their timing, then 2 x 2 x 2), global
+    convolution (ReLU) and a max pooling (1 x 2 x 2 first, so the early frames keep their timing, then 2 x 2 x 2), global
     max pooling (a jet or a thick leaflet is a small part of the clip: averaged over it, it would fade), one hidden
     dense layer. The last layer answers in float32 under mixed precision."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(INPUT_SHAPE)
     x = inputs
     for level, width in enumerate(filters):
-        x = keras.layers.Conv3D(width, 3, padding="same", activation="relu", name=f"conv{level + 1}")(x)
+        # He initialisation (for ReLU) and no normalisation layer: a batch statistic would differ between one worker
+        # and several, and a per-clip one (group normalisation) let Adam turn float rounding into 2 x its step.
+        x = keras.layers.Conv3D(
+            width, 3, padding="same", activation="relu", kernel_initializer="he_normal", name=f"conv{level + 1}"
+        )(x)
         x = keras.layers.MaxPooling3D((1, 2, 2) if level == 0 else (2, 2, 2), name=f"pool{level + 1}")(x)
     x = keras.layers.GlobalMaxPooling3D(name="pool")(x)  # a finding is local (a jet, a leaflet): its strongest place
-    x = keras.layers.Dense(dense, activation="relu", name="fc")(x)
+    x = keras.layers.Dense(dense, activation="relu", kernel_initializer="he_normal", name="fc")(x)
     outputs = keras.layers.Dense(len(OUTPUTS), activation="sigmoid", dtype="float32", name="findings")(x)
     return keras.Model(inputs, outputs, name="video_c3d")
 
