@@ -35,9 +35,9 @@ def preprocessor() -> keras.Model:
 
 def c3d(seed: int, filters: tuple[int, ...] = FILTERS, dense: int = 64) -> keras.Model:
     """Preprocessed clips -> P(finding) [batch, len(OUTPUTS)], initialised from the seed. Each block a 3 x 3 x 3
-    convolution (ReLU) and a max pooling (1 x 2 x 2 first, so the early frames keep their timing, then 2 x 2 x 2), global
-    max pooling (a jet or a thick leaflet is a small part of the clip: averaged over it, it would fade), one hidden
-    dense layer. The last layer answers in float32 under mixed precision."""
+    convolution (ReLU) and a max pooling (1 x 2 x 2 first, so the early frames keep their timing, then 2 x 2 x 2);
+    global max pooling (a jet or a thick leaflet is a small part of the clip: averaged over it, it would fade); one
+    hidden dense layer. The last layer answers in float32 under mixed precision."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(INPUT_SHAPE)
     x = inputs
