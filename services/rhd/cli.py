@@ -506,7 +506,9 @@ def _train_video(args: argparse.Namespace, models_dir: Path) -> None:
     )
 
     report = Path(args.worker_report) if args.worker_report else None
-    if args.train_workers > 1 and cluster_from_env() is None:
+    if args.ablation_only:
+        out: Path | None = models_dir / "video" / str(args.version)
+    elif args.train_workers > 1 and cluster_from_env() is None:
         child = ["train", "video", "--models-dir", str(models_dir), "--version", str(args.version)]
         child += ["--video-seed", str(args.video_seed), "--video-studies", str(args.video_studies)]
         child += ["--video-held-out", str(args.video_held_out), "--epochs", str(args.epochs)]
@@ -514,7 +516,7 @@ def _train_video(args: argparse.Namespace, models_dir: Path) -> None:
         code = launch_local_workers(child, args.train_workers)
         if code:
             raise SystemExit(f"rhd train video: a worker exited with {code}")
-        out: Path | None = models_dir / "video" / str(args.version)  # the chief has said where it wrote it
+        out = models_dir / "video" / str(args.version)  # the chief has said where it wrote it
     else:
         out = train_video_model(
             models_dir,
@@ -530,7 +532,7 @@ def _train_video(args: argparse.Namespace, models_dir: Path) -> None:
             print(f"video model: {out} (report: {out / 'report.md'})")
     if out is None:
         return  # a worker other than the chief: the chief writes the model
-    if args.ablation:
+    if args.ablation or args.ablation_only:
         result = video_ablation(
             models_dir,
             args.version,
@@ -945,6 +947,7 @@ def main(argv: list[str] | None = None) -> int:
         help="video model: then the study decision with and without it on the study model's sets (--seed, --studies, "
         "--held-out-per-class, --cache), into its report",
     )
+    p.add_argument("--ablation-only", action="store_true", help="video model: the ablation of --version, no training")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="start everything, publish studies, show diagnoses, stop everything")

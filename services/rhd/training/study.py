@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import multiprocessing
 import shutil
 import tempfile
 import time
@@ -69,6 +70,9 @@ MAX_NORMAL_TAKEN = 0.10
 HELD_OUT_SEED_OFFSET = 1000  # the held-out set's seed: never the training seed
 
 _models: tuple[LocalViewModel, LocalValveModel] | None = None
+# Worker processes are started fresh, not forked: a caller that has run TensorFlow (the video network's ablation
+# trains first) holds its thread pools, and a forked child would wait on their locks forever.
+SPAWN = multiprocessing.get_context("spawn")
 
 
 def _init_worker(models_dir: str) -> None:
@@ -129,7 +133,7 @@ def build_features(
             return StudySet(saved["x"], saved["y"], saved["met"], groups["groups"], groups["referrals"])
     with (
         tempfile.TemporaryDirectory() as tmp,
-        ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(models_dir),)) as pool,
+        ProcessPoolExecutor(workers, mp_context=SPAWN, initializer=_init_worker, initargs=(str(models_dir),)) as pool,
     ):
         tasks = [(seed, i, len(labels), label, tmp) for i, label in enumerate(labels)]
         rows = list(tqdm(pool.map(_study_row, tasks), total=len(tasks), desc=desc, unit="study"))

@@ -467,7 +467,11 @@ def video_features(models_dir: Path, version: int, seed: int, labels: Sequence[s
     """[n, len(STUDY_VIDEO_FEATURES)]: the video network's answers pooled per study, for the generated studies
     `labels` (the very studies the study model's training generates from the same seed)."""
     tasks = [(seed, i, len(labels), label) for i, label in enumerate(labels)]
-    with ProcessPoolExecutor(workers, initializer=_init_video_worker, initargs=(str(models_dir), version)) as pool:
+    from rhd.training.study import SPAWN
+
+    with ProcessPoolExecutor(
+        workers, mp_context=SPAWN, initializer=_init_video_worker, initargs=(str(models_dir), version)
+    ) as pool:
         return np.array(list(pool.map(_study_video_row, tasks)), np.float64).reshape(len(labels), -1)
 
 
