@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,26 @@ def test_mixed_precision_trains_the_same_network_in_bfloat16_on_cpus(trained):
     assert mixed[0]["weights_sha256"] == mixed[1]["weights_sha256"]
     assert mixed[0]["epoch_loss"] == pytest.approx(one[0]["epoch_loss"], abs=0.02)
     assert all(w.dtype == np.float32 for w in mixed[0]["weights"])  # the variables stay float32
+
+
+def test_rhd_train_video_then_its_ablation_in_one_process_writes_the_decision(tmp_path):
+    """Training, then the ablation on the line's own features (the view and valve models of `make models`), as
+    `make video-record` runs them: its feature workers must not hang on the TensorFlow the training left running."""
+    from rhd.runtime.settings import Settings
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("view", "valve"):
+        (models / name).symlink_to(Path(Settings().models_dir).resolve() / name)
+    if not (models / "view").exists():
+        pytest.fail("the view and valve models are missing: `make models` trains them")
+    argv = [sys.executable, "-m", "rhd.cli", "train", "video", "--models-dir", str(models), *TINY, "--ablation"]
+    argv += ["--studies", "15", "--held-out-per-class", "2", "--workers", "2", "--report-dir", str(tmp_path / "doc")]
+    subprocess.run(argv, check=True, timeout=500, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = models / "video" / "1"
+    result = json.loads((out / "ablation.json").read_text())
+    assert result["training"]["studies"] == 15 and result["held_out"]["studies"] == 6
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["ablation"]["helps"] == result["helps"] == manifest["ablation"]["used_by_the_study_decision"]
+    report = (tmp_path / "doc" / "report.md").read_text()
+    assert report == (out / "report.md").read_text() and "**Decision: it" in report
