@@ -47,15 +47,40 @@ RESTARTS = Counter("rhd_service_restarts_total", "Services started again after t
 UP = Gauge("rhd_service_up", "1 while the service's process runs", ["service", "replica"])
 
 
-@dataclass
-class Supervised:
-    process: ServiceProcess
-    replica: int
+@dataclass(kw_only=True)
+class Restarts:
+    """When a supervised process that exited is started again: after a backoff that doubles from FIRST_BACKOFF_S to
+    MAX_BACKOFF_S, back to the first once it has run HEALTHY_AFTER_S. The stages, the page and the broker alike."""
+
     restarts: int = 0
     started_at: float = field(default_factory=time.monotonic)
     backoff_s: float = FIRST_BACKOFF_S
     restart_at: float | None = None  # when it is started again (it exited)
     last_exit: int | None = None
+
+    def up(self, now: float) -> None:
+        if now - self.started_at >= HEALTHY_AFTER_S:
+            self.backoff_s = FIRST_BACKOFF_S
+
+    def down(self, now: float, code: int | None, what: str, note: str = "") -> bool:
+        """It is not running: the first call notes the exit and when to start it again; True once that time has
+        come (the restart is then counted, and the caller starts it)."""
+        if self.restart_at is None:
+            self.last_exit, self.restart_at = code, now + self.backoff_s
+            log.warning("%s exited (%s): starting it again in %.0f s%s", what, code, self.backoff_s, note)
+            self.backoff_s = min(self.backoff_s * 2, MAX_BACKOFF_S)
+            return False
+        if now < self.restart_at:
+            return False
+        self.restart_at, self.started_at = None, now
+        self.restarts += 1
+        return True
+
+
+@dataclass
+class Supervised(Restarts):
+    process: ServiceProcess
+    replica: int
     lag: float | None = None
     rate: float | None = None
     _handled: tuple[float, float] | None = None  # (time, messages) at the last scrape
@@ -78,15 +103,6 @@ def choose_broker(settings: Settings) -> Settings:
     return settings
 
 
-@dataclass
-class SupervisedBroker:
-    restarts: int = 0
-    started_at: float = field(default_factory=time.monotonic)
-    backoff_s: float = FIRST_BACKOFF_S
-    restart_at: float | None = None
-    last_exit: int | None = None
-
-
 class Supervisor:
     def __init__(
         self,
@@ -102,7 +118,7 @@ class Supervisor:
         self.web_host, self.web_port = web_host, web_port
         self.db = db or str(self.workdir / "web.sqlite")  # an SQLite file or a postgresql:// address
         self.services: list[Supervised] = []
-        self.broker = SupervisedBroker()
+        self.broker = Restarts()
         self.stopping = asyncio.Event()
         self.state_path = self.workdir / STATE_FILE
         self.http_port = 0
@@ -180,22 +196,12 @@ class Supervisor:
         now = time.monotonic() if now is None else now
         started = []
         for s in self.services:
-            UP.labels(s.name, str(s.replica)).set(1 if s.process.alive() else 0)
-            if s.process.alive():
-                if now - s.started_at >= HEALTHY_AFTER_S:
-                    s.backoff_s = FIRST_BACKOFF_S
-                continue
-            if s.restart_at is None:
-                s.last_exit = s.process.process.returncode if s.process.process else None
-                s.restart_at = now + s.backoff_s
-                log.warning(
-                    "%s-%d exited (%s): starting it again in %.0f s", s.name, s.replica, s.last_exit, s.backoff_s
-                )
-                s.backoff_s = min(s.backoff_s * 2, MAX_BACKOFF_S)
-            elif now >= s.restart_at:
+            alive = s.process.alive()
+            UP.labels(s.name, str(s.replica)).set(1 if alive else 0)
+            if alive:
+                s.up(now)
+            elif s.down(now, s.process.process.returncode if s.process.process else None, f"{s.name}-{s.replica}"):
                 s.process.start()
-                s.restart_at, s.started_at = None, now
-                s.restarts += 1
                 RESTARTS.labels(s.name).inc()
                 started.append(s)
         return started
@@ -208,20 +214,11 @@ class Supervisor:
         alive = process is not None and process.poll() is None
         UP.labels("broker", "0").set(1 if alive else 0)
         if alive:
-            if now - state.started_at >= HEALTHY_AFTER_S:
-                state.backoff_s = FIRST_BACKOFF_S
+            state.up(now)
             return False
-        if state.restart_at is None:
-            state.last_exit = process.returncode if process is not None else None
-            state.restart_at = now + state.backoff_s
-            lost = "; Tansu keeps records in memory: it comes back empty" if broker.kind == "tansu" else ""
-            log.warning("the broker exited (%s): starting it again in %.0f s%s", state.last_exit, state.backoff_s, lost)
-            state.backoff_s = min(state.backoff_s * 2, MAX_BACKOFF_S)
+        lost = "; Tansu keeps records in memory: it comes back empty" if broker.kind == "tansu" else ""
+        if not state.down(now, process.returncode if process is not None else None, "the broker", lost):
             return False
-        if now < state.restart_at:
-            return False
-        state.restart_at, state.started_at = None, now
-        state.restarts += 1
         RESTARTS.labels("broker").inc()
         try:
             await broker.start(self.stack.base.partitions)

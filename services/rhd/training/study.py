@@ -46,7 +46,7 @@ from rhd.inprocess import analyse_study
 from rhd.labels import CLASSES, CRITERIA, CRITERION_NEEDS, CRITERION_PARTS, PARTS
 from rhd.synth import criteria as whf
 from rhd.synth.criteria import DiseaseKnobs, parts_met
-from rhd.synth.generator import PROVAR_PREVALENCE, SynthConfig, make_study, study_labels, write_study
+from rhd.synth.generator import PROVAR_PREVALENCE, Study, SynthConfig, make_study, study_labels, write_study
 from rhd.training.provenance import environment
 from rhd.training.report import (
     calibration,
@@ -87,12 +87,18 @@ def subgroups(metadata: dict) -> dict[str, str]:
     return {"sex": metadata["sex"], "age_band": band, "device": metadata["device"], "hospital": metadata["hospital_id"]}
 
 
+def generated_study(seed: int, index: int, total: int, label: str) -> Study:
+    """Study `index` of a generated set of `total`, exactly as synth_studies makes it (the video network's ablation
+    reads the same studies)."""
+    child = np.random.SeedSequence(seed).spawn(total)[index]
+    return make_study(f"S{seed:04d}-{index:04d}", label, np.random.default_rng(child), TRAINING_CONFIG)
+
+
 def _study_row(task: tuple[int, int, int, str, str]) -> tuple[str, list[float], list[bool], dict[str, str]]:
     """Generate study `index` of a set (exactly as synth_studies would), analyse it, delete it."""
     assert _models is not None
     seed, index, total, label, tmp = task
-    child = np.random.SeedSequence(seed).spawn(total)[index]
-    study = make_study(f"S{seed:04d}-{index:04d}", label, np.random.default_rng(child), TRAINING_CONFIG)
+    study = generated_study(seed, index, total, label)
     folder = write_study(study, Path(tmp))
     try:
         analysis = analyse_study(folder, *_models)

@@ -39,9 +39,9 @@ import numpy as np
 from rhd.imaging.burned_in import clean_frames
 from rhd.imaging.sector import image_only, sector_mask, video_sector
 from rhd.synth.criteria import AMVL_THICK_MM, AR_MIN_JET_MM, MR_MIN_JET_MM
-from rhd.synth.generator import Video, make_study, study_labels, video_mode
+from rhd.synth.generator import Video, study_labels, video_mode
 from rhd.training.provenance import environment, export_saved_model, write_version
-from rhd.training.study import HELD_OUT_SEED_OFFSET
+from rhd.training.study import HELD_OUT_SEED_OFFSET, generated_study
 from rhd.training.study import TRAINING_CONFIG as STUDY_CONFIG
 from rhd.training.view import weights_hash
 from rhd.video.model import CLIP_SHAPE, INPUT_NAME, INPUT_SHAPE, OUTPUTS, PROBABILITIES
@@ -99,12 +99,6 @@ def video_clip(video: Video, fps: float) -> np.ndarray:
     return clip_of([image_only(frame, fan) for frame in cleaned])
 
 
-def _study(seed: int, index: int, total: int, label: str) -> Any:
-    """Study `index` of a generated set, exactly as synth_studies and the study model's training make it."""
-    child = np.random.SeedSequence(seed).spawn(total)[index]
-    return make_study(f"S{seed:04d}-{index:04d}", label, np.random.default_rng(child), TRAINING_CONFIG)
-
-
 @dataclass
 class Shard:
     x: np.ndarray  # float32 [n, *INPUT_SHAPE]: clips through the model's own preprocessing
@@ -119,28 +113,23 @@ def build_shards(seed: int, labels: Sequence[str], shards: int, own: Sequence[in
     from rhd.video.model import preprocessor
 
     preprocess = preprocessor()
-    out = {s: Shard(np.zeros((0, *INPUT_SHAPE), np.float32), np.zeros((0, 2)), np.zeros((0, 2)), [], []) for s in own}
-    parts: dict[int, tuple[list, list, list]] = {s: ([], [], []) for s in own}
+    found: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, str, int]]] = {s: [] for s in own}
     for j, label in enumerate(labels):
-        s = j % shards
-        if s not in out:
+        if j % shards not in found:
             continue
-        study = _study(seed, j, len(labels), label)
-        for video in study.videos:
+        for video in generated_study(seed, j, len(labels), label).videos:
             truth = video_truth(video)
-            if truth is None:
-                continue
-            clip = video_clip(video, TRAINING_CONFIG.fps)
-            xs, ys, masks = parts[s]
-            xs.append(np.asarray(preprocess(clip[None]))[0])
-            ys.append(truth[0])
-            masks.append(truth[1])
-            out[s].modes.append(video_mode(video.scene))
-            out[s].studies.append(j)
-    for s, (xs, ys, masks) in parts.items():
-        if xs:
-            out[s].x, out[s].y, out[s].mask = np.stack(xs), np.stack(ys), np.stack(masks)
-    return out
+            if truth is not None:
+                x = np.asarray(preprocess(video_clip(video, TRAINING_CONFIG.fps)[None]))[0]
+                found[j % shards].append((x, *truth, video_mode(video.scene), j))
+
+    def shard(clips: list) -> Shard:
+        if not clips:
+            return Shard(np.zeros((0, *INPUT_SHAPE), np.float32), np.zeros((0, 2)), np.zeros((0, 2)), [], [])
+        x, y, mask, modes, studies = zip(*clips, strict=True)
+        return Shard(np.stack(x), np.stack(y), np.stack(mask), list(modes), list(studies))
+
+    return {s: shard(clips) for s, clips in found.items()}
 
 
 def digest(shards: dict[int, Shard]) -> str:
@@ -453,7 +442,7 @@ def _study_video_row(task: tuple[int, int, int, str]) -> list[float]:
     from rhd.video.ops import study_video_features
 
     seed, index, total, label = task
-    study = _study(seed, index, total, label)
+    study = generated_study(seed, index, total, label)
     clips, modes = [], []
     for video in study.videos:
         if video_truth(video) is not None:
